@@ -1,0 +1,563 @@
+//! The INI file: a superset of the one the Python scripts read, loaded and validated once.
+//! Option names are case-insensitive (`keyFile` = `keyfile`), as with ConfigParser; values are
+//! taken literally (no quotes, escapes or inline comments), as ConfigParser does.
+
+use crate::error::{Error, Result};
+use ini::{Ini, ParseOption, Properties};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_INI: &str = "/etc/cvp-backup-copy/backup.ini";
+pub const INI_ENV: &str = "CVP_BACKUP_COPY_INI";
+pub const DEFAULT_LIMIT: u32 = 5;
+
+const SERVER: &str = "Server_Settings";
+const BACKUP: &str = "Backup_Settings";
+
+const SERVER_OPTIONS: &[&str] = &[
+    "user",
+    "server",
+    "password",
+    "keyfile",
+    "destination",
+    "port",
+    "identity_file",
+    "known_hosts",
+    "host_key_policy",
+    "remote_limit",
+];
+const BACKUP_OPTIONS: &[&str] = &[
+    "limit",
+    "backup_command",
+    "backup_user",
+    "backup_dir",
+    "log_dir",
+    "state_dir",
+    "syslog_facility",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Record an unknown host's key; refuse a changed one.
+    AcceptNew,
+    /// Refuse unknown hosts.
+    Strict,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    /// Fernet token; decrypted only when needed.
+    pub password_token: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+    pub host_key_policy: HostKeyPolicy,
+    pub destination: String,
+    /// 0: never delete on the remote.
+    pub remote_limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// Set only when the INI has `limit`: it then wins over `--limit`.
+    pub limit: Option<u32>,
+    pub command: Vec<String>,
+    pub user: String,
+    pub backup_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub syslog_facility: syslog::Facility,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub backup: BackupConfig,
+    /// Unknown sections and options: reported, never fatal.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            Error::config(format!(
+                "cannot read configuration {}: {err}",
+                path.display()
+            ))
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let options = ParseOption {
+            enabled_quote: false,
+            enabled_escape: false,
+            ..ParseOption::default()
+        };
+        // ConfigParser keeps a trailing backslash (the seed's example destination ends in
+        // one); rust-ini would join the next line. A space after it stops that, and values
+        // are trimmed.
+        let text = text.replace("\\\r\n", "\\ \r\n").replace("\\\n", "\\ \n");
+        let ini = Ini::load_from_str_opt(&text, options).map_err(|err| {
+            Error::config(format!("{}: not a valid INI file: {err}", path.display()))
+        })?;
+        let reader = Reader {
+            path,
+            ini: &ini,
+            base: base_dir(path),
+        };
+        let mut warnings = reader.unknown_entries();
+
+        let server = reader.section(SERVER)?;
+        let user = reader.required(server, SERVER, "user")?;
+        let host = reader.required(server, SERVER, "server")?;
+        let destination = reader.required(server, SERVER, "destination")?;
+        let port = reader
+            .number(server, SERVER, "port", 1, u16::MAX as u64)?
+            .unwrap_or(22) as u16;
+        let password_token = reader.optional(server, SERVER, "password")?;
+        let key_file = reader.path(server, SERVER, "keyfile")?;
+        let identity_file = reader.path(server, SERVER, "identity_file")?;
+        if identity_file.is_none() && password_token.is_none() {
+            return Err(reader.bad(
+                SERVER,
+                "password",
+                "missing: set `password` (with `keyFile`) or `identity_file`",
+            ));
+        }
+        if password_token.is_some() && key_file.is_none() {
+            return Err(reader.bad(
+                SERVER,
+                "keyFile",
+                "missing: `password` is encrypted and needs the key file that decrypts it",
+            ));
+        }
+        let known_hosts = match reader.path(server, SERVER, "known_hosts")? {
+            Some(path) => path,
+            None => default_known_hosts()?,
+        };
+        let host_key_policy = match reader
+            .optional(server, SERVER, "host_key_policy")?
+            .as_deref()
+        {
+            None | Some("accept-new") => HostKeyPolicy::AcceptNew,
+            Some("strict") => HostKeyPolicy::Strict,
+            Some(other) => {
+                return Err(reader.bad(
+                    SERVER,
+                    "host_key_policy",
+                    &format!("`{other}` is not one of accept-new, strict"),
+                ))
+            }
+        };
+        let remote_limit = reader
+            .number(server, SERVER, "remote_limit", 0, u32::MAX as u64)?
+            .unwrap_or(0) as u32;
+
+        let backup = ini.section(Some(BACKUP));
+        let limit = match backup {
+            Some(props) => reader
+                .number(props, BACKUP, "limit", 1, u32::MAX as u64)?
+                .map(|n| n as u32),
+            None => None,
+        };
+        let get = |name: &str| -> Result<Option<String>> {
+            match backup {
+                Some(props) => reader.optional(props, BACKUP, name),
+                None => Ok(None),
+            }
+        };
+        let command_text =
+            get("backup_command")?.unwrap_or_else(|| "/cvpi/bin/cvpi backup cvp".into());
+        let command = match shlex::split(&command_text) {
+            Some(words) if !words.is_empty() => words,
+            _ => {
+                return Err(reader.bad(BACKUP, "backup_command", "empty or has unbalanced quotes"))
+            }
+        };
+        let dir = |name: &str, default: &str| -> Result<PathBuf> {
+            Ok(get(name)?
+                .map(|v| reader.resolve(&v))
+                .unwrap_or_else(|| PathBuf::from(default)))
+        };
+        let facility_name = get("syslog_facility")?.unwrap_or_else(|| "user".into());
+        let syslog_facility = facility_name.parse::<syslog::Facility>().map_err(|_| {
+            reader.bad(
+                BACKUP,
+                "syslog_facility",
+                &format!("`{facility_name}` is not a syslog facility (user, daemon, local0..local7, ...)"),
+            )
+        })?;
+        let backup = BackupConfig {
+            limit,
+            command,
+            user: get("backup_user")?.unwrap_or_else(|| "cvp".into()),
+            backup_dir: dir("backup_dir", "/data/cvpbackup")?,
+            log_dir: dir("log_dir", "/cvpi/logs/cvpbackup")?,
+            state_dir: dir("state_dir", "/var/lib/cvp-backup-copy")?,
+            syslog_facility,
+        };
+        if let Some(missing_backup) = backup_section_missing(&ini) {
+            warnings.push(missing_backup);
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            server: ServerConfig {
+                user,
+                host,
+                port,
+                password_token,
+                key_file,
+                identity_file,
+                known_hosts,
+                host_key_policy,
+                destination,
+                remote_limit,
+            },
+            backup,
+            warnings,
+        })
+    }
+
+    /// The number of local data backups to keep: the INI's `limit` wins when set (as in the
+    /// Python script), then `--limit`, then 5.
+    pub fn effective_limit(&self, cli_limit: Option<u32>) -> Result<u32> {
+        if cli_limit == Some(0) {
+            return Err(Error::config(
+                "--limit 0 would delete every backup: give 1 or more",
+            ));
+        }
+        Ok(self.backup.limit.or(cli_limit).unwrap_or(DEFAULT_LIMIT))
+    }
+}
+
+fn backup_section_missing(ini: &Ini) -> Option<String> {
+    ini.section(Some(BACKUP))
+        .is_none()
+        .then(|| format!("no [{BACKUP}] section: using the defaults"))
+}
+
+struct Reader<'a> {
+    path: &'a Path,
+    ini: &'a Ini,
+    base: PathBuf,
+}
+
+impl Reader<'_> {
+    fn bad(&self, section: &str, option: &str, what: &str) -> Error {
+        Error::config(format!(
+            "{}: [{section}] {option}: {what}",
+            self.path.display()
+        ))
+    }
+
+    fn section(&self, name: &str) -> Result<&Properties> {
+        self.ini.section(Some(name)).ok_or_else(|| {
+            Error::config(format!("{}: missing section [{name}]", self.path.display()))
+        })
+    }
+
+    fn optional(&self, props: &Properties, section: &str, option: &str) -> Result<Option<String>> {
+        let Some(value) = props.get(option).map(str::trim) else {
+            return Ok(None);
+        };
+        if value.contains("{{") {
+            return Err(self.bad(
+                section,
+                option,
+                "not configured (still the placeholder): run `cvp-backup-copy edit`",
+            ));
+        }
+        Ok((!value.is_empty()).then(|| value.to_string()))
+    }
+
+    fn required(&self, props: &Properties, section: &str, option: &str) -> Result<String> {
+        self.optional(props, section, option)?.ok_or_else(|| {
+            self.bad(
+                section,
+                option,
+                "missing or empty: run `cvp-backup-copy edit`",
+            )
+        })
+    }
+
+    fn number(
+        &self,
+        props: &Properties,
+        section: &str,
+        option: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<u64>> {
+        let Some(text) = self.optional(props, section, option)? else {
+            return Ok(None);
+        };
+        match text.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(self.bad(
+                section,
+                option,
+                &format!("`{text}` is not a whole number from {min} to {max}"),
+            )),
+        }
+    }
+
+    fn path(&self, props: &Properties, section: &str, option: &str) -> Result<Option<PathBuf>> {
+        Ok(self
+            .optional(props, section, option)?
+            .map(|v| self.resolve(&v)))
+    }
+
+    /// `~/` is the running user's home; other relative paths are relative to the INI's folder
+    /// (cron's working directory is not the operator's).
+    fn resolve(&self, value: &str) -> PathBuf {
+        if let Some(rest) = value.strip_prefix("~/") {
+            if let Some(home) = home_dir() {
+                return home.join(rest);
+            }
+        }
+        let path = PathBuf::from(value);
+        if path.is_absolute() {
+            path
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn unknown_entries(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (section, props) in self.ini.iter() {
+            let known: &[&str] = match section {
+                Some(name) if name.eq_ignore_ascii_case(SERVER) => SERVER_OPTIONS,
+                Some(name) if name.eq_ignore_ascii_case(BACKUP) => BACKUP_OPTIONS,
+                Some(name) => {
+                    warnings.push(format!(
+                        "{}: unknown section [{name}] ignored",
+                        self.path.display()
+                    ));
+                    continue;
+                }
+                None => &[],
+            };
+            for (option, _) in props.iter() {
+                if !known.iter().any(|k| k.eq_ignore_ascii_case(option)) {
+                    let where_ = section.map(|s| format!("[{s}] ")).unwrap_or_default();
+                    warnings.push(format!(
+                        "{}: unknown option {where_}{option} ignored",
+                        self.path.display()
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+}
+
+fn base_dir(ini_path: &Path) -> PathBuf {
+    let parent = ini_path.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::canonicalize(&parent).unwrap_or(parent)
+}
+
+/// The running user's home: `$HOME` (cron sets it), else the password database.
+pub fn home_dir() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return Some(PathBuf::from(home));
+    }
+    crate::users::by_uid(crate::users::current_uid()).map(|user| user.home)
+}
+
+fn default_known_hosts() -> Result<PathBuf> {
+    home_dir()
+        .map(|home| home.join(".ssh/known_hosts"))
+        .ok_or_else(|| {
+            Error::config(
+                "cannot find the running user's home for ~/.ssh/known_hosts: set known_hosts",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit_codes::ExitCode;
+
+    const PYTHON_STYLE: &str = "[Server_Settings]
+#Backup Server Settings
+user = backup
+server = 10.10.10.10
+password = gAAAAABg7xoT7PVgqYI5c69wQyPeG-25O5__Ps_WoWO86zLUUvt2wKy22nxHHv15osJ5DXPl-WplAGkTPLpxRs-JNRrqpv7hjw==
+keyFile = /home/cvpadmin/key.key
+destination = \\backups\\cvp\\
+
+[Backup_Settings]
+; Backup script settings
+limit: 7
+";
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/cvp-backup-copy/backup.ini"))
+    }
+
+    fn expect_config_error(text: &str, needles: &[&str]) {
+        let err = parse(text).expect_err("should be rejected");
+        assert_eq!(err.code, ExitCode::Config);
+        for needle in needles {
+            assert!(
+                err.message.contains(needle),
+                "{needle:?} not in {:?}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn reads_the_python_scripts_file_unchanged() {
+        let config = parse(PYTHON_STYLE).expect("valid");
+        assert_eq!(config.server.user, "backup");
+        assert_eq!(config.server.host, "10.10.10.10");
+        assert_eq!(config.server.port, 22);
+        assert_eq!(
+            config.server.key_file.as_deref(),
+            Some(Path::new("/home/cvpadmin/key.key"))
+        );
+        assert_eq!(
+            config.server.destination, "\\backups\\cvp\\",
+            "backslashes kept literally"
+        );
+        assert_eq!(config.backup.limit, Some(7));
+        assert_eq!(config.backup.command, ["/cvpi/bin/cvpi", "backup", "cvp"]);
+        assert_eq!(config.backup.user, "cvp");
+        assert_eq!(config.backup.backup_dir, Path::new("/data/cvpbackup"));
+        assert_eq!(config.server.host_key_policy, HostKeyPolicy::AcceptNew);
+        assert_eq!(config.server.remote_limit, 0);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn option_names_are_case_insensitive() {
+        let text = PYTHON_STYLE
+            .replace("keyFile", "KEYFILE")
+            .replace("user =", "User =");
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.server.user, "backup");
+        assert!(config.server.key_file.is_some());
+    }
+
+    #[test]
+    fn the_ini_limit_wins_over_the_command_line() {
+        let config = parse(PYTHON_STYLE).expect("valid");
+        assert_eq!(config.effective_limit(Some(3)).ok(), Some(7));
+        let without = parse(&PYTHON_STYLE.replace("limit: 7", "")).expect("valid");
+        assert_eq!(without.effective_limit(Some(3)).ok(), Some(3));
+        assert_eq!(without.effective_limit(None).ok(), Some(5));
+        let err = without.effective_limit(Some(0)).expect_err("0 rejected");
+        assert_eq!(err.code, ExitCode::Config);
+    }
+
+    #[test]
+    fn bad_values_name_file_section_option_and_problem() {
+        let ini = "/etc/cvp-backup-copy/backup.ini";
+        expect_config_error(
+            &PYTHON_STYLE.replace("limit: 7", "limit: 0"),
+            &[ini, "[Backup_Settings] limit", "`0`"],
+        );
+        expect_config_error(
+            &PYTHON_STYLE.replace("limit: 7", "limit: many"),
+            &["[Backup_Settings] limit", "`many`"],
+        );
+        expect_config_error(
+            &PYTHON_STYLE.replace("user = backup", "user = backup\nport = 70000"),
+            &["[Server_Settings] port", "`70000`"],
+        );
+        expect_config_error(
+            &PYTHON_STYLE.replace("user = backup", "user = backup\nhost_key_policy = yes"),
+            &["host_key_policy", "accept-new, strict"],
+        );
+        expect_config_error(
+            &PYTHON_STYLE.replace("server = 10.10.10.10\n", ""),
+            &["server"],
+        );
+        expect_config_error(
+            &PYTHON_STYLE.replace("keyFile = /home/cvpadmin/key.key\n", ""),
+            &["keyFile", "missing"],
+        );
+        expect_config_error(
+            &PYTHON_STYLE.replace("10.10.10.10", "{{URL or IP of remote host}}"),
+            &[
+                "[Server_Settings] server",
+                "not configured",
+                "cvp-backup-copy edit",
+            ],
+        );
+        expect_config_error(
+            &PYTHON_STYLE.replace("limit: 7", "syslog_facility = kernel-ish"),
+            &["syslog_facility"],
+        );
+        expect_config_error("just text", &[ini]);
+        expect_config_error(
+            "[Backup_Settings]\nlimit=3\n",
+            &["missing section [Server_Settings]"],
+        );
+    }
+
+    #[test]
+    fn unknown_options_warn_but_load() {
+        let text = PYTHON_STYLE.replace("limit: 7", "limit: 7\ncolour = blue\n[Extra]\na=b");
+        let config = parse(&text).expect("still valid");
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("colour"));
+        assert!(config.warnings[1].contains("[Extra]"));
+    }
+
+    #[test]
+    fn new_options_are_read() {
+        let text = PYTHON_STYLE.replace(
+            "limit: 7",
+            "limit: 2\nbackup_command = /opt/fake cvpi --size 10\nbackup_user = root\n\
+             backup_dir = data\nstate_dir = /tmp/state\nsyslog_facility = local3",
+        ) + "";
+        let text = text.replace(
+            "user = backup",
+            "user = backup\nport = 2222\nidentity_file = /root/.ssh/id_ed25519\n\
+             known_hosts = /tmp/kh\nhost_key_policy = strict\nremote_limit = 4",
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.server.port, 2222);
+        assert_eq!(
+            config.server.identity_file.as_deref(),
+            Some(Path::new("/root/.ssh/id_ed25519"))
+        );
+        assert_eq!(config.server.known_hosts, Path::new("/tmp/kh"));
+        assert_eq!(config.server.host_key_policy, HostKeyPolicy::Strict);
+        assert_eq!(config.server.remote_limit, 4);
+        assert_eq!(config.backup.command, ["/opt/fake", "cvpi", "--size", "10"]);
+        assert_eq!(config.backup.user, "root");
+        assert!(config.backup.backup_dir.ends_with("data"));
+        assert!(
+            config.backup.backup_dir.is_absolute(),
+            "relative to the INI's folder"
+        );
+        assert_eq!(
+            config.backup.syslog_facility as i32,
+            syslog::Facility::LOG_LOCAL3 as i32
+        );
+    }
+
+    #[test]
+    fn key_authentication_makes_the_password_optional() {
+        let text = "[Server_Settings]\nuser=u\nserver=h\ndestination=/d\nidentity_file=/k\n";
+        let config = parse(text).expect("valid");
+        assert!(config.server.password_token.is_none());
+        expect_config_error(
+            "[Server_Settings]\nuser=u\nserver=h\ndestination=/d\n",
+            &["password"],
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The file names CVP writes, and ours beside them. Nothing else in a directory is ours to
+//! touch, so every deletion goes through `BackupName::parse`.
+
+use std::fmt;
+
+/// `YYYYMMDDhhmmss` as CVP writes it; the numeric order is the time order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    pub fn parse(digits: &str) -> Option<Stamp> {
+        if digits.len() != 14 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // Reject impossible dates so that a stray 14-digit name is never taken for a backup.
+        chrono::NaiveDateTime::parse_from_str(digits, "%Y%m%d%H%M%S").ok()?;
+        digits.parse().ok().map(Stamp)
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:014}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `cvp.<ts>.tgz`
+    Data,
+    /// `cvp.eosimages.<ts>.tgz`
+    Images,
+    /// `backup_cvp.<ts>.log`
+    Log,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackupName {
+    pub kind: Kind,
+    pub stamp: Stamp,
+}
+
+impl BackupName {
+    pub fn new(kind: Kind, stamp: Stamp) -> Self {
+        BackupName { kind, stamp }
+    }
+
+    pub fn parse(name: &str) -> Option<BackupName> {
+        let (kind, digits) = if let Some(rest) = name.strip_prefix("cvp.eosimages.") {
+            (Kind::Images, rest.strip_suffix(".tgz")?)
+        } else if let Some(rest) = name.strip_prefix("backup_cvp.") {
+            (Kind::Log, rest.strip_suffix(".log")?)
+        } else if let Some(rest) = name.strip_prefix("cvp.") {
+            (Kind::Data, rest.strip_suffix(".tgz")?)
+        } else {
+            return None;
+        };
+        Some(BackupName::new(kind, Stamp::parse(digits)?))
+    }
+
+    pub fn file_name(&self) -> String {
+        match self.kind {
+            Kind::Data => format!("cvp.{}.tgz", self.stamp),
+            Kind::Images => format!("cvp.eosimages.{}.tgz", self.stamp),
+            Kind::Log => format!("backup_cvp.{}.log", self.stamp),
+        }
+    }
+
+    /// The checksum file written beside each copied file, in `sha256sum` format.
+    pub fn sidecar_name(&self) -> String {
+        format!("{}.sha256", self.file_name())
+    }
+
+    /// Where an upload is written before it is complete. It starts with a dot and ends in our
+    /// own suffix, so it never matches a CVP name and never counts as a backup.
+    pub fn partial_name(&self) -> String {
+        format!(".{}.cvpbc-part", self.file_name())
+    }
+
+    /// Where the checksum file is written before it is renamed into place.
+    pub fn sidecar_partial_name(&self) -> String {
+        format!(".{}.cvpbc-part", self.sidecar_name())
+    }
+}
+
+impl fmt::Display for BackupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file_name())
+    }
+}
+
+/// What a name in a remote destination is, as far as we are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteName {
+    Backup(BackupName),
+    Sidecar(BackupName),
+}
+
+impl RemoteName {
+    pub fn parse(name: &str) -> Option<RemoteName> {
+        if let Some(target) = name.strip_suffix(".sha256") {
+            return BackupName::parse(target).map(RemoteName::Sidecar);
+        }
+        BackupName::parse(name).map(RemoteName::Backup)
+    }
+}
+
+/// Parse the first line of a `sha256sum` file: `<64 hex>  <name>` (or `<hex> *<name>`).
+/// Returns the digest in lower case when the line names `expected_name`.
+pub fn parse_sidecar(contents: &str, expected_name: &str) -> Option<String> {
+    let line = contents.lines().next()?;
+    let (digest, rest) = line.split_once(' ')?;
+    let name = rest.strip_prefix(' ').or_else(|| rest.strip_prefix('*'))?;
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (name == expected_name).then(|| digest.to_ascii_lowercase())
+}
+
+pub fn sidecar_line(digest: &str, name: &str) -> String {
+    format!("{digest}  {name}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(s: &str) -> Stamp {
+        Stamp::parse(s).expect("valid stamp")
+    }
+
+    #[test]
+    fn parses_the_three_cvp_names() {
+        let table = [
+            (
+                "cvp.20210715101112.tgz",
+                Some((Kind::Data, "20210715101112")),
+            ),
+            (
+                "cvp.eosimages.20210710020003.tgz",
+                Some((Kind::Images, "20210710020003")),
+            ),
+            (
+                "backup_cvp.20210715020003.log",
+                Some((Kind::Log, "20210715020003")),
+            ),
+            ("cvp.2021071510111.tgz", None),
+            ("cvp.202107151011123.tgz", None),
+            ("cvp.20211315101112.tgz", None),
+            ("cvp.20210715101112.tgz.sha256", None),
+            (".cvp.20210715101112.tgz.cvpbc-part", None),
+            ("cvp.eosimages.20210710020003.log", None),
+            ("backup_cvp.20210715020003.tgz", None),
+            ("xcvp.20210715101112.tgz", None),
+            ("cvp.+0210715101112.tgz", None),
+            ("cvp..tgz", None),
+            ("", None),
+        ];
+        for (name, expected) in table {
+            let parsed = BackupName::parse(name);
+            assert_eq!(
+                parsed.map(|n| (n.kind, n.stamp)),
+                expected.map(|(k, s)| (k, stamp(s))),
+                "{name}"
+            );
+            if let Some(parsed) = parsed {
+                assert_eq!(parsed.file_name(), name, "round trip");
+            }
+        }
+    }
+
+    #[test]
+    fn partial_and_sidecar_names_are_never_backups() {
+        let name = BackupName::parse("cvp.20210715101112.tgz").unwrap();
+        assert_eq!(BackupName::parse(&name.partial_name()), None);
+        assert_eq!(RemoteName::parse(&name.partial_name()), None);
+        assert_eq!(BackupName::parse(&name.sidecar_name()), None);
+        assert_eq!(
+            RemoteName::parse(&name.sidecar_name()),
+            Some(RemoteName::Sidecar(name))
+        );
+        assert_eq!(RemoteName::parse("notes.txt.sha256"), None);
+    }
+
+    #[test]
+    fn stamps_order_by_time() {
+        assert!(stamp("20211231235959") < stamp("20220101000000"));
+        assert_eq!(stamp("20220101000000").to_string(), "20220101000000");
+    }
+
+    #[test]
+    fn sidecar_lines_round_trip_and_reject_other_names() {
+        let digest = "ab".repeat(32);
+        let line = sidecar_line(&digest, "cvp.20210715101112.tgz");
+        assert_eq!(line, format!("{digest}  cvp.20210715101112.tgz\n"));
+        assert_eq!(
+            parse_sidecar(&line, "cvp.20210715101112.tgz"),
+            Some(digest.clone())
+        );
+        assert_eq!(parse_sidecar(&line, "cvp.20210715101113.tgz"), None);
+        let binary_mode = format!("{}  *x", "AB".repeat(32)).replacen("  *", " *", 1);
+        assert_eq!(parse_sidecar(&binary_mode, "x"), Some("ab".repeat(32)));
+        assert_eq!(parse_sidecar("abc  x\n", "x"), None);
+        assert_eq!(parse_sidecar("", "x"), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! Host key verification against an OpenSSH `known_hosts` file: the Python scripts answered
+//! "yes" to any key; we refuse a changed key always and an unknown one under `strict`.
+
+use crate::config::HostKeyPolicy;
+use crate::error::{Error, Result};
+use base64::Engine as _;
+use ssh2::{CheckResult, HostKeyType, KnownHostFileKind, Session};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+/// The name OpenSSH writes for a host: `host`, or `[host]:port` off port 22.
+pub fn host_pattern(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+fn key_type_name(kind: HostKeyType) -> Option<&'static str> {
+    Some(match kind {
+        HostKeyType::Rsa => "ssh-rsa",
+        HostKeyType::Dss => "ssh-dss",
+        HostKeyType::Ecdsa256 => "ecdsa-sha2-nistp256",
+        HostKeyType::Ecdsa384 => "ecdsa-sha2-nistp384",
+        HostKeyType::Ecdsa521 => "ecdsa-sha2-nistp521",
+        HostKeyType::Ed25519 => "ssh-ed25519",
+        HostKeyType::Unknown => return None,
+    })
+}
+
+/// Key algorithms already recorded for this host in plain (unhashed) entries, so that the
+/// handshake asks for a key we can check (as OpenSSH orders HostKeyAlgorithms).
+pub fn known_key_types(path: &Path, host: &str, port: u16) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let pattern = host_pattern(host, port);
+    let mut types = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(hosts) = fields.next() else { continue };
+        if hosts.starts_with('#') || hosts.starts_with('@') {
+            continue;
+        }
+        if hosts.split(',').any(|h| h == pattern) {
+            if let Some(kind) = fields.next() {
+                if !types.iter().any(|t| t == kind) {
+                    types.push(kind.to_string());
+                }
+            }
+        }
+    }
+    types
+}
+
+/// Outcome of a successful check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verified {
+    Known,
+    /// Unknown and recorded (accept-new), or would be (dry run).
+    Recorded {
+        fingerprint: String,
+    },
+}
+
+pub fn verify(
+    session: &Session,
+    host: &str,
+    port: u16,
+    path: &Path,
+    policy: HostKeyPolicy,
+    record: bool,
+) -> Result<Verified> {
+    let (key, kind) = session
+        .host_key()
+        .ok_or_else(|| Error::connect(format!("{host}: the server sent no host key")))?;
+    let fingerprint = fingerprint(session);
+    let mut known = session
+        .known_hosts()
+        .map_err(|err| Error::connect(format!("cannot initialise host key checks: {err}")))?;
+    if path.exists() {
+        known
+            .read_file(path, KnownHostFileKind::OpenSSH)
+            .map_err(|err| {
+                Error::connect(format!(
+                    "cannot read known_hosts file {}: {err}",
+                    path.display()
+                ))
+            })?;
+    }
+    let pattern = host_pattern(host, port);
+    match known.check_port(host, port, key) {
+        CheckResult::Match => Ok(Verified::Known),
+        CheckResult::Mismatch => Err(Error::connect(format!(
+            "host key for {pattern} does not match the one recorded in {} (server now offers \
+             {fingerprint}): refusing to connect. If the backup server was really reinstalled, \
+             remove the old key with `ssh-keygen -R '{pattern}' -f {}` and run again",
+            path.display(),
+            path.display()
+        ))),
+        CheckResult::NotFound => match policy {
+            HostKeyPolicy::Strict => Err(Error::connect(format!(
+                "host {pattern} is not in {} and host_key_policy = strict: add its key (check \
+                 the fingerprint {fingerprint} with the server's administrator) or use accept-new",
+                path.display()
+            ))),
+            HostKeyPolicy::AcceptNew => {
+                if record {
+                    let type_name = key_type_name(kind).ok_or_else(|| {
+                        Error::connect(format!("{pattern}: host key of an unknown type"))
+                    })?;
+                    append(path, &pattern, type_name, key)?;
+                }
+                Ok(Verified::Recorded { fingerprint })
+            }
+        },
+        CheckResult::Failure => Err(Error::connect(format!(
+            "cannot check the host key of {pattern} against {}",
+            path.display()
+        ))),
+    }
+}
+
+fn fingerprint(session: &Session) -> String {
+    match session.host_key_hash(ssh2::HashType::Sha256) {
+        Some(hash) => format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)
+        ),
+        None => "an unknown fingerprint".into(),
+    }
+}
+
+/// Append in OpenSSH's format, keeping the rest of the file as the operator wrote it.
+fn append(path: &Path, pattern: &str, type_name: &str, key: &[u8]) -> Result<()> {
+    let fail = |err: std::io::Error| {
+        Error::connect(format!(
+            "cannot record the host key of {pattern} in {}: {err}",
+            path.display()
+        ))
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail)?;
+    }
+    let needs_newline = std::fs::read(path)
+        .map(|bytes| bytes.last().is_some_and(|b| *b != b'\n'))
+        .unwrap_or(false);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    let line = format!(
+        "{}{pattern} {type_name} {}\n",
+        if needs_newline { "\n" } else { "" },
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    file.write_all(line.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_follow_openssh() {
+        assert_eq!(host_pattern("backup.example", 22), "backup.example");
+        assert_eq!(host_pattern("127.0.0.1", 2222), "[127.0.0.1]:2222");
+    }
+
+    #[test]
+    fn known_types_come_from_matching_plain_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("known_hosts");
+        std::fs::write(
+            &path,
+            "# comment\nother ssh-rsa AAAA\n[h]:2222,h2 ssh-ed25519 AAAA\n[h]:2222 ecdsa-sha2-nistp256 AAAA\n\
+             @revoked [h]:2222 ssh-rsa AAAA\n|1|salt|hash ssh-rsa AAAA\n",
+        )
+        .expect("write");
+        assert_eq!(
+            known_key_types(&path, "h", 2222),
+            ["ssh-ed25519", "ecdsa-sha2-nistp256"]
+        );
+        assert!(known_key_types(&path, "h", 22).is_empty());
+        assert!(known_key_types(&dir.path().join("missing"), "h", 22).is_empty());
+    }
+}

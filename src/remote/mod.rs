@@ -1,0 +1,33 @@
+//! The transfer code talks to a small trait (after rclone's backends); SFTP is the one
+//! implementation today.
+
+pub mod known_hosts;
+pub mod sftp;
+
+use crate::error::Result;
+use std::io::Write;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    pub name: String,
+    pub size: u64,
+}
+
+/// A destination directory on a backup server. Names are plain file names inside it.
+pub trait Remote {
+    /// `user@host:destination`, for messages.
+    fn describe(&self) -> String;
+    /// Create the destination (and parents) if missing; false when it already existed.
+    fn ensure_destination(&mut self) -> Result<bool>;
+    /// Regular files in the destination. None when the destination does not exist.
+    fn list(&mut self) -> Result<Option<Vec<RemoteEntry>>>;
+    /// A small file's contents (checksum files); None when it does not exist.
+    fn read_small(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>>;
+    /// Create or truncate `name` for writing.
+    fn create(&mut self, name: &str) -> Result<Box<dyn Write + '_>>;
+    fn size_of(&mut self, name: &str) -> Result<Option<u64>>;
+    /// Rename, replacing `to` if it exists.
+    fn rename_replace(&mut self, from: &str, to: &str) -> Result<()>;
+    /// Remove a file; Ok when it was already gone.
+    fn remove(&mut self, name: &str) -> Result<()>;
+}

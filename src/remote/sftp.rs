@@ -1,0 +1,389 @@
+//! SFTP over libssh2 (the ssh2 crate): the one `Remote` implementation.
+
+use super::known_hosts::{self, Verified};
+use super::{Remote, RemoteEntry};
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use ssh2::{ErrorCode, MethodType, OpenFlags, OpenType, Session, Sftp};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a single blocking libssh2 call may wait for the server.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// AES-GCM first: with AES-NI it is the cheapest cipher libssh2 offers (see domain notes).
+const CIPHER_PREFERENCE: &[&str] = &[
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+    "aes192-ctr",
+    "chacha20-poly1305@openssh.com",
+];
+
+// SFTP status codes (draft-ietf-secsh-filexfer-02).
+const FX_NO_SUCH_FILE: i32 = 2;
+const FX_PERMISSION_DENIED: i32 = 3;
+const FX_FAILURE: i32 = 4;
+const FX_OP_UNSUPPORTED: i32 = 8;
+
+pub struct ConnectOptions<'a> {
+    pub server: &'a ServerConfig,
+    pub password: Option<&'a Secret>,
+    /// false for `--dry-run`: an unknown host's key is reported, not written.
+    pub record_host_key: bool,
+}
+
+pub struct SftpRemote {
+    // Field order matters: the SFTP channel must close before its session.
+    sftp: Sftp,
+    _session: Session,
+    destination: PathBuf,
+    label: String,
+}
+
+pub struct Connected {
+    pub remote: SftpRemote,
+    pub host_key: Verified,
+    pub cipher: String,
+}
+
+fn connect_error(server: &ServerConfig, what: impl std::fmt::Display) -> Error {
+    Error::connect(format!(
+        "{}@{}:{}: {what}",
+        server.user, server.host, server.port
+    ))
+}
+
+pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
+    let server = options.server;
+    let addrs: Vec<_> = (server.host.as_str(), server.port)
+        .to_socket_addrs()
+        .map_err(|err| connect_error(server, format!("cannot resolve the server name: {err}")))?
+        .collect();
+    let mut last_error = None;
+    let mut tcp = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                tcp = Some(stream);
+                break;
+            }
+            Err(err) => last_error = Some(err),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| {
+        let why = last_error
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no address".into());
+        connect_error(server, format!("server unreachable: {why}"))
+    })?;
+    let _ = tcp.set_nodelay(true);
+
+    let mut session = Session::new()
+        .map_err(|err| connect_error(server, format!("cannot start an SSH session: {err}")))?;
+    session.set_timeout(IO_TIMEOUT.as_millis() as u32);
+    session.set_tcp_stream(tcp);
+    prefer(&session, MethodType::CryptCs, CIPHER_PREFERENCE);
+    prefer(&session, MethodType::CryptSc, CIPHER_PREFERENCE);
+    let known_types = known_hosts::known_key_types(&server.known_hosts, &server.host, server.port);
+    let known_refs: Vec<&str> = known_types.iter().map(String::as_str).collect();
+    prefer(&session, MethodType::HostKey, &known_refs);
+    session
+        .handshake()
+        .map_err(|err| connect_error(server, format!("SSH handshake failed: {err}")))?;
+
+    let host_key = known_hosts::verify(
+        &session,
+        &server.host,
+        server.port,
+        &server.known_hosts,
+        server.host_key_policy,
+        options.record_host_key,
+    )?;
+    authenticate(&session, server, options.password)?;
+    let cipher = session
+        .methods(MethodType::CryptCs)
+        .unwrap_or("unknown")
+        .to_string();
+    let sftp = session
+        .sftp()
+        .map_err(|err| connect_error(server, format!("cannot start SFTP on the server: {err}")))?;
+    let label = format!("{}@{}:{}", server.user, server.host, server.destination);
+    Ok(Connected {
+        remote: SftpRemote {
+            sftp,
+            _session: session,
+            destination: PathBuf::from(&server.destination),
+            label,
+        },
+        host_key,
+        cipher,
+    })
+}
+
+/// Put `wanted` algorithms first, keeping every other one libssh2 supports after them.
+fn prefer(session: &Session, method: MethodType, wanted: &[&str]) {
+    let Ok(supported) = session.supported_algs(method) else {
+        return;
+    };
+    let mut order: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|w| supported.contains(w))
+        .collect();
+    if order.is_empty() {
+        return;
+    }
+    let rest: Vec<&str> = supported
+        .iter()
+        .copied()
+        .filter(|s| !order.contains(s))
+        .collect();
+    order.extend(rest);
+    if let Err(err) = session.method_pref(method, &order.join(",")) {
+        log::debug!("cannot set algorithm preference {}: {err}", order.join(","));
+    }
+}
+
+fn authenticate(session: &Session, server: &ServerConfig, password: Option<&Secret>) -> Result<()> {
+    let offered = session.auth_methods(&server.user).unwrap_or("").to_string();
+    if session.authenticated() {
+        return Ok(());
+    }
+    let mut attempts = Vec::new();
+    if let Some(identity) = &server.identity_file {
+        match session.userauth_pubkey_file(&server.user, None, identity, None) {
+            Ok(()) if session.authenticated() => return Ok(()),
+            Ok(()) => attempts.push(format!("key {} was not accepted", identity.display())),
+            Err(err) => attempts.push(format!("key {}: {}", identity.display(), err.message())),
+        }
+    }
+    if let Some(password) = password {
+        if offered.split(',').any(|m| m == "password") {
+            match session.userauth_password(&server.user, password.expose()) {
+                Ok(()) if session.authenticated() => return Ok(()),
+                _ => attempts.push("password rejected".into()),
+            }
+        }
+        if offered.split(',').any(|m| m == "keyboard-interactive") {
+            let mut prompter = PasswordPrompt { password };
+            match session.userauth_keyboard_interactive(&server.user, &mut prompter) {
+                Ok(()) if session.authenticated() => return Ok(()),
+                _ => attempts.push("keyboard-interactive password rejected".into()),
+            }
+        }
+    }
+    if attempts.is_empty() {
+        attempts.push(format!("the server offers only {offered}"));
+    }
+    Err(connect_error(
+        server,
+        format!(
+            "authentication failed as {} ({}): check user, password (`cvp-backup-copy edit`) or \
+             identity_file",
+            server.user,
+            attempts.join("; ")
+        ),
+    ))
+}
+
+struct PasswordPrompt<'a> {
+    password: &'a Secret,
+}
+
+impl ssh2::KeyboardInteractivePrompt for PasswordPrompt<'_> {
+    fn prompt<'b>(
+        &mut self,
+        _username: &str,
+        _instructions: &str,
+        prompts: &[ssh2::Prompt<'b>],
+    ) -> Vec<String> {
+        // Answer hidden prompts (the password) only; never echo it into a visible one.
+        prompts
+            .iter()
+            .map(|p| {
+                if p.echo {
+                    String::new()
+                } else {
+                    self.password.expose().to_string()
+                }
+            })
+            .collect()
+    }
+}
+
+fn sftp_code(err: &ssh2::Error) -> Option<i32> {
+    match err.code() {
+        ErrorCode::SFTP(code) => Some(code),
+        ErrorCode::Session(_) => None,
+    }
+}
+
+impl SftpRemote {
+    fn path(&self, name: &str) -> PathBuf {
+        self.destination.join(name)
+    }
+
+    fn fail(&self, action: &str, path: &Path, err: &ssh2::Error) -> Error {
+        let hint = match sftp_code(err) {
+            Some(FX_PERMISSION_DENIED) => {
+                "permission denied: the backup user must be able to write there".to_string()
+            }
+            Some(FX_NO_SUCH_FILE) => "no such file or directory".to_string(),
+            Some(FX_FAILURE) => format!(
+                "the server reported a failure ({}): is its disk full, or is the destination \
+                 not a directory?",
+                err.message()
+            ),
+            _ => err.message().to_string(),
+        };
+        Error::copy(format!(
+            "{action} {} on {}: {hint}",
+            path.display(),
+            self.label
+        ))
+    }
+}
+
+impl Remote for SftpRemote {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn ensure_destination(&mut self) -> Result<bool> {
+        match self.sftp.stat(&self.destination) {
+            Ok(stat) if stat.is_dir() => return Ok(false),
+            Ok(_) => {
+                return Err(Error::copy(format!(
+                    "destination {} is not a directory",
+                    self.label
+                )))
+            }
+            Err(_) => {}
+        }
+        let mut partial = PathBuf::new();
+        for component in self.destination.components() {
+            partial.push(component);
+            if self.sftp.stat(&partial).is_ok() {
+                continue;
+            }
+            if let Err(err) = self.sftp.mkdir(&partial, 0o750) {
+                return Err(self.fail("cannot create directory", &partial, &err));
+            }
+        }
+        Ok(true)
+    }
+
+    fn list(&mut self) -> Result<Option<Vec<RemoteEntry>>> {
+        let entries = match self.sftp.readdir(&self.destination) {
+            Ok(entries) => entries,
+            Err(err) if sftp_code(&err) == Some(FX_NO_SUCH_FILE) => return Ok(None),
+            Err(err) => {
+                let path = self.destination.clone();
+                return Err(self.fail("cannot list", &path, &err));
+            }
+        };
+        Ok(Some(
+            entries
+                .into_iter()
+                .filter(|(_, stat)| stat.is_file())
+                .filter_map(|(path, stat)| {
+                    let name = path.file_name()?.to_str()?.to_string();
+                    Some(RemoteEntry {
+                        name,
+                        size: stat.size.unwrap_or(0),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    fn read_small(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+        let path = self.path(name);
+        let file = match self.sftp.open(&path) {
+            Ok(file) => file,
+            Err(err) if sftp_code(&err) == Some(FX_NO_SUCH_FILE) => return Ok(None),
+            Err(err) => return Err(self.fail("cannot open", &path, &err)),
+        };
+        let mut contents = Vec::new();
+        file.take(max_bytes)
+            .read_to_end(&mut contents)
+            .map_err(|err| {
+                Error::copy(format!(
+                    "cannot read {} on {}: {err}",
+                    path.display(),
+                    self.label
+                ))
+            })?;
+        Ok(Some(contents))
+    }
+
+    fn create(&mut self, name: &str) -> Result<Box<dyn Write + '_>> {
+        let path = self.path(name);
+        let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+        match self.sftp.open_mode(&path, flags, 0o640, OpenType::File) {
+            Ok(file) => Ok(Box::new(SyncingFile { file })),
+            Err(err) => Err(self.fail("cannot create", &path, &err)),
+        }
+    }
+
+    fn size_of(&mut self, name: &str) -> Result<Option<u64>> {
+        let path = self.path(name);
+        match self.sftp.stat(&path) {
+            Ok(stat) => Ok(Some(stat.size.unwrap_or(0))),
+            Err(err) if sftp_code(&err) == Some(FX_NO_SUCH_FILE) => Ok(None),
+            Err(err) => Err(self.fail("cannot stat", &path, &err)),
+        }
+    }
+
+    fn rename_replace(&mut self, from: &str, to: &str) -> Result<()> {
+        // SFTP v3 rename fails when the target exists (OpenSSH uses link+unlink).
+        self.remove(to)?;
+        let (source, target) = (self.path(from), self.path(to));
+        self.sftp.rename(&source, &target, None).map_err(|err| {
+            self.fail(
+                &format!("cannot rename {} to", source.display()),
+                &target,
+                &err,
+            )
+        })
+    }
+
+    fn remove(&mut self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        match self.sftp.unlink(&path) {
+            Ok(()) => Ok(()),
+            Err(err) if sftp_code(&err) == Some(FX_NO_SUCH_FILE) => Ok(()),
+            Err(err) => Err(self.fail("cannot delete", &path, &err)),
+        }
+    }
+}
+
+/// `flush` asks the server to fsync (fsync@openssh.com) so a renamed file is on its disk.
+struct SyncingFile {
+    file: ssh2::File,
+}
+
+impl Write for SyncingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.file.fsync() {
+            Ok(()) => Ok(()),
+            Err(err) if sftp_code(&err) == Some(FX_OP_UNSUPPORTED) => Ok(()),
+            Err(err)
+                if matches!(err.code(), ErrorCode::Session(_))
+                    && err.message().contains("support") =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(std::io::Error::other(err)),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Which backups to keep, as a pure function of a listing (after restic's `ApplyPolicy`).
+//!
+//! A data backup is only restorable with the newest images file that is not newer than it
+//! (CVP re-dumps images only when image bundles change), and its log is the newest log that
+//! is not newer than it. The same rule serves the local backup directory and the remote.
+
+use crate::names::{BackupName, Kind, Stamp};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Data backups to keep, newest first. Never 0: configuration rejects it.
+    pub keep_data: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepReason {
+    /// One of the `limit` newest data backups (1 = newest).
+    NewestData { rank: usize, limit: usize },
+    /// The images file a kept data backup needs.
+    ImagesNeededBy(Stamp),
+    /// Newer than every data backup: it belongs to a backup that is still to come or failed.
+    ImagesNewerThanData,
+    /// The log of a kept data backup.
+    LogOf(Stamp),
+    /// A log newer than the oldest kept set (e.g. of a failed run).
+    LogNewerThanOldestSet,
+    /// There is no data backup at all: nothing anchors a deletion.
+    NoDataBackup,
+}
+
+impl fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeepReason::NewestData { rank, limit } => {
+                write!(f, "data backup {rank} of the {limit} newest")
+            }
+            KeepReason::ImagesNeededBy(stamp) => write!(f, "images needed by cvp.{stamp}.tgz"),
+            KeepReason::ImagesNewerThanData => f.write_str("images newer than every data backup"),
+            KeepReason::LogOf(stamp) => write!(f, "log of cvp.{stamp}.tgz"),
+            KeepReason::LogNewerThanOldestSet => f.write_str("log newer than the oldest kept set"),
+            KeepReason::NoDataBackup => f.write_str("no data backup exists yet"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// Newest first within each kind.
+    pub keep: Vec<(BackupName, KeepReason)>,
+    pub remove: Vec<BackupName>,
+}
+
+/// The newest file of `kind` whose stamp is not newer than `at`.
+pub fn newest_not_newer(files: &[BackupName], kind: Kind, at: Stamp) -> Option<BackupName> {
+    files
+        .iter()
+        .filter(|f| f.kind == kind && f.stamp <= at)
+        .max_by_key(|f| f.stamp)
+        .copied()
+}
+
+fn sorted_newest_first(files: &[BackupName], kind: Kind) -> Vec<BackupName> {
+    let mut of_kind: Vec<BackupName> = files.iter().filter(|f| f.kind == kind).copied().collect();
+    of_kind.sort_by(|a, b| b.stamp.cmp(&a.stamp));
+    of_kind.dedup();
+    of_kind
+}
+
+pub fn apply_policy(files: &[BackupName], policy: Policy) -> Decision {
+    let data = sorted_newest_first(files, Kind::Data);
+    let images = sorted_newest_first(files, Kind::Images);
+    let logs = sorted_newest_first(files, Kind::Log);
+    let mut decision = Decision::default();
+
+    if data.is_empty() {
+        for file in images.iter().chain(&logs) {
+            decision.keep.push((*file, KeepReason::NoDataBackup));
+        }
+        return decision;
+    }
+
+    let limit = policy.keep_data.max(1);
+    let kept_data = &data[..limit.min(data.len())];
+    for (index, file) in data.iter().enumerate() {
+        if index < limit {
+            decision.keep.push((
+                *file,
+                KeepReason::NewestData {
+                    rank: index + 1,
+                    limit,
+                },
+            ));
+        } else {
+            decision.remove.push(*file);
+        }
+    }
+
+    let newest_data = data[0].stamp;
+    for image in &images {
+        let needed_by = kept_data
+            .iter()
+            .find(|d| newest_not_newer(&images, Kind::Images, d.stamp) == Some(*image));
+        match needed_by {
+            Some(d) => decision
+                .keep
+                .push((*image, KeepReason::ImagesNeededBy(d.stamp))),
+            None if image.stamp > newest_data => decision
+                .keep
+                .push((*image, KeepReason::ImagesNewerThanData)),
+            None => decision.remove.push(*image),
+        }
+    }
+
+    // A set's log is written when its backup starts, so it is a little older than the data
+    // file: the threshold is the oldest kept set's log, not its data stamp.
+    let oldest_kept = kept_data[kept_data.len() - 1].stamp;
+    let threshold = newest_not_newer(&logs, Kind::Log, oldest_kept)
+        .map(|log| log.stamp)
+        .unwrap_or(oldest_kept);
+    for log in &logs {
+        let log_of = kept_data
+            .iter()
+            .find(|d| newest_not_newer(&logs, Kind::Log, d.stamp) == Some(*log));
+        match log_of {
+            Some(d) => decision.keep.push((*log, KeepReason::LogOf(d.stamp))),
+            None if log.stamp >= threshold => decision
+                .keep
+                .push((*log, KeepReason::LogNewerThanOldestSet)),
+            None => decision.remove.push(*log),
+        }
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(names: &[&str]) -> Vec<BackupName> {
+        names
+            .iter()
+            .map(|n| BackupName::parse(n).unwrap_or_else(|| panic!("bad test name {n}")))
+            .collect()
+    }
+
+    fn names(list: &[BackupName]) -> Vec<String> {
+        let mut out: Vec<String> = list.iter().map(|n| n.file_name()).collect();
+        out.sort();
+        out
+    }
+
+    struct Case {
+        what: &'static str,
+        files: &'static [&'static str],
+        keep_data: usize,
+        removed: &'static [&'static str],
+    }
+
+    #[test]
+    fn policy_table() {
+        let cases = [
+            Case {
+                what: "nothing to do",
+                files: &[],
+                keep_data: 5,
+                removed: &[],
+            },
+            Case {
+                what: "fewer data backups than the limit",
+                files: &[
+                    "cvp.20240101020010.tgz",
+                    "cvp.eosimages.20240101020005.tgz",
+                    "backup_cvp.20240101020003.log",
+                ],
+                keep_data: 5,
+                removed: &[],
+            },
+            Case {
+                what: "the oldest data backup goes, with its log; images stay for the rest",
+                files: &[
+                    "cvp.20240101020010.tgz",
+                    "cvp.20240102020010.tgz",
+                    "cvp.20240103020010.tgz",
+                    "cvp.eosimages.20231201020005.tgz",
+                    "backup_cvp.20240101020003.log",
+                    "backup_cvp.20240102020003.log",
+                    "backup_cvp.20240103020003.log",
+                ],
+                keep_data: 2,
+                removed: &["cvp.20240101020010.tgz", "backup_cvp.20240101020003.log"],
+            },
+            Case {
+                what: "images only needed by removed data go; the one the oldest kept needs stays",
+                files: &[
+                    "cvp.eosimages.20231101020005.tgz",
+                    "cvp.20231101020010.tgz",
+                    "cvp.eosimages.20231201020005.tgz",
+                    "cvp.20231201020010.tgz",
+                    "cvp.20240101020010.tgz",
+                    "cvp.eosimages.20240115020005.tgz",
+                    "cvp.20240115020010.tgz",
+                ],
+                keep_data: 2,
+                removed: &[
+                    "cvp.eosimages.20231101020005.tgz",
+                    "cvp.20231101020010.tgz",
+                    "cvp.20231201020010.tgz",
+                ],
+            },
+            Case {
+                what: "images newer than every data backup are kept",
+                files: &[
+                    "cvp.20240101020010.tgz",
+                    "cvp.20240102020010.tgz",
+                    "cvp.eosimages.20240101020005.tgz",
+                    "cvp.eosimages.20240103020005.tgz",
+                ],
+                keep_data: 1,
+                removed: &["cvp.20240101020010.tgz"],
+            },
+            Case {
+                what: "logs of failed runs newer than the oldest kept set stay, older ones go",
+                files: &[
+                    "backup_cvp.20231231020003.log",
+                    "cvp.20240101020010.tgz",
+                    "backup_cvp.20240101020003.log",
+                    "backup_cvp.20240102020003.log",
+                    "cvp.20240103020010.tgz",
+                    "backup_cvp.20240103020003.log",
+                    "backup_cvp.20240104020003.log",
+                ],
+                keep_data: 2,
+                removed: &["backup_cvp.20231231020003.log"],
+            },
+            Case {
+                what: "limit 1 keeps only the newest set",
+                files: &[
+                    "cvp.20240101020010.tgz",
+                    "cvp.20240102020010.tgz",
+                    "cvp.eosimages.20240101020005.tgz",
+                    "cvp.eosimages.20240102020005.tgz",
+                    "backup_cvp.20240101020003.log",
+                    "backup_cvp.20240102020003.log",
+                ],
+                keep_data: 1,
+                removed: &[
+                    "cvp.20240101020010.tgz",
+                    "cvp.eosimages.20240101020005.tgz",
+                    "backup_cvp.20240101020003.log",
+                ],
+            },
+            Case {
+                what: "no data backup: images and logs are all kept",
+                files: &[
+                    "cvp.eosimages.20240101020005.tgz",
+                    "backup_cvp.20240101020003.log",
+                ],
+                keep_data: 1,
+                removed: &[],
+            },
+            Case {
+                what: "a set with the same stamp on all three files",
+                files: &[
+                    "cvp.20240101020003.tgz",
+                    "cvp.eosimages.20240101020003.tgz",
+                    "backup_cvp.20240101020003.log",
+                    "cvp.20240102020003.tgz",
+                    "backup_cvp.20240102020003.log",
+                ],
+                keep_data: 1,
+                removed: &["cvp.20240101020003.tgz", "backup_cvp.20240101020003.log"],
+            },
+        ];
+        for case in cases {
+            let files = parse_all(case.files);
+            let decision = apply_policy(
+                &files,
+                Policy {
+                    keep_data: case.keep_data,
+                },
+            );
+            assert_eq!(
+                names(&decision.remove),
+                names(&parse_all(case.removed)),
+                "{}",
+                case.what
+            );
+            let kept: Vec<BackupName> = decision.keep.iter().map(|(n, _)| *n).collect();
+            assert_eq!(
+                kept.len() + decision.remove.len(),
+                files.len(),
+                "{}: every file is decided exactly once",
+                case.what
+            );
+        }
+    }
+
+    #[test]
+    fn every_keep_carries_its_reason() {
+        let files = parse_all(&[
+            "cvp.eosimages.20231201020005.tgz",
+            "cvp.20240101020010.tgz",
+            "backup_cvp.20240101020003.log",
+            "cvp.20240102020010.tgz",
+            "backup_cvp.20240102020003.log",
+            "backup_cvp.20240103020003.log",
+            "cvp.eosimages.20240104020005.tgz",
+        ]);
+        let decision = apply_policy(&files, Policy { keep_data: 2 });
+        let reason = |name: &str| {
+            let wanted = BackupName::parse(name).unwrap();
+            decision
+                .keep
+                .iter()
+                .find(|(n, _)| *n == wanted)
+                .map(|(_, r)| *r)
+        };
+        let stamp = |s: &str| Stamp::parse(s).unwrap();
+        assert_eq!(
+            reason("cvp.20240102020010.tgz"),
+            Some(KeepReason::NewestData { rank: 1, limit: 2 })
+        );
+        assert_eq!(
+            reason("cvp.20240101020010.tgz"),
+            Some(KeepReason::NewestData { rank: 2, limit: 2 })
+        );
+        assert_eq!(
+            reason("cvp.eosimages.20231201020005.tgz"),
+            Some(KeepReason::ImagesNeededBy(stamp("20240102020010")))
+        );
+        assert_eq!(
+            reason("cvp.eosimages.20240104020005.tgz"),
+            Some(KeepReason::ImagesNewerThanData)
+        );
+        assert_eq!(
+            reason("backup_cvp.20240101020003.log"),
+            Some(KeepReason::LogOf(stamp("20240101020010")))
+        );
+        assert_eq!(
+            reason("backup_cvp.20240103020003.log"),
+            Some(KeepReason::LogNewerThanOldestSet)
+        );
+        assert!(decision.remove.is_empty());
+    }
+
+    #[test]
+    fn the_newest_restore_set_is_never_removed() {
+        // Whatever the limit, the newest data backup, its images and its log survive.
+        let files = parse_all(&[
+            "cvp.eosimages.20230101020005.tgz",
+            "cvp.20240101020010.tgz",
+            "cvp.20240102020010.tgz",
+            "backup_cvp.20240102020003.log",
+        ]);
+        for keep_data in [0, 1, 2, 10] {
+            let decision = apply_policy(&files, Policy { keep_data });
+            let removed = names(&decision.remove);
+            for survivor in [
+                "cvp.20240102020010.tgz",
+                "cvp.eosimages.20230101020005.tgz",
+                "backup_cvp.20240102020003.log",
+            ] {
+                assert!(
+                    !removed.contains(&survivor.to_string()),
+                    "limit {keep_data}"
+                );
+            }
+        }
+    }
+}

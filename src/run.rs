@@ -1,0 +1,598 @@
+//! The main job: back up CVP, copy the restore set, verify it, prune, report.
+
+use crate::backup;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::exit_codes::ExitCode;
+use crate::lock;
+use crate::logging;
+use crate::names::{parse_sidecar, BackupName, Kind, RemoteName};
+use crate::plan::{self, CopyDecision, FileFacts, Plan};
+use crate::remote::known_hosts::Verified;
+use crate::remote::sftp::{self, ConnectOptions};
+use crate::remote::{Remote, RemoteEntry};
+use crate::restore_set::{self, Selection};
+use crate::retention::{self, Decision, Policy};
+use crate::secret::{self, Secret};
+use crate::state::{self, CopiedFile, RunRecord};
+use crate::transfer;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub ini: PathBuf,
+    pub limit: Option<u32>,
+    pub no_backup: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone)]
+struct LocalFile {
+    name: BackupName,
+    path: PathBuf,
+    size: u64,
+}
+
+/// Run the job and return its exit code. Every failure is logged where it happens.
+pub fn run_job(options: &RunOptions) -> ExitCode {
+    let clock = Instant::now();
+    let started = chrono::Local::now();
+    let config = match Config::load(&options.ini) {
+        Ok(config) => config,
+        Err(err) => return report_fatal(err),
+    };
+    logging::set_facility(config.backup.syslog_facility);
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
+    let limit = match config.effective_limit(options.limit) {
+        Ok(limit) => limit,
+        Err(err) => return report_fatal(err),
+    };
+    if options.dry_run {
+        return match dry_run(&config, options, limit) {
+            Ok(plan) => {
+                print!("{}", plan.render());
+                ExitCode::Success
+            }
+            Err(err) => report_fatal(err),
+        };
+    }
+    let _lock = match lock::acquire(&config.backup.state_dir) {
+        Ok(lock) => lock,
+        Err(err) => return report_fatal(err),
+    };
+    log::info!(
+        "starting: configuration {}, destination {}@{}:{}, keeping {limit} local data backups",
+        config.path.display(),
+        config.server.user,
+        config.server.host,
+        config.server.destination
+    );
+    let mut job = Job {
+        options,
+        record: RunRecord {
+            version: env!("CARGO_PKG_VERSION").into(),
+            started: started.to_rfc3339(),
+            destination: format!(
+                "{}@{}:{}",
+                config.server.user, config.server.host, config.server.destination
+            ),
+            ..RunRecord::default()
+        },
+        config,
+        limit,
+        code: ExitCode::Success,
+        copy_seconds: 0.0,
+    };
+    job.execute();
+    job.finish(clock)
+}
+
+fn report_fatal(err: Error) -> ExitCode {
+    log::error!("{err}");
+    err.code
+}
+
+struct Job<'a> {
+    options: &'a RunOptions,
+    config: Config,
+    limit: u32,
+    record: RunRecord,
+    code: ExitCode,
+    copy_seconds: f64,
+}
+
+impl Job<'_> {
+    fn fail(&mut self, err: Error) {
+        log::error!("{err}");
+        self.record.errors.push(err.message);
+        self.code = self.code.most_severe(err.code);
+    }
+
+    fn execute(&mut self) {
+        // Credentials are checked first, but a bad key does not stop the local backup: a
+        // backup on the node is better than none when the copy cannot happen.
+        let password = credentials(&self.config);
+        let before = match list_local(&self.config) {
+            Ok(files) => files,
+            Err(err) => return self.fail(err),
+        };
+        let (after, new, backup_failed) = if self.options.no_backup {
+            log::info!("--no-backup: bringing the remote up to date with the newest local set");
+            (before, HashSet::new(), false)
+        } else {
+            let succeeded = self.run_backup();
+            let after = match list_local(&self.config) {
+                Ok(files) => files,
+                Err(err) => return self.fail(err),
+            };
+            let old: HashSet<BackupName> = before.iter().map(|f| f.name).collect();
+            let new: HashSet<BackupName> = after
+                .iter()
+                .map(|f| f.name)
+                .filter(|n| !old.contains(n))
+                .collect();
+            let mut failed = !succeeded;
+            if succeeded && !new.iter().any(|n| n.kind == Kind::Data) {
+                self.fail(Error::new(
+                    ExitCode::BackupFailed,
+                    format!(
+                        "the backup command reported success but wrote no new data backup in {}",
+                        self.config.backup.backup_dir.display()
+                    ),
+                ));
+                failed = true;
+            }
+            (after, new, failed)
+        };
+
+        let names: Vec<BackupName> = after.iter().map(|f| f.name).collect();
+        let selection = restore_set::select(&names, &new, backup_failed);
+        log_selection(&selection);
+        let files: Vec<LocalFile> = selection
+            .files()
+            .iter()
+            .filter_map(|name| after.iter().find(|f| f.name == *name).cloned())
+            .collect();
+        if selection.set.is_none() {
+            self.fail(Error::copy(format!(
+                "no data backup in {} to copy: the backup server has no restore set from this run",
+                self.config.backup.backup_dir.display()
+            )));
+            if files.is_empty() {
+                return;
+            }
+        }
+        let password = match password {
+            Ok(password) => password,
+            Err(err) => {
+                log::warn!("copy skipped: the password cannot be used");
+                return self.fail(err);
+            }
+        };
+        let connected = sftp::connect(ConnectOptions {
+            server: &self.config.server,
+            password: password.as_ref(),
+            record_host_key: true,
+        });
+        drop(password);
+        let mut connected = match connected {
+            Ok(connected) => connected,
+            Err(err) => return self.fail(err),
+        };
+        if let Verified::Recorded { fingerprint } = &connected.host_key {
+            log::warn!(
+                "new host {}: recorded its key {fingerprint} in {} (host_key_policy = accept-new)",
+                crate::remote::known_hosts::host_pattern(
+                    &self.config.server.host,
+                    self.config.server.port
+                ),
+                self.config.server.known_hosts.display()
+            );
+        }
+        log::info!(
+            "connected to {} (cipher {})",
+            connected.remote.describe(),
+            connected.cipher
+        );
+        let remote: &mut dyn Remote = &mut connected.remote;
+
+        let all_copied = self.copy_files(remote, &files);
+        if !all_copied {
+            log::warn!("pruning skipped: not every file of the restore set is on the remote");
+            return;
+        }
+        if backup_failed {
+            log::warn!("pruning skipped: the backup did not complete");
+            return;
+        }
+        self.prune_local(&after);
+        if self.config.server.remote_limit > 0 {
+            self.prune_remote(remote);
+        }
+    }
+
+    fn run_backup(&mut self) -> bool {
+        let command = &self.config.backup.command;
+        let user = &self.config.backup.user;
+        log::info!(
+            "running the CVP backup: {}",
+            backup::describe(command, user)
+        );
+        self.record.backup_ran = true;
+        let outcome = backup::run(command, user);
+        let succeeded = match outcome {
+            Ok(outcome) if outcome.succeeded() => {
+                log::info!(
+                    "CVP backup finished in {:.0} s",
+                    outcome.elapsed.as_secs_f64()
+                );
+                true
+            }
+            Ok(outcome) => {
+                self.fail(Error::new(
+                    ExitCode::BackupFailed,
+                    format!(
+                        "the CVP backup command failed ({}) after {:.0} s: no new archive is \
+                         copied; its log is, and the previous restore set is kept up to date",
+                        outcome.status,
+                        outcome.elapsed.as_secs_f64()
+                    ),
+                ));
+                false
+            }
+            Err(err) => {
+                self.fail(err);
+                false
+            }
+        };
+        self.record.backup_succeeded = Some(succeeded);
+        succeeded
+    }
+
+    fn copy_files(&mut self, remote: &mut dyn Remote, files: &[LocalFile]) -> bool {
+        let clock = Instant::now();
+        match remote.ensure_destination() {
+            Ok(true) => log::info!("created {}", remote.describe()),
+            Ok(false) => {}
+            Err(err) => {
+                self.fail(err);
+                return false;
+            }
+        }
+        let listing = match remote.list() {
+            Ok(listing) => listing.unwrap_or_default(),
+            Err(err) => {
+                self.fail(err);
+                return false;
+            }
+        };
+        let mut all_ok = true;
+        for file in files {
+            let decision = match gather_facts(remote, &listing, file) {
+                Ok(facts) => plan::decide(&facts),
+                Err(err) => {
+                    self.fail(err);
+                    all_ok = false;
+                    continue;
+                }
+            };
+            match decision {
+                CopyDecision::AlreadyThere { name, size } => {
+                    log::info!("{name}: already on the remote, checksum matches");
+                    self.record.files.push(CopiedFile {
+                        name: name.file_name(),
+                        bytes: size,
+                        uploaded: false,
+                        sha256: None,
+                    });
+                }
+                CopyDecision::Upload { name, size, why } => {
+                    log::info!("{name}: uploading {size} bytes ({why})");
+                    let started = Instant::now();
+                    match transfer::upload(remote, &file.path, name) {
+                        Ok(done) => {
+                            let seconds = started.elapsed().as_secs_f64();
+                            log::info!(
+                                "{name}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s), sha256 {}",
+                                done.bytes,
+                                megabytes_per_second(done.bytes, seconds),
+                                done.digest
+                            );
+                            self.record.bytes_uploaded += done.bytes;
+                            self.record.files.push(CopiedFile {
+                                name: name.file_name(),
+                                bytes: done.bytes,
+                                uploaded: true,
+                                sha256: Some(done.digest),
+                            });
+                        }
+                        Err(err) => {
+                            self.fail(err);
+                            all_ok = false;
+                        }
+                    }
+                }
+            }
+        }
+        self.copy_seconds = clock.elapsed().as_secs_f64();
+        all_ok
+    }
+
+    fn prune_local(&mut self, files: &[LocalFile]) {
+        let names: Vec<BackupName> = files.iter().map(|f| f.name).collect();
+        let decision = retention::apply_policy(
+            &names,
+            Policy {
+                keep_data: self.limit as usize,
+            },
+        );
+        log_keeps("local", &decision);
+        for name in &decision.remove {
+            let Some(file) = files.iter().find(|f| f.name == *name) else {
+                continue;
+            };
+            match std::fs::remove_file(&file.path) {
+                Ok(()) => {
+                    log::info!("pruned local {}", file.path.display());
+                    self.record.pruned_local += 1;
+                }
+                Err(err) => log::warn!("cannot prune {}: {err}", file.path.display()),
+            }
+        }
+    }
+
+    fn prune_remote(&mut self, remote: &mut dyn Remote) {
+        let listing = match remote.list() {
+            Ok(listing) => listing.unwrap_or_default(),
+            Err(err) => return log::warn!("remote pruning skipped: {err}"),
+        };
+        let decision = remote_retention(&listing, self.config.server.remote_limit);
+        log_keeps("remote", &decision);
+        for name in &decision.remove {
+            let removed = remote
+                .remove(&name.file_name())
+                .and_then(|()| remote.remove(&name.sidecar_name()));
+            match removed {
+                Ok(()) => {
+                    log::info!("pruned remote {name}");
+                    self.record.pruned_remote += 1;
+                }
+                Err(err) => log::warn!("cannot prune remote {name}: {err}"),
+            }
+        }
+    }
+
+    fn finish(mut self, clock: Instant) -> ExitCode {
+        let seconds = clock.elapsed().as_secs_f64();
+        let uploaded = self.record.files.iter().filter(|f| f.uploaded).count();
+        self.record.finished = chrono::Local::now().to_rfc3339();
+        self.record.exit_code = self.code.code();
+        self.record.seconds = seconds;
+        self.record.megabytes_per_second =
+            megabytes_per_second(self.record.bytes_uploaded, self.copy_seconds);
+        let summary = format!(
+            "summary: files={} uploaded={uploaded} bytes={} copy_seconds={:.1} MB/s={:.1} \
+             total_seconds={seconds:.1} pruned_local={} pruned_remote={} exit={}",
+            self.record.files.len(),
+            self.record.bytes_uploaded,
+            self.copy_seconds,
+            self.record.megabytes_per_second,
+            self.record.pruned_local,
+            self.record.pruned_remote,
+            self.code
+        );
+        if self.code == ExitCode::Success {
+            log::info!("{summary}");
+        } else {
+            log::error!("{summary}");
+        }
+        if let Err(err) = state::save(&self.config.backup.state_dir, &self.record) {
+            log::warn!(
+                "cannot record this run in {}: {err}",
+                self.config.backup.state_dir.display()
+            );
+        }
+        self.code
+    }
+}
+
+fn megabytes_per_second(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / 1e6 / seconds
+    } else {
+        0.0
+    }
+}
+
+fn log_selection(selection: &Selection) {
+    if let Some(set) = &selection.set {
+        log::info!(
+            "restore set: {}, images {}, log {}",
+            set.data,
+            set.images
+                .map(|n| n.file_name())
+                .unwrap_or_else(|| "none on this node".into()),
+            set.log
+                .map(|n| n.file_name())
+                .unwrap_or_else(|| "none".into())
+        );
+    }
+    for log_file in &selection.failed_run_logs {
+        log::info!("also copying {log_file}, the log of the failed backup");
+    }
+}
+
+fn log_keeps(side: &str, decision: &Decision) {
+    for (name, reason) in &decision.keep {
+        log::debug!("{side}: keep {name}: {reason}");
+    }
+}
+
+/// Decrypt the password when there is one; also check that an identity file exists.
+fn credentials(config: &Config) -> Result<Option<Secret>> {
+    let server = &config.server;
+    if let Some(identity) = &server.identity_file {
+        if !identity.is_file() {
+            return Err(Error::config(format!(
+                "{}: identity_file {} does not exist",
+                config.path.display(),
+                identity.display()
+            )));
+        }
+    }
+    match (&server.password_token, &server.key_file) {
+        (Some(token), Some(key)) => secret::decrypt_password(token, key, &config.path).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn list_local(config: &Config) -> Result<Vec<LocalFile>> {
+    let mut files = scan(&config.backup.backup_dir, |kind| kind != Kind::Log)?;
+    for log_file in scan(&config.backup.log_dir, |kind| kind == Kind::Log)? {
+        if !files.iter().any(|f| f.name == log_file.name) {
+            files.push(log_file);
+        }
+    }
+    Ok(files)
+}
+
+fn scan(dir: &Path, wanted: impl Fn(Kind) -> bool) -> Result<Vec<LocalFile>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => {
+            return Err(Error::config(format!(
+                "cannot list {}: {err}",
+                dir.display()
+            )));
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().and_then(BackupName::parse) else {
+            continue;
+        };
+        if !wanted(name.kind) {
+            continue;
+        }
+        match entry.metadata() {
+            Ok(meta) if meta.is_file() => files.push(LocalFile {
+                name,
+                path: entry.path(),
+                size: meta.len(),
+            }),
+            _ => continue,
+        }
+    }
+    Ok(files)
+}
+
+fn gather_facts(
+    remote: &mut dyn Remote,
+    listing: &[RemoteEntry],
+    file: &LocalFile,
+) -> Result<FileFacts> {
+    let file_name = file.name.file_name();
+    let mut facts = FileFacts {
+        name: file.name,
+        local_size: file.size,
+        remote_size: listing.iter().find(|e| e.name == file_name).map(|e| e.size),
+        remote_digest: None,
+        local_digest: None,
+    };
+    if facts.remote_size == Some(file.size) {
+        facts.remote_digest = remote
+            .read_small(&file.name.sidecar_name(), 4096)?
+            .and_then(|bytes| parse_sidecar(&String::from_utf8_lossy(&bytes), &file_name));
+    }
+    if plan::needs_local_digest(&facts) {
+        let digest = transfer::sha256_file(&file.path)
+            .map_err(|err| Error::copy(format!("cannot read {}: {err}", file.path.display())))?;
+        facts.local_digest = Some(digest);
+    }
+    Ok(facts)
+}
+
+/// Only CVP-named files count (and are deleted, with their sidecars).
+fn remote_retention(listing: &[RemoteEntry], remote_limit: u32) -> Decision {
+    let backups: Vec<BackupName> = listing
+        .iter()
+        .filter_map(|e| match RemoteName::parse(&e.name) {
+            Some(RemoteName::Backup(name)) => Some(name),
+            _ => None,
+        })
+        .collect();
+    retention::apply_policy(
+        &backups,
+        Policy {
+            keep_data: remote_limit as usize,
+        },
+    )
+}
+
+/// The same decisions as a run, taken read-only: no backup, no lock, no host key recorded,
+/// no directory created, nothing uploaded or deleted.
+fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
+    let mut plan = Plan {
+        backup: (!options.no_backup)
+            .then(|| backup::describe(&config.backup.command, &config.backup.user)),
+        destination: format!(
+            "{}@{}:{}",
+            config.server.user, config.server.host, config.server.destination
+        ),
+        ..Plan::default()
+    };
+    let local = list_local(config)?;
+    let names: Vec<BackupName> = local.iter().map(|f| f.name).collect();
+    plan.local_retention = Some(retention::apply_policy(
+        &names,
+        Policy {
+            keep_data: limit as usize,
+        },
+    ));
+    let selection = restore_set::select(&names, &HashSet::new(), false);
+    let password = credentials(config)?;
+    let mut connected = sftp::connect(ConnectOptions {
+        server: &config.server,
+        password: password.as_ref(),
+        record_host_key: false,
+    })?;
+    drop(password);
+    if let Verified::Recorded { fingerprint } = &connected.host_key {
+        plan.notes.push(format!(
+            "the server's host key {fingerprint} is not in {}: a real run records it",
+            config.server.known_hosts.display()
+        ));
+    }
+    let remote: &mut dyn Remote = &mut connected.remote;
+    let listing = match remote.list()? {
+        Some(listing) => listing,
+        None => {
+            plan.notes
+                .push("the destination does not exist: a real run creates it".into());
+            Vec::new()
+        }
+    };
+    let mut after_copy = listing.clone();
+    for name in selection.files() {
+        let Some(file) = local.iter().find(|f| f.name == name) else {
+            continue;
+        };
+        let decision = plan::decide(&gather_facts(remote, &listing, file)?);
+        if !after_copy.iter().any(|e| e.name == name.file_name()) {
+            after_copy.push(RemoteEntry {
+                name: name.file_name(),
+                size: file.size,
+            });
+        }
+        plan.copies.push(decision);
+    }
+    if config.server.remote_limit > 0 {
+        plan.remote_retention = Some(remote_retention(&after_copy, config.server.remote_limit));
+    }
+    Ok(plan)
+}

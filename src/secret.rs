@@ -1,0 +1,129 @@
+//! The backup server password: a Fernet token in the INI, decrypted with the key file, as
+//! the Python scripts (`cryptography.fernet`) wrote them. Clear text lives only in `Secret`.
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// A clear-text secret. No `Display`; `Debug` hides it; the memory is wiped on drop.
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(Zeroizing::new(value))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Read a Fernet key file: 44 characters of URL-safe base64, a trailing newline tolerated.
+pub fn load_key(path: &Path) -> Result<fernet::Fernet> {
+    let raw = std::fs::read(path)
+        .map_err(|err| Error::config(format!("cannot read key file {}: {err}", path.display())))?;
+    let raw = Zeroizing::new(raw);
+    let text = std::str::from_utf8(&raw).map_err(|_| {
+        Error::config(format!(
+            "key file {} is not a Fernet key (not text); run `cvp-backup-copy keygen`",
+            path.display()
+        ))
+    })?;
+    fernet::Fernet::new(text.trim()).ok_or_else(|| {
+        Error::config(format!(
+            "key file {} is not a Fernet key (expected 44 characters of URL-safe base64); \
+             run `cvp-backup-copy keygen`",
+            path.display()
+        ))
+    })
+}
+
+/// Decrypt the INI's `password` token. Fernet tokens carry a timestamp; no TTL applies.
+pub fn decrypt_password(token: &str, key_path: &Path, ini_path: &Path) -> Result<Secret> {
+    let key = load_key(key_path)?;
+    let clear = key.decrypt(token.trim()).map_err(|_| {
+        Error::config(format!(
+            "cannot decrypt password in {} with key file {}: the key does not match the token \
+             (or the token is damaged); run `cvp-backup-copy keygen`",
+            ini_path.display(),
+            key_path.display()
+        ))
+    })?;
+    let clear = Zeroizing::new(clear);
+    let text = String::from_utf8(clear.to_vec()).map_err(|_| {
+        Error::config(format!(
+            "password in {} decrypts with key file {} but is not UTF-8 text",
+            ini_path.display(),
+            key_path.display()
+        ))
+    })?;
+    Ok(Secret::new(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    // The Fernet specification's test vector (also what Python's `cryptography` accepts).
+    const SPEC_KEY: &str = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
+    const SPEC_TOKEN: &str = "gAAAAAAdwJ6wAAECAwQFBgcICQoLDA0ODy021cpGVWKZ_eEwCGM4BLLF_5CV9dOPmrhuVUPgJobwOz7JcbmrR64jVmpU4IwqDA==";
+
+    fn key_file(contents: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(contents.as_bytes()).expect("write key");
+        file
+    }
+
+    #[test]
+    fn decrypts_the_spec_vector_without_a_ttl_and_tolerates_a_newline() {
+        for contents in [SPEC_KEY.to_string(), format!("{SPEC_KEY}\n")] {
+            let key = key_file(&contents);
+            let secret = decrypt_password(SPEC_TOKEN, key.path(), Path::new("backup.ini"))
+                .expect("the spec token decrypts");
+            assert_eq!(secret.expose(), "hello");
+        }
+    }
+
+    #[test]
+    fn a_different_key_names_the_key_file_and_the_fix() {
+        let key = key_file(&fernet::Fernet::generate_key());
+        let err = decrypt_password(SPEC_TOKEN, key.path(), Path::new("/etc/x/backup.ini"))
+            .expect_err("wrong key");
+        assert_eq!(err.code, crate::exit_codes::ExitCode::Config);
+        assert!(
+            err.message.contains(&key.path().display().to_string()),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("/etc/x/backup.ini"));
+        assert!(err.message.contains("cvp-backup-copy keygen"));
+    }
+
+    #[test]
+    fn garbage_key_files_are_configuration_errors() {
+        for contents in ["", "not a key", &"A".repeat(44)] {
+            let key = key_file(contents);
+            match load_key(key.path()) {
+                Err(err) => assert_eq!(err.code, crate::exit_codes::ExitCode::Config),
+                Ok(_) if contents.len() == 44 => {} // 44 base64 'A's is a valid (weak) key
+                Ok(_) => panic!("{contents:?} accepted as a key"),
+            }
+        }
+        assert!(load_key(Path::new("/nonexistent/key")).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        assert_eq!(
+            format!("{:?}", Secret::new("hunter2".into())),
+            "Secret(***)"
+        );
+    }
+}
