@@ -39,7 +39,20 @@ fn connect(facility: syslog::Facility) -> Option<SyslogWriter> {
         process: IDENT.into(),
         pid: std::process::id(),
     };
-    syslog::unix_custom(formatter, socket_path()).ok()
+    let mut logger = syslog::unix_custom(formatter, socket_path()).ok()?;
+    // A stalled syslog daemon must not stall the backup: give up on a message after a while
+    // (the send then fails and we fall back to stderr).
+    let timeout = Some(std::time::Duration::from_secs(2));
+    match &mut logger.backend {
+        LoggerBackend::Unix(socket) => {
+            let _ = socket.set_write_timeout(timeout);
+        }
+        LoggerBackend::UnixStream(stream) => {
+            let _ = stream.get_ref().set_write_timeout(timeout);
+        }
+        LoggerBackend::Udp(..) | LoggerBackend::Tcp(..) => {}
+    }
+    Some(logger)
 }
 
 /// Install the logger. Info goes to stderr on a terminal, with `-v`, or when syslog is absent;

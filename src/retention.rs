@@ -62,7 +62,7 @@ pub fn newest_not_newer(files: &[BackupName], kind: Kind, at: Stamp) -> Option<B
 
 fn sorted_newest_first(files: &[BackupName], kind: Kind) -> Vec<BackupName> {
     let mut of_kind: Vec<BackupName> = files.iter().filter(|f| f.kind == kind).copied().collect();
-    of_kind.sort_by(|a, b| b.stamp.cmp(&a.stamp));
+    of_kind.sort_by_key(|f| std::cmp::Reverse(f.stamp));
     of_kind.dedup();
     of_kind
 }

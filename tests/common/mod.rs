@@ -1,0 +1,460 @@
+//! Test harness: a real OpenSSH sshd on 127.0.0.1 (random port, throwaway host key, a test
+//! user with a password), a simulated `cvpi`, Python's `cryptography` for keys and tokens,
+//! and a socket that captures what the tool sends to syslog. Tests run as root.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub const TEST_USER: &str = "cvpbc-test";
+/// Distinctive, so a leak is found by a plain substring search.
+pub const TEST_PASSWORD: &str = "Zq8-leak-canary-Pw7x";
+pub const SYSLOG_ENV: &str = "CVP_BACKUP_COPY_SYSLOG_SOCKET";
+
+/// The binary under test: the RPM tests point this at the packaged one.
+pub fn bin() -> PathBuf {
+    std::env::var_os("CVP_BACKUP_COPY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cvp-backup-copy")))
+}
+
+pub fn fake_cvpi() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-cvpi")
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn uid_of(user: &str) -> u32 {
+    run_ok(Command::new("id").args(["-u", user]))
+        .trim()
+        .parse()
+        .expect("numeric uid")
+}
+
+pub fn gid_of(user: &str) -> u32 {
+    run_ok(Command::new("id").args(["-g", user]))
+        .trim()
+        .parse()
+        .expect("numeric gid")
+}
+
+/// Create a local user (once per test process) with a known password.
+pub fn ensure_user(name: &str, password: &str) {
+    static TEST_USER_ONCE: Once = Once::new();
+    let create = || {
+        let exists = Command::new("id")
+            .arg(name)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            run_ok(Command::new("useradd").args(["-m", "-s", "/bin/sh", name]));
+        }
+        let mut child = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("chpasswd runs");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{name}:{password}\n").as_bytes())
+            .expect("write to chpasswd");
+        assert!(child.wait().expect("chpasswd").success());
+    };
+    if name == TEST_USER {
+        TEST_USER_ONCE.call_once(create);
+    } else {
+        create();
+    }
+}
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+pub struct Sshd {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        ensure_user(TEST_USER, TEST_PASSWORD);
+        std::fs::create_dir_all("/run/sshd").expect("privilege separation dir");
+        let dir = tempfile::tempdir().expect("sshd dir");
+        let key = dir.path().join("host_ed25519");
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key),
+        );
+        std::fs::create_dir_all(dir.path().join("authorized_keys")).expect("authorized_keys dir");
+        for _attempt in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {dir}/sshd.pid\n\
+                     AuthorizedKeysFile {dir}/authorized_keys/%u\nPasswordAuthentication yes\n\
+                     KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
+                     StrictModes no\nPermitRootLogin no\nAllowUsers {TEST_USER}\n\
+                     Subsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 100:30:200\n",
+                    key = key.display(),
+                    dir = dir.path().display()
+                ),
+            )
+            .expect("write sshd_config");
+            let log = std::fs::File::create(dir.path().join("sshd.log")).expect("sshd log");
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start sshd");
+            if wait_for_banner(port, &mut child) {
+                return Sshd { port, dir, child };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sshd did not start; see its log");
+    }
+
+    pub fn host_key_line(&self) -> String {
+        let public = std::fs::read_to_string(self.dir.path().join("host_ed25519.pub"))
+            .expect("host public key");
+        let mut fields = public.split_whitespace();
+        let (kind, blob) = (fields.next().expect("type"), fields.next().expect("key"));
+        format!("[127.0.0.1]:{} {kind} {blob}\n", self.port)
+    }
+
+    /// Allow key authentication for the test user.
+    pub fn authorize(&self, public_key: &str) {
+        std::fs::write(
+            self.dir.path().join("authorized_keys").join(TEST_USER),
+            public_key,
+        )
+        .expect("write authorized_keys");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+fn wait_for_banner(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut banner = [0u8; 4];
+            if stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Python's `cryptography` makes the key and token, as newKeyGen.py did.
+pub fn python_keygen(key_file: &Path, password: &str) -> String {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom cryptography.fernet import Fernet\nk = Fernet.generate_key()\n\
+             open(sys.argv[1], 'wb').write(k)\n\
+             print(Fernet(k).encrypt(sys.stdin.buffer.read()).decode())",
+        ])
+        .arg(key_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with cryptography (make test installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(password.as_bytes())
+        .expect("password");
+    let out = child.wait_with_output().expect("python3");
+    assert!(out.status.success(), "python keygen failed");
+    String::from_utf8(out.stdout)
+        .expect("token is text")
+        .trim()
+        .to_string()
+}
+
+/// A captured run of the tool.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub syslog: Vec<String>,
+}
+
+impl Run {
+    pub fn all_output(&self) -> String {
+        format!(
+            "{}\n{}\n{}",
+            self.stdout,
+            self.stderr,
+            self.syslog.join("\n")
+        )
+    }
+}
+
+/// A CVP node (local dirs, INI, key) and a backup server (sshd, destination dir).
+pub struct Fixture {
+    pub sshd: Sshd,
+    pub root: tempfile::TempDir,
+    pub remote_root: tempfile::TempDir,
+    pub backup_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub known_hosts: PathBuf,
+    pub key_file: PathBuf,
+    pub ini: PathBuf,
+    pub dest: PathBuf,
+    pub token: String,
+    /// Extra fake-cvpi flags, e.g. "--fail --size 1000".
+    pub cvpi_flags: String,
+    pub server_extra: String,
+    pub backup_extra: String,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let sshd = Sshd::start();
+        let root = tempfile::tempdir().expect("node dir");
+        let remote_root = tempfile::Builder::new()
+            .prefix("cvpbc-remote")
+            .tempdir()
+            .expect("remote");
+        let uid = uid_of(TEST_USER);
+        let gid = gid_of(TEST_USER);
+        std::os::unix::fs::chown(remote_root.path(), Some(uid), Some(gid)).expect("chown remote");
+        let node = root.path();
+        let key_file = node.join("keys/backup.key");
+        std::fs::create_dir_all(key_file.parent().expect("parent")).expect("key dir");
+        let token = python_keygen(&key_file, TEST_PASSWORD);
+        let fixture = Fixture {
+            dest: remote_root.path().join("backups/cvp"),
+            backup_dir: node.join("data/cvpbackup"),
+            log_dir: node.join("cvpi/logs/cvpbackup"),
+            state_dir: node.join("state"),
+            known_hosts: node.join("known_hosts"),
+            ini: node.join("backup.ini"),
+            key_file,
+            token,
+            sshd,
+            root,
+            remote_root,
+            cvpi_flags: String::new(),
+            server_extra: String::new(),
+            backup_extra: String::new(),
+        };
+        std::fs::create_dir_all(&fixture.backup_dir).expect("backup dir");
+        std::fs::create_dir_all(&fixture.log_dir).expect("log dir");
+        fixture.write_ini();
+        fixture
+    }
+
+    pub fn ini_text(&self) -> String {
+        format!(
+            "[Server_Settings]\n# Backup Server Settings\nuser = {TEST_USER}\nserver = 127.0.0.1\n\
+             port = {port}\npassword = {token}\nkeyFile = {key}\ndestination = {dest}\n\
+             known_hosts = {kh}\n{server_extra}\n\
+             [Backup_Settings]\n# Backup script settings\nlimit = 5\n\
+             backup_command = {cvpi} --backup-dir {bd} --log-dir {ld} {flags} backup cvp\n\
+             backup_user = root\nbackup_dir = {bd}\nlog_dir = {ld}\nstate_dir = {sd}\n{backup_extra}\n",
+            port = self.sshd.port,
+            token = self.token,
+            key = self.key_file.display(),
+            dest = self.dest.display(),
+            kh = self.known_hosts.display(),
+            server_extra = self.server_extra,
+            cvpi = fake_cvpi().display(),
+            bd = self.backup_dir.display(),
+            ld = self.log_dir.display(),
+            flags = self.cvpi_flags,
+            sd = self.state_dir.display(),
+            backup_extra = self.backup_extra,
+        )
+    }
+
+    pub fn write_ini(&self) {
+        std::fs::write(&self.ini, self.ini_text()).expect("write ini");
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--ini").arg(&self.ini).args(args);
+        cmd.env_remove("CVP_BACKUP_COPY_INI");
+        cmd
+    }
+
+    /// Run the tool and capture stdout, stderr and what it sent to syslog.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command(args);
+        run_captured(&mut cmd, self.root.path())
+    }
+
+    /// Put a file with a CVP name and random content into the local backup or log dir.
+    pub fn seed(&self, name: &str, size: usize) -> Vec<u8> {
+        let dir = if name.starts_with("backup_cvp.") {
+            &self.log_dir
+        } else {
+            &self.backup_dir
+        };
+        let bytes = random_bytes(size);
+        std::fs::write(dir.join(name), &bytes).expect("seed file");
+        bytes
+    }
+
+    pub fn local_names(&self) -> Vec<String> {
+        let mut names = file_names(&self.backup_dir);
+        names.extend(file_names(&self.log_dir));
+        names.sort();
+        names
+    }
+
+    /// Create the destination as the backup server's user owns it.
+    pub fn make_remote_dir(&self) {
+        std::fs::create_dir_all(&self.dest).expect("create destination");
+        let (uid, gid) = (uid_of(TEST_USER), gid_of(TEST_USER));
+        for dir in [self.dest.as_path(), self.dest.parent().expect("parent")] {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("chown destination");
+        }
+    }
+
+    pub fn remote_names(&self) -> Vec<String> {
+        file_names(&self.dest)
+    }
+
+    pub fn newest_local(&self, prefix: &str) -> Option<String> {
+        self.local_names()
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .max()
+    }
+
+    pub fn local_path(&self, name: &str) -> PathBuf {
+        if name.starts_with("backup_cvp.") {
+            self.log_dir.join(name)
+        } else {
+            self.backup_dir.join(name)
+        }
+    }
+
+    /// The destination's files verify with the real `sha256sum -c`.
+    pub fn assert_remote_checksums_verify(&self) {
+        let sidecars: Vec<String> = self
+            .remote_names()
+            .into_iter()
+            .filter(|n| n.ends_with(".sha256"))
+            .collect();
+        assert!(!sidecars.is_empty(), "no checksum files on the remote");
+        let out = Command::new("sha256sum")
+            .arg("-c")
+            .args(&sidecars)
+            .current_dir(&self.dest)
+            .output()
+            .expect("sha256sum");
+        assert!(
+            out.status.success(),
+            "sha256sum -c failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+pub fn run_captured(cmd: &mut Command, scratch: &Path) -> Run {
+    let socket_path = scratch.join(format!("syslog-{}.sock", free_port()));
+    let _ = std::fs::remove_file(&socket_path);
+    let socket = UnixDatagram::bind(&socket_path).expect("bind syslog socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    // Drain while the tool runs, as rsyslog would: the kernel queues only a few datagrams.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match socket.recv(&mut buf) {
+                    Ok(n) => lines.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                    Err(_) if done.load(std::sync::atomic::Ordering::SeqCst) => break,
+                    Err(_) => {}
+                }
+            }
+            lines
+        })
+    };
+    let out: Output = cmd
+        .env(SYSLOG_ENV, &socket_path)
+        .output()
+        .expect("run the tool");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let syslog = reader.join().expect("syslog reader");
+    let _ = std::fs::remove_file(&socket_path);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        syslog,
+    }
+}
+
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub fn random_bytes(size: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; size];
+    let mut file = std::fs::File::open("/dev/urandom").expect("urandom");
+    file.read_exact(&mut bytes).expect("random bytes");
+    bytes
+}
