@@ -27,6 +27,7 @@ pub enum CopyDecision {
     AlreadyThere {
         name: BackupName,
         size: u64,
+        digest: String,
     },
 }
 
@@ -49,6 +50,7 @@ pub fn decide(facts: &FileFacts) -> CopyDecision {
             (Some(remote), Some(local)) if remote == local => CopyDecision::AlreadyThere {
                 name: facts.name,
                 size: facts.local_size,
+                digest: local.clone(),
             },
             _ => upload("remote checksum differs"),
         },
@@ -91,7 +93,7 @@ impl Plan {
                 CopyDecision::Upload { name, size, why } => {
                     writeln!(out, "    upload  {name} ({size} bytes): {why}")
                 }
-                CopyDecision::AlreadyThere { name, size } => {
+                CopyDecision::AlreadyThere { name, size, .. } => {
                     writeln!(out, "    keep    {name} ({size} bytes): already on the remote, checksum matches")
                 }
             };

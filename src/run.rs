@@ -281,13 +281,13 @@ impl Job<'_> {
                 }
             };
             match decision {
-                CopyDecision::AlreadyThere { name, size } => {
+                CopyDecision::AlreadyThere { name, size, digest } => {
                     log::info!("{name}: already on the remote, checksum matches");
                     self.record.files.push(CopiedFile {
                         name: name.file_name(),
                         bytes: size,
                         uploaded: false,
-                        sha256: None,
+                        sha256: Some(digest),
                     });
                 }
                 CopyDecision::Upload { name, size, why } => {

@@ -20,7 +20,6 @@ pub struct RunRecord {
     pub started: String,
     pub finished: String,
     pub exit_code: i32,
-    pub dry_run: bool,
     pub backup_ran: bool,
     pub backup_succeeded: Option<bool>,
     pub destination: String,

@@ -610,3 +610,21 @@ fn a_stale_remote_file_with_a_wrong_checksum_is_replaced() {
         "no partials left"
     );
 }
+
+#[test]
+fn without_a_syslog_socket_everything_goes_to_stderr_and_the_run_goes_on() {
+    let fx = Fixture::new();
+    fx.seed("cvp.20240101020010.tgz", 10);
+    let out = fx
+        .command(&["--no-backup"])
+        .env(SYSLOG_ENV, fx.root.path().join("no-such-socket"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("restore set: cvp.20240101020010.tgz"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("summary: files=1 uploaded=1"), "{stderr}");
+}
