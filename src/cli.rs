@@ -26,6 +26,64 @@ pub enum Command {
     /// Back up CVP and copy the restore set (the default when no subcommand is given)
     #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
+
+    /// Generate a new key and encrypt the password with it (replaces newKeyGen.py)
+    #[command(after_help = KEYGEN_HELP)]
+    Keygen(KeygenArgs),
+
+    /// Show and change the settings, or set them from a script (replaces iniEditor.py)
+    #[command(after_help = EDIT_HELP)]
+    Edit(EditArgs),
+}
+
+const KEYGEN_HELP: &str = "\
+The key goes to --key-file, else the INI's keyFile, else /etc/cvp-backup-copy/keys/backup.key,
+with mode 0600; an existing key is kept as NAME.bak-<timestamp>. The password is read twice
+without echo, or as one line from standard input with --password-stdin.";
+
+const EDIT_HELP: &str = "\
+On a terminal: shows the settings (password masked) and asks for each; the password changes
+only after the current one is typed. From a script:
+  cvp-backup-copy edit --set Server_Settings.server=backup.example.net --set Backup_Settings.limit=7
+  printf '%s\\n' \"$PASSWORD\" | cvp-backup-copy edit --password-stdin
+An invalid value changes nothing and exits 3.";
+
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// The configuration file
+    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
+    pub ini: PathBuf,
+
+    /// Where to write the key (default: the INI's keyFile)
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+
+    /// Read the password as one line from standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Only create the key file if it is missing; touch nothing else
+    #[arg(long)]
+    pub key_only: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EditArgs {
+    /// The configuration file
+    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
+    pub ini: PathBuf,
+
+    /// Set an option without questions: Section.option=value (repeatable)
+    #[arg(long = "set", value_name = "SECTION.OPTION=VALUE")]
+    pub set: Vec<String>,
+
+    /// Set the password from one line of standard input
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -52,10 +110,12 @@ pub struct RunArgs {
 }
 
 impl Cli {
-    pub fn run_args(&self) -> &RunArgs {
+    /// The job's arguments, when the job (not another subcommand) is what was asked for.
+    pub fn run_args(&self) -> Option<&RunArgs> {
         match &self.command {
-            Some(Command::Run(args)) => args,
-            None => &self.run,
+            Some(Command::Run(args)) => Some(args),
+            None => Some(&self.run),
+            Some(_) => None,
         }
     }
 }
@@ -74,12 +134,29 @@ mod tests {
     fn run_is_the_default_and_a_subcommand() {
         let bare = Cli::try_parse_from(["cvp-backup-copy", "--ini", "a.ini", "--no-backup"])
             .expect("parses");
-        assert_eq!(bare.run_args().ini, PathBuf::from("a.ini"));
-        assert!(bare.run_args().no_backup);
+        let args = bare.run_args().expect("run");
+        assert_eq!(args.ini, PathBuf::from("a.ini"));
+        assert!(args.no_backup);
         let sub = Cli::try_parse_from(["cvp-backup-copy", "run", "--dry-run", "--limit", "3"])
             .expect("parses");
-        assert!(sub.run_args().dry_run);
-        assert_eq!(sub.run_args().limit, Some(3));
+        let args = sub.run_args().expect("run");
+        assert!(args.dry_run);
+        assert_eq!(args.limit, Some(3));
+        let keygen =
+            Cli::try_parse_from(["cvp-backup-copy", "keygen", "--key-only"]).expect("keygen");
+        assert!(keygen.run_args().is_none());
+        let edit = Cli::try_parse_from([
+            "cvp-backup-copy",
+            "edit",
+            "--set",
+            "a.b=c",
+            "--set",
+            "d.e=f",
+        ])
+        .expect("edit");
+        assert!(
+            matches!(edit.command, Some(Command::Edit(EditArgs { ref set, .. })) if set.len() == 2)
+        );
     }
 
     #[test]

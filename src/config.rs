@@ -10,14 +10,14 @@ pub const DEFAULT_INI: &str = "/etc/cvp-backup-copy/backup.ini";
 pub const INI_ENV: &str = "CVP_BACKUP_COPY_INI";
 pub const DEFAULT_LIMIT: u32 = 5;
 
-const SERVER: &str = "Server_Settings";
-const BACKUP: &str = "Backup_Settings";
+pub const SERVER: &str = "Server_Settings";
+pub const BACKUP: &str = "Backup_Settings";
 
 const SERVER_OPTIONS: &[&str] = &[
     "user",
     "server",
     "password",
-    "keyfile",
+    "keyFile",
     "destination",
     "port",
     "identity_file",
@@ -34,6 +34,106 @@ const BACKUP_OPTIONS: &[&str] = &[
     "state_dir",
     "syslog_facility",
 ];
+
+/// Defaults of optional settings, shown by `edit`; `run` uses the same values.
+pub fn default_value(option: &str) -> Option<&'static str> {
+    Some(match option.to_ascii_lowercase().as_str() {
+        "port" => "22",
+        "known_hosts" => "~/.ssh/known_hosts",
+        "host_key_policy" => "accept-new",
+        "remote_limit" => "0",
+        "limit" => "5",
+        "backup_command" => "/cvpi/bin/cvpi backup cvp",
+        "backup_user" => "cvp",
+        "backup_dir" => "/data/cvpbackup",
+        "log_dir" => "/cvpi/logs/cvpbackup",
+        "state_dir" => "/var/lib/cvp-backup-copy",
+        "syslog_facility" => "user",
+        _ => return None,
+    })
+}
+
+fn default_of(option: &str) -> &'static str {
+    default_value(option).unwrap_or_default()
+}
+
+fn parse_number(text: &str, min: u64, max: u64) -> std::result::Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a whole number from {min} to {max}"
+        )),
+    }
+}
+
+fn parse_policy(text: &str) -> std::result::Result<HostKeyPolicy, String> {
+    match text {
+        "accept-new" => Ok(HostKeyPolicy::AcceptNew),
+        "strict" => Ok(HostKeyPolicy::Strict),
+        other => Err(format!("`{other}` is not one of accept-new, strict")),
+    }
+}
+
+fn parse_facility(text: &str) -> std::result::Result<syslog::Facility, String> {
+    text.parse::<syslog::Facility>().map_err(|_| {
+        format!("`{text}` is not a syslog facility (user, daemon, local0..local7, ...)")
+    })
+}
+
+fn parse_command(text: &str) -> std::result::Result<Vec<String>, String> {
+    match shlex::split(text) {
+        Some(words) if !words.is_empty() => Ok(words),
+        _ => Err("empty or has unbalanced quotes".into()),
+    }
+}
+
+/// The options, by section and in the order `edit` offers them, spelled canonically.
+pub const KNOWN_OPTIONS: [(&str, &[&str]); 2] =
+    [(SERVER, SERVER_OPTIONS), (BACKUP, BACKUP_OPTIONS)];
+
+/// Check one value as `run` would read it; `base` resolves relative paths. `password` is a
+/// token that only `keygen` and `edit` write, so it is not accepted here.
+pub fn check_value(
+    section: &str,
+    option: &str,
+    value: &str,
+    ini: &Path,
+) -> std::result::Result<(), String> {
+    let value = value.trim();
+    let home = KNOWN_OPTIONS
+        .iter()
+        .find(|(_, options)| options.iter().any(|o| o.eq_ignore_ascii_case(option)))
+        .map(|(s, _)| *s);
+    match home {
+        None => return Err(format!("{option} is not an option this tool reads")),
+        Some(home) if !home.eq_ignore_ascii_case(section) => {
+            return Err(format!("{option} belongs in [{home}], not [{section}]"))
+        }
+        Some(_) if option.eq_ignore_ascii_case("password") => {
+            return Err("the password is set with `edit` on a terminal or --password-stdin".into())
+        }
+        Some(_) => {}
+    }
+    if value.is_empty() || value.contains("{{") {
+        return Err("a value is required".into());
+    }
+    let path = |v: &str| resolve_against(ini, v);
+    match option.to_ascii_lowercase().as_str() {
+        "port" => parse_number(value, 1, u16::MAX as u64).map(drop),
+        "remote_limit" => parse_number(value, 0, u32::MAX as u64).map(drop),
+        "limit" => parse_number(value, 1, u32::MAX as u64).map(drop),
+        "host_key_policy" => parse_policy(value).map(drop),
+        "syslog_facility" => parse_facility(value).map(drop),
+        "backup_command" => parse_command(value).map(drop),
+        "keyfile" => crate::secret::load_key(&path(value))
+            .map(drop)
+            .map_err(|e| e.message),
+        "identity_file" if !path(value).is_file() => {
+            Err(format!("{} does not exist", path(value).display()))
+        }
+        _ => Ok(()),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostKeyPolicy {
@@ -139,18 +239,10 @@ impl Config {
             Some(path) => path,
             None => default_known_hosts()?,
         };
-        let host_key_policy = match reader
-            .optional(server, SERVER, "host_key_policy")?
-            .as_deref()
-        {
-            None | Some("accept-new") => HostKeyPolicy::AcceptNew,
-            Some("strict") => HostKeyPolicy::Strict,
-            Some(other) => {
-                return Err(reader.bad(
-                    SERVER,
-                    "host_key_policy",
-                    &format!("`{other}` is not one of accept-new, strict"),
-                ))
+        let host_key_policy = match reader.optional(server, SERVER, "host_key_policy")? {
+            None => HostKeyPolicy::AcceptNew,
+            Some(text) => {
+                parse_policy(&text).map_err(|why| reader.bad(SERVER, "host_key_policy", &why))?
             }
         };
         let remote_limit = reader
@@ -171,33 +263,25 @@ impl Config {
             }
         };
         let command_text =
-            get("backup_command")?.unwrap_or_else(|| "/cvpi/bin/cvpi backup cvp".into());
-        let command = match shlex::split(&command_text) {
-            Some(words) if !words.is_empty() => words,
-            _ => {
-                return Err(reader.bad(BACKUP, "backup_command", "empty or has unbalanced quotes"))
-            }
-        };
-        let dir = |name: &str, default: &str| -> Result<PathBuf> {
+            get("backup_command")?.unwrap_or_else(|| default_of("backup_command").into());
+        let command = parse_command(&command_text)
+            .map_err(|why| reader.bad(BACKUP, "backup_command", &why))?;
+        let dir = |name: &str| -> Result<PathBuf> {
             Ok(get(name)?
                 .map(|v| reader.resolve(&v))
-                .unwrap_or_else(|| PathBuf::from(default)))
+                .unwrap_or_else(|| PathBuf::from(default_of(name))))
         };
-        let facility_name = get("syslog_facility")?.unwrap_or_else(|| "user".into());
-        let syslog_facility = facility_name.parse::<syslog::Facility>().map_err(|_| {
-            reader.bad(
-                BACKUP,
-                "syslog_facility",
-                &format!("`{facility_name}` is not a syslog facility (user, daemon, local0..local7, ...)"),
-            )
-        })?;
+        let facility_name =
+            get("syslog_facility")?.unwrap_or_else(|| default_of("syslog_facility").into());
+        let syslog_facility = parse_facility(&facility_name)
+            .map_err(|why| reader.bad(BACKUP, "syslog_facility", &why))?;
         let backup = BackupConfig {
             limit,
             command,
-            user: get("backup_user")?.unwrap_or_else(|| "cvp".into()),
-            backup_dir: dir("backup_dir", "/data/cvpbackup")?,
-            log_dir: dir("log_dir", "/cvpi/logs/cvpbackup")?,
-            state_dir: dir("state_dir", "/var/lib/cvp-backup-copy")?,
+            user: get("backup_user")?.unwrap_or_else(|| default_of("backup_user").into()),
+            backup_dir: dir("backup_dir")?,
+            log_dir: dir("log_dir")?,
+            state_dir: dir("state_dir")?,
             syslog_facility,
         };
         if let Some(missing_backup) = backup_section_missing(&ini) {
@@ -296,14 +380,9 @@ impl Reader<'_> {
         let Some(text) = self.optional(props, section, option)? else {
             return Ok(None);
         };
-        match text.parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(self.bad(
-                section,
-                option,
-                &format!("`{text}` is not a whole number from {min} to {max}"),
-            )),
-        }
+        parse_number(&text, min, max)
+            .map(Some)
+            .map_err(|why| self.bad(section, option, &why))
     }
 
     fn path(&self, props: &Properties, section: &str, option: &str) -> Result<Option<PathBuf>> {
@@ -312,20 +391,8 @@ impl Reader<'_> {
             .map(|v| self.resolve(&v)))
     }
 
-    /// `~/` is the running user's home; other relative paths are relative to the INI's folder
-    /// (cron's working directory is not the operator's).
     fn resolve(&self, value: &str) -> PathBuf {
-        if let Some(rest) = value.strip_prefix("~/") {
-            if let Some(home) = home_dir() {
-                return home.join(rest);
-            }
-        }
-        let path = PathBuf::from(value);
-        if path.is_absolute() {
-            path
-        } else {
-            self.base.join(path)
-        }
+        resolve(&self.base, value)
     }
 
     fn unknown_entries(&self) -> Vec<String> {
@@ -355,6 +422,27 @@ impl Reader<'_> {
         }
         warnings
     }
+}
+
+/// `~/` is the running user's home; other relative paths are relative to the INI's folder
+/// (cron's working directory is not the operator's).
+fn resolve(base: &Path, value: &str) -> PathBuf {
+    if let Some(rest) = value.strip_prefix("~/") {
+        if let Some(home) = home_dir() {
+            return home.join(rest);
+        }
+    }
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+/// A path from the INI at `ini`, resolved as `run` resolves it.
+pub fn resolve_against(ini: &Path, value: &str) -> PathBuf {
+    resolve(&base_dir(ini), value)
 }
 
 fn base_dir(ini_path: &Path) -> PathBuf {
@@ -548,6 +636,64 @@ limit: 7
             config.backup.syslog_facility as i32,
             syslog::Facility::LOG_LOCAL3 as i32
         );
+    }
+
+    #[test]
+    fn single_values_are_checked_as_run_reads_them() {
+        let ini = Path::new("/etc/cvp-backup-copy/backup.ini");
+        let table = [
+            ("Server_Settings", "port", "2222", None),
+            ("Server_Settings", "port", "0", Some("from 1 to 65535")),
+            ("server_settings", "PORT", "x", Some("`x`")),
+            ("Backup_Settings", "limit", "0", Some("from 1 to")),
+            ("Server_Settings", "remote_limit", "0", None),
+            (
+                "Backup_Settings",
+                "remote_limit",
+                "1",
+                Some("belongs in [Server_Settings]"),
+            ),
+            ("Server_Settings", "host_key_policy", "strict", None),
+            (
+                "Server_Settings",
+                "host_key_policy",
+                "yes",
+                Some("accept-new, strict"),
+            ),
+            ("Backup_Settings", "syslog_facility", "local7", None),
+            (
+                "Backup_Settings",
+                "backup_command",
+                "'unbalanced",
+                Some("quotes"),
+            ),
+            (
+                "Server_Settings",
+                "keyFile",
+                "/nonexistent/key",
+                Some("/nonexistent/key"),
+            ),
+            (
+                "Server_Settings",
+                "identity_file",
+                "/nonexistent/id",
+                Some("does not exist"),
+            ),
+            ("Server_Settings", "server", "", Some("required")),
+            ("Server_Settings", "server", "{{IP}}", Some("required")),
+            ("Server_Settings", "password", "x", Some("--password-stdin")),
+            ("Server_Settings", "colour", "blue", Some("not an option")),
+        ];
+        for (section, option, value, problem) in table {
+            let result = check_value(section, option, value, ini);
+            match (result, problem) {
+                (Ok(()), None) => {}
+                (Err(why), Some(needle)) => {
+                    assert!(why.contains(needle), "{option}={value}: {why}")
+                }
+                (other, _) => panic!("{section}.{option}={value}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -3,12 +3,16 @@
 mod backup;
 mod cli;
 mod config;
+mod edit;
 mod error;
 mod exit_codes;
+mod ini_edit;
+mod keygen;
 mod lock;
 mod logging;
 mod names;
 mod plan;
+mod prompt;
 mod remote;
 mod restore_set;
 mod retention;
@@ -34,13 +38,37 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(code.code() as u8);
         }
     };
-    let args = cli.run_args().clone();
-    logging::init(args.verbose);
-    let code = run::run_job(&run::RunOptions {
-        ini: args.ini,
-        limit: args.limit,
-        no_backup: args.no_backup,
-        dry_run: args.dry_run,
-    });
+    if let Some(args) = cli.run_args() {
+        logging::init(args.verbose);
+        let code = run::run_job(&run::RunOptions {
+            ini: args.ini.clone(),
+            limit: args.limit,
+            no_backup: args.no_backup,
+            dry_run: args.dry_run,
+        });
+        return std::process::ExitCode::from(code.code() as u8);
+    }
+    let result = match cli.command {
+        Some(cli::Command::Keygen(args)) => keygen::keygen(&keygen::KeygenOptions {
+            ini: args.ini,
+            key_file: args.key_file,
+            password_stdin: args.password_stdin,
+            yes: args.yes,
+            key_only: args.key_only,
+        }),
+        Some(cli::Command::Edit(args)) => edit::edit(&edit::EditOptions {
+            ini: args.ini,
+            set: args.set,
+            password_stdin: args.password_stdin,
+        }),
+        Some(cli::Command::Run(_)) | None => Ok(()),
+    };
+    let code = match result {
+        Ok(()) => ExitCode::Success,
+        Err(err) => {
+            eprintln!("cvp-backup-copy: error: {err}");
+            err.code
+        }
+    };
     std::process::ExitCode::from(code.code() as u8)
 }

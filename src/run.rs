@@ -445,7 +445,10 @@ fn credentials(config: &Config) -> Result<Option<Secret>> {
         }
     }
     match (&server.password_token, &server.key_file) {
-        (Some(token), Some(key)) => secret::decrypt_password(token, key, &config.path).map(Some),
+        (Some(token), Some(key)) => {
+            secret::check_key_is_private(key)?;
+            secret::decrypt_password(token, key, &config.path).map(Some)
+        }
         _ => Ok(None),
     }
 }

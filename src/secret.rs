@@ -24,6 +24,38 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A new Fernet key, as `Fernet.generate_key()` makes it.
+pub fn new_key() -> String {
+    fernet::Fernet::generate_key()
+}
+
+pub fn encrypt_password(key: &fernet::Fernet, password: &Secret) -> String {
+    key.encrypt(password.expose().as_bytes())
+}
+
+/// Write a key file: 0600, atomically. A key is never left half-written.
+pub fn write_key(path: &Path, key: &str) -> Result<()> {
+    crate::ini_edit::write_atomically(path, key.as_bytes(), crate::ini_edit::Mode::Force(0o600))
+        .map_err(|err| Error::config(format!("cannot write key file {}: {err}", path.display())))
+}
+
+/// A key file others can read defeats the encryption of the password: refuse it.
+pub fn check_key_is_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|err| Error::config(format!("cannot read key file {}: {err}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::config(format!(
+            "key file {} is open to group or other (mode {mode:04o}): anyone who can read it \
+             can decrypt the password; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Read a Fernet key file: 44 characters of URL-safe base64, a trailing newline tolerated.
 pub fn load_key(path: &Path) -> Result<fernet::Fernet> {
     let raw = std::fs::read(path)
@@ -117,6 +149,26 @@ mod tests {
             }
         }
         assert!(load_key(Path::new("/nonexistent/key")).is_err());
+    }
+
+    #[test]
+    fn keys_cross_over_and_are_written_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("backup.key");
+        let key = new_key();
+        write_key(&path, &key).expect("write key");
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        check_key_is_private(&path).expect("0600 is private");
+        let token = encrypt_password(&load_key(&path).expect("load"), &Secret::new("pw".into()));
+        let clear = decrypt_password(&token, &path, Path::new("x.ini")).expect("decrypt");
+        assert_eq!(clear.expose(), "pw");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = check_key_is_private(&path).expect_err("0644 is refused");
+        assert!(err.message.contains("chmod 600"), "{}", err.message);
     }
 
     #[test]

@@ -400,6 +400,20 @@ with open(ini, "w") as f:
         ini.contains("keyFile = ") && ini.contains("password = gAAAAA"),
         "{ini}"
     );
+    // Python wrote the key with the umask's mode (0644): anyone on the node could decrypt the
+    // password. The run refuses it with the fix; after `chmod 600` the files work unchanged.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&py_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let refused = fx.run(&[]);
+    assert_eq!(refused.code, 3, "{}", refused.all_output());
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("chmod 600 {}", py_key.display())),
+        "{}",
+        refused.stderr
+    );
+    std::fs::set_permissions(&py_key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let run = fx.run(&[]);
     assert_eq!(run.code, 0, "{}", run.all_output());
     fx.assert_remote_checksums_verify();

@@ -210,6 +210,9 @@ pub fn python_keygen(key_file: &Path, password: &str) -> String {
         .expect("password");
     let out = child.wait_with_output().expect("python3");
     assert!(out.status.success(), "python keygen failed");
+    // The one step an operator adds to newKeyGen's output: the tool refuses a key others read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
     String::from_utf8(out.stdout)
         .expect("token is text")
         .trim()

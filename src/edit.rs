@@ -1,0 +1,351 @@
+//! `edit` (iniEditor.py): show the settings with the password masked, change them one by
+//! one, or scripted with `--set`. Nothing is written until every change is valid and, on a
+//! terminal, the operator says so; then key and INI are written atomically.
+
+use crate::config::{self, BACKUP, KNOWN_OPTIONS, SERVER};
+use crate::error::{Error, Result};
+use crate::exit_codes::ExitCode;
+use crate::ini_edit::IniDocument;
+use crate::keygen::{self, DEFAULT_KEY_FILE};
+use crate::prompt;
+use crate::secret::{self, Secret};
+use std::path::{Path, PathBuf};
+
+pub struct EditOptions {
+    pub ini: PathBuf,
+    /// `Section.option=value`
+    pub set: Vec<String>,
+    pub password_stdin: bool,
+}
+
+/// A key to write when the edit is saved.
+struct NewKey {
+    path: PathBuf,
+    key: String,
+}
+
+struct Session {
+    ini: PathBuf,
+    doc: IniDocument,
+    new_key: Option<NewKey>,
+    changed: bool,
+}
+
+impl Session {
+    fn load(ini: &Path) -> Result<Session> {
+        let text = std::fs::read_to_string(ini).map_err(|err| {
+            Error::config(format!(
+                "cannot read configuration {}: {err}",
+                ini.display()
+            ))
+        })?;
+        Ok(Session {
+            ini: ini.to_path_buf(),
+            doc: IniDocument::parse(&text),
+            new_key: None,
+            changed: false,
+        })
+    }
+
+    fn value(&self, section: &str, option: &str) -> Option<String> {
+        self.doc.get(section, option).filter(|v| !v.is_empty())
+    }
+
+    fn key_path(&self) -> Option<PathBuf> {
+        if let Some(new) = &self.new_key {
+            return Some(new.path.clone());
+        }
+        self.value(SERVER, "keyFile")
+            .filter(|v| !v.contains("{{"))
+            .map(|v| config::resolve_against(&self.ini, &v))
+    }
+
+    /// The key text that encrypts the password from now on.
+    fn current_key(&self) -> Result<String> {
+        if let Some(new) = &self.new_key {
+            return Ok(new.key.clone());
+        }
+        let path = self.key_path().ok_or_else(|| {
+            Error::config("no keyFile is set: run `cvp-backup-copy keygen` first")
+        })?;
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            Error::config(format!(
+                "cannot read key file {}: {err}; run `cvp-backup-copy keygen`",
+                path.display()
+            ))
+        })?;
+        secret::load_key(&path)?;
+        Ok(text.trim().to_string())
+    }
+
+    /// The current password in clear, when a token exists and the key decrypts it.
+    fn current_password(&self) -> Result<Option<Secret>> {
+        let Some(token) = self.value(SERVER, "password").filter(|t| !t.contains("{{")) else {
+            return Ok(None);
+        };
+        let path = self.key_path().ok_or_else(|| {
+            Error::config("the password is set but no keyFile is: run `cvp-backup-copy keygen`")
+        })?;
+        secret::decrypt_password(&token, &path, &self.ini).map(Some)
+    }
+
+    fn set(&mut self, section: &str, option: &str, value: &str) {
+        if self.doc.get(section, option).as_deref() != Some(value) {
+            self.doc.set(section, option, value);
+            self.changed = true;
+        }
+    }
+
+    fn set_password(&mut self, password: &Secret) -> Result<()> {
+        let token = keygen::encrypt_with(&self.current_key()?, password)?;
+        self.set(SERVER, "password", &token);
+        Ok(())
+    }
+
+    /// Use another existing key file: the password is re-encrypted with it.
+    fn assign_key(&mut self, path: PathBuf) -> Result<()> {
+        secret::load_key(&path)?;
+        let password = self.current_password()?;
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            Error::config(format!("cannot read key file {}: {err}", path.display()))
+        })?;
+        self.new_key = None;
+        self.set(SERVER, "keyFile", &path.display().to_string());
+        if let Some(password) = password {
+            let token = keygen::encrypt_with(text.trim(), &password)?;
+            self.set(SERVER, "password", &token);
+        }
+        // Written nothing: the key file exists. Loose modes are for the operator to fix.
+        if let Err(err) = secret::check_key_is_private(&path) {
+            eprintln!("warning: {err}");
+        }
+        Ok(())
+    }
+
+    /// A new key in place of the current one (kept as `.bak-<timestamp>` on save).
+    fn update_key(&mut self) -> Result<()> {
+        let password = self.current_password()?;
+        let path = self
+            .key_path()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
+        let key = secret::new_key();
+        if let Some(password) = password {
+            let token = keygen::encrypt_with(&key, &password)?;
+            self.set(SERVER, "password", &token);
+        }
+        self.set(SERVER, "keyFile", &path.display().to_string());
+        self.new_key = Some(NewKey { path, key });
+        self.changed = true;
+        Ok(())
+    }
+
+    fn save(self) -> Result<()> {
+        if let Err(err) = config::Config::parse(&self.doc.render(), &self.ini) {
+            eprintln!("note: saved, but not complete yet: {err}");
+        }
+        if let Some(new) = &self.new_key {
+            if new.path.exists() {
+                let kept = keygen::backup_key(&new.path)?;
+                println!("old key kept as {}", kept.display());
+            }
+            secret::write_key(&new.path, &new.key)?;
+            println!("new key written to {} (mode 0600)", new.path.display());
+        }
+        keygen::save(&self.ini, &self.doc)?;
+        println!("saved {}", self.ini.display());
+        Ok(())
+    }
+
+    fn show(&self, title: &str) {
+        println!("\n#####  {title}  #####");
+        for (section, options) in KNOWN_OPTIONS {
+            println!("[{section}]");
+            for option in options {
+                println!("  {option} : {}", self.display(section, option));
+            }
+        }
+        println!();
+    }
+
+    /// Never the token or the clear password.
+    fn display(&self, section: &str, option: &str) -> String {
+        let value = self.value(section, option);
+        if option.eq_ignore_ascii_case("password") {
+            return match value {
+                Some(v) if !v.contains("{{") => "******** (set)".into(),
+                _ => "(not set)".into(),
+            };
+        }
+        match (value, config::default_value(option)) {
+            (Some(v), _) => v,
+            (None, Some(default)) => format!("(default {default})"),
+            (None, None) => "(not set)".into(),
+        }
+    }
+}
+
+pub fn edit(options: &EditOptions) -> Result<()> {
+    let mut session = Session::load(&options.ini)?;
+    keygen::warn_if_loose(&options.ini);
+    if !options.set.is_empty() || options.password_stdin {
+        return scripted(session, options);
+    }
+    if !prompt::interactive() {
+        return Err(Error::new(
+            ExitCode::Usage,
+            "edit asks questions on a terminal; from a script use --set Section.option=value \
+             and --password-stdin",
+        ));
+    }
+    session.show(&format!("Current settings in {}", options.ini.display()));
+    if !prompt::yes_no("Would you like to edit these settings? (y/n) ")? {
+        return Ok(());
+    }
+    println!("Type a new value, or press Enter to keep the current one.\n");
+    for (section, options) in KNOWN_OPTIONS {
+        println!("[{section}]");
+        for option in options {
+            match *option {
+                "password" => ask_password(&mut session)?,
+                "keyFile" => ask_key(&mut session)?,
+                _ => ask_value(&mut session, section, option)?,
+            }
+        }
+    }
+    if !session.changed {
+        println!("nothing changed");
+        return Ok(());
+    }
+    session.show("New settings");
+    if !prompt::yes_no(&format!("Save to {}? (y/n) ", options.ini.display()))? {
+        println!("not saved: nothing changed");
+        return Ok(());
+    }
+    session.save()
+}
+
+fn ask_value(session: &mut Session, section: &str, option: &str) -> Result<()> {
+    loop {
+        let shown = session.display(section, option);
+        let answer = prompt::line(&format!("  {option} [{shown}]: "))?;
+        let answer = answer.trim();
+        if answer.is_empty() {
+            return Ok(());
+        }
+        match config::check_value(section, option, answer, &session.ini) {
+            Ok(()) => {
+                session.set(section, option, answer);
+                return Ok(());
+            }
+            Err(why) => println!("   not changed: {why}"),
+        }
+    }
+}
+
+fn ask_password(session: &mut Session) -> Result<()> {
+    let shown = session.display(SERVER, "password");
+    if !prompt::yes_no(&format!(
+        "  password [{shown}]: change the password? (y/n) "
+    ))? {
+        return Ok(());
+    }
+    let current = match session.current_password() {
+        Ok(current) => current,
+        Err(err) => {
+            println!("   cannot change it here: {err}");
+            return Ok(());
+        }
+    };
+    if let Some(current) = current {
+        let mut verified = false;
+        for attempt in 1..=3 {
+            let typed = prompt::password("   Current password: ")?;
+            if typed.expose() == current.expose() {
+                verified = true;
+                break;
+            }
+            println!("   that is not the current password ({attempt} of 3)");
+        }
+        if !verified {
+            return Err(Error::new(
+                ExitCode::Usage,
+                "the current password was not typed correctly three times: nothing changed",
+            ));
+        }
+    }
+    let user = session.value(SERVER, "user").unwrap_or_default();
+    let server = session.value(SERVER, "server").unwrap_or_default();
+    let new = prompt::new_password(&format!("{user}@{server}"))?;
+    session.set_password(&new)?;
+    println!("   password changed (it is saved encrypted)");
+    Ok(())
+}
+
+fn ask_key(session: &mut Session) -> Result<()> {
+    let shown = session.display(SERVER, "keyFile");
+    if !prompt::yes_no(&format!(
+        "  keyFile [{shown}]: update the key or key file? (y/n) "
+    ))? {
+        return Ok(());
+    }
+    loop {
+        let choice = prompt::line("   (A)ssign an existing key file or (U)pdate the key? (a/u) ")?;
+        match choice.trim().to_ascii_lowercase().as_str() {
+            "a" => {
+                let path = prompt::line("   Full path of the key file: ")?;
+                let path = config::resolve_against(&session.ini, path.trim());
+                match session.assign_key(path) {
+                    Ok(()) => println!("   password re-encrypted with the assigned key"),
+                    Err(err) => println!("   not changed: {err}"),
+                }
+                return Ok(());
+            }
+            "u" => {
+                session.update_key()?;
+                println!("   a new key will be written on save; the old one is kept as a backup");
+                return Ok(());
+            }
+            _ => println!("   please answer a or u"),
+        }
+    }
+}
+
+fn scripted(mut session: Session, options: &EditOptions) -> Result<()> {
+    for assignment in &options.set {
+        let (name, value) = assignment.split_once('=').ok_or_else(|| {
+            Error::config(format!("--set {assignment}: expected Section.option=value"))
+        })?;
+        let (section, option) = name.split_once('.').ok_or_else(|| {
+            Error::config(format!("--set {assignment}: expected Section.option=value"))
+        })?;
+        let section = [SERVER, BACKUP]
+            .into_iter()
+            .find(|s| s.eq_ignore_ascii_case(section.trim()))
+            .ok_or_else(|| {
+                Error::config(format!("--set {assignment}: unknown section {section}"))
+            })?;
+        let option = option.trim();
+        let value = value.trim();
+        if option.eq_ignore_ascii_case("password") {
+            return Err(Error::config(
+                "--set cannot take a password (it would show in the process list): use --password-stdin",
+            ));
+        }
+        config::check_value(section, option, value, &session.ini)
+            .map_err(|why| Error::config(format!("--set {name}: {why}; nothing changed")))?;
+        if option.eq_ignore_ascii_case("keyFile") {
+            session.assign_key(config::resolve_against(&session.ini, value))?;
+        } else {
+            session.set(section, option, value);
+        }
+    }
+    if options.password_stdin {
+        let password = prompt::password_from_stdin()?;
+        session.set_password(&password)?;
+    }
+    if !session.changed {
+        println!("nothing changed");
+        return Ok(());
+    }
+    session.save()
+}
