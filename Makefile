@@ -1,27 +1,42 @@
-# cvp-backup-copy: `make` builds the static musl binary, `make test` installs prerequisites
-# and runs every test, `make demo` runs the whole job against a throwaway local sshd.
+# cvp-backup-copy: `make` builds the static musl binary, `make rpm` the package,
+# `make test` installs prerequisites and runs every test, `make demo` runs the whole job
+# against a throwaway local sshd.
 
-TARGET := x86_64-unknown-linux-musl
-BIN    := target/$(TARGET)/release/cvp-backup-copy
-CARGO  ?= cargo
+TARGET  := x86_64-unknown-linux-musl
+BIN     := target/$(TARGET)/release/cvp-backup-copy
+ASSETS  := target/assets
+RPM_DIR := target/generate-rpm
+EXTRACT := target/rpm-extract
+CARGO   ?= cargo
 
-.PHONY: all build prereqs test lint unit demo clean
+.PHONY: all build prereqs rpm lint test demo clean
 
 all: build
 
 build: prereqs
 	$(CARGO) build --release --locked
-	@file $(BIN) 2>/dev/null || true
 
 prereqs:
 	@tests/prereqs.sh
+
+# gzip payload: rpm 4.11 (CentOS 7) cannot read cargo-generate-rpm's default zstd.
+rpm: build
+	rm -rf $(RPM_DIR) $(ASSETS)
+	$(BIN) generate-assets $(ASSETS)
+	$(CARGO) generate-rpm --payload-compress gzip
+	@ls -l $(RPM_DIR)/*.rpm
 
 lint: prereqs
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-test: lint
-	$(CARGO) test --locked
+# Unit and integration tests (the RPM tests inspect and install the package built above),
+# then the job's integration tests again with the binary taken out of the RPM.
+test: lint rpm
+	CVP_BACKUP_COPY_RPM_DIR=$(CURDIR)/$(RPM_DIR) $(CARGO) test --locked
+	rm -rf $(EXTRACT) && mkdir -p $(EXTRACT)
+	cd $(EXTRACT) && rpm2cpio $(CURDIR)/$(RPM_DIR)/*.rpm | cpio -idm --quiet
+	CVP_BACKUP_COPY_BIN=$(CURDIR)/$(EXTRACT)/usr/bin/cvp-backup-copy $(CARGO) test --locked --test run_job
 
 demo: build
 	tests/demo.sh $(BIN)

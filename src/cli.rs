@@ -34,6 +34,31 @@ pub enum Command {
     /// Show and change the settings, or set them from a script (replaces iniEditor.py)
     #[command(after_help = EDIT_HELP)]
     Edit(EditArgs),
+
+    /// Write the man page and bash completion into DIR (used to build the RPM)
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// The man page and bash completion, generated from this definition so they never drift.
+pub fn generate_assets(out: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out)?;
+    let command = Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut man)?;
+    std::fs::write(out.join("cvp-backup-copy.1"), man)?;
+    let mut completion = Vec::new();
+    clap_complete::generate(
+        clap_complete::Shell::Bash,
+        &mut command.clone(),
+        "cvp-backup-copy",
+        &mut completion,
+    );
+    std::fs::write(out.join("cvp-backup-copy.bash"), completion)
 }
 
 const KEYGEN_HELP: &str = "\

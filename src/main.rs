@@ -61,6 +61,12 @@ fn main() -> std::process::ExitCode {
             set: args.set,
             password_stdin: args.password_stdin,
         }),
+        Some(cli::Command::GenerateAssets { out }) => cli::generate_assets(&out).map_err(|err| {
+            error::Error::new(
+                ExitCode::Usage,
+                format!("cannot write to {}: {err}", out.display()),
+            )
+        }),
         Some(cli::Command::Run(_)) | None => Ok(()),
     };
     let code = match result {

@@ -7,6 +7,9 @@ command -v musl-gcc >/dev/null || missing+=(musl-tools)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v rpm >/dev/null || missing+=(rpm)
+command -v cpio >/dev/null || missing+=(cpio)
+# A static shell for the scratch root the RPM tests install into.
+[ -x /bin/busybox ] || missing+=(busybox-static)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -24,6 +27,8 @@ fi
 for component in clippy rustfmt; do
     rustup component list --installed | grep -q "^$component" || rustup component add "$component"
 done
+
+command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm
 
 # The tests use Python's `cryptography` as the reference Fernet implementation.
 if ! python3 -c 'import cryptography.fernet' 2>/dev/null; then

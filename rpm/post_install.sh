@@ -1,0 +1,40 @@
+# cvp-backup-copy post-install (POSIX sh, base commands only). $1: 1 install, 2 upgrade.
+conf=/etc/cvp-backup-copy
+state=/var/lib/cvp-backup-copy
+
+owner=root
+group=root
+if id cvp >/dev/null 2>&1; then
+    owner=cvp
+    group=$(id -gn cvp)
+else
+    echo "cvp-backup-copy: user cvp does not exist on this host; $conf and $state stay owned by root"
+fi
+
+mkdir -p "$conf/keys" "$state"
+chmod 0700 "$conf/keys"
+chmod 0750 "$state"
+chown "$owner:$group" "$conf/keys" "$state"
+if [ "$1" = 1 ] && [ -f "$conf/backup.ini" ]; then
+    chown "$owner:$group" "$conf/backup.ini"
+fi
+
+# The key named by the INI (by default $conf/keys/backup.key): created once, never replaced.
+/usr/bin/cvp-backup-copy keygen --key-only --ini "$conf/backup.ini" ||
+    echo "cvp-backup-copy: could not create the key file; run: cvp-backup-copy keygen --key-only"
+
+if [ "$1" = 1 ]; then
+    cat <<MSG
+
+cvp-backup-copy is installed. It runs every night at 02:00 as user cvp
+(/etc/cron.d/cvp-backup-copy) and logs to syslog. Next steps:
+  1. cvp-backup-copy edit        set the backup server, user, destination and password
+  2. cvp-backup-copy --dry-run   check the setup: it connects and prints what the night will do
+  3. Remove root's stock backup line so two backups never run at once:
+       crontab -e   (as root; delete the line: 0 2 * * * /cvpi/tools/backup.py --limit 5)
+MSG
+fi
+if grep -qs '/cvpi/tools/backup.py' /var/spool/cron/root; then
+    echo "cvp-backup-copy: WARNING: root's crontab still runs /cvpi/tools/backup.py; remove that line"
+fi
+exit 0
