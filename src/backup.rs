@@ -23,6 +23,17 @@ impl Outcome {
     }
 }
 
+/// Bytes free for an unprivileged user in the file system holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
 /// How the command will be started, for logs and `--dry-run`.
 pub fn describe(command: &[String], backup_user: &str) -> String {
     let words: Vec<String> = command

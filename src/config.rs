@@ -24,6 +24,9 @@ const SERVER_OPTIONS: &[&str] = &[
     "known_hosts",
     "host_key_policy",
     "remote_limit",
+    "retries",
+    "retry_wait",
+    "timeout",
 ];
 const BACKUP_OPTIONS: &[&str] = &[
     "limit",
@@ -42,6 +45,9 @@ pub fn default_value(option: &str) -> Option<&'static str> {
         "known_hosts" => "~/.ssh/known_hosts",
         "host_key_policy" => "accept-new",
         "remote_limit" => "0",
+        "retries" => "3",
+        "retry_wait" => "10",
+        "timeout" => "30",
         "limit" => "5",
         "backup_command" => "/cvpi/bin/cvpi backup cvp",
         "backup_user" => "cvp",
@@ -120,7 +126,10 @@ pub fn check_value(
     let path = |v: &str| resolve_against(ini, v);
     match option.to_ascii_lowercase().as_str() {
         "port" => parse_number(value, 1, u16::MAX as u64).map(drop),
-        "remote_limit" => parse_number(value, 0, u32::MAX as u64).map(drop),
+        "remote_limit" | "retries" | "retry_wait" => {
+            parse_number(value, 0, u32::MAX as u64).map(drop)
+        }
+        "timeout" => parse_number(value, 1, 86_400).map(drop),
         "limit" => parse_number(value, 1, u32::MAX as u64).map(drop),
         "host_key_policy" => parse_policy(value).map(drop),
         "syslog_facility" => parse_facility(value).map(drop),
@@ -157,6 +166,12 @@ pub struct ServerConfig {
     pub destination: String,
     /// 0: never delete on the remote.
     pub remote_limit: u32,
+    /// Further attempts per file after a connection or transfer error.
+    pub retries: u32,
+    /// Seconds before the first retry; doubles each time.
+    pub retry_wait: u64,
+    /// Seconds to connect, and the longest the server may leave one operation unanswered.
+    pub timeout: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +264,15 @@ impl Config {
             .number(server, SERVER, "remote_limit", 0, u32::MAX as u64)?
             .unwrap_or(0) as u32;
 
+        let number_or_default = |option: &str, min: u64, max: u64| -> Result<u64> {
+            Ok(reader
+                .number(server, SERVER, option, min, max)?
+                .unwrap_or_else(|| default_of(option).parse().unwrap_or(min)))
+        };
+        let retries = number_or_default("retries", 0, u32::MAX as u64)? as u32;
+        let retry_wait = number_or_default("retry_wait", 0, u32::MAX as u64)?;
+        let timeout = number_or_default("timeout", 1, 86_400)?;
+
         let backup = ini.section(Some(BACKUP));
         let limit = match backup {
             Some(props) => reader
@@ -301,6 +325,9 @@ impl Config {
                 host_key_policy,
                 destination,
                 remote_limit,
+                retries,
+                retry_wait,
+                timeout,
             },
             backup,
             warnings,

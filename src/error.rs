@@ -8,6 +8,8 @@ use std::fmt;
 pub struct Error {
     pub code: ExitCode,
     pub message: String,
+    /// A connection or transfer error that another attempt may not meet.
+    pub transient: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -17,6 +19,14 @@ impl Error {
         Error {
             code,
             message: message.into(),
+            transient: false,
+        }
+    }
+    /// A copy error worth retrying: the connection broke, timed out or was reset.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Error {
+            transient: true,
+            ..Self::copy(message)
         }
     }
     pub fn config(message: impl Into<String>) -> Self {

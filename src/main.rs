@@ -1,29 +1,8 @@
 //! cvp-backup-copy: back up CloudVision Portal and copy a verified restore set off the node.
 
-mod backup;
-mod cli;
-mod config;
-mod edit;
-mod error;
-mod exit_codes;
-mod ini_edit;
-mod keygen;
-mod lock;
-mod logging;
-mod names;
-mod plan;
-mod prompt;
-mod remote;
-mod restore_set;
-mod retention;
-mod run;
-mod secret;
-mod state;
-mod transfer;
-mod users;
-
 use clap::Parser;
-use exit_codes::ExitCode;
+use cvp_backup_copy::exit_codes::ExitCode;
+use cvp_backup_copy::{cli, edit, error, keygen, logging, run, signals};
 
 fn main() -> std::process::ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -40,6 +19,7 @@ fn main() -> std::process::ExitCode {
     };
     if let Some(args) = cli.run_args() {
         logging::init(args.verbose);
+        signals::install();
         let code = run::run_job(&run::RunOptions {
             ini: args.ini.clone(),
             limit: args.limit,

@@ -2,6 +2,7 @@
 
 use crate::backup;
 use crate::config::Config;
+use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::lock;
@@ -9,11 +10,12 @@ use crate::logging;
 use crate::names::{parse_sidecar, BackupName, Kind, RemoteName};
 use crate::plan::{self, CopyDecision, FileFacts, Plan};
 use crate::remote::known_hosts::Verified;
-use crate::remote::sftp::{self, ConnectOptions};
+use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
 use crate::remote::{Remote, RemoteEntry};
 use crate::restore_set::{self, Selection};
 use crate::retention::{self, Decision, Policy};
 use crate::secret::{self, Secret};
+use crate::signals;
 use crate::state::{self, CopiedFile, RunRecord};
 use crate::transfer;
 use std::collections::HashSet;
@@ -120,6 +122,9 @@ impl Job<'_> {
             Ok(files) => files,
             Err(err) => return self.fail(err),
         };
+        if !self.options.no_backup {
+            warn_if_short_of_space(&self.config.backup.backup_dir, &before);
+        }
         let (after, new, backup_failed) = if self.options.no_backup {
             log::info!("--no-backup: bringing the remote up to date with the newest local set");
             (before, HashSet::new(), false)
@@ -173,34 +178,12 @@ impl Job<'_> {
                 return self.fail(err);
             }
         };
-        let connected = sftp::connect(ConnectOptions {
-            server: &self.config.server,
-            password: password.as_ref(),
-            record_host_key: true,
-        });
-        drop(password);
-        let mut connected = match connected {
-            Ok(connected) => connected,
-            Err(err) => return self.fail(err),
+        let mut link = Link {
+            server: self.config.server.clone(),
+            password,
+            remote: None,
         };
-        if let Verified::Recorded { fingerprint } = &connected.host_key {
-            log::warn!(
-                "new host {}: recorded its key {fingerprint} in {} (host_key_policy = accept-new)",
-                crate::remote::known_hosts::host_pattern(
-                    &self.config.server.host,
-                    self.config.server.port
-                ),
-                self.config.server.known_hosts.display()
-            );
-        }
-        log::info!(
-            "connected to {} (cipher {})",
-            connected.remote.describe(),
-            connected.cipher
-        );
-        let remote: &mut dyn Remote = &mut connected.remote;
-
-        let all_copied = self.copy_files(remote, &files);
+        let all_copied = self.copy_files(&mut link, &files);
         if !all_copied {
             log::warn!("pruning skipped: not every file of the restore set is on the remote");
             return;
@@ -211,7 +194,10 @@ impl Job<'_> {
         }
         self.prune_local(&after);
         if self.config.server.remote_limit > 0 {
-            self.prune_remote(remote);
+            match link.remote() {
+                Ok(remote) => self.prune_remote(remote),
+                Err(err) => log::warn!("remote pruning skipped: {err}"),
+            }
         }
     }
 
@@ -253,67 +239,53 @@ impl Job<'_> {
         succeeded
     }
 
-    fn copy_files(&mut self, remote: &mut dyn Remote, files: &[LocalFile]) -> bool {
+    fn copy_files(&mut self, link: &mut Link, files: &[LocalFile]) -> bool {
         let clock = Instant::now();
-        match remote.ensure_destination() {
-            Ok(true) => log::info!("created {}", remote.describe()),
+        let policy = RetryPolicy {
+            retries: self.config.server.retries,
+            wait: self.config.server.retry_wait,
+        };
+        match retry(&policy, link, |remote| remote.ensure_destination()) {
+            Ok(true) => log::info!("created the destination {}", link.label()),
             Ok(false) => {}
             Err(err) => {
                 self.fail(err);
                 return false;
             }
         }
-        let listing = match remote.list() {
-            Ok(listing) => listing.unwrap_or_default(),
-            Err(err) => {
-                self.fail(err);
-                return false;
-            }
-        };
         let mut all_ok = true;
         for file in files {
-            let decision = match gather_facts(remote, &listing, file) {
-                Ok(facts) => plan::decide(&facts),
-                Err(err) => {
-                    self.fail(err);
-                    all_ok = false;
-                    continue;
-                }
-            };
-            match decision {
-                CopyDecision::AlreadyThere { name, size, digest } => {
-                    log::info!("{name}: already on the remote, checksum matches");
+            match retry(&policy, link, |remote| copy_one(remote, file)) {
+                Ok(Copied::AlreadyThere { digest }) => {
+                    log::info!("{}: already on the remote, checksum matches", file.name);
                     self.record.files.push(CopiedFile {
-                        name: name.file_name(),
-                        bytes: size,
+                        name: file.name.file_name(),
+                        bytes: file.size,
                         uploaded: false,
                         sha256: Some(digest),
                     });
                 }
-                CopyDecision::Upload { name, size, why } => {
-                    log::info!("{name}: uploading {size} bytes ({why})");
-                    let started = Instant::now();
-                    match transfer::upload(remote, &file.path, name) {
-                        Ok(done) => {
-                            let seconds = started.elapsed().as_secs_f64();
-                            log::info!(
-                                "{name}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s), sha256 {}",
-                                done.bytes,
-                                megabytes_per_second(done.bytes, seconds),
-                                done.digest
-                            );
-                            self.record.bytes_uploaded += done.bytes;
-                            self.record.files.push(CopiedFile {
-                                name: name.file_name(),
-                                bytes: done.bytes,
-                                uploaded: true,
-                                sha256: Some(done.digest),
-                            });
-                        }
-                        Err(err) => {
-                            self.fail(err);
-                            all_ok = false;
-                        }
+                Ok(Copied::Uploaded { done, seconds }) => {
+                    log::info!(
+                        "{}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s), sha256 {}",
+                        file.name,
+                        done.bytes,
+                        megabytes_per_second(done.bytes, seconds),
+                        done.digest
+                    );
+                    self.record.bytes_uploaded += done.bytes;
+                    self.record.files.push(CopiedFile {
+                        name: file.name.file_name(),
+                        bytes: done.bytes,
+                        uploaded: true,
+                        sha256: Some(done.digest),
+                    });
+                }
+                Err(err) => {
+                    self.fail(err);
+                    all_ok = false;
+                    if signals::received().is_some() {
+                        break;
                     }
                 }
             }
@@ -400,11 +372,146 @@ impl Job<'_> {
     }
 }
 
+/// The connection to the backup server, made when first needed and made again after a
+/// connection or transfer error.
+struct Link {
+    server: ServerConfig,
+    password: Option<Secret>,
+    remote: Option<SftpRemote>,
+}
+
+impl Link {
+    fn label(&self) -> String {
+        format!(
+            "{}@{}:{}",
+            self.server.user, self.server.host, self.server.destination
+        )
+    }
+
+    fn remote(&mut self) -> Result<&mut SftpRemote> {
+        if self.remote.is_none() {
+            let connected = sftp::connect(ConnectOptions {
+                server: &self.server,
+                password: self.password.as_ref(),
+                record_host_key: true,
+            })?;
+            if let Verified::Recorded { fingerprint } = &connected.host_key {
+                log::warn!(
+                    "new host {}: recorded its key {fingerprint} in {} (host_key_policy = accept-new)",
+                    crate::remote::known_hosts::host_pattern(&self.server.host, self.server.port),
+                    self.server.known_hosts.display()
+                );
+            }
+            log::info!(
+                "connected to {} (cipher {})",
+                connected.remote.describe(),
+                connected.cipher
+            );
+            self.remote = Some(connected.remote);
+        }
+        self.remote
+            .as_mut()
+            .ok_or_else(|| Error::connect("internal error: no connection"))
+    }
+
+    fn reset(&mut self) {
+        if let Some(remote) = self.remote.take() {
+            remote.abandon();
+        }
+    }
+}
+
+struct RetryPolicy {
+    retries: u32,
+    wait: u64,
+}
+
+/// Run `op` on the remote; after a connection or transfer error, reconnect and try again
+/// (waiting `wait` seconds, doubling), up to `retries` more times. Other errors end at once.
+fn retry<T>(
+    policy: &RetryPolicy,
+    link: &mut Link,
+    mut op: impl FnMut(&mut dyn Remote) -> Result<T>,
+) -> Result<T> {
+    let mut wait = policy.wait;
+    let mut attempt = 0;
+    loop {
+        signals::check("the copy")?;
+        let result = link.remote().and_then(|remote| op(remote));
+        match result {
+            Ok(value) => return Ok(value),
+            Err(err)
+                if err.transient && attempt < policy.retries && signals::received().is_none() =>
+            {
+                attempt += 1;
+                log::warn!("{err}; retry {attempt} of {} in {wait} s", policy.retries);
+                link.reset();
+                signals::sleep(wait)?;
+                wait = wait.saturating_mul(2);
+            }
+            Err(err) => {
+                if err.transient {
+                    link.reset();
+                }
+                return Err(err);
+            }
+        }
+    }
+}
+
+enum Copied {
+    AlreadyThere {
+        digest: String,
+    },
+    Uploaded {
+        done: transfer::Uploaded,
+        seconds: f64,
+    },
+}
+
+/// One file, as one retryable unit: look at the remote, decide, upload if needed.
+fn copy_one(remote: &mut dyn Remote, file: &LocalFile) -> Result<Copied> {
+    let listing = remote.list()?.unwrap_or_default();
+    match plan::decide(&gather_facts(remote, &listing, file)?) {
+        CopyDecision::AlreadyThere { digest, .. } => Ok(Copied::AlreadyThere { digest }),
+        CopyDecision::Upload { name, size, why } => {
+            log::info!("{name}: uploading {size} bytes ({why})");
+            let started = Instant::now();
+            let done = transfer::upload(remote, &file.path, name)?;
+            Ok(Copied::Uploaded {
+                done,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+    }
+}
+
 fn megabytes_per_second(bytes: u64, seconds: f64) -> f64 {
     if seconds > 0.0 {
         bytes as f64 / 1e6 / seconds
     } else {
         0.0
+    }
+}
+
+/// The next backup is about as big as the last one: say so in syslog when it may not fit.
+fn warn_if_short_of_space(backup_dir: &Path, files: &[LocalFile]) {
+    let last = files
+        .iter()
+        .filter(|f| f.name.kind == Kind::Data)
+        .max_by_key(|f| f.name.stamp);
+    let (Some(last), Some(free)) = (last, backup::free_bytes(backup_dir)) else {
+        return;
+    };
+    if free < last.size {
+        log::warn!(
+            "{} has {} MB free but the last backup {} took {} MB: this backup may not fit; \
+             lower limit or free space",
+            backup_dir.display(),
+            free / 1_000_000,
+            last.name,
+            last.size / 1_000_000
+        );
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::names::{sidecar_line, BackupName};
 use crate::remote::Remote;
+use crate::signals;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -37,6 +38,34 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// Broken or silent connections are worth another attempt; anything the server said
+/// (disk full, permission denied) is not.
+fn write_error(err: std::io::Error, what: String) -> Error {
+    use std::io::ErrorKind::*;
+    match err.kind() {
+        TimedOut | ConnectionAborted | ConnectionReset | BrokenPipe | UnexpectedEof => {
+            Error::transient(format!("{what}: {err}"))
+        }
+        _ => Error::copy(format!("{what}: {err}")),
+    }
+}
+
+fn hash_prefix(source: &mut std::fs::File, len: u64, hasher: &mut Sha256) -> std::io::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let n = source.read(&mut buf[..CHUNK.min(left as usize)])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Upload `local` as `name`, resuming a partial upload an earlier attempt left on the server
+/// (then reading the whole remote file back to verify it), and publish it.
 pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result<Uploaded> {
     let label = remote.describe();
     let local_error =
@@ -45,28 +74,42 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
     let expected = source.metadata().map_err(local_error)?.len();
     let partial = name.partial_name();
 
-    let (digest, bytes) = {
-        let mut sink = remote.create(&partial)?;
-        let mut hasher = Sha256::new();
+    let mut hasher = Sha256::new();
+    let resume_at = match remote.size_of(&partial)? {
+        Some(size) if size > 0 && size <= expected => size,
+        _ => 0,
+    };
+    if resume_at > 0 {
+        log::info!("{name}: resuming the upload at {resume_at} of {expected} bytes");
+        hash_prefix(&mut source, resume_at, &mut hasher).map_err(local_error)?;
+    }
+    let mut bytes = resume_at;
+    {
+        let mut sink = if resume_at > 0 {
+            remote.open_at(&partial, resume_at)?
+        } else {
+            remote.create(&partial)?
+        };
         let mut buf = vec![0u8; CHUNK];
-        let mut bytes = 0u64;
         loop {
+            signals::check(&format!("the copy of {name}"))?;
             let n = source.read(&mut buf).map_err(local_error)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
             sink.write_all(&buf[..n]).map_err(|err| {
-                Error::copy(format!(
-                    "writing {partial} on {label} failed after {bytes} bytes: {err}"
-                ))
+                write_error(
+                    err,
+                    format!("writing {partial} on {label} failed after {bytes} bytes"),
+                )
             })?;
             bytes += n as u64;
         }
         sink.flush()
-            .map_err(|err| Error::copy(format!("cannot sync {partial} on {label}: {err}")))?;
-        (hex(&hasher.finalize()), bytes)
-    };
+            .map_err(|err| write_error(err, format!("cannot sync {partial} on {label}")))?;
+    }
+    let digest = hex(&hasher.finalize());
     if bytes != expected {
         return Err(Error::copy(format!(
             "{} changed while it was copied ({expected} bytes before, {bytes} read): not \
@@ -77,7 +120,7 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
     match remote.size_of(&partial)? {
         Some(size) if size == bytes => {}
         other => {
-            return Err(Error::copy(format!(
+            return Err(Error::transient(format!(
                 "verification failed for {name} on {label}: sent {bytes} bytes, the server has {}",
                 other
                     .map(|s| format!("{s} bytes"))
@@ -85,8 +128,38 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
             )))
         }
     }
+    if resume_at > 0 {
+        // Part of the file came from an earlier connection: check every byte that is there.
+        let remote_digest = sha256_remote(remote, &partial)?;
+        if remote_digest != digest {
+            remote.remove(&partial)?;
+            return Err(Error::transient(format!(
+                "{name}: the resumed upload on {label} does not match the local file (sha256 \
+                 {remote_digest}, expected {digest}); discarded it, the next attempt starts over"
+            )));
+        }
+        log::info!("{name}: resumed upload verified by reading it back (sha256 {digest})");
+    }
     publish(remote, name, &partial, &digest)?;
     Ok(Uploaded { digest, bytes })
+}
+
+fn sha256_remote(remote: &mut dyn Remote, name: &str) -> Result<String> {
+    let label = remote.describe();
+    let mut reader = remote.open_read(name)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        signals::check(&format!("the verification of {name}"))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|err| write_error(err, format!("reading {name} back from {label}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 /// A stale final file goes first, then the sidecar lands, then the data is renamed into

@@ -5,7 +5,7 @@ pub mod known_hosts;
 pub mod sftp;
 
 use crate::error::Result;
-use std::io::Write;
+use std::io::{Read, Write};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteEntry {
@@ -25,6 +25,10 @@ pub trait Remote {
     fn read_small(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>>;
     /// Create or truncate `name` for writing.
     fn create(&mut self, name: &str) -> Result<Box<dyn Write + '_>>;
+    /// Write into an existing `name` from `offset` on (resuming an upload).
+    fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn Write + '_>>;
+    /// Read `name` from the start (verifying a resumed upload).
+    fn open_read(&mut self, name: &str) -> Result<Box<dyn Read + '_>>;
     fn size_of(&mut self, name: &str) -> Result<Option<u64>>;
     /// Rename, replacing `to` if it exists.
     fn rename_replace(&mut self, from: &str, to: &str) -> Result<()>;

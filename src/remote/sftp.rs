@@ -6,14 +6,11 @@ use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use ssh2::{ErrorCode, MethodType, OpenFlags, OpenType, Session, Sftp};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest a single blocking libssh2 call may wait for the server.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// AES-GCM first: with AES-NI it is the cheapest cipher libssh2 offers (see domain notes).
 const CIPHER_PREFERENCE: &[&str] = &[
     "aes128-gcm@openssh.com",
@@ -40,7 +37,9 @@ pub struct ConnectOptions<'a> {
 pub struct SftpRemote {
     // Field order matters: the SFTP channel must close before its session.
     sftp: Sftp,
-    _session: Session,
+    session: Session,
+    /// The session's socket, to cut a dead connection without waiting on it.
+    socket: TcpStream,
     destination: PathBuf,
     label: String,
 }
@@ -58,16 +57,25 @@ fn connect_error(server: &ServerConfig, what: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// Unreachable, timed out, reset: another attempt may get through (unlike a refused key).
+fn network_error(server: &ServerConfig, what: impl std::fmt::Display) -> Error {
+    Error {
+        transient: true,
+        ..connect_error(server, what)
+    }
+}
+
 pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
     let server = options.server;
+    let timeout = Duration::from_secs(server.timeout);
     let addrs: Vec<_> = (server.host.as_str(), server.port)
         .to_socket_addrs()
-        .map_err(|err| connect_error(server, format!("cannot resolve the server name: {err}")))?
+        .map_err(|err| network_error(server, format!("cannot resolve the server name: {err}")))?
         .collect();
     let mut last_error = None;
     let mut tcp = None;
     for addr in &addrs {
-        match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
+        match TcpStream::connect_timeout(addr, timeout) {
             Ok(stream) => {
                 tcp = Some(stream);
                 break;
@@ -79,13 +87,16 @@ pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
         let why = last_error
             .map(|e| e.to_string())
             .unwrap_or_else(|| "no address".into());
-        connect_error(server, format!("server unreachable: {why}"))
+        network_error(server, format!("server unreachable: {why}"))
     })?;
     let _ = tcp.set_nodelay(true);
+    let socket = tcp
+        .try_clone()
+        .map_err(|err| network_error(server, format!("cannot use the connection: {err}")))?;
 
     let mut session = Session::new()
         .map_err(|err| connect_error(server, format!("cannot start an SSH session: {err}")))?;
-    session.set_timeout(IO_TIMEOUT.as_millis() as u32);
+    session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
     session.set_tcp_stream(tcp);
     prefer(&session, MethodType::CryptCs, CIPHER_PREFERENCE);
     prefer(&session, MethodType::CryptSc, CIPHER_PREFERENCE);
@@ -94,7 +105,7 @@ pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
     prefer(&session, MethodType::HostKey, &known_refs);
     session
         .handshake()
-        .map_err(|err| connect_error(server, format!("SSH handshake failed: {err}")))?;
+        .map_err(|err| network_error(server, format!("SSH handshake failed: {err}")))?;
 
     let host_key = known_hosts::verify(
         &session,
@@ -111,12 +122,13 @@ pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
         .to_string();
     let sftp = session
         .sftp()
-        .map_err(|err| connect_error(server, format!("cannot start SFTP on the server: {err}")))?;
+        .map_err(|err| network_error(server, format!("cannot start SFTP on the server: {err}")))?;
     let label = format!("{}@{}:{}", server.user, server.host, server.destination);
     Ok(Connected {
         remote: SftpRemote {
             sftp,
-            _session: session,
+            session,
+            socket,
             destination: PathBuf::from(&server.destination),
             label,
         },
@@ -228,6 +240,12 @@ impl SftpRemote {
         self.destination.join(name)
     }
 
+    /// Drop a connection that failed: cut the socket first so closing the channel and the
+    /// session does not wait for a server that stopped answering.
+    pub fn abandon(self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+
     fn fail(&self, action: &str, path: &Path, err: &ssh2::Error) -> Error {
         let hint = match sftp_code(err) {
             Some(FX_PERMISSION_DENIED) => {
@@ -241,11 +259,12 @@ impl SftpRemote {
             ),
             _ => err.message().to_string(),
         };
-        Error::copy(format!(
-            "{action} {} on {}: {hint}",
-            path.display(),
-            self.label
-        ))
+        let message = format!("{action} {} on {}: {hint}", path.display(), self.label);
+        match sftp_code(err) {
+            // The server answered: the same request would get the same answer.
+            Some(_) => Error::copy(message),
+            None => Error::transient(message),
+        }
     }
 }
 
@@ -326,8 +345,41 @@ impl Remote for SftpRemote {
         let path = self.path(name);
         let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
         match self.sftp.open_mode(&path, flags, 0o640, OpenType::File) {
-            Ok(file) => Ok(Box::new(SyncingFile { file })),
+            Ok(file) => Ok(Box::new(SyncingFile {
+                file,
+                session: self.session.clone(),
+            })),
             Err(err) => Err(self.fail("cannot create", &path, &err)),
+        }
+    }
+
+    fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn Write + '_>> {
+        let path = self.path(name);
+        let mut file = self
+            .sftp
+            .open_mode(&path, OpenFlags::WRITE, 0o640, OpenType::File)
+            .map_err(|err| self.fail("cannot reopen", &path, &err))?;
+        file.seek(SeekFrom::Start(offset)).map_err(|err| {
+            Error::transient(format!(
+                "cannot resume {} on {}: {err}",
+                path.display(),
+                self.label
+            ))
+        })?;
+        Ok(Box::new(SyncingFile {
+            file,
+            session: self.session.clone(),
+        }))
+    }
+
+    fn open_read(&mut self, name: &str) -> Result<Box<dyn Read + '_>> {
+        let path = self.path(name);
+        match self.sftp.open(&path) {
+            Ok(file) => Ok(Box::new(ClassifyingReader {
+                file,
+                session: self.session.clone(),
+            })),
+            Err(err) => Err(self.fail("cannot open", &path, &err)),
         }
     }
 
@@ -366,11 +418,51 @@ impl Remote for SftpRemote {
 /// `flush` asks the server to fsync (fsync@openssh.com) so a renamed file is on its disk.
 struct SyncingFile {
     file: ssh2::File,
+    session: Session,
+}
+
+/// libssh2's codes for "the server did not answer in time" and "the server sent an SFTP
+/// status" (disk full, permission denied: the same request gets the same answer).
+const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
+const LIBSSH2_ERROR_SFTP_PROTOCOL: i32 = -31;
+
+/// ssh2 keeps only the message when it turns its error into an `io::Error`; the session
+/// still knows the code. A broken or silent connection becomes `ConnectionAborted` or
+/// `TimedOut`, which the copy retries.
+fn classify(session: &Session, err: std::io::Error) -> std::io::Error {
+    let kind = match ssh2::Error::last_session_error(session).map(|e| e.code()) {
+        Some(ErrorCode::Session(LIBSSH2_ERROR_SFTP_PROTOCOL)) | Some(ErrorCode::SFTP(_)) => {
+            // OpenSSH's sftp-server answers a failed write (ENOSPC, EDQUOT) with a bare
+            // "failure" status.
+            return std::io::Error::other(format!(
+                "the server refused the data ({err}): is its disk full, or a quota reached?"
+            ));
+        }
+        None => return err,
+        Some(ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT)) => std::io::ErrorKind::TimedOut,
+        Some(ErrorCode::Session(_)) => std::io::ErrorKind::ConnectionAborted,
+    };
+    std::io::Error::new(kind, err.to_string())
+}
+
+struct ClassifyingReader {
+    file: ssh2::File,
+    session: Session,
+}
+
+impl Read for ClassifyingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file
+            .read(buf)
+            .map_err(|err| classify(&self.session, err))
+    }
 }
 
 impl Write for SyncingFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(buf)
+        self.file
+            .write(buf)
+            .map_err(|err| classify(&self.session, err))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -383,7 +475,7 @@ impl Write for SyncingFile {
             {
                 Ok(())
             }
-            Err(err) => Err(std::io::Error::other(err)),
+            Err(err) => Err(classify(&self.session, std::io::Error::other(err))),
         }
     }
 }

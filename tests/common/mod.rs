@@ -3,6 +3,8 @@
 //! and a socket that captures what the tool sends to syslog. Tests run as root.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod proxy;
+
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
@@ -241,6 +243,8 @@ impl Run {
 /// A CVP node (local dirs, INI, key) and a backup server (sshd, destination dir).
 pub struct Fixture {
     pub sshd: Sshd,
+    /// The port the INI names: sshd's, or a fault-injecting proxy's in front of it.
+    pub port: u16,
     pub root: tempfile::TempDir,
     pub remote_root: tempfile::TempDir,
     pub backup_dir: PathBuf,
@@ -281,6 +285,7 @@ impl Fixture {
             ini: node.join("backup.ini"),
             key_file,
             token,
+            port: sshd.port,
             sshd,
             root,
             remote_root,
@@ -302,7 +307,7 @@ impl Fixture {
              [Backup_Settings]\n# Backup script settings\nlimit = 5\n\
              backup_command = {cvpi} --backup-dir {bd} --log-dir {ld} {flags} backup cvp\n\
              backup_user = root\nbackup_dir = {bd}\nlog_dir = {ld}\nstate_dir = {sd}\n{backup_extra}\n",
-            port = self.sshd.port,
+            port = self.port,
             token = self.token,
             key = self.key_file.display(),
             dest = self.dest.display(),
@@ -407,6 +412,9 @@ pub fn run_captured(cmd: &mut Command, scratch: &Path) -> Run {
     let socket_path = scratch.join(format!("syslog-{}.sock", free_port()));
     let _ = std::fs::remove_file(&socket_path);
     let socket = UnixDatagram::bind(&socket_path).expect("bind syslog socket");
+    // Any user may log, as with /dev/log (the non-root tests need it).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     socket
         .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("read timeout");

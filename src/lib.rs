@@ -1,0 +1,25 @@
+//! cvp-backup-copy as a library: the binary (`main.rs`) is a thin shell around it, and the
+//! fuzz targets link against it.
+
+pub mod backup;
+pub mod cli;
+pub mod config;
+pub mod edit;
+pub mod error;
+pub mod exit_codes;
+pub mod ini_edit;
+pub mod keygen;
+pub mod lock;
+pub mod logging;
+pub mod names;
+pub mod plan;
+pub mod prompt;
+pub mod remote;
+pub mod restore_set;
+pub mod retention;
+pub mod run;
+pub mod secret;
+pub mod signals;
+pub mod state;
+pub mod transfer;
+pub mod users;

@@ -1,0 +1,148 @@
+//! A TCP proxy between the tool and sshd that injects network faults: cut a connection after
+//! N bytes from the client, stall it (stop forwarding, keep it open), or delay every chunk.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    Pass,
+    /// Close both sides once the client has sent this many bytes.
+    CutAfter(u64),
+    /// Stop forwarding (both ways) once the client has sent this many bytes.
+    StallAfter(u64),
+    /// Sleep this long before forwarding each chunk, both ways.
+    Delay(Duration),
+}
+
+struct Plan {
+    next: VecDeque<Fault>,
+    default: Fault,
+}
+
+pub struct Proxy {
+    pub port: u16,
+    plan: Arc<Mutex<Plan>>,
+    stop: Arc<AtomicBool>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, default: Fault) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let port = listener.local_addr().expect("addr").port();
+        let plan = Arc::new(Mutex::new(Plan {
+            next: VecDeque::new(),
+            default,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (plan_, stop_, count) = (plan.clone(), stop.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop_.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let fault = {
+                    let mut plan = plan_.lock().expect("plan");
+                    let default = plan.default;
+                    plan.next.pop_front().unwrap_or(default)
+                };
+                let stop = stop_.clone();
+                std::thread::spawn(move || serve(client, upstream, fault, stop));
+            }
+        });
+        Proxy {
+            port,
+            plan,
+            stop,
+            connections,
+        }
+    }
+
+    /// Faults for the next connections, in order; later ones get the default.
+    pub fn then(&self, fault: Fault) {
+        self.plan.lock().expect("plan").next.push_back(fault);
+    }
+
+    pub fn set_default(&self, fault: Fault) {
+        self.plan.lock().expect("plan").default = fault;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let (Ok(client_in), Ok(server_out)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let stalled = Arc::new(AtomicBool::new(false));
+    let stalled_ = stalled.clone();
+    let stop_ = stop.clone();
+    let back = std::thread::spawn(move || pump(server, client, fault, None, stalled_, stop_));
+    pump(client_in, server_out, fault, Some(()), stalled, stop);
+    let _ = back.join();
+}
+
+/// Copy `from` to `to`. Only the client-to-server direction (`counted`) counts bytes for
+/// cuts and stalls; a stall freezes both directions.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    fault: Fault,
+    counted: Option<()>,
+    stalled: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut chunk = &buf[..n];
+        if let Fault::Delay(delay) = fault {
+            std::thread::sleep(delay);
+        }
+        if counted.is_some() {
+            if let Fault::CutAfter(limit) | Fault::StallAfter(limit) = fault {
+                if sent + n as u64 > limit {
+                    chunk = &buf[..(limit - sent) as usize];
+                    let _ = to.write_all(chunk);
+                    if let Fault::CutAfter(_) = fault {
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    stalled.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        while stalled.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if stalled.load(Ordering::SeqCst) {
+            break;
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+        sent += chunk.len() as u64;
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}

@@ -1,0 +1,297 @@
+//! Bad nights, against the real sshd through a fault-injecting TCP proxy: cuts, stalls, a
+//! full disk, signals, a non-root run. After each: nothing lost, nothing half-written under
+//! a final name, a clear message and the documented exit code.
+
+mod common;
+
+use common::proxy::{Fault, Proxy};
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const DATA: &str = "cvp.20240101020010.tgz";
+const DATA_SIZE: usize = 3_000_000;
+
+/// A node with one data backup, talking to sshd through a proxy with `fault`.
+fn faulty(fault: Fault, server_extra: &str) -> (Fixture, Proxy, Vec<u8>) {
+    let mut fx = Fixture::new();
+    let proxy = Proxy::start(fx.sshd.port, fault);
+    fx.port = proxy.port;
+    fx.server_extra = server_extra.to_string();
+    fx.write_ini();
+    let bytes = fx.seed(DATA, DATA_SIZE);
+    (fx, proxy, bytes)
+}
+
+/// Final-named files on the remote that are not byte-identical to the local ones.
+fn assert_no_partial_under_a_final_name(fx: &Fixture, local: &[u8]) {
+    let remote = fx.dest.join(DATA);
+    if remote.exists() {
+        assert!(
+            std::fs::read(&remote).expect("remote") == local,
+            "a final name holds a partial file"
+        );
+    }
+    for name in fx.remote_names() {
+        if name.ends_with(".sha256") {
+            fx.assert_remote_checksums_verify();
+        }
+    }
+}
+
+fn wait_with_watchdog(mut child: Child, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run hung for more than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_connection_cut_mid_file_is_healed_by_a_retry_that_resumes() {
+    let (fx, proxy, bytes) = faulty(Fault::Pass, "retries = 3\nretry_wait = 0");
+    proxy.then(Fault::CutAfter(1_000_000));
+    let run = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let out = run.all_output();
+    assert!(out.contains("retry 1 of 3"), "{out}");
+    assert!(out.contains("resuming the upload at"), "{out}");
+    assert!(
+        out.contains("resumed upload verified by reading it back"),
+        "{out}"
+    );
+    assert!(std::fs::read(fx.dest.join(DATA)).expect("remote") == bytes);
+    fx.assert_remote_checksums_verify();
+    assert!(proxy.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn every_connection_cut_exits_5_and_the_next_run_completes() {
+    let (fx, proxy, bytes) = faulty(Fault::CutAfter(1_000_000), "retries = 2\nretry_wait = 0");
+    let run = fx.run(&["--no-backup"]);
+    assert_eq!(run.code, 5, "{}", run.all_output());
+    assert!(run.stderr.contains("retry 2 of 2"), "{}", run.stderr);
+    assert!(
+        !fx.dest.join(DATA).exists(),
+        "no final name for an incomplete file"
+    );
+    assert_no_partial_under_a_final_name(&fx, &bytes);
+    assert!(fx.local_path(DATA).exists(), "local backup untouched");
+
+    proxy.set_default(Fault::Pass);
+    let next = fx.run(&["--no-backup"]);
+    assert_eq!(next.code, 0, "{}", next.all_output());
+    assert!(std::fs::read(fx.dest.join(DATA)).expect("remote") == bytes);
+    fx.assert_remote_checksums_verify();
+}
+
+#[test]
+fn a_stalled_server_is_ended_by_the_timeout() {
+    let (fx, _proxy, bytes) = faulty(
+        Fault::StallAfter(1_000_000),
+        "retries = 1\nretry_wait = 0\ntimeout = 2",
+    );
+    let mut cmd = fx.command(&["--no-backup"]);
+    cmd.env(SYSLOG_ENV, fx.root.path().join("none"));
+    let child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let code = wait_with_watchdog(child, Duration::from_secs(120));
+    assert_eq!(code, 5);
+    assert!(!fx.dest.join(DATA).exists());
+    assert_no_partial_under_a_final_name(&fx, &bytes);
+}
+
+#[test]
+fn a_slow_wan_link_still_copies_correctly() {
+    let (fx, _proxy, bytes) = faulty(Fault::Delay(Duration::from_millis(2)), "");
+    let run = fx.run(&["--no-backup"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(std::fs::read(fx.dest.join(DATA)).expect("remote") == bytes);
+}
+
+/// A 1 MB tmpfs as the backup server's disk.
+struct TinyDisk {
+    path: std::path::PathBuf,
+}
+
+impl TinyDisk {
+    fn mount(path: &std::path::Path) -> TinyDisk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let (uid, gid) = (uid_of(TEST_USER), gid_of(TEST_USER));
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size=1m,uid={uid},gid={gid},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount tmpfs (tests run as root)");
+        TinyDisk {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_remote_disk_exits_5_without_a_final_name_or_local_loss() {
+    let mut fx = Fixture::new();
+    fx.make_remote_dir();
+    let _disk = TinyDisk::mount(&fx.dest);
+    fx.cvpi_flags = format!("--size {DATA_SIZE}");
+    fx.write_ini();
+    let run = fx.run(&[]);
+    assert_eq!(run.code, 5, "{}", run.all_output());
+    assert!(run.stderr.contains("disk full"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("retry"),
+        "a full disk is not retried: {}",
+        run.stderr
+    );
+    let data = fx.newest_local("cvp.2").expect("the local backup is kept");
+    let local = std::fs::read(fx.local_path(&data)).expect("local");
+    assert_eq!(local.len(), DATA_SIZE, "local backup untouched");
+    assert!(
+        !fx.dest.join(&data).exists(),
+        "no final name for the partial upload"
+    );
+    assert!(!fx.dest.join(format!("{data}.sha256")).exists());
+}
+
+#[test]
+fn a_destination_that_is_a_file_or_not_writable_exits_5() {
+    let fx = Fixture::new();
+    fx.seed(DATA, 1000);
+    std::fs::create_dir_all(fx.dest.parent().expect("parent")).expect("parent");
+    std::fs::write(&fx.dest, b"not a directory").expect("file");
+    let file = fx.run(&["--no-backup"]);
+    assert_eq!(file.code, 5, "{}", file.all_output());
+    assert!(file.stderr.contains("not a directory"), "{}", file.stderr);
+
+    std::fs::remove_file(&fx.dest).expect("rm");
+    std::fs::create_dir_all(&fx.dest).expect("root-owned destination");
+    let denied = fx.run(&["--no-backup"]);
+    assert_eq!(denied.code, 5, "{}", denied.all_output());
+    assert!(
+        denied.stderr.contains("permission denied"),
+        "{}",
+        denied.stderr
+    );
+}
+
+#[test]
+fn sigterm_mid_copy_leaves_no_final_name_and_the_next_run_resumes() {
+    let (fx, proxy, bytes) = faulty(Fault::Delay(Duration::from_millis(20)), "retry_wait = 0");
+    let mut cmd = fx.command(&["--no-backup"]);
+    cmd.env(SYSLOG_ENV, fx.root.path().join("none"));
+    let child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let partial = fx.dest.join(format!(".{DATA}.cvpbc-part"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&partial).map(|m| m.size()).unwrap_or(0) < 200_000 {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(!fx.dest.join(DATA).exists(), "no final name after SIGTERM");
+    assert!(partial.exists(), "the partial upload is kept for resuming");
+
+    proxy.set_default(Fault::Pass);
+    let next = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(next.code, 0, "{}", next.all_output());
+    assert!(
+        next.all_output().contains("resuming the upload at"),
+        "{}",
+        next.all_output()
+    );
+    assert!(std::fs::read(fx.dest.join(DATA)).expect("remote") == bytes);
+    assert!(!partial.exists());
+}
+
+#[test]
+fn the_whole_job_runs_as_an_unprivileged_user() {
+    let fx = Fixture::new();
+    let user = "cvpbc-cvp";
+    ensure_user(user, "unused-password-2");
+    let (uid, gid) = (uid_of(user), gid_of(user));
+    let text = fx
+        .ini_text()
+        .replace("backup_user = root", &format!("backup_user = {user}"));
+    std::fs::write(&fx.ini, text).expect("ini");
+    // Everything the cron job touches belongs to the user, as the RPM sets it up for cvp.
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(fx.root.path())
+        .status();
+    assert!(status.expect("chown").success());
+    std::fs::set_permissions(
+        fx.root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    fx.seed("cvp.eosimages.20240101020005.tgz", 1000);
+    let mut cmd = fx.command(&["-v"]);
+    use std::os::unix::process::CommandExt;
+    cmd.uid(uid)
+        .gid(gid)
+        .env("HOME", fx.root.path())
+        .env("USER", user);
+    let run = run_captured(&mut cmd, fx.root.path());
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(
+        !run.syslog.is_empty(),
+        "an unprivileged user can log to syslog"
+    );
+    let data = fx.newest_local("cvp.2").expect("backup made by the user");
+    assert_eq!(
+        std::fs::metadata(fx.local_path(&data)).expect("meta").uid(),
+        uid
+    );
+    assert!(fx.state_dir.join("last-run.json").exists());
+    fx.assert_remote_checksums_verify();
+}
+
+#[test]
+fn a_short_backup_dir_is_warned_about_before_the_backup() {
+    let fx = Fixture::new();
+    let _disk = TinyDisk::mount(&fx.backup_dir);
+    std::fs::write(fx.backup_dir.join(DATA), vec![7u8; 700_000]).expect("seed");
+    let run = fx.run(&[]);
+    // The warning comes first; this backup (64 KB) still fits, so the run succeeds.
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(
+        run.all_output().contains("may not fit"),
+        "{}",
+        run.all_output()
+    );
+}
