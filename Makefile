@@ -9,7 +9,7 @@ RPM_DIR := target/generate-rpm
 EXTRACT := target/rpm-extract
 CARGO   ?= cargo
 
-.PHONY: all build prereqs rpm lint test demo clean
+.PHONY: all build prereqs rpm lint test fuzz demo clean
 
 all: build
 
@@ -31,12 +31,23 @@ lint: prereqs
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
 # Unit and integration tests (the RPM tests inspect and install the package built above),
-# then the job's integration tests again with the binary taken out of the RPM.
+# the job's integration tests again with the binary taken out of the RPM, then the fuzzers.
 test: lint rpm
 	CVP_BACKUP_COPY_RPM_DIR=$(CURDIR)/$(RPM_DIR) $(CARGO) test --locked
 	rm -rf $(EXTRACT) && mkdir -p $(EXTRACT)
 	cd $(EXTRACT) && rpm2cpio $(CURDIR)/$(RPM_DIR)/*.rpm | cpio -idm --quiet
 	CVP_BACKUP_COPY_BIN=$(CURDIR)/$(EXTRACT)/usr/bin/cvp-backup-copy $(CARGO) test --locked --test run_job
+	$(MAKE) fuzz
+
+# A bounded run of each fuzz target (libFuzzer via cargo-fuzz; the stable toolchain needs
+# RUSTC_BOOTSTRAP for the sanitizer flags). A crash fails the run and leaves its input in
+# fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+fuzz: prereqs
+	for target in names ini; do \
+	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --target x86_64-unknown-linux-gnu $$target -- \
+	        -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 demo: build
 	tests/demo.sh $(BIN)

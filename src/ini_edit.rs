@@ -7,10 +7,17 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+struct Line {
+    text: String,
+    /// "\n", "\r\n", or "" for a last line without one: each line keeps its own.
+    end: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IniDocument {
-    lines: Vec<String>,
+    lines: Vec<Line>,
+    /// For lines we add: the file's first line ending.
     newline: &'static str,
-    ends_with_newline: bool,
 }
 
 fn section_name(line: &str) -> Option<&str> {
@@ -39,22 +46,48 @@ fn separator(line: &str) -> Option<usize> {
 
 impl IniDocument {
     pub fn parse(text: &str) -> IniDocument {
-        let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
-        let ends_with_newline = text.is_empty() || text.ends_with('\n');
-        let lines = text.lines().map(str::to_string).collect();
-        IniDocument {
-            lines,
-            newline,
-            ends_with_newline,
-        }
+        let lines: Vec<Line> = text
+            .split_inclusive('\n')
+            .map(|piece| match piece.strip_suffix("\r\n") {
+                Some(text) => Line {
+                    text: text.into(),
+                    end: "\r\n",
+                },
+                None => match piece.strip_suffix('\n') {
+                    Some(text) => Line {
+                        text: text.into(),
+                        end: "\n",
+                    },
+                    None => Line {
+                        text: piece.into(),
+                        end: "",
+                    },
+                },
+            })
+            .collect();
+        let newline = lines
+            .iter()
+            .map(|l| l.end)
+            .find(|e| !e.is_empty())
+            .unwrap_or("\n");
+        IniDocument { lines, newline }
     }
 
     pub fn render(&self) -> String {
-        let mut text = self.lines.join(self.newline);
-        if self.ends_with_newline && !self.lines.is_empty() {
-            text.push_str(self.newline);
+        self.lines
+            .iter()
+            .flat_map(|l| [l.text.as_str(), l.end])
+            .collect()
+    }
+
+    /// A new line at `index`; a file that did not end with a newline still does not.
+    fn insert(&mut self, index: usize, text: String) {
+        let mut end = self.newline;
+        if index > 0 && self.lines[index - 1].end.is_empty() {
+            self.lines[index - 1].end = self.newline;
+            end = "";
         }
-        text
+        self.lines.insert(index, Line { text, end });
     }
 
     /// (line index, separator offset) of an option, case-insensitively (last one wins, as in
@@ -63,6 +96,7 @@ impl IniDocument {
         let mut current: Option<&str> = None;
         let mut found = None;
         for (index, line) in self.lines.iter().enumerate() {
+            let line = &line.text;
             if let Some(name) = section_name(line) {
                 current = Some(name);
                 continue;
@@ -81,23 +115,24 @@ impl IniDocument {
 
     pub fn get(&self, section: &str, option: &str) -> Option<String> {
         self.find(section, option)
-            .map(|(index, sep)| self.lines[index][sep + 1..].trim().to_string())
+            .map(|(index, sep)| self.lines[index].text[sep + 1..].trim().to_string())
     }
 
     /// Set a value. An existing line keeps its key spelling and separator; a new option goes
     /// after the section's last option; a new section goes at the end.
     pub fn set(&mut self, section: &str, option: &str, value: &str) {
         if let Some((index, sep)) = self.find(section, option) {
-            let line = &self.lines[index];
+            let line = &self.lines[index].text;
             let after = &line[sep + 1..];
             let gap = &after[..after.len() - after.trim_start().len()];
-            self.lines[index] = format!("{}{gap}{value}", &line[..sep + 1]);
+            self.lines[index].text = format!("{}{gap}{value}", &line[..sep + 1]);
             return;
         }
         let new_line = format!("{option} = {value}");
         let mut in_section = false;
         let mut insert_at = None;
         for (index, line) in self.lines.iter().enumerate() {
+            let line = &line.text;
             if let Some(name) = section_name(line) {
                 if in_section {
                     break;
@@ -113,13 +148,13 @@ impl IniDocument {
             }
         }
         match insert_at {
-            Some(index) => self.lines.insert(index, new_line),
+            Some(index) => self.insert(index, new_line),
             None => {
-                if self.lines.last().is_some_and(|l| !l.trim().is_empty()) {
-                    self.lines.push(String::new());
+                if self.lines.last().is_some_and(|l| !l.text.trim().is_empty()) {
+                    self.insert(self.lines.len(), String::new());
                 }
-                self.lines.push(format!("[{section}]"));
-                self.lines.push(new_line);
+                self.insert(self.lines.len(), format!("[{section}]"));
+                self.insert(self.lines.len(), new_line);
             }
         }
     }
@@ -222,12 +257,24 @@ mod tests {
 
     #[test]
     fn crlf_files_stay_crlf_and_unchanged_documents_round_trip() {
-        for text in [ORIGINAL, "[a]\r\nb = c\r\n", "", "no newline at end"] {
+        // "m\n\r\n": mixed line endings, found by the fuzzer.
+        for text in [
+            ORIGINAL,
+            "[a]\r\nb = c\r\n",
+            "",
+            "no newline at end",
+            "m\n\r\n",
+            "a\rb\n",
+        ] {
             assert_eq!(IniDocument::parse(text).render(), text);
         }
         let mut doc = IniDocument::parse("[a]\r\nb = c\r\n");
         doc.set("a", "b", "d");
         assert_eq!(doc.render(), "[a]\r\nb = d\r\n");
+        let mut mixed = IniDocument::parse("[a]\nb = c\r\n# note\n");
+        mixed.set("a", "b", "d");
+        mixed.set("a", "e", "f");
+        assert_eq!(mixed.render(), "[a]\nb = d\r\ne = f\n# note\n");
     }
 
     #[test]

@@ -29,6 +29,7 @@ for component in clippy rustfmt; do
 done
 
 command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 
 # The tests use Python's `cryptography` as the reference Fernet implementation.
 if ! python3 -c 'import cryptography.fernet' 2>/dev/null; then

@@ -1,0 +1,20 @@
+//! The CVP file-name parser decides what may be deleted: on arbitrary names it must not
+//! panic, and whatever it accepts must be exactly the name it would write.
+#![no_main]
+
+use cvp_backup_copy::names::{parse_sidecar, BackupName, RemoteName};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(name) = std::str::from_utf8(data) else { return };
+    if let Some(parsed) = BackupName::parse(name) {
+        assert_eq!(parsed.file_name(), name);
+        assert!(BackupName::parse(&parsed.partial_name()).is_none());
+    }
+    match RemoteName::parse(name) {
+        Some(RemoteName::Backup(parsed)) => assert_eq!(parsed.file_name(), name),
+        Some(RemoteName::Sidecar(parsed)) => assert_eq!(parsed.sidecar_name(), name),
+        None => {}
+    }
+    let _ = parse_sidecar(name, "cvp.20240101020010.tgz");
+});
