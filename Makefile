@@ -9,7 +9,7 @@ RPM_DIR := target/generate-rpm
 EXTRACT := target/rpm-extract
 CARGO   ?= cargo
 
-.PHONY: all build prereqs rpm lint test fuzz demo clean
+.PHONY: all build prereqs rpm lint test fuzz bench demo clean
 
 all: build
 
@@ -48,6 +48,11 @@ fuzz: prereqs
 	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --target x86_64-unknown-linux-gnu $$target -- \
 	        -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+# Speed and memory side by side with OpenSSH, in one run (BENCH_BIG=1 for 4 GiB).
+bench: build
+	$(CARGO) build --release --locked --example netem_proxy
+	benches/bench.sh
 
 demo: build
 	tests/demo.sh $(BIN)

@@ -27,6 +27,8 @@ const SERVER_OPTIONS: &[&str] = &[
     "retries",
     "retry_wait",
     "timeout",
+    "streams",
+    "ciphers",
 ];
 const BACKUP_OPTIONS: &[&str] = &[
     "limit",
@@ -48,6 +50,7 @@ pub fn default_value(option: &str) -> Option<&'static str> {
         "retries" => "3",
         "retry_wait" => "10",
         "timeout" => "30",
+        "streams" => "4",
         "limit" => "5",
         "backup_command" => "/cvpi/bin/cvpi backup cvp",
         "backup_user" => "cvp",
@@ -130,6 +133,7 @@ pub fn check_value(
             parse_number(value, 0, u32::MAX as u64).map(drop)
         }
         "timeout" => parse_number(value, 1, 86_400).map(drop),
+        "streams" => parse_number(value, 1, 16).map(drop),
         "limit" => parse_number(value, 1, u32::MAX as u64).map(drop),
         "host_key_policy" => parse_policy(value).map(drop),
         "syslog_facility" => parse_facility(value).map(drop),
@@ -172,6 +176,10 @@ pub struct ServerConfig {
     pub retry_wait: u64,
     /// Seconds to connect, and the longest the server may leave one operation unanswered.
     pub timeout: u64,
+    /// Connections a large file is uploaded over at once.
+    pub streams: usize,
+    /// Cipher preference (OpenSSH names, comma-separated); None: AES-GCM first with AES-NI.
+    pub ciphers: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +280,8 @@ impl Config {
         let retries = number_or_default("retries", 0, u32::MAX as u64)? as u32;
         let retry_wait = number_or_default("retry_wait", 0, u32::MAX as u64)?;
         let timeout = number_or_default("timeout", 1, 86_400)?;
+        let streams = number_or_default("streams", 1, 16)? as usize;
+        let ciphers = reader.optional(server, SERVER, "ciphers")?;
 
         let backup = ini.section(Some(BACKUP));
         let limit = match backup {
@@ -328,6 +338,8 @@ impl Config {
                 retries,
                 retry_wait,
                 timeout,
+                streams,
+                ciphers,
             },
             backup,
             warnings,

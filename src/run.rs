@@ -182,6 +182,7 @@ impl Job<'_> {
             server: self.config.server.clone(),
             password,
             remote: None,
+            extra: Vec::new(),
         };
         let all_copied = self.copy_files(&mut link, &files);
         if !all_copied {
@@ -245,7 +246,7 @@ impl Job<'_> {
             retries: self.config.server.retries,
             wait: self.config.server.retry_wait,
         };
-        match retry(&policy, link, |remote| remote.ensure_destination()) {
+        match retry(&policy, link, |link| link.remote()?.ensure_destination()) {
             Ok(true) => log::info!("created the destination {}", link.label()),
             Ok(false) => {}
             Err(err) => {
@@ -255,7 +256,7 @@ impl Job<'_> {
         }
         let mut all_ok = true;
         for file in files {
-            match retry(&policy, link, |remote| copy_one(remote, file)) {
+            match retry(&policy, link, |link| copy_one(link, file)) {
                 Ok(Copied::AlreadyThere { digest }) => {
                     log::info!("{}: already on the remote, checksum matches", file.name);
                     self.record.files.push(CopiedFile {
@@ -378,6 +379,8 @@ struct Link {
     server: ServerConfig,
     password: Option<Secret>,
     remote: Option<SftpRemote>,
+    /// More connections for parallel streams, made when a large file needs them.
+    extra: Vec<SftpRemote>,
 }
 
 impl Link {
@@ -414,8 +417,32 @@ impl Link {
             .ok_or_else(|| Error::connect("internal error: no connection"))
     }
 
+    /// `count` connections (the main one first), for a parallel upload.
+    fn streams(&mut self, count: usize) -> Result<Vec<&mut (dyn Remote + Send)>> {
+        self.remote()?;
+        while self.extra.len() + 1 < count {
+            let connected = sftp::connect(ConnectOptions {
+                server: &self.server,
+                password: self.password.as_ref(),
+                record_host_key: false,
+            })?;
+            self.extra.push(connected.remote);
+        }
+        let mut all: Vec<&mut (dyn Remote + Send)> = Vec::with_capacity(count);
+        if let Some(main) = self.remote.as_mut() {
+            all.push(main);
+        }
+        for remote in self.extra.iter_mut().take(count - 1) {
+            all.push(remote);
+        }
+        Ok(all)
+    }
+
     fn reset(&mut self) {
         if let Some(remote) = self.remote.take() {
+            remote.abandon();
+        }
+        for remote in self.extra.drain(..) {
             remote.abandon();
         }
     }
@@ -431,13 +458,13 @@ struct RetryPolicy {
 fn retry<T>(
     policy: &RetryPolicy,
     link: &mut Link,
-    mut op: impl FnMut(&mut dyn Remote) -> Result<T>,
+    mut op: impl FnMut(&mut Link) -> Result<T>,
 ) -> Result<T> {
     let mut wait = policy.wait;
     let mut attempt = 0;
     loop {
         signals::check("the copy")?;
-        let result = link.remote().and_then(|remote| op(remote));
+        let result = op(link);
         match result {
             Ok(value) => return Ok(value),
             Err(err)
@@ -469,15 +496,23 @@ enum Copied {
     },
 }
 
-/// One file, as one retryable unit: look at the remote, decide, upload if needed.
-fn copy_one(remote: &mut dyn Remote, file: &LocalFile) -> Result<Copied> {
+/// One file, as one retryable unit: look at the remote, decide, upload if needed (over
+/// several streams when it is large).
+fn copy_one(link: &mut Link, file: &LocalFile) -> Result<Copied> {
+    let remote = link.remote()?;
     let listing = remote.list()?.unwrap_or_default();
     match plan::decide(&gather_facts(remote, &listing, file)?) {
         CopyDecision::AlreadyThere { digest, .. } => Ok(Copied::AlreadyThere { digest }),
         CopyDecision::Upload { name, size, why } => {
-            log::info!("{name}: uploading {size} bytes ({why})");
+            let streams = link.server.streams;
             let started = Instant::now();
-            let done = transfer::upload(remote, &file.path, name)?;
+            let done = if streams > 1 && size >= transfer::PARALLEL_THRESHOLD {
+                log::info!("{name}: uploading {size} bytes over {streams} streams ({why})");
+                transfer::upload_parallel(&mut link.streams(streams)?, &file.path, name)?
+            } else {
+                log::info!("{name}: uploading {size} bytes ({why})");
+                transfer::upload(link.remote()?, &file.path, name)?
+            };
             Ok(Copied::Uploaded {
                 done,
                 seconds: started.elapsed().as_secs_f64(),

@@ -7,7 +7,7 @@ use crate::names::{sidecar_line, BackupName};
 use crate::remote::Remote;
 use crate::signals;
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 /// Large writes keep libssh2's SFTP pipeline full (32 KiB writes ran at a third of the speed).
@@ -139,6 +139,144 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
             )));
         }
         log::info!("{name}: resumed upload verified by reading it back (sha256 {digest})");
+    }
+    publish(remote, name, &partial, &digest)?;
+    Ok(Uploaded { digest, bytes })
+}
+
+/// Files at least this big go over several streams (a single SSH channel is capped near
+/// window/RTT on a WAN); smaller ones are not worth the extra connections.
+pub const PARALLEL_THRESHOLD: u64 = 64 * 1024 * 1024;
+
+/// Chunks queued per stream: with recycled buffers, memory stays near
+/// streams x (QUEUE + 2) x CHUNK whatever the file size.
+const QUEUE: usize = 2;
+
+fn read_full(source: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Upload `local` over several connections at once, each writing its own chunks (dealt
+/// round-robin) of the same temporary file. The file is read once, in order, and hashed as
+/// it is read. A failed stream fails the whole file: the caller retries it from the start
+/// (a parallel partial may have holes, so it is never resumed), and no final name is
+/// written unless every byte arrived and the size checks out.
+pub fn upload_parallel(
+    remotes: &mut [&mut (dyn Remote + Send)],
+    local: &Path,
+    name: BackupName,
+) -> Result<Uploaded> {
+    let streams = remotes.len();
+    let label = remotes[0].describe();
+    let local_error =
+        |err: std::io::Error| Error::copy(format!("cannot read {}: {err}", local.display()));
+    let mut source = std::fs::File::open(local).map_err(local_error)?;
+    let expected = source.metadata().map_err(local_error)?.len();
+    let partial = name.partial_name();
+    drop(remotes[0].create(&partial)?);
+
+    let (digest, bytes) = std::thread::scope(|scope| -> Result<(String, u64)> {
+        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut senders = Vec::with_capacity(streams);
+        let mut workers = Vec::with_capacity(streams);
+        for (index, remote) in remotes.iter_mut().enumerate() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUE);
+            senders.push(tx);
+            let recycle = recycle_tx.clone();
+            let (partial, label) = (&partial, &label);
+            workers.push(scope.spawn(move || -> Result<()> {
+                let mut sink = remote.open_at(partial, 0)?;
+                for (offset, buf) in rx {
+                    let what = || {
+                        format!(
+                            "stream {} writing {partial} at {offset} on {label}",
+                            index + 1
+                        )
+                    };
+                    sink.seek(std::io::SeekFrom::Start(offset))
+                        .and_then(|_| sink.write_all(&buf))
+                        .map_err(|err| write_error(err, what()))?;
+                    let _ = recycle.send(buf);
+                }
+                sink.flush().map_err(|err| {
+                    write_error(
+                        err,
+                        format!("stream {} syncing {partial} on {label}", index + 1),
+                    )
+                })
+            }));
+        }
+        drop(recycle_tx);
+
+        let mut hasher = Sha256::new();
+        let mut offset = 0u64;
+        let mut reading: Result<()> = Ok(());
+        for turn in 0.. {
+            if let Err(err) = signals::check(&format!("the copy of {name}")) {
+                reading = Err(err);
+                break;
+            }
+            let mut buf = recycle_rx.try_recv().unwrap_or_default();
+            buf.resize(CHUNK, 0);
+            let n = match read_full(&mut source, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) => {
+                    reading = Err(local_error(err));
+                    break;
+                }
+            };
+            buf.truncate(n);
+            hasher.update(&buf);
+            // A closed queue means that stream failed; its error comes from join below.
+            if senders[turn % streams].send((offset, buf)).is_err() {
+                break;
+            }
+            offset += n as u64;
+        }
+        drop(senders);
+        let mut failure = reading.err();
+        for worker in workers {
+            let outcome = worker
+                .join()
+                .unwrap_or_else(|_| Err(Error::copy(format!("a stream copying {name} crashed"))));
+            if let Err(err) = outcome {
+                // Keep the first real cause; a stop request or local error wins.
+                failure.get_or_insert(err);
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok((hex(&hasher.finalize()), offset)),
+        }
+    })?;
+
+    if bytes != expected {
+        return Err(Error::copy(format!(
+            "{} changed while it was copied ({expected} bytes before, {bytes} read): not \
+             publishing it; the next run copies it again",
+            local.display()
+        )));
+    }
+    let remote = &mut *remotes[0];
+    match remote.size_of(&partial)? {
+        Some(size) if size == bytes => {}
+        other => {
+            return Err(Error::transient(format!(
+                "verification failed for {name} on {label}: sent {bytes} bytes over {streams} \
+                 streams, the server has {}",
+                other
+                    .map(|s| format!("{s} bytes"))
+                    .unwrap_or_else(|| "no file".into())
+            )))
+        }
     }
     publish(remote, name, &partial, &digest)?;
     Ok(Uploaded { digest, bytes })

@@ -318,6 +318,8 @@ const AFTER_KEYFILE: &[&str] = &[
     "retries",
     "retry_wait",
     "timeout",
+    "streams",
+    "ciphers",
     "limit",
     "backup_command",
     "backup_user",

@@ -98,12 +98,7 @@ fn a_stalled_server_is_ended_by_the_timeout() {
         Fault::StallAfter(1_000_000),
         "retries = 1\nretry_wait = 0\ntimeout = 2",
     );
-    let mut cmd = fx.command(&["--no-backup"]);
-    cmd.env(SYSLOG_ENV, fx.root.path().join("none"));
-    let child = cmd
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run");
+    let child = fx.spawn(&["--no-backup"]);
     let code = wait_with_watchdog(child, Duration::from_secs(120));
     assert_eq!(code, 5);
     assert!(!fx.dest.join(DATA).exists());
@@ -200,12 +195,7 @@ fn a_destination_that_is_a_file_or_not_writable_exits_5() {
 #[test]
 fn sigterm_mid_copy_leaves_no_final_name_and_the_next_run_resumes() {
     let (fx, proxy, bytes) = faulty(Fault::Delay(Duration::from_millis(20)), "retry_wait = 0");
-    let mut cmd = fx.command(&["--no-backup"]);
-    cmd.env(SYSLOG_ENV, fx.root.path().join("none"));
-    let child = cmd
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run");
+    let child = fx.spawn(&["--no-backup"]);
     let partial = fx.dest.join(format!(".{DATA}.cvpbc-part"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::metadata(&partial).map(|m| m.size()).unwrap_or(0) < 200_000 {

@@ -5,13 +5,17 @@ pub mod known_hosts;
 pub mod sftp;
 
 use crate::error::Result;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteEntry {
     pub name: String,
     pub size: u64,
 }
+
+/// A writer that can also move to an offset: resumed uploads and parallel ranges use it.
+pub trait SeekWrite: Write + Seek {}
+impl<T: Write + Seek> SeekWrite for T {}
 
 /// A destination directory on a backup server. Names are plain file names inside it.
 pub trait Remote {
@@ -25,8 +29,9 @@ pub trait Remote {
     fn read_small(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>>;
     /// Create or truncate `name` for writing.
     fn create(&mut self, name: &str) -> Result<Box<dyn Write + '_>>;
-    /// Write into an existing `name` from `offset` on (resuming an upload).
-    fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn Write + '_>>;
+    /// Write into an existing `name` from `offset` on (resuming an upload, or one range of
+    /// a parallel upload; seek to write elsewhere).
+    fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn SeekWrite + '_>>;
     /// Read `name` from the start (verifying a resumed upload).
     fn open_read(&mut self, name: &str) -> Result<Box<dyn Read + '_>>;
     fn size_of(&mut self, name: &str) -> Result<Option<u64>>;

@@ -1,7 +1,7 @@
 //! SFTP over libssh2 (the ssh2 crate): the one `Remote` implementation.
 
 use super::known_hosts::{self, Verified};
-use super::{Remote, RemoteEntry};
+use super::{Remote, RemoteEntry, SeekWrite};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -11,15 +11,33 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// AES-GCM first: with AES-NI it is the cheapest cipher libssh2 offers (see domain notes).
-const CIPHER_PREFERENCE: &[&str] = &[
+/// With AES-NI, AES-GCM is the cheapest cipher libssh2 offers (see domain notes).
+const WITH_AES_NI: &[&str] = &[
     "aes128-gcm@openssh.com",
     "aes256-gcm@openssh.com",
     "aes128-ctr",
     "aes256-ctr",
-    "aes192-ctr",
     "chacha20-poly1305@openssh.com",
 ];
+/// Without it, ChaCha20 (where libssh2 has it) beats software AES.
+const WITHOUT_AES_NI: &[&str] = &[
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+];
+
+fn cipher_preference(configured: Option<&str>) -> Vec<&str> {
+    match configured {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect(),
+        None if std::arch::is_x86_feature_detected!("aes") => WITH_AES_NI.to_vec(),
+        None => WITHOUT_AES_NI.to_vec(),
+    }
+}
 
 // SFTP status codes (draft-ietf-secsh-filexfer-02).
 const FX_NO_SUCH_FILE: i32 = 2;
@@ -98,8 +116,21 @@ pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
         .map_err(|err| connect_error(server, format!("cannot start an SSH session: {err}")))?;
     session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
     session.set_tcp_stream(tcp);
-    prefer(&session, MethodType::CryptCs, CIPHER_PREFERENCE);
-    prefer(&session, MethodType::CryptSc, CIPHER_PREFERENCE);
+    let ciphers = cipher_preference(server.ciphers.as_deref());
+    if server.ciphers.is_some() {
+        let supported = session
+            .supported_algs(MethodType::CryptCs)
+            .unwrap_or_default();
+        if !ciphers.iter().any(|c| supported.contains(c)) {
+            return Err(Error::config(format!(
+                "[Server_Settings] ciphers: none of {} is supported; choose from {}",
+                ciphers.join(","),
+                supported.join(",")
+            )));
+        }
+    }
+    prefer(&session, MethodType::CryptCs, &ciphers);
+    prefer(&session, MethodType::CryptSc, &ciphers);
     let known_types = known_hosts::known_key_types(&server.known_hosts, &server.host, server.port);
     let known_refs: Vec<&str> = known_types.iter().map(String::as_str).collect();
     prefer(&session, MethodType::HostKey, &known_refs);
@@ -353,7 +384,7 @@ impl Remote for SftpRemote {
         }
     }
 
-    fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn Write + '_>> {
+    fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn SeekWrite + '_>> {
         let path = self.path(name);
         let mut file = self
             .sftp
@@ -455,6 +486,12 @@ impl Read for ClassifyingReader {
         self.file
             .read(buf)
             .map_err(|err| classify(&self.session, err))
+    }
+}
+
+impl Seek for SyncingFile {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(pos)
     }
 }
 

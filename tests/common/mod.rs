@@ -333,6 +333,16 @@ impl Fixture {
         cmd
     }
 
+    /// Start the tool in the background (syslog off, stderr piped), for tests that act on
+    /// it while it runs.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .env(SYSLOG_ENV, self.root.path().join("no-syslog"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the tool")
+    }
+
     /// Run the tool and capture stdout, stderr and what it sent to syslog.
     pub fn run(&self, args: &[&str]) -> Run {
         let mut cmd = self.command(args);

@@ -15,8 +15,11 @@ pub enum Fault {
     CutAfter(u64),
     /// Stop forwarding (both ways) once the client has sent this many bytes.
     StallAfter(u64),
-    /// Sleep this long before forwarding each chunk, both ways.
+    /// Sleep this long before forwarding each chunk, both ways (a slow, throttled link).
     Delay(Duration),
+    /// Deliver every chunk this long after it was sent, both ways, without limiting
+    /// throughput: a WAN's one-way latency (25 ms each way = 50 ms RTT).
+    Latency(Duration),
 }
 
 struct Plan {
@@ -33,7 +36,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: u16, default: Fault) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        Proxy::start_on(0, upstream, default)
+    }
+
+    pub fn start_on(port: u16, upstream: u16, default: Fault) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("proxy bind");
         let port = listener.local_addr().expect("addr").port();
         let plan = Arc::new(Mutex::new(Plan {
             next: VecDeque::new(),
@@ -87,6 +94,17 @@ fn serve(client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>) 
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
     };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    if let Fault::Latency(latency) = fault {
+        let (Ok(client_in), Ok(server_in)) = (client.try_clone(), server.try_clone()) else {
+            return;
+        };
+        let back = std::thread::spawn(move || delayed(server_in, client, latency));
+        delayed(client_in, server, latency);
+        let _ = back.join();
+        return;
+    }
     let (Ok(client_in), Ok(server_out)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
@@ -96,6 +114,39 @@ fn serve(client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>) 
     let back = std::thread::spawn(move || pump(server, client, fault, None, stalled_, stop_));
     pump(client_in, server_out, fault, Some(()), stalled, stop);
     let _ = back.join();
+}
+
+/// Copy `from` to `to`, each chunk delivered `latency` after it was read: a reader queues
+/// (deadline, bytes), a writer sends when the deadline comes. At most 1024 chunks in flight.
+fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(std::time::Instant, Vec<u8>)>(1024);
+    let writer = std::thread::spawn(move || {
+        for (due, chunk) in rx {
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if tx
+            .send((std::time::Instant::now() + latency, buf[..n].to_vec()))
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
 }
 
 /// Copy `from` to `to`. Only the client-to-server direction (`counted`) counts bytes for

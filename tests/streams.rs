@@ -1,0 +1,84 @@
+//! Large files over several SSH connections at once (INI `streams`), against the real sshd.
+
+mod common;
+
+use common::proxy::{Fault, Proxy};
+use common::*;
+use std::sync::atomic::Ordering;
+
+const BIG: &str = "cvp.20240101020010.tgz";
+/// Above the 64 MiB threshold, and not a whole number of 1 MiB chunks.
+const BIG_SIZE: usize = 70 * 1024 * 1024 + 12_345;
+
+fn big_fixture(server_extra: &str) -> (Fixture, Proxy, Vec<u8>) {
+    let mut fx = Fixture::new();
+    let proxy = Proxy::start(fx.sshd.port, Fault::Pass);
+    fx.port = proxy.port;
+    fx.server_extra = server_extra.to_string();
+    fx.write_ini();
+    let bytes = fx.seed(BIG, BIG_SIZE);
+    (fx, proxy, bytes)
+}
+
+#[test]
+fn ranges_from_four_streams_reassemble_byte_identically() {
+    let (fx, proxy, bytes) = big_fixture("streams = 4");
+    let run = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(
+        run.all_output().contains("over 4 streams"),
+        "{}",
+        run.all_output()
+    );
+    assert_eq!(
+        proxy.connections.load(Ordering::SeqCst),
+        4,
+        "one connection per stream"
+    );
+    assert!(std::fs::read(fx.dest.join(BIG)).expect("remote") == bytes);
+    fx.assert_remote_checksums_verify();
+}
+
+#[test]
+fn a_failing_stream_fails_the_file_without_a_final_name_and_a_retry_heals_it() {
+    let (fx, proxy, bytes) = big_fixture("streams = 3\nretries = 0");
+    // The main connection passes; the second stream's connection is cut after 5 MB.
+    proxy.then(Fault::Pass);
+    proxy.then(Fault::CutAfter(5_000_000));
+    let failed = fx.run(&["--no-backup"]);
+    assert_eq!(failed.code, 5, "{}", failed.all_output());
+    assert!(failed.stderr.contains("stream 2"), "{}", failed.stderr);
+    assert!(
+        !fx.dest.join(BIG).exists(),
+        "no final name for a file a stream failed"
+    );
+    assert!(!fx.dest.join(format!("{BIG}.sha256")).exists());
+
+    std::fs::write(
+        &fx.ini,
+        fx.ini_text()
+            .replace("retries = 0", "retries = 2\nretry_wait = 0"),
+    )
+    .expect("ini");
+    proxy.then(Fault::Pass);
+    proxy.then(Fault::CutAfter(5_000_000));
+    let healed = fx.run(&["--no-backup"]);
+    assert_eq!(healed.code, 0, "{}", healed.all_output());
+    assert!(healed.stderr.contains("retry 1 of 2"), "{}", healed.stderr);
+    assert!(std::fs::read(fx.dest.join(BIG)).expect("remote") == bytes);
+    fx.assert_remote_checksums_verify();
+}
+
+#[test]
+fn one_stream_still_works() {
+    let (fx, proxy, bytes) = big_fixture("streams = 1");
+    let run = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(
+        !run.all_output().contains("streams ("),
+        "{}",
+        run.all_output()
+    );
+    assert_eq!(proxy.connections.load(Ordering::SeqCst), 1);
+    assert!(std::fs::read(fx.dest.join(BIG)).expect("remote") == bytes);
+}
