@@ -6,6 +6,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
+. "$top/tests/throwaway-sshd.sh"
 bin=$top/target/x86_64-unknown-linux-musl/release/cvp-backup-copy
 proxy_bin=$top/target/x86_64-unknown-linux-musl/release/examples/netem_proxy
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it creates a user and starts sshd)" >&2; exit 1; }
@@ -24,41 +25,21 @@ cleanup() {
     userdel -r "$user" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-[ -n "${BENCH_DEBUG:-}" ] && trap "cat $work/sshd.log; cleanup" EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 id "$user" >/dev/null 2>&1 || useradd -m -s /bin/sh "$user"
 # No password, but not locked ("!"): OpenSSH without PAM refuses locked accounts even for keys.
 usermod -p "*" "$user"
 chmod 755 "$work"
-mkdir -p "$work/fs" /run/sshd
+mkdir -p "$work/fs"
 # Source and destination in RAM: the disks are not what is measured.
 mount -t tmpfs -o "size=$((size_mib * 3 + 512))m,mode=0755" tmpfs "$work/fs"
 mkdir -p "$work/fs/src/logs" "$work/fs/dest" "$work/keys" "$work/state"
 chown "$user" "$work/fs/dest"
-ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
 ssh-keygen -q -t ed25519 -N '' -f "$work/id"
 mkdir -p "$work/authorized"
 cp "$work/id.pub" "$work/authorized/$user"
-port=$(free_port)
-cat > "$work/sshd_config" <<CONF
-Port $port
-ListenAddress 127.0.0.1
-HostKey $work/host_key
-PidFile $work/sshd.pid
-AuthorizedKeysFile $work/authorized/%u
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-AllowUsers $user
-Subsystem sftp internal-sftp
-CONF
-/usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" &
-sshd_pid=$!
-wait_port "$port"
+start_sshd "$work" "$user" key
+port=$sshd_port
 proxy_port=$(free_port)
 "$proxy_bin" "$proxy_port" "$port" 25 &
 proxy_pid=$!

@@ -9,6 +9,8 @@ use crate::signals;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
 
 /// Large writes keep libssh2's SFTP pipeline full (32 KiB writes ran at a third of the speed).
 pub const CHUNK: usize = 1024 * 1024;
@@ -148,8 +150,14 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
 /// window/RTT on a WAN); smaller ones are not worth the extra connections.
 pub const PARALLEL_THRESHOLD: u64 = 64 * 1024 * 1024;
 
-/// Chunks queued per stream: with recycled buffers, memory stays near
-/// streams x (QUEUE + 2) x CHUNK whatever the file size.
+/// What one stream writes per call. libssh2 keeps one write call's data in flight and
+/// drains it before returning, so a stream moves about one chunk per round trip: 2 MiB is
+/// OpenSSH's whole channel window.
+const STREAM_CHUNK: usize = 2 * 1024 * 1024;
+
+/// Chunks waiting for a free stream. With recycled buffers, memory stays near
+/// (QUEUE + streams + 1) x STREAM_CHUNK, plus libssh2's copy of each chunk being sent,
+/// whatever the file size.
 const QUEUE: usize = 2;
 
 fn read_full(source: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -163,11 +171,12 @@ fn read_full(source: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usiz
     Ok(filled)
 }
 
-/// Upload `local` over several connections at once, each writing its own chunks (dealt
-/// round-robin) of the same temporary file. The file is read once, in order, and hashed as
-/// it is read. A failed stream fails the whole file: the caller retries it from the start
-/// (a parallel partial may have holes, so it is never resumed), and no final name is
-/// written unless every byte arrived and the size checks out.
+/// Upload `local` over several connections at once, each taking the next 2 MiB chunk when
+/// it is free (a slow stream holds nobody up) and writing it at its offset in the same
+/// temporary file. The file is read once, in order, and hashed as it is read. A failed
+/// stream fails the whole file: the caller retries it from the start (a parallel partial
+/// may have holes, so it is never resumed), and no final name is written unless every byte
+/// arrived and the size checks out.
 pub fn upload_parallel(
     remotes: &mut [&mut (dyn Remote + Send)],
     local: &Path,
@@ -182,73 +191,69 @@ pub fn upload_parallel(
     let partial = name.partial_name();
     drop(remotes[0].create(&partial)?);
 
+    let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+    let (chunk_tx, chunk_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUE);
+    let chunks = Mutex::new(chunk_rx);
+    let stream_failed = AtomicBool::new(false);
     let (digest, bytes) = std::thread::scope(|scope| -> Result<(String, u64)> {
-        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        let mut senders = Vec::with_capacity(streams);
         let mut workers = Vec::with_capacity(streams);
         for (index, remote) in remotes.iter_mut().enumerate() {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUE);
-            senders.push(tx);
             let recycle = recycle_tx.clone();
-            let (partial, label) = (&partial, &label);
+            let (partial, label, chunks, failed) = (&partial, &label, &chunks, &stream_failed);
             workers.push(scope.spawn(move || -> Result<()> {
-                let mut sink = remote.open_at(partial, 0)?;
-                for (offset, buf) in rx {
-                    let what = || {
-                        format!(
-                            "stream {} writing {partial} at {offset} on {label}",
-                            index + 1
-                        )
-                    };
-                    sink.seek(std::io::SeekFrom::Start(offset))
-                        .and_then(|_| sink.write_all(&buf))
-                        .map_err(|err| write_error(err, what()))?;
-                    let _ = recycle.send(buf);
+                let outcome =
+                    write_chunks(&mut **remote, partial, chunks, &recycle).map_err(|err| Error {
+                        message: format!(
+                            "stream {} of {streams} to {label}: {}",
+                            index + 1,
+                            err.message
+                        ),
+                        ..err
+                    });
+                if outcome.is_err() {
+                    failed.store(true, Ordering::SeqCst);
                 }
-                sink.flush().map_err(|err| {
-                    write_error(
-                        err,
-                        format!("stream {} syncing {partial} on {label}", index + 1),
-                    )
-                })
+                outcome
             }));
         }
         drop(recycle_tx);
 
         let mut hasher = Sha256::new();
         let mut offset = 0u64;
-        let mut reading: Result<()> = Ok(());
-        for turn in 0.. {
+        let mut failure = None;
+        loop {
             if let Err(err) = signals::check(&format!("the copy of {name}")) {
-                reading = Err(err);
+                failure = Some(err);
+                break;
+            }
+            // A failed stream fails the file: stop reading; its error comes from join below.
+            if stream_failed.load(Ordering::SeqCst) {
                 break;
             }
             let mut buf = recycle_rx.try_recv().unwrap_or_default();
-            buf.resize(CHUNK, 0);
+            buf.resize(STREAM_CHUNK, 0);
             let n = match read_full(&mut source, &mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(err) => {
-                    reading = Err(local_error(err));
+                    failure = Some(local_error(err));
                     break;
                 }
             };
             buf.truncate(n);
             hasher.update(&buf);
-            // A closed queue means that stream failed; its error comes from join below.
-            if senders[turn % streams].send((offset, buf)).is_err() {
+            if chunk_tx.send((offset, buf)).is_err() {
                 break;
             }
             offset += n as u64;
         }
-        drop(senders);
-        let mut failure = reading.err();
+        drop(chunk_tx);
         for worker in workers {
             let outcome = worker
                 .join()
                 .unwrap_or_else(|_| Err(Error::copy(format!("a stream copying {name} crashed"))));
             if let Err(err) = outcome {
-                // Keep the first real cause; a stop request or local error wins.
+                // Keep the first cause; a stop request or a local read error comes first.
                 failure.get_or_insert(err);
             }
         }
@@ -280,6 +285,26 @@ pub fn upload_parallel(
     }
     publish(remote, name, &partial, &digest)?;
     Ok(Uploaded { digest, bytes })
+}
+
+/// One stream: take chunks until there are none, write each at its offset, then sync.
+fn write_chunks(
+    remote: &mut dyn Remote,
+    partial: &str,
+    chunks: &Mutex<mpsc::Receiver<(u64, Vec<u8>)>>,
+    recycle: &mpsc::Sender<Vec<u8>>,
+) -> Result<()> {
+    let mut sink = remote.open_at(partial, 0)?;
+    // The lock is held only to take a chunk, never while writing one.
+    let next = || chunks.lock().ok().and_then(|rx| rx.recv().ok());
+    while let Some((offset, buf)) = next() {
+        sink.seek(std::io::SeekFrom::Start(offset))
+            .and_then(|_| sink.write_all(&buf))
+            .map_err(|err| write_error(err, format!("writing {partial} at {offset}")))?;
+        let _ = recycle.send(buf);
+    }
+    sink.flush()
+        .map_err(|err| write_error(err, format!("syncing {partial}")))
 }
 
 fn sha256_remote(remote: &mut dyn Remote, name: &str) -> Result<String> {

@@ -7,6 +7,7 @@ set -euo pipefail
 
 bin=$(realpath "${1:-target/x86_64-unknown-linux-musl/release/cvp-backup-copy}")
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/throwaway-sshd.sh"
 [ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it creates a user and starts sshd)" >&2; exit 1; }
 
 user=cvpbc-demo
@@ -25,29 +26,11 @@ step "backup server: a throwaway sshd on 127.0.0.1 and user $user"
 password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 id "$user" >/dev/null 2>&1 || useradd -m -s /bin/sh "$user"
 printf '%s:%s\n' "$user" "$password" | chpasswd
-mkdir -p /run/sshd "$work/server/backups"
+mkdir -p "$work/server/backups"
 chmod 755 "$work" "$work/server"
 chown "$user" "$work/server/backups"
-ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat > "$work/sshd_config" <<CONF
-Port $port
-ListenAddress 127.0.0.1
-HostKey $work/host_key
-PidFile $work/sshd.pid
-PasswordAuthentication yes
-KbdInteractiveAuthentication no
-UsePAM no
-PermitRootLogin no
-AllowUsers $user
-Subsystem sftp internal-sftp
-CONF
-/usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" &
-sshd_pid=$!
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-done
+start_sshd "$work" "$user" password
+port=$sshd_port
 echo "sshd listening on 127.0.0.1:$port"
 
 step "CVP node: simulated cvpi, an old images file, key and token as newKeyGen.py made them"
