@@ -66,14 +66,52 @@ fn hash_prefix(source: &mut std::fs::File, len: u64, hasher: &mut Sha256) -> std
     Ok(())
 }
 
+fn read_error(local: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |err| Error::copy(format!("cannot read {}: {err}", local.display()))
+}
+
+/// The local file and its size when the upload starts.
+fn open_local(local: &Path) -> Result<(std::fs::File, u64)> {
+    let source = std::fs::File::open(local).map_err(read_error(local))?;
+    let size = source.metadata().map_err(read_error(local))?.len();
+    Ok((source, size))
+}
+
+/// After the bytes are sent: the local file must not have changed size while it was read,
+/// and the server must hold exactly what was sent. Only then may the file be published.
+fn check_sent(
+    remote: &mut dyn Remote,
+    local: &Path,
+    name: BackupName,
+    expected: u64,
+    bytes: u64,
+    via: &str,
+) -> Result<()> {
+    if bytes != expected {
+        return Err(Error::copy(format!(
+            "{} changed while it was copied ({expected} bytes before, {bytes} read): not \
+             publishing it; the next run copies it again",
+            local.display()
+        )));
+    }
+    match remote.size_of(&name.partial_name())? {
+        Some(size) if size == bytes => Ok(()),
+        other => Err(Error::transient(format!(
+            "verification failed for {name} on {}: sent {bytes} bytes{via}, the server has {}",
+            remote.describe(),
+            other
+                .map(|s| format!("{s} bytes"))
+                .unwrap_or_else(|| "no file".into())
+        ))),
+    }
+}
+
 /// Upload `local` as `name`, resuming a partial upload an earlier attempt left on the server
 /// (then reading the whole remote file back to verify it), and publish it.
 pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result<Uploaded> {
     let label = remote.describe();
-    let local_error =
-        |err: std::io::Error| Error::copy(format!("cannot read {}: {err}", local.display()));
-    let mut source = std::fs::File::open(local).map_err(local_error)?;
-    let expected = source.metadata().map_err(local_error)?.len();
+    let local_error = read_error(local);
+    let (mut source, expected) = open_local(local)?;
     let partial = name.partial_name();
 
     let mut hasher = Sha256::new();
@@ -83,7 +121,7 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
     };
     if resume_at > 0 {
         log::info!("{name}: resuming the upload at {resume_at} of {expected} bytes");
-        hash_prefix(&mut source, resume_at, &mut hasher).map_err(local_error)?;
+        hash_prefix(&mut source, resume_at, &mut hasher).map_err(&local_error)?;
     }
     let mut bytes = resume_at;
     {
@@ -95,7 +133,7 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
         let mut buf = vec![0u8; CHUNK];
         loop {
             signals::check(&format!("the copy of {name}"))?;
-            let n = source.read(&mut buf).map_err(local_error)?;
+            let n = source.read(&mut buf).map_err(&local_error)?;
             if n == 0 {
                 break;
             }
@@ -112,24 +150,7 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
             .map_err(|err| write_error(err, format!("cannot sync {partial} on {label}")))?;
     }
     let digest = hex(&hasher.finalize());
-    if bytes != expected {
-        return Err(Error::copy(format!(
-            "{} changed while it was copied ({expected} bytes before, {bytes} read): not \
-             publishing it; the next run copies it again",
-            local.display()
-        )));
-    }
-    match remote.size_of(&partial)? {
-        Some(size) if size == bytes => {}
-        other => {
-            return Err(Error::transient(format!(
-                "verification failed for {name} on {label}: sent {bytes} bytes, the server has {}",
-                other
-                    .map(|s| format!("{s} bytes"))
-                    .unwrap_or_else(|| "no file".into())
-            )))
-        }
-    }
+    check_sent(remote, local, name, expected, bytes, "")?;
     if resume_at > 0 {
         // Part of the file came from an earlier connection: check every byte that is there.
         let remote_digest = sha256_remote(remote, &partial)?;
@@ -184,10 +205,8 @@ pub fn upload_parallel(
 ) -> Result<Uploaded> {
     let streams = remotes.len();
     let label = remotes[0].describe();
-    let local_error =
-        |err: std::io::Error| Error::copy(format!("cannot read {}: {err}", local.display()));
-    let mut source = std::fs::File::open(local).map_err(local_error)?;
-    let expected = source.metadata().map_err(local_error)?.len();
+    let local_error = read_error(local);
+    let (mut source, expected) = open_local(local)?;
     let partial = name.partial_name();
     drop(remotes[0].create(&partial)?);
 
@@ -263,26 +282,15 @@ pub fn upload_parallel(
         }
     })?;
 
-    if bytes != expected {
-        return Err(Error::copy(format!(
-            "{} changed while it was copied ({expected} bytes before, {bytes} read): not \
-             publishing it; the next run copies it again",
-            local.display()
-        )));
-    }
     let remote = &mut *remotes[0];
-    match remote.size_of(&partial)? {
-        Some(size) if size == bytes => {}
-        other => {
-            return Err(Error::transient(format!(
-                "verification failed for {name} on {label}: sent {bytes} bytes over {streams} \
-                 streams, the server has {}",
-                other
-                    .map(|s| format!("{s} bytes"))
-                    .unwrap_or_else(|| "no file".into())
-            )))
-        }
-    }
+    check_sent(
+        remote,
+        local,
+        name,
+        expected,
+        bytes,
+        &format!(" over {streams} streams"),
+    )?;
     publish(remote, name, &partial, &digest)?;
     Ok(Uploaded { digest, bytes })
 }

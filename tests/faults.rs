@@ -15,11 +15,7 @@ const DATA_SIZE: usize = 3_000_000;
 
 /// A node with one data backup, talking to sshd through a proxy with `fault`.
 fn faulty(fault: Fault, server_extra: &str) -> (Fixture, Proxy, Vec<u8>) {
-    let mut fx = Fixture::new();
-    let proxy = Proxy::start(fx.sshd.port, fault);
-    fx.port = proxy.port;
-    fx.server_extra = server_extra.to_string();
-    fx.write_ini();
+    let (fx, proxy) = Fixture::behind_proxy(fault, server_extra);
     let bytes = fx.seed(DATA, DATA_SIZE);
     (fx, proxy, bytes)
 }

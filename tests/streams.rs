@@ -11,11 +11,7 @@ const BIG: &str = "cvp.20240101020010.tgz";
 const BIG_SIZE: usize = 70 * 1024 * 1024 + 12_345;
 
 fn big_fixture(server_extra: &str) -> (Fixture, Proxy, Vec<u8>) {
-    let mut fx = Fixture::new();
-    let proxy = Proxy::start(fx.sshd.port, Fault::Pass);
-    fx.port = proxy.port;
-    fx.server_extra = server_extra.to_string();
-    fx.write_ini();
+    let (fx, proxy) = Fixture::behind_proxy(Fault::Pass, server_extra);
     let bytes = fx.seed(BIG, BIG_SIZE);
     (fx, proxy, bytes)
 }

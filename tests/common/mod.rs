@@ -299,6 +299,16 @@ impl Fixture {
         fixture
     }
 
+    /// A node whose INI points at a fault-injecting proxy in front of sshd.
+    pub fn behind_proxy(fault: proxy::Fault, server_extra: &str) -> (Fixture, proxy::Proxy) {
+        let mut fx = Fixture::new();
+        let proxy = proxy::Proxy::start(fx.sshd.port, fault);
+        fx.port = proxy.port;
+        fx.server_extra = server_extra.to_string();
+        fx.write_ini();
+        (fx, proxy)
+    }
+
     pub fn ini_text(&self) -> String {
         format!(
             "[Server_Settings]\n# Backup Server Settings\nuser = {TEST_USER}\nserver = 127.0.0.1\n\
