@@ -69,14 +69,26 @@ INI
 }
 
 results=()
+# CPU time of the whole machine (client, sshd, proxy), in clock ticks: on loopback the
+# server shares the CPUs, so this shows where a copy is CPU-bound.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 measure() { # label command...
     local label=$1; shift
-    rm -rf "$work/fs/dest"/* "$work/fs/dest"/.[!.]* 2>/dev/null || true
+    rm -rf "$work/fs/dest"/* "$work/fs/dest"/.[!.]* "$work/state"/* 2>/dev/null || true
     sync
+    local ticks_before ticks_after hash=-
+    ticks_before=$(machine_ticks)
     /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/out" 2>&1 || { cat "$work/out"; echo "bench: $label failed" >&2; exit 1; }
+    ticks_after=$(machine_ticks)
     read -r secs rss_kb < "$work/time"
     cmp -s "$work/fs/src/$name" "$work/fs/dest/$name" || { echo "bench: $label: copy differs" >&2; exit 1; }
-    results+=("$label|$secs|$rss_kb")
+    # The tool records, per file, the upload time and what hashing added to it.
+    if [ -f "$work/state/last-run.json" ]; then
+        hash=$(python3 -c 'import json, sys; f = json.load(open(sys.argv[1]))["files"][0]; print("%.1f" % (100 * f["hash_seconds"] / (f["seconds"] - f["hash_seconds"])))' "$work/state/last-run.json")
+    fi
+    local cpu
+    cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }')
+    results+=("$label|$secs|$rss_kb|$cpu|$hash")
     printf '  %-52s %7.2f s\n' "$label" "$secs"
 }
 
@@ -95,11 +107,12 @@ write_ini "$port" 1
 measure "cvp-backup-copy --no-backup, streams = 1" "$bin" --ini "$work/backup.ini" --no-backup
 write_ini "$port" 4
 measure "cvp-backup-copy --no-backup, streams = 4" "$bin" --ini "$work/backup.ini" --no-backup
-hash_start=$(date +%s.%N); sha256sum "$work/fs/src/$name" >/dev/null; hash_end=$(date +%s.%N)
 
 echo "bench: through the latency proxy (25 ms each way, 50 ms RTT)"
 measure "WAN: scp -c aes128-gcm@openssh.com" \
     scp -q -P "$proxy_port" "${ssh_opts[@]}" -c aes128-gcm@openssh.com "$src_file" "$target"
+write_ini "$proxy_port" 1
+measure "WAN: cvp-backup-copy --no-backup, streams = 1" "$bin" --ini "$work/backup.ini" --no-backup
 write_ini "$proxy_port" 4
 measure "WAN: cvp-backup-copy --no-backup, streams = 4" "$bin" --ini "$work/backup.ini" --no-backup
 
@@ -108,17 +121,16 @@ lookup() { for r in "${results[@]}"; do [ "${r%%|*}" = "$1" ] && { echo "$r" | c
 lan_ref=$(lookup "scp -c aes128-gcm@openssh.com")
 wan_ref=$(lookup "WAN: scp -c aes128-gcm@openssh.com")
 table=$(
-    echo "| what | seconds | MB/s | peak RSS (MB) | throughput vs scp aes128-gcm, same network |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| what | seconds | MB/s | peak RSS (MB) | machine CPU (s) | sha256 adds | throughput vs scp aes128-gcm, same network |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for r in "${results[@]}"; do
-        IFS='|' read -r label secs rss <<<"$r"
+        IFS='|' read -r label secs rss cpu hash <<<"$r"
         ref=$lan_ref; case $label in WAN:*) ref=$wan_ref ;; esac
-        awk -v l="$label" -v s="$secs" -v r="$rss" -v ref="$ref" -v size="$size" \
-            'BEGIN { printf "| %s | %.2f | %.0f | %.1f | %.2fx |\n", l, s, size / 1e6 / s, r / 1024, ref / s }'
+        [ "$hash" = - ] || hash="$hash %"
+        awk -v l="$label" -v s="$secs" -v r="$rss" -v c="$cpu" -v h="$hash" -v ref="$ref" -v size="$size" \
+            'BEGIN { printf "| %s | %.2f | %.0f | %.1f | %s | %s | %.2fx |\n", l, s, size / 1e6 / s, r / 1024, c, h, ref / s }'
     done
 )
-hash_secs=$(awk -v a="$hash_start" -v b="$hash_end" 'BEGIN { printf "%.2f", b - a }')
-tool_secs=$(lookup "cvp-backup-copy --no-backup, streams = 4")
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(ssh -V 2>&1)"
 report=$(cat <<MD
 # Benchmark results
@@ -132,8 +144,11 @@ chunk 25 ms each way (50 ms RTT) without limiting throughput.
 
 $table
 
-sha256 of the file alone (\`sha256sum\`, one core): ${hash_secs} s, against ${tool_secs} s for the
-tool's whole copy. The tool hashes on the read path, on its own thread when streams > 1.
+"machine CPU" is CPU time used on the whole machine during the copy (client, sshd, proxy):
+on loopback the server shares the same $(nproc) cores, so a copy near $(nproc) x its seconds is
+CPU-bound. "sha256 adds" is what the tool itself records in last-run.json: with one stream
+the time spent hashing on the sending thread, with several the time the streams waited for
+the hashing thread, as a share of the rest of the copy.
 MD
 )
 echo

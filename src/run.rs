@@ -20,6 +20,7 @@ use crate::state::{self, CopiedFile, RunRecord};
 use crate::transfer;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -178,11 +179,21 @@ impl Job<'_> {
                 return self.fail(err);
             }
         };
+        let parallel = self.config.server.streams > 1
+            && files
+                .iter()
+                .any(|file| file.size >= transfer::PARALLEL_THRESHOLD);
         let mut link = Link {
-            server: self.config.server.clone(),
-            password,
+            server: Arc::new(self.config.server.clone()),
+            password: password.map(Arc::new),
             remote: None,
             extra: Vec::new(),
+            connecting: None,
+            wanted_extra: if parallel {
+                self.config.server.streams - 1
+            } else {
+                0
+            },
         };
         let all_copied = self.copy_files(&mut link, &files);
         if !all_copied {
@@ -264,14 +275,17 @@ impl Job<'_> {
                         bytes: file.size,
                         uploaded: false,
                         sha256: Some(digest),
+                        ..CopiedFile::default()
                     });
                 }
                 Ok(Copied::Uploaded { done, seconds }) => {
                     log::info!(
-                        "{}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s), sha256 {}",
+                        "{}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s; \
+                         hashing added {:.2} s), sha256 {}",
                         file.name,
                         done.bytes,
                         megabytes_per_second(done.bytes, seconds),
+                        done.hash_seconds,
                         done.digest
                     );
                     self.record.bytes_uploaded += done.bytes;
@@ -280,6 +294,8 @@ impl Job<'_> {
                         bytes: done.bytes,
                         uploaded: true,
                         sha256: Some(done.digest),
+                        seconds: Some(seconds),
+                        hash_seconds: Some(done.hash_seconds),
                     });
                 }
                 Err(err) => {
@@ -376,11 +392,16 @@ impl Job<'_> {
 /// The connection to the backup server, made when first needed and made again after a
 /// connection or transfer error.
 struct Link {
-    server: ServerConfig,
-    password: Option<Secret>,
+    server: Arc<ServerConfig>,
+    password: Option<Arc<Secret>>,
     remote: Option<SftpRemote>,
-    /// More connections for parallel streams, made when a large file needs them.
+    /// More connections for parallel streams.
     extra: Vec<SftpRemote>,
+    /// Those connections being made in the background while the main one looks at the
+    /// destination: on a WAN each handshake costs several round trips.
+    connecting: Option<std::thread::JoinHandle<Vec<Result<SftpRemote>>>>,
+    /// How many extra connections a large file in the restore set will want.
+    wanted_extra: usize,
 }
 
 impl Link {
@@ -395,7 +416,7 @@ impl Link {
         if self.remote.is_none() {
             let connected = sftp::connect(ConnectOptions {
                 server: &self.server,
-                password: self.password.as_ref(),
+                password: self.password.as_deref(),
                 record_host_key: true,
             })?;
             if let Verified::Recorded { fingerprint } = &connected.host_key {
@@ -411,23 +432,67 @@ impl Link {
                 connected.cipher
             );
             self.remote = Some(connected.remote);
+            // Only now: the main connection records a new host's key the others check.
+            self.start_connecting(self.wanted_extra.saturating_sub(self.extra.len()));
         }
         self.remote
             .as_mut()
             .ok_or_else(|| Error::connect("internal error: no connection"))
     }
 
+    fn start_connecting(&mut self, count: usize) {
+        if count == 0 || self.connecting.is_some() {
+            return;
+        }
+        let (server, password) = (self.server.clone(), self.password.clone());
+        self.connecting = Some(std::thread::spawn(move || {
+            let options = ConnectOptions {
+                server: &server,
+                password: password.as_deref(),
+                record_host_key: false,
+            };
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..count)
+                    .map(|_| scope.spawn(move || sftp::connect(options).map(|c| c.remote)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| {
+                        handle
+                            .join()
+                            .unwrap_or_else(|_| Err(Error::connect("a connection attempt crashed")))
+                    })
+                    .collect()
+            })
+        }));
+    }
+
+    /// Collect the background connections; the first failure is the link's error.
+    fn finish_connecting(&mut self) -> Result<()> {
+        let Some(connecting) = self.connecting.take() else {
+            return Ok(());
+        };
+        let outcomes = connecting
+            .join()
+            .unwrap_or_else(|_| vec![Err(Error::connect("a connection attempt crashed"))]);
+        let mut failure = None;
+        for outcome in outcomes {
+            match outcome {
+                Ok(remote) => self.extra.push(remote),
+                Err(err) => {
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
     /// `count` connections (the main one first), for a parallel upload.
     fn streams(&mut self, count: usize) -> Result<Vec<&mut (dyn Remote + Send)>> {
         self.remote()?;
-        while self.extra.len() + 1 < count {
-            let connected = sftp::connect(ConnectOptions {
-                server: &self.server,
-                password: self.password.as_ref(),
-                record_host_key: false,
-            })?;
-            self.extra.push(connected.remote);
-        }
+        self.finish_connecting()?;
+        self.start_connecting(count.saturating_sub(self.extra.len() + 1));
+        self.finish_connecting()?;
         let mut all: Vec<&mut (dyn Remote + Send)> = Vec::with_capacity(count);
         if let Some(main) = self.remote.as_mut() {
             all.push(main);
@@ -441,6 +506,11 @@ impl Link {
     fn reset(&mut self) {
         if let Some(remote) = self.remote.take() {
             remote.abandon();
+        }
+        if let Some(connecting) = self.connecting.take() {
+            for remote in connecting.join().unwrap_or_default().into_iter().flatten() {
+                remote.abandon();
+            }
         }
         for remote in self.extra.drain(..) {
             remote.abandon();

@@ -12,6 +12,11 @@ pub struct CopiedFile {
     /// false: it was already on the remote with a matching checksum.
     pub uploaded: bool,
     pub sha256: Option<String>,
+    /// Upload time, and the part of it hashing added (not set when nothing was uploaded).
+    #[serde(default)]
+    pub seconds: Option<f64>,
+    #[serde(default)]
+    pub hash_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -72,6 +77,8 @@ mod tests {
                 bytes: 3,
                 uploaded: true,
                 sha256: None,
+                seconds: Some(1.5),
+                hash_seconds: Some(0.25),
             }],
             errors: vec!["disk full".into()],
             ..RunRecord::default()

@@ -7,18 +7,23 @@ use crate::names::{sidecar_line, BackupName};
 use crate::remote::Remote;
 use crate::signals;
 use sha2::{Digest, Sha256};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Large writes keep libssh2's SFTP pipeline full (32 KiB writes ran at a third of the speed).
 pub const CHUNK: usize = 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Uploaded {
     pub digest: String,
     pub bytes: u64,
+    /// What hashing added to the copy: time spent hashing on the sending thread, or the
+    /// time the streams waited for the hashing thread.
+    pub hash_seconds: f64,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -52,7 +57,11 @@ fn write_error(err: std::io::Error, what: String) -> Error {
     }
 }
 
-fn hash_prefix(source: &mut std::fs::File, len: u64, hasher: &mut Sha256) -> std::io::Result<()> {
+fn hash_prefix(
+    source: &mut std::fs::File,
+    len: u64,
+    hasher: &mut Timed<Sha256>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     let mut left = len;
     while left > 0 {
@@ -70,30 +79,34 @@ fn read_error(local: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |err| Error::copy(format!("cannot read {}: {err}", local.display()))
 }
 
-/// The local file and its size when the upload starts.
-fn open_local(local: &Path) -> Result<(std::fs::File, u64)> {
-    let source = std::fs::File::open(local).map_err(read_error(local))?;
-    let size = source.metadata().map_err(read_error(local))?.len();
-    Ok((source, size))
+/// The local file as the upload starts, to notice it changing while it is copied.
+struct LocalSnapshot {
+    file: std::fs::File,
+    size: u64,
+    modified: Option<SystemTime>,
 }
 
-/// After the bytes are sent: the local file must not have changed size while it was read,
-/// and the server must hold exactly what was sent. Only then may the file be published.
+fn open_local(local: &Path) -> Result<LocalSnapshot> {
+    let file = std::fs::File::open(local).map_err(read_error(local))?;
+    let metadata = file.metadata().map_err(read_error(local))?;
+    Ok(LocalSnapshot {
+        size: metadata.len(),
+        modified: metadata.modified().ok(),
+        file,
+    })
+}
+
+/// After the bytes are sent: the local file must not have changed while it was read, and
+/// the server must hold exactly what was sent. Only then may the file be published.
 fn check_sent(
     remote: &mut dyn Remote,
     local: &Path,
+    before: &LocalSnapshot,
     name: BackupName,
-    expected: u64,
     bytes: u64,
     via: &str,
 ) -> Result<()> {
-    if bytes != expected {
-        return Err(Error::copy(format!(
-            "{} changed while it was copied ({expected} bytes before, {bytes} read): not \
-             publishing it; the next run copies it again",
-            local.display()
-        )));
-    }
+    check_unchanged(local, before, bytes)?;
     match remote.size_of(&name.partial_name())? {
         Some(size) if size == bytes => Ok(()),
         other => Err(Error::transient(format!(
@@ -106,51 +119,63 @@ fn check_sent(
     }
 }
 
+/// `bytes` were read (sent, or hashed) and the file still looks as it did at the start.
+fn check_unchanged(local: &Path, before: &LocalSnapshot, bytes: u64) -> Result<()> {
+    let now = std::fs::metadata(local).ok();
+    let unchanged = now
+        .as_ref()
+        .is_some_and(|now| now.len() == before.size && now.modified().ok() == before.modified);
+    if bytes == before.size && unchanged {
+        return Ok(());
+    }
+    Err(Error::copy(format!(
+        "{} changed while it was copied ({} bytes before, {bytes} read): not publishing it; \
+         the next run copies it again",
+        local.display(),
+        before.size
+    )))
+}
+
 /// Upload `local` as `name`, resuming a partial upload an earlier attempt left on the server
 /// (then reading the whole remote file back to verify it), and publish it.
 pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result<Uploaded> {
     let label = remote.describe();
     let local_error = read_error(local);
-    let (mut source, expected) = open_local(local)?;
+    let mut snapshot = open_local(local)?;
+    let expected = snapshot.size;
     let partial = name.partial_name();
 
-    let mut hasher = Sha256::new();
+    let mut hasher = Timed::new();
     let resume_at = match remote.size_of(&partial)? {
         Some(size) if size > 0 && size <= expected => size,
         _ => 0,
     };
     if resume_at > 0 {
         log::info!("{name}: resuming the upload at {resume_at} of {expected} bytes");
-        hash_prefix(&mut source, resume_at, &mut hasher).map_err(&local_error)?;
+        hash_prefix(&mut snapshot.file, resume_at, &mut hasher).map_err(&local_error)?;
     }
-    let mut bytes = resume_at;
-    {
+    let bytes = {
         let mut sink = if resume_at > 0 {
             remote.open_at(&partial, resume_at)?
         } else {
             remote.create(&partial)?
         };
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            signals::check(&format!("the copy of {name}"))?;
-            let n = source.read(&mut buf).map_err(&local_error)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            sink.write_all(&buf[..n]).map_err(|err| {
-                write_error(
-                    err,
-                    format!("writing {partial} on {label} failed after {bytes} bytes"),
-                )
-            })?;
-            bytes += n as u64;
-        }
+        let what = format!("the copy of {name}: writing {partial} on {label}");
+        let sent = send_range(
+            &mut *sink,
+            &snapshot.file,
+            local,
+            resume_at..u64::MAX,
+            Some(&mut hasher),
+            &AtomicBool::new(false),
+            &what,
+        )?;
         sink.flush()
             .map_err(|err| write_error(err, format!("cannot sync {partial} on {label}")))?;
-    }
-    let digest = hex(&hasher.finalize());
-    check_sent(remote, local, name, expected, bytes, "")?;
+        resume_at + sent
+    };
+    let (digest, hash_time) = hasher.finish();
+    check_sent(remote, local, &snapshot, name, bytes, "")?;
     if resume_at > 0 {
         // Part of the file came from an earlier connection: check every byte that is there.
         let remote_digest = sha256_remote(remote, &partial)?;
@@ -164,40 +189,135 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
         log::info!("{name}: resumed upload verified by reading it back (sha256 {digest})");
     }
     publish(remote, name, &partial, &digest)?;
-    Ok(Uploaded { digest, bytes })
+    Ok(Uploaded {
+        digest,
+        bytes,
+        hash_seconds: hash_time.as_secs_f64(),
+    })
 }
 
 /// Files at least this big go over several streams (a single SSH channel is capped near
 /// window/RTT on a WAN); smaller ones are not worth the extra connections.
 pub const PARALLEL_THRESHOLD: u64 = 64 * 1024 * 1024;
 
-/// What one stream writes per call. libssh2 keeps one write call's data in flight and
-/// drains it before returning, so a stream moves about one chunk per round trip: 2 MiB is
-/// OpenSSH's whole channel window.
-const STREAM_CHUNK: usize = 2 * 1024 * 1024;
+/// Bytes a stream keeps unacknowledged: OpenSSH's channel window. libssh2 wants the
+/// unacknowledged bytes passed again on every write call and returns as soon as some are
+/// acknowledged, so a window over contiguous data slides and never drains.
+const IN_FLIGHT: usize = 2 * 1024 * 1024;
 
-/// Chunks waiting for a free stream. With recycled buffers, memory stays near
-/// (QUEUE + streams + 1) x STREAM_CHUNK, plus libssh2's copy of each chunk being sent,
-/// whatever the file size.
-const QUEUE: usize = 2;
+/// Read granularity of a stream: its buffer holds IN_FLIGHT + READ_AHEAD bytes, and the
+/// acknowledged ones are dropped once READ_AHEAD of them have piled up (each byte is moved
+/// at most twice).
+const READ_AHEAD: usize = 1024 * 1024;
 
-fn read_full(source: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
+/// Send `range` of `source` (reading stops early at the file's end) through `sink`, already
+/// positioned at `range.start`, keeping IN_FLIGHT bytes on the wire. With a hasher, what is
+/// read is hashed too (one read pass). Stops early, without error, when `abandon` is set:
+/// another stream failed and its error is the one to report. Returns the bytes sent.
+fn send_range(
+    sink: &mut dyn Write,
+    source: &std::fs::File,
+    local: &Path,
+    range: Range<u64>,
+    mut hasher: Option<&mut Timed<Sha256>>,
+    abandon: &AtomicBool,
+    what: &str,
+) -> Result<u64> {
+    let mut buf = vec![0u8; IN_FLIGHT + READ_AHEAD];
+    let (mut head, mut tail) = (0usize, 0usize);
+    let mut read_at = range.start;
+    let mut at_eof = false;
+    let mut sent = 0u64;
+    loop {
+        signals::check(what)?;
+        if abandon.load(Ordering::Relaxed) {
+            return Ok(sent);
+        }
+        if head >= READ_AHEAD {
+            buf.copy_within(head..tail, 0);
+            tail -= head;
+            head = 0;
+        }
+        while !at_eof && tail < buf.len() && read_at < range.end {
+            let want = usize::try_from(range.end - read_at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - tail);
+            let n = source
+                .read_at(&mut buf[tail..tail + want], read_at)
+                .map_err(read_error(local))?;
+            if n == 0 {
+                at_eof = true;
+            }
+            if let Some(hasher) = hasher.as_deref_mut() {
+                hasher.update(&buf[tail..tail + n]);
+            }
+            tail += n;
+            read_at += n as u64;
+        }
+        if head == tail {
+            return Ok(sent);
+        }
+        let end = tail.min(head + IN_FLIGHT);
+        let position = range.start + sent;
+        match sink.write(&buf[head..end]) {
+            Ok(0) => {
+                return Err(write_error(
+                    std::io::ErrorKind::WriteZero.into(),
+                    format!("{what}: the server accepted nothing at {position}"),
+                ))
+            }
+            Ok(n) => {
+                head += n;
+                sent += n as u64;
+            }
+            Err(err) => return Err(write_error(err, format!("{what} failed at {position}"))),
         }
     }
-    Ok(filled)
 }
 
-/// Upload `local` over several connections at once, each taking the next 2 MiB chunk when
-/// it is free (a slow stream holds nobody up) and writing it at its offset in the same
-/// temporary file. The file is read once, in order, and hashed as it is read. A failed
-/// stream fails the whole file: the caller retries it from the start (a parallel partial
-/// may have holes, so it is never resumed), and no final name is written unless every byte
-/// arrived and the size checks out.
+/// A hasher that keeps the time it spent, so a run can report what verification cost.
+pub struct Timed<H> {
+    inner: H,
+    spent: Duration,
+}
+
+impl Timed<Sha256> {
+    fn new() -> Self {
+        Timed {
+            inner: Sha256::new(),
+            spent: Duration::ZERO,
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        let start = Instant::now();
+        self.inner.update(data);
+        self.spent += start.elapsed();
+    }
+
+    fn finish(self) -> (String, Duration) {
+        (hex(&self.inner.finalize()), self.spent)
+    }
+}
+
+/// `size` bytes as `streams` contiguous ranges of whole MiBs (the last one takes the rest);
+/// fewer when the file is too small to give every stream a MiB.
+fn split_ranges(size: u64, streams: usize) -> Vec<Range<u64>> {
+    const ALIGN: u64 = 1024 * 1024;
+    let streams = streams.max(1) as u64;
+    let per_stream = size.div_ceil(streams).div_ceil(ALIGN).max(1) * ALIGN;
+    (0..streams)
+        .map(|i| (i * per_stream).min(size)..((i + 1) * per_stream).min(size))
+        .filter(|range| !range.is_empty())
+        .collect()
+}
+
+/// Upload `local` over several connections at once, each sending its own contiguous range
+/// into the same temporary file with a full window in flight, while one more thread hashes
+/// the file in order (from the page cache: cvpi has just written it). A failed stream fails
+/// the whole file: the caller retries it from the start (a parallel partial may have holes,
+/// so it is never resumed), and no final name is written unless every byte arrived, the
+/// local file did not change meanwhile, and the size on the server checks out.
 pub fn upload_parallel(
     remotes: &mut [&mut (dyn Remote + Send)],
     local: &Path,
@@ -205,114 +325,129 @@ pub fn upload_parallel(
 ) -> Result<Uploaded> {
     let streams = remotes.len();
     let label = remotes[0].describe();
-    let local_error = read_error(local);
-    let (mut source, expected) = open_local(local)?;
+    let snapshot = open_local(local)?;
     let partial = name.partial_name();
     drop(remotes[0].create(&partial)?);
+    let ranges = split_ranges(snapshot.size, streams);
+    let abandon = AtomicBool::new(false);
+    let during = format!("the copy of {name}");
 
-    let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
-    let (chunk_tx, chunk_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUE);
-    let chunks = Mutex::new(chunk_rx);
-    let stream_failed = AtomicBool::new(false);
-    let (digest, bytes) = std::thread::scope(|scope| -> Result<(String, u64)> {
-        let mut workers = Vec::with_capacity(streams);
-        for (index, remote) in remotes.iter_mut().enumerate() {
-            let recycle = recycle_tx.clone();
-            let (partial, label, chunks, failed) = (&partial, &label, &chunks, &stream_failed);
-            workers.push(scope.spawn(move || -> Result<()> {
-                let outcome =
-                    write_chunks(&mut **remote, partial, chunks, &recycle).map_err(|err| Error {
-                        message: format!(
-                            "stream {} of {streams} to {label}: {}",
-                            index + 1,
-                            err.message
-                        ),
-                        ..err
-                    });
-                if outcome.is_err() {
-                    failed.store(true, Ordering::SeqCst);
-                }
-                outcome
-            }));
-        }
-        drop(recycle_tx);
-
-        let mut hasher = Sha256::new();
-        let mut offset = 0u64;
+    let started = Instant::now();
+    let (digest, hashed, sent, hash_lag) = std::thread::scope(|scope| {
+        let hasher = scope.spawn(|| {
+            let outcome = hash_in_order(&snapshot.file, local, &abandon, &during);
+            if outcome.is_err() {
+                abandon.store(true, Ordering::Relaxed);
+            }
+            outcome
+        });
+        let workers: Vec<_> = remotes
+            .iter_mut()
+            .zip(ranges)
+            .enumerate()
+            .map(|(index, (remote, range))| {
+                let (partial, label, abandon, during) = (&partial, &label, &abandon, &during);
+                scope.spawn(move || {
+                    let outcome =
+                        send_stream(&mut **remote, partial, local, range, abandon, during).map_err(
+                            |err| Error {
+                                message: format!(
+                                    "stream {} of {streams} to {label}: {}",
+                                    index + 1,
+                                    err.message
+                                ),
+                                ..err
+                            },
+                        );
+                    if outcome.is_err() {
+                        abandon.store(true, Ordering::Relaxed);
+                    }
+                    outcome
+                })
+            })
+            .collect();
         let mut failure = None;
-        loop {
-            if let Err(err) = signals::check(&format!("the copy of {name}")) {
-                failure = Some(err);
-                break;
-            }
-            // A failed stream fails the file: stop reading; its error comes from join below.
-            if stream_failed.load(Ordering::SeqCst) {
-                break;
-            }
-            let mut buf = recycle_rx.try_recv().unwrap_or_default();
-            buf.resize(STREAM_CHUNK, 0);
-            let n = match read_full(&mut source, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) => {
-                    failure = Some(local_error(err));
-                    break;
-                }
-            };
-            buf.truncate(n);
-            hasher.update(&buf);
-            if chunk_tx.send((offset, buf)).is_err() {
-                break;
-            }
-            offset += n as u64;
-        }
-        drop(chunk_tx);
+        let mut sent = 0u64;
         for worker in workers {
-            let outcome = worker
-                .join()
-                .unwrap_or_else(|_| Err(Error::copy(format!("a stream copying {name} crashed"))));
-            if let Err(err) = outcome {
-                // Keep the first cause; a stop request or a local read error comes first.
-                failure.get_or_insert(err);
+            match worker.join() {
+                Ok(Ok(bytes)) => sent += bytes,
+                Ok(Err(err)) => {
+                    failure.get_or_insert(err);
+                }
+                Err(_) => {
+                    failure.get_or_insert(Error::copy(format!("a stream copying {name} crashed")));
+                }
             }
         }
-        match failure {
-            Some(err) => Err(err),
-            None => Ok((hex(&hasher.finalize()), offset)),
+        if failure.is_some() {
+            abandon.store(true, Ordering::Relaxed);
+        }
+        let streams_done = started.elapsed();
+        let hashed = hasher
+            .join()
+            .unwrap_or_else(|_| Err(Error::copy(format!("hashing {name} crashed"))));
+        // The hash runs beside the streams; only the time they waited for it is its cost.
+        let hash_lag = started.elapsed().saturating_sub(streams_done);
+        match (failure, hashed) {
+            (Some(err), _) | (None, Err(err)) => Err(err),
+            (None, Ok((digest, hashed))) => Ok((digest, hashed, sent, hash_lag)),
         }
     })?;
 
     let remote = &mut *remotes[0];
-    check_sent(
-        remote,
-        local,
-        name,
-        expected,
-        bytes,
-        &format!(" over {streams} streams"),
-    )?;
+    let via = format!(" over {streams} streams");
+    check_unchanged(local, &snapshot, hashed)?;
+    check_sent(remote, local, &snapshot, name, sent, &via)?;
     publish(remote, name, &partial, &digest)?;
-    Ok(Uploaded { digest, bytes })
+    Ok(Uploaded {
+        digest,
+        bytes: sent,
+        hash_seconds: hash_lag.as_secs_f64(),
+    })
 }
 
-/// One stream: take chunks until there are none, write each at its offset, then sync.
-fn write_chunks(
+/// One stream: open its own handles, send its range, sync.
+fn send_stream(
     remote: &mut dyn Remote,
     partial: &str,
-    chunks: &Mutex<mpsc::Receiver<(u64, Vec<u8>)>>,
-    recycle: &mpsc::Sender<Vec<u8>>,
-) -> Result<()> {
-    let mut sink = remote.open_at(partial, 0)?;
-    // The lock is held only to take a chunk, never while writing one.
-    let next = || chunks.lock().ok().and_then(|rx| rx.recv().ok());
-    while let Some((offset, buf)) = next() {
-        sink.seek(std::io::SeekFrom::Start(offset))
-            .and_then(|_| sink.write_all(&buf))
-            .map_err(|err| write_error(err, format!("writing {partial} at {offset}")))?;
-        let _ = recycle.send(buf);
+    local: &Path,
+    range: Range<u64>,
+    abandon: &AtomicBool,
+    during: &str,
+) -> Result<u64> {
+    let source = std::fs::File::open(local).map_err(read_error(local))?;
+    let mut sink = remote.open_at(partial, range.start)?;
+    let what = format!("{during}: writing {partial}");
+    let sent = send_range(&mut *sink, &source, local, range, None, abandon, &what)?;
+    if !abandon.load(Ordering::Relaxed) {
+        sink.flush()
+            .map_err(|err| write_error(err, format!("syncing {partial}")))?;
     }
-    sink.flush()
-        .map_err(|err| write_error(err, format!("syncing {partial}")))
+    Ok(sent)
+}
+
+/// The whole file's sha256, read in order beside the streams.
+fn hash_in_order(
+    source: &std::fs::File,
+    local: &Path,
+    abandon: &AtomicBool,
+    during: &str,
+) -> Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    while !abandon.load(Ordering::Relaxed) {
+        signals::check(during)?;
+        let n = source
+            .read_at(&mut buf, offset)
+            .map_err(read_error(local))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok((hex(&hasher.finalize()), offset))
 }
 
 fn sha256_remote(remote: &mut dyn Remote, name: &str) -> Result<String> {
@@ -354,6 +489,129 @@ fn publish(remote: &mut dyn Remote, name: BackupName, partial: &str, digest: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one range is a real answer here
+    fn ranges_cover_the_file_in_whole_mibs() {
+        const MIB: u64 = 1024 * 1024;
+        // (size, streams) -> ranges
+        let table: &[(u64, usize, &[Range<u64>])] = &[
+            (0, 4, &[]),
+            (10, 4, &[0..10]),
+            (
+                4 * MIB,
+                4,
+                &[0..MIB, MIB..2 * MIB, 2 * MIB..3 * MIB, 3 * MIB..4 * MIB],
+            ),
+            (
+                4 * MIB + 1,
+                4,
+                &[0..2 * MIB, 2 * MIB..4 * MIB, 4 * MIB..4 * MIB + 1],
+            ),
+            (70 * MIB + 12_345, 1, &[0..70 * MIB + 12_345]),
+            (
+                70 * MIB + 12_345,
+                3,
+                &[0..24 * MIB, 24 * MIB..48 * MIB, 48 * MIB..70 * MIB + 12_345],
+            ),
+        ];
+        for (size, streams, expected) in table {
+            assert_eq!(
+                &split_ranges(*size, *streams),
+                expected,
+                "{size} over {streams}"
+            );
+        }
+    }
+
+    /// Answers like libssh2's sftp_write: takes what is offered, acknowledges part of it,
+    /// and expects the unacknowledged rest offered again.
+    struct AckingSink {
+        received: Vec<u8>,
+        ack_size: usize,
+        largest_offer: usize,
+    }
+
+    impl Write for AckingSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.largest_offer = self.largest_offer.max(buf.len());
+            let n = buf.len().min(self.ack_size);
+            self.received.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_range_is_sent_in_order_with_a_bounded_window_and_hashed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data");
+        let data: Vec<u8> = (0..(5 * IN_FLIGHT + 777))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(&path, &data).expect("write");
+        let source = std::fs::File::open(&path).expect("open");
+        for (range, ack_size) in [
+            (0..u64::MAX, 30_000),
+            (1000..3 * IN_FLIGHT as u64 + 5, 4096),
+        ] {
+            let mut sink = AckingSink {
+                received: Vec::new(),
+                ack_size,
+                largest_offer: 0,
+            };
+            let mut hasher = Timed::new();
+            let sent = send_range(
+                &mut sink,
+                &source,
+                &path,
+                range.clone(),
+                Some(&mut hasher),
+                &AtomicBool::new(false),
+                "test",
+            )
+            .expect("send");
+            let end = (range.end as usize).min(data.len());
+            let expected = &data[range.start as usize..end];
+            assert_eq!(sent, expected.len() as u64);
+            assert!(sink.received == expected, "bytes differ for {range:?}");
+            assert!(
+                sink.largest_offer <= IN_FLIGHT,
+                "offered {}",
+                sink.largest_offer
+            );
+            let mut reference = Sha256::new();
+            reference.update(expected);
+            assert_eq!(hasher.finish().0, hex(&reference.finalize()));
+        }
+    }
+
+    #[test]
+    fn an_abandoned_range_stops_without_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data");
+        std::fs::write(&path, vec![1u8; 3 * IN_FLIGHT]).expect("write");
+        let source = std::fs::File::open(&path).expect("open");
+        let mut sink = AckingSink {
+            received: Vec::new(),
+            ack_size: 1024,
+            largest_offer: 0,
+        };
+        let sent = send_range(
+            &mut sink,
+            &source,
+            &path,
+            0..u64::MAX,
+            None,
+            &AtomicBool::new(true),
+            "test",
+        )
+        .expect("send");
+        assert_eq!(sent, 0);
+        assert!(sink.received.is_empty());
+    }
 
     #[test]
     fn sha256_matches_a_known_vector() {

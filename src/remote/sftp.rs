@@ -45,6 +45,7 @@ const FX_PERMISSION_DENIED: i32 = 3;
 const FX_FAILURE: i32 = 4;
 const FX_OP_UNSUPPORTED: i32 = 8;
 
+#[derive(Clone, Copy)]
 pub struct ConnectOptions<'a> {
     pub server: &'a ServerConfig,
     pub password: Option<&'a Secret>,
