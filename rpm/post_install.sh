@@ -29,7 +29,8 @@ if [ "$1" = 1 ]; then
 cvp-backup-copy is installed. It runs every night at 02:00 as user cvp
 (/etc/cron.d/cvp-backup-copy) and logs to syslog. Next steps:
   1. cvp-backup-copy edit        set the backup server, user, destination and password
-  2. cvp-backup-copy --dry-run   check the setup: it connects and prints what the night will do
+  2. cvp-backup-copy check       test every link: key, password, cvpi, server, host key,
+                                 login, destination (one line each, with the fix)
   3. Remove root's stock backup line so two backups never run at once:
        crontab -e   (as root; delete the line: 0 2 * * * /cvpi/tools/backup.py --limit 5)
 MSG

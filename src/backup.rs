@@ -9,7 +9,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// cron's PATH lacks /cvpi/bin; `cvpi` itself calls other CVP tools by name.
-const CHILD_PATH: &str = "/cvpi/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const CHILD_PATH: &str =
+    "/cvpi/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug)]
 pub struct Outcome {
@@ -32,6 +33,19 @@ pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
         return None;
     }
     Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Where `program` is found as the run starts it: as given when it has a slash, else in
+/// CHILD_PATH.
+pub fn resolve_program(program: &str) -> Option<std::path::PathBuf> {
+    if program.contains('/') {
+        let path = std::path::PathBuf::from(program);
+        return path.is_file().then_some(path);
+    }
+    CHILD_PATH
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|path| path.is_file())
 }
 
 /// How the command will be started, for logs and `--dry-run`.

@@ -35,6 +35,21 @@ pub enum Command {
     #[command(after_help = EDIT_HELP)]
     Edit(EditArgs),
 
+    /// Test every link of the nightly chain and say how to fix a broken one
+    #[command(after_help = EXIT_CODES_HELP)]
+    Check(IniArgs),
+
+    /// The backup sets, newest first, and where each file is (local, remote, both)
+    List(ListArgs),
+
+    /// Download a restore set from the backup server, verified, and print the restore command
+    #[command(after_help = FETCH_HELP)]
+    Fetch(FetchArgs),
+
+    /// How the last run went; exits non-zero when it failed or is too old (for monitoring)
+    #[command(after_help = EXIT_CODES_HELP)]
+    Status(StatusArgs),
+
     /// Write the man page and bash completion into DIR (used to build the RPM)
     #[command(hide = true)]
     GenerateAssets {
@@ -72,6 +87,60 @@ only after the current one is typed. From a script:
   cvp-backup-copy edit --set Server_Settings.server=backup.example.net --set Backup_Settings.limit=7
   printf '%s\\n' \"$PASSWORD\" | cvp-backup-copy edit --password-stdin
 An invalid value changes nothing and exits 3.";
+
+const FETCH_HELP: &str = "\
+Downloads the data file, the EOS images file it needs and its log into DIR (default: the INI's
+backup_dir) as temporary files, checks each against its NAME.sha256 on the server, and only
+then gives it its name. Prints the `cvpi restore cvp ...` command to run. Exit codes as for a
+run; 5: a file is missing, corrupted or does not verify.";
+
+#[derive(Debug, Clone, Args)]
+pub struct IniArgs {
+    /// The configuration file
+    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
+    pub ini: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// The configuration file
+    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
+    pub ini: PathBuf,
+
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// The configuration file
+    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
+    pub ini: PathBuf,
+
+    /// `latest`, a timestamp (20240101020010) or a data file name
+    #[arg(value_name = "TIMESTAMP", default_value = "latest")]
+    pub wanted: String,
+
+    /// Where to put the files (default: the INI's backup_dir)
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The configuration file
+    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
+    pub ini: PathBuf,
+
+    /// Print JSON (the verdict and the last run's record)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Older than this is a problem: 26h, 90m, 2d
+    #[arg(long, value_name = "AGE", default_value = "26h", value_parser = humantime::parse_duration)]
+    pub max_age: std::time::Duration,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct KeygenArgs {
@@ -182,6 +251,28 @@ mod tests {
         assert!(
             matches!(edit.command, Some(Command::Edit(EditArgs { ref set, .. })) if set.len() == 2)
         );
+    }
+
+    #[test]
+    fn operator_commands_parse() {
+        let fetch =
+            Cli::try_parse_from(["cvp-backup-copy", "fetch", "--to", "/tmp/x"]).expect("fetch");
+        assert!(matches!(
+            fetch.command,
+            Some(Command::Fetch(FetchArgs { ref wanted, to: Some(_), .. })) if wanted == "latest"
+        ));
+        let status =
+            Cli::try_parse_from(["cvp-backup-copy", "status", "--max-age", "2d"]).expect("status");
+        assert!(matches!(
+            status.command,
+            Some(Command::Status(StatusArgs { max_age, .. })) if max_age.as_secs() == 172_800
+        ));
+        assert!(Cli::try_parse_from(["cvp-backup-copy", "status", "--max-age", "soon"]).is_err());
+        let list = Cli::try_parse_from(["cvp-backup-copy", "list", "--json"]).expect("list");
+        assert!(matches!(
+            list.command,
+            Some(Command::List(ListArgs { json: true, .. }))
+        ));
     }
 
     #[test]

@@ -11,11 +11,29 @@ pub enum ExitCode {
     Connect = 4,
     Copy = 5,
     Locked = 6,
+    /// `status` only: no run recorded, or the last one is older than `--max-age`.
+    Stale = 7,
 }
 
 impl ExitCode {
     pub fn code(self) -> i32 {
         self as i32
+    }
+
+    pub fn from_code(code: i32) -> Option<ExitCode> {
+        use ExitCode::*;
+        [
+            Success,
+            BackupFailed,
+            Usage,
+            Config,
+            Connect,
+            Copy,
+            Locked,
+            Stale,
+        ]
+        .into_iter()
+        .find(|c| c.code() == code)
     }
 
     /// Which of two outcomes a run reports. A remote that is not up to date (4, 5) matters
@@ -26,6 +44,7 @@ impl ExitCode {
             match code {
                 ExitCode::Success => 0,
                 ExitCode::BackupFailed => 1,
+                ExitCode::Stale => 2,
                 ExitCode::Usage => 2,
                 ExitCode::Locked => 3,
                 ExitCode::Config => 4,
@@ -56,7 +75,8 @@ Exit codes:
   3  configuration error (INI, key file, password that does not decrypt, bad limit)
   4  server unreachable, authentication failed or host key refused (nothing written)
   5  copy incomplete or verification failed
-  6  another run holds the lock";
+  6  another run holds the lock
+  7  status: no run recorded, or the last one is older than --max-age";
 
 #[cfg(test)]
 mod tests {
@@ -72,9 +92,11 @@ mod tests {
             (ExitCode::Connect, 4),
             (ExitCode::Copy, 5),
             (ExitCode::Locked, 6),
+            (ExitCode::Stale, 7),
         ];
         for (code, number) in table {
             assert_eq!(code.code(), number);
+            assert_eq!(ExitCode::from_code(number), Some(code));
             assert!(EXIT_CODES_HELP.contains(&format!("  {number}  ")));
         }
     }

@@ -3,16 +3,19 @@
 
 pub mod backup;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod edit;
 pub mod error;
 pub mod exit_codes;
 pub mod ini_edit;
+pub mod inventory;
 pub mod keygen;
 pub mod lock;
 pub mod logging;
 pub mod names;
 pub mod plan;
+pub mod progress;
 pub mod prompt;
 pub mod remote;
 pub mod restore_set;

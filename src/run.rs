@@ -9,6 +9,7 @@ use crate::lock;
 use crate::logging;
 use crate::names::{parse_sidecar, BackupName, Kind, RemoteName};
 use crate::plan::{self, CopyDecision, FileFacts, Plan};
+use crate::progress;
 use crate::remote::known_hosts::Verified;
 use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
 use crate::remote::{Remote, RemoteEntry};
@@ -32,10 +33,10 @@ pub struct RunOptions {
 }
 
 #[derive(Debug, Clone)]
-struct LocalFile {
-    name: BackupName,
-    path: PathBuf,
-    size: u64,
+pub(crate) struct LocalFile {
+    pub(crate) name: BackupName,
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
 }
 
 /// Run the job and return its exit code. Every failure is logged where it happens.
@@ -576,13 +577,16 @@ fn copy_one(link: &mut Link, file: &LocalFile) -> Result<Copied> {
         CopyDecision::Upload { name, size, why } => {
             let streams = link.server.streams;
             let started = Instant::now();
+            let bar = progress::bar(size, &name.file_name());
             let done = if streams > 1 && size >= transfer::PARALLEL_THRESHOLD {
                 log::info!("{name}: uploading {size} bytes over {streams} streams ({why})");
-                transfer::upload_parallel(&mut link.streams(streams)?, &file.path, name)?
+                transfer::upload_parallel(&mut link.streams(streams)?, &file.path, name, &bar)
             } else {
                 log::info!("{name}: uploading {size} bytes ({why})");
-                transfer::upload(link.remote()?, &file.path, name)?
+                transfer::upload(link.remote()?, &file.path, name, &bar)
             };
+            bar.finish_and_clear();
+            let done = done?;
             Ok(Copied::Uploaded {
                 done,
                 seconds: started.elapsed().as_secs_f64(),
@@ -645,7 +649,7 @@ fn log_keeps(side: &str, decision: &Decision) {
 }
 
 /// Decrypt the password when there is one; also check that an identity file exists.
-fn credentials(config: &Config) -> Result<Option<Secret>> {
+pub(crate) fn credentials(config: &Config) -> Result<Option<Secret>> {
     let server = &config.server;
     if let Some(identity) = &server.identity_file {
         if !identity.is_file() {
@@ -665,7 +669,7 @@ fn credentials(config: &Config) -> Result<Option<Secret>> {
     }
 }
 
-fn list_local(config: &Config) -> Result<Vec<LocalFile>> {
+pub(crate) fn list_local(config: &Config) -> Result<Vec<LocalFile>> {
     let mut files = scan(&config.backup.backup_dir, |kind| kind != Kind::Log)?;
     for log_file in scan(&config.backup.log_dir, |kind| kind == Kind::Log)? {
         if !files.iter().any(|f| f.name == log_file.name) {

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::names::{sidecar_line, BackupName};
 use crate::remote::Remote;
 use crate::signals;
+use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -138,7 +139,12 @@ fn check_unchanged(local: &Path, before: &LocalSnapshot, bytes: u64) -> Result<(
 
 /// Upload `local` as `name`, resuming a partial upload an earlier attempt left on the server
 /// (then reading the whole remote file back to verify it), and publish it.
-pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result<Uploaded> {
+pub fn upload(
+    remote: &mut dyn Remote,
+    local: &Path,
+    name: BackupName,
+    progress: &ProgressBar,
+) -> Result<Uploaded> {
     let label = remote.describe();
     let local_error = read_error(local);
     let mut snapshot = open_local(local)?;
@@ -152,6 +158,7 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
     };
     if resume_at > 0 {
         log::info!("{name}: resuming the upload at {resume_at} of {expected} bytes");
+        progress.set_position(resume_at);
         hash_prefix(&mut snapshot.file, resume_at, &mut hasher).map_err(&local_error)?;
     }
     let bytes = {
@@ -167,8 +174,11 @@ pub fn upload(remote: &mut dyn Remote, local: &Path, name: BackupName) -> Result
             local,
             resume_at..u64::MAX,
             Some(&mut hasher),
-            &AtomicBool::new(false),
-            &what,
+            &Watch {
+                abandon: &AtomicBool::new(false),
+                progress,
+                what: &what,
+            },
         )?;
         sink.flush()
             .map_err(|err| write_error(err, format!("cannot sync {partial} on {label}")))?;
@@ -220,9 +230,13 @@ fn send_range(
     local: &Path,
     range: Range<u64>,
     mut hasher: Option<&mut Timed<Sha256>>,
-    abandon: &AtomicBool,
-    what: &str,
+    watch: &Watch,
 ) -> Result<u64> {
+    let Watch {
+        abandon,
+        progress,
+        what,
+    } = *watch;
     let mut buf = vec![0u8; IN_FLIGHT + READ_AHEAD];
     let (mut head, mut tail) = (0usize, 0usize);
     let mut read_at = range.start;
@@ -269,10 +283,21 @@ fn send_range(
             Ok(n) => {
                 head += n;
                 sent += n as u64;
+                progress.inc(n as u64);
             }
             Err(err) => return Err(write_error(err, format!("{what} failed at {position}"))),
         }
     }
+}
+
+/// What a sending loop watches besides its data.
+#[derive(Clone, Copy)]
+struct Watch<'a> {
+    /// Set when another stream failed: stop quietly, its error is the one to report.
+    abandon: &'a AtomicBool,
+    progress: &'a ProgressBar,
+    /// For messages: "the copy of NAME: writing PARTIAL".
+    what: &'a str,
 }
 
 /// A hasher that keeps the time it spent, so a run can report what verification cost.
@@ -322,6 +347,7 @@ pub fn upload_parallel(
     remotes: &mut [&mut (dyn Remote + Send)],
     local: &Path,
     name: BackupName,
+    progress: &ProgressBar,
 ) -> Result<Uploaded> {
     let streams = remotes.len();
     let label = remotes[0].describe();
@@ -348,17 +374,23 @@ pub fn upload_parallel(
             .map(|(index, (remote, range))| {
                 let (partial, label, abandon, during) = (&partial, &label, &abandon, &during);
                 scope.spawn(move || {
-                    let outcome =
-                        send_stream(&mut **remote, partial, local, range, abandon, during).map_err(
-                            |err| Error {
-                                message: format!(
-                                    "stream {} of {streams} to {label}: {}",
-                                    index + 1,
-                                    err.message
-                                ),
-                                ..err
-                            },
-                        );
+                    let outcome = send_stream(
+                        &mut **remote,
+                        partial,
+                        local,
+                        range,
+                        abandon,
+                        progress,
+                        during,
+                    )
+                    .map_err(|err| Error {
+                        message: format!(
+                            "stream {} of {streams} to {label}: {}",
+                            index + 1,
+                            err.message
+                        ),
+                        ..err
+                    });
                     if outcome.is_err() {
                         abandon.store(true, Ordering::Relaxed);
                     }
@@ -413,12 +445,18 @@ fn send_stream(
     local: &Path,
     range: Range<u64>,
     abandon: &AtomicBool,
+    progress: &ProgressBar,
     during: &str,
 ) -> Result<u64> {
     let source = std::fs::File::open(local).map_err(read_error(local))?;
     let mut sink = remote.open_at(partial, range.start)?;
     let what = format!("{during}: writing {partial}");
-    let sent = send_range(&mut *sink, &source, local, range, None, abandon, &what)?;
+    let watch = Watch {
+        abandon,
+        progress,
+        what: &what,
+    };
+    let sent = send_range(&mut *sink, &source, local, range, None, &watch)?;
     if !abandon.load(Ordering::Relaxed) {
         sink.flush()
             .map_err(|err| write_error(err, format!("syncing {partial}")))?;
@@ -569,8 +607,11 @@ mod tests {
                 &path,
                 range.clone(),
                 Some(&mut hasher),
-                &AtomicBool::new(false),
-                "test",
+                &Watch {
+                    abandon: &AtomicBool::new(false),
+                    progress: &ProgressBar::hidden(),
+                    what: "test",
+                },
             )
             .expect("send");
             let end = (range.end as usize).min(data.len());
@@ -605,8 +646,11 @@ mod tests {
             &path,
             0..u64::MAX,
             None,
-            &AtomicBool::new(true),
-            "test",
+            &Watch {
+                abandon: &AtomicBool::new(true),
+                progress: &ProgressBar::hidden(),
+                what: "test",
+            },
         )
         .expect("send");
         assert_eq!(sent, 0);

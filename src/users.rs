@@ -33,6 +33,30 @@ pub fn by_uid(uid: u32) -> Option<User> {
     })
 }
 
+/// The user's primary and supplementary groups, as a login gives them.
+pub fn group_ids(user: &User) -> Vec<u32> {
+    let Ok(name) = CString::new(user.name.as_str()) else {
+        return vec![user.gid];
+    };
+    let mut count: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; count as usize];
+        let before = count;
+        // SAFETY: `groups` has room for `count` entries; getgrouplist writes at most that many
+        // and sets `count` to the number it needs.
+        let rc =
+            unsafe { libc::getgrouplist(name.as_ptr(), user.gid, groups.as_mut_ptr(), &mut count) };
+        if rc >= 0 {
+            groups.truncate(count.max(0) as usize);
+            return groups;
+        }
+        if count <= before {
+            // Nothing more to learn: fall back to the primary group.
+            return vec![user.gid];
+        }
+    }
+}
+
 fn lookup(
     call: impl Fn(*mut libc::passwd, *mut libc::c_char, usize, *mut *mut libc::passwd) -> i32,
 ) -> Option<User> {
@@ -74,5 +98,6 @@ mod tests {
         assert_eq!(by_uid(0).map(|u| u.name), Some("root".to_string()));
         assert_eq!(by_name("no-such-user-cvpbc"), None);
         assert_eq!(by_name("nul\0byte"), None);
+        assert!(group_ids(&root).contains(&0));
     }
 }

@@ -277,6 +277,7 @@ fn install_upgrade_and_erase_on_a_cvp_node() {
     let root = ScratchRoot::new(true);
     let installed = text(&root.install(&rpm, "-i"));
     assert!(installed.contains("cvp-backup-copy edit"), "{installed}");
+    assert!(installed.contains("cvp-backup-copy check"), "{installed}");
     assert!(installed.contains("/cvpi/tools/backup.py"), "{installed}");
 
     assert_eq!(root.owner_and_mode("/usr/bin/cvp-backup-copy"), (0, 0o755));

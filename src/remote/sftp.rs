@@ -84,7 +84,24 @@ fn network_error(server: &ServerConfig, what: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The links of a connection, in order, as `check` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// TCP and the SSH handshake.
+    Reached,
+    HostKey,
+    Authenticated,
+}
+
 pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
+    connect_observed(options, &mut |_, _| {})
+}
+
+/// `connect`, telling `passed` about each link as it holds (with a detail to show).
+pub fn connect_observed(
+    options: ConnectOptions<'_>,
+    passed: &mut dyn FnMut(Stage, String),
+) -> Result<Connected> {
     let server = options.server;
     let timeout = Duration::from_secs(server.timeout);
     let addrs: Vec<_> = (server.host.as_str(), server.port)
@@ -138,6 +155,15 @@ pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
     session
         .handshake()
         .map_err(|err| network_error(server, format!("SSH handshake failed: {err}")))?;
+    passed(
+        Stage::Reached,
+        format!(
+            "{}:{} answers SSH (cipher {})",
+            server.host,
+            server.port,
+            session.methods(MethodType::CryptCs).unwrap_or("unknown")
+        ),
+    );
 
     let host_key = known_hosts::verify(
         &session,
@@ -147,7 +173,21 @@ pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
         server.host_key_policy,
         options.record_host_key,
     )?;
+    passed(
+        Stage::HostKey,
+        match &host_key {
+            Verified::Known => format!("known in {}", server.known_hosts.display()),
+            Verified::Recorded { fingerprint } => format!(
+                "new host: recorded {fingerprint} in {} (host_key_policy = accept-new)",
+                server.known_hosts.display()
+            ),
+        },
+    );
     authenticate(&session, server, options.password)?;
+    passed(
+        Stage::Authenticated,
+        format!("logged in as {}", server.user),
+    );
     let cipher = session
         .methods(MethodType::CryptCs)
         .unwrap_or("unknown")

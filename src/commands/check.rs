@@ -1,0 +1,457 @@
+//! `check`: test every link of the nightly chain once, before the first night, and say how
+//! to fix the one that breaks. One line per check; the exit code is what a run would meet.
+
+use crate::backup;
+use crate::config::Config;
+use crate::error::Error;
+use crate::exit_codes::ExitCode;
+use crate::lock;
+use crate::remote::sftp::{self, ConnectOptions, Stage};
+use crate::remote::Remote;
+use crate::run;
+use crate::secret;
+use crate::users;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub struct CheckOptions {
+    pub ini: PathBuf,
+}
+
+/// Root's crontab on CentOS; the environment variable lets the tests point elsewhere.
+const ROOT_CRONTAB: &str = "/var/spool/cron/root";
+const ROOT_CRONTAB_ENV: &str = "CVP_BACKUP_COPY_ROOT_CRONTAB";
+const STOCK_BACKUP: &str = "/cvpi/tools/backup.py";
+
+enum Outcome {
+    Pass(String),
+    Warn(String),
+    Fail(Error),
+    Skip(String),
+}
+
+#[derive(Default)]
+struct Report {
+    passed: usize,
+    warned: usize,
+    failed: usize,
+    code: Option<ExitCode>,
+}
+
+impl Report {
+    fn line(&mut self, what: &str, outcome: Outcome) {
+        let (tag, text) = match outcome {
+            Outcome::Pass(text) => {
+                self.passed += 1;
+                ("ok  ", text)
+            }
+            Outcome::Warn(text) => {
+                self.warned += 1;
+                ("WARN", text)
+            }
+            Outcome::Skip(text) => ("skip", text),
+            Outcome::Fail(err) => {
+                self.failed += 1;
+                let code = self.code.unwrap_or(ExitCode::Success).most_severe(err.code);
+                self.code = Some(code);
+                ("FAIL", err.message)
+            }
+        };
+        println!("[{tag}] {what}: {text}");
+    }
+
+    fn fail(&mut self, what: &str, err: Error) -> bool {
+        self.line(what, Outcome::Fail(err));
+        false
+    }
+}
+
+pub fn check(options: &CheckOptions) -> ExitCode {
+    let mut report = Report::default();
+    let config = match Config::load(&options.ini) {
+        Ok(config) => {
+            report.line(
+                "configuration",
+                Outcome::Pass(format!("{} is valid", config.path.display())),
+            );
+            config
+        }
+        Err(err) => {
+            report.line("configuration", Outcome::Fail(err));
+            return finish(report);
+        }
+    };
+    for warning in &config.warnings {
+        report.line("configuration", Outcome::Warn(warning.clone()));
+    }
+    let password_ok = credentials(&config, &mut report);
+    check_backup_command(&config, &mut report);
+    check_local_folders(&config, &mut report);
+    check_state_dir(&config, &mut report);
+    check_server(&config, password_ok, &mut report);
+    check_root_crontab(&mut report);
+    finish(report)
+}
+
+fn finish(report: Report) -> ExitCode {
+    println!(
+        "{} passed, {} failed, {} warnings",
+        report.passed, report.failed, report.warned
+    );
+    report.code.unwrap_or(ExitCode::Success)
+}
+
+/// Key file and password; true when the password (if any) is usable.
+fn credentials(config: &Config, report: &mut Report) -> bool {
+    let server = &config.server;
+    if let Some(identity) = &server.identity_file {
+        if identity.is_file() {
+            report.line(
+                "identity file",
+                Outcome::Pass(format!("{} exists", identity.display())),
+            );
+        } else {
+            report.fail(
+                "identity file",
+                Error::config(format!(
+                    "{} does not exist: fix identity_file with `cvp-backup-copy edit`",
+                    identity.display()
+                )),
+            );
+        }
+    }
+    let (Some(token), Some(key)) = (&server.password_token, &server.key_file) else {
+        report.line(
+            "key file",
+            Outcome::Skip("no password set: authentication uses identity_file".into()),
+        );
+        return true;
+    };
+    if !key.is_file() {
+        return report.fail(
+            "key file",
+            Error::config(format!(
+                "{} does not exist: run `cvp-backup-copy keygen` to make a key and encrypt the \
+                 password with it",
+                key.display()
+            )),
+        );
+    }
+    if let Err(err) = secret::check_key_is_private(key) {
+        return report.fail("key file", err);
+    }
+    report.line(
+        "key file",
+        Outcome::Pass(format!(
+            "{} exists and only its owner can read it",
+            key.display()
+        )),
+    );
+    match secret::decrypt_password(token, key, &config.path) {
+        Ok(_) => {
+            report.line(
+                "password",
+                Outcome::Pass(format!("decrypts with {}", key.display())),
+            );
+            true
+        }
+        Err(err) => report.fail("password", err),
+    }
+}
+
+fn check_backup_command(config: &Config, report: &mut Report) {
+    const WHAT: &str = "backup command";
+    let user_name = &config.backup.user;
+    let Some(program) = config.backup.command.first() else {
+        report.fail(WHAT, Error::config("backup_command is empty"));
+        return;
+    };
+    let Some(user) = users::by_name(user_name) else {
+        report.fail(
+            WHAT,
+            Error::config(format!(
+                "backup_user {user_name} does not exist on this node: set backup_user with \
+                 `cvp-backup-copy edit`"
+            )),
+        );
+        return;
+    };
+    let Some(path) = backup::resolve_program(program) else {
+        report.fail(
+            WHAT,
+            Error::config(format!(
+                "{program} not found (searched {}): set backup_command with `cvp-backup-copy \
+                 edit`",
+                backup::CHILD_PATH
+            )),
+        );
+        return;
+    };
+    if !executable_by(&path, &user) {
+        report.fail(
+            WHAT,
+            Error::config(format!(
+                "{} is not executable by {user_name}: fix its mode, or set backup_user",
+                path.display()
+            )),
+        );
+        return;
+    }
+    report.line(
+        WHAT,
+        Outcome::Pass(format!(
+            "{} is executable by {user_name}: runs {}",
+            path.display(),
+            backup::describe(&config.backup.command, user_name)
+        )),
+    );
+}
+
+/// The permission bits that apply to `user` (root: any execute bit), as execve decides.
+fn executable_by(path: &Path, user: &users::User) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() {
+        return false;
+    }
+    let mode = meta.mode();
+    if user.uid == 0 {
+        return mode & 0o111 != 0;
+    }
+    if meta.uid() == user.uid {
+        return mode & 0o100 != 0;
+    }
+    if users::group_ids(user).contains(&meta.gid()) {
+        return mode & 0o010 != 0;
+    }
+    mode & 0o001 != 0
+}
+
+fn check_local_folders(config: &Config, report: &mut Report) {
+    let folders = [
+        ("backup_dir", &config.backup.backup_dir),
+        ("log_dir", &config.backup.log_dir),
+    ];
+    for (option, dir) in folders {
+        match std::fs::read_dir(dir) {
+            Ok(_) => report.line(
+                option,
+                Outcome::Pass(format!("{} is readable", dir.display())),
+            ),
+            Err(err) => {
+                report.fail(
+                    option,
+                    Error::config(format!(
+                        "cannot read {}: {err}: create it or set {option} with `cvp-backup-copy \
+                         edit`",
+                        dir.display()
+                    )),
+                );
+            }
+        }
+    }
+    let last = run::list_local(config).ok().and_then(|files| {
+        files
+            .into_iter()
+            .filter(|f| f.name.kind == crate::names::Kind::Data)
+            .max_by_key(|f| f.name.stamp)
+    });
+    let dir = &config.backup.backup_dir;
+    match (backup::free_bytes(dir), last) {
+        (None, _) => report.line(
+            "free space",
+            Outcome::Skip(format!("cannot stat {}", dir.display())),
+        ),
+        (Some(free), Some(last)) if free < last.size => report.line(
+            "free space",
+            Outcome::Warn(format!(
+                "{} has {} MB free but the last backup {} took {} MB: the next one may not fit; \
+                 lower limit or free space",
+                dir.display(),
+                free / 1_000_000,
+                last.name,
+                last.size / 1_000_000
+            )),
+        ),
+        (Some(free), last) => report.line(
+            "free space",
+            Outcome::Pass(format!(
+                "{} MB free in {}{}",
+                free / 1_000_000,
+                dir.display(),
+                last.map(|l| format!(" (the last backup took {} MB)", l.size / 1_000_000))
+                    .unwrap_or_default()
+            )),
+        ),
+    }
+}
+
+fn check_state_dir(config: &Config, report: &mut Report) {
+    let dir = &config.backup.state_dir;
+    let probe = dir.join(format!(".check.{}", std::process::id()));
+    let outcome = lock::ensure_state_dir(dir).and_then(|()| {
+        std::fs::write(&probe, b"probe")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|err| {
+                Error::config(format!(
+                    "cannot write in {}: {err}: the run keeps its lock and record there; fix its \
+                     owner or set state_dir",
+                    dir.display()
+                ))
+            })
+    });
+    match outcome {
+        Ok(()) => report.line(
+            "state_dir",
+            Outcome::Pass(format!("{} is writable", dir.display())),
+        ),
+        Err(err) => {
+            report.fail("state_dir", err);
+        }
+    }
+}
+
+fn check_server(config: &Config, password_ok: bool, report: &mut Report) {
+    let password = if password_ok {
+        run::credentials(config).ok().flatten()
+    } else {
+        None
+    };
+    let mut passed: Vec<Stage> = Vec::new();
+    let connected = sftp::connect_observed(
+        ConnectOptions {
+            server: &config.server,
+            password: password.as_ref(),
+            record_host_key: true,
+        },
+        &mut |stage, detail| {
+            passed.push(stage);
+            let what = match stage {
+                Stage::Reached => "server",
+                Stage::HostKey => "host key",
+                Stage::Authenticated => "authentication",
+            };
+            report.line(what, Outcome::Pass(detail));
+        },
+    );
+    drop(password);
+    let mut connected = match connected {
+        Ok(connected) => connected,
+        Err(err) => {
+            let what = if !passed.contains(&Stage::Reached) {
+                "server"
+            } else if !passed.contains(&Stage::HostKey) {
+                "host key"
+            } else if !passed.contains(&Stage::Authenticated) {
+                "authentication"
+            } else {
+                "destination"
+            };
+            if what == "authentication" && !password_ok {
+                // The password is the broken link, reported above; a run would stop there.
+                report.line(
+                    what,
+                    Outcome::Skip(format!(
+                        "not tried with the password, which cannot be used (see above): {}",
+                        err.message
+                    )),
+                );
+            } else {
+                report.fail(what, err);
+            }
+            return;
+        }
+    };
+    let remote: &mut dyn Remote = &mut connected.remote;
+    match probe_destination(remote) {
+        Ok(detail) => report.line("destination", Outcome::Pass(detail)),
+        Err(err) => {
+            report.fail("destination", err);
+        }
+    }
+}
+
+/// The destination exists (made as a run would make it) and takes a file.
+fn probe_destination(remote: &mut dyn Remote) -> crate::error::Result<String> {
+    let label = remote.describe();
+    let created = remote.ensure_destination()?;
+    let probe = format!(".cvp-backup-copy-check.{}", std::process::id());
+    {
+        let mut sink = remote.create(&probe)?;
+        std::io::Write::write_all(&mut sink, b"probe\n")
+            .and_then(|()| std::io::Write::flush(&mut sink))
+            .map_err(|err| {
+                Error::copy(format!(
+                    "cannot write a test file in {label}: {err}: the backup user must be able to \
+                     write there (is its disk full?)"
+                ))
+            })?;
+    }
+    remote.remove(&probe)?;
+    Ok(if created {
+        format!("{label} did not exist: created it; a test file was written and deleted")
+    } else {
+        format!("{label} exists; a test file was written and deleted")
+    })
+}
+
+fn check_root_crontab(report: &mut Report) {
+    const WHAT: &str = "root's crontab";
+    let path = std::env::var_os(ROOT_CRONTAB_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(ROOT_CRONTAB));
+    match std::fs::read_to_string(&path) {
+        Ok(text) if runs_stock_backup(&text) => report.line(
+            WHAT,
+            Outcome::Warn(format!(
+                "{} also runs {STOCK_BACKUP}: two backups would start at night; remove that line \
+                 (`crontab -e` as root)",
+                path.display()
+            )),
+        ),
+        Ok(_) => report.line(
+            WHAT,
+            Outcome::Pass(format!("{} does not run {STOCK_BACKUP}", path.display())),
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => report.line(
+            WHAT,
+            Outcome::Pass(format!("{} does not exist", path.display())),
+        ),
+        Err(err) => report.line(
+            WHAT,
+            Outcome::Skip(format!(
+                "cannot read {} ({err}): run `check` as root to look for {STOCK_BACKUP}",
+                path.display()
+            )),
+        ),
+    }
+}
+
+/// A crontab line that is not a comment and starts the stock backup script.
+fn runs_stock_backup(crontab: &str) -> bool {
+    crontab
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| !line.starts_with('#'))
+        .any(|line| line.contains(STOCK_BACKUP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stock_backup_line_is_found_unless_commented_out() {
+        let table = [
+            ("0 2 * * * /cvpi/tools/backup.py --limit 5\n", true),
+            ("MAILTO=\"\"\n  0 2 * * * /cvpi/tools/backup.py\n", true),
+            ("#0 2 * * * /cvpi/tools/backup.py --limit 5\n", false),
+            ("0 3 * * 5 /cvpi/tools/logsbackup.py\n", false),
+            ("", false),
+        ];
+        for (crontab, expected) in table {
+            assert_eq!(runs_stock_backup(crontab), expected, "{crontab:?}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! `list`: the backup sets, newest first, and where each file of a set is.
+
+use super::{connect, human_size, split_listing};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::inventory::{self, BackupSet, Entry};
+use crate::names::parse_sidecar;
+use crate::remote::Remote;
+use crate::run::{self, LocalFile};
+use crate::transfer;
+use serde::Serialize;
+use std::path::PathBuf;
+
+pub struct ListOptions {
+    pub ini: PathBuf,
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Location {
+    Local,
+    Remote,
+    Both,
+}
+
+/// What the remote `NAME.sha256` says about the remote file.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SidecarState {
+    /// It names the local file's sha256 (and the sizes agree).
+    Matches,
+    /// The remote file differs from the local one (size or sha256): the next run copies it.
+    Differs,
+    /// Remote only: the sidecar is there and well formed; `fetch` verifies the data.
+    NotCompared,
+    /// On the remote without a usable `NAME.sha256`.
+    Missing,
+    /// Not on the remote at all.
+    NotOnRemote,
+}
+
+#[derive(Debug, Serialize)]
+struct FileRow {
+    role: &'static str,
+    name: String,
+    size: u64,
+    location: Location,
+    sidecar: SidecarState,
+}
+
+#[derive(Debug, Serialize)]
+struct SetRow {
+    timestamp: String,
+    data_size: u64,
+    /// An images file as old as the data exists somewhere: cvpi restores only with one.
+    restorable: bool,
+    files: Vec<FileRow>,
+}
+
+pub fn list(options: &ListOptions) -> Result<()> {
+    let config = Config::load(&options.ini)?;
+    let local = run::list_local(&config)?;
+    let mut connected = connect(&config, false)?;
+    let remote: &mut dyn Remote = &mut connected.remote;
+    let listing = remote.list()?.unwrap_or_default();
+    let (remote_files, sidecars) = split_listing(&listing);
+    let local_sizes: Vec<_> = local.iter().map(|f| (f.name, f.size)).collect();
+    let sets = inventory::sets(&local_sizes, &remote_files, &sidecars);
+    let rows = sets
+        .iter()
+        .map(|set| set_row(set, &local, remote))
+        .collect::<Result<Vec<_>>>()?;
+    if options.json {
+        let json = serde_json::to_string_pretty(&rows)
+            .map_err(|err| Error::copy(format!("cannot write JSON: {err}")))?;
+        println!("{json}");
+    } else {
+        print!("{}", render(&rows, &remote.describe()));
+    }
+    Ok(())
+}
+
+fn set_row(set: &BackupSet, local: &[LocalFile], remote: &mut dyn Remote) -> Result<SetRow> {
+    let roles = [
+        ("data", Some(&set.data)),
+        ("images", set.images.as_ref()),
+        ("log", set.log.as_ref()),
+    ];
+    let mut files = Vec::new();
+    for (role, entry) in roles {
+        let Some(entry) = entry else { continue };
+        files.push(FileRow {
+            role,
+            name: entry.name.file_name(),
+            size: entry.local_size.or(entry.remote_size).unwrap_or(0),
+            location: match (entry.local_size, entry.remote_size) {
+                (Some(_), Some(_)) => Location::Both,
+                (Some(_), None) => Location::Local,
+                _ => Location::Remote,
+            },
+            sidecar: sidecar_state(entry, local, remote)?,
+        });
+    }
+    Ok(SetRow {
+        timestamp: set.data.name.stamp.to_string(),
+        data_size: set.data.local_size.or(set.data.remote_size).unwrap_or(0),
+        restorable: set.images.is_some(),
+        files,
+    })
+}
+
+/// Reads the sidecar, and hashes the local copy when both sides have the file.
+fn sidecar_state(
+    entry: &Entry,
+    local: &[LocalFile],
+    remote: &mut dyn Remote,
+) -> Result<SidecarState> {
+    let Some(remote_size) = entry.remote_size else {
+        return Ok(SidecarState::NotOnRemote);
+    };
+    let file_name = entry.name.file_name();
+    let digest = if entry.remote_sidecar {
+        remote
+            .read_small(&entry.name.sidecar_name(), 4096)?
+            .and_then(|bytes| parse_sidecar(&String::from_utf8_lossy(&bytes), &file_name))
+    } else {
+        None
+    };
+    let Some(digest) = digest else {
+        return Ok(SidecarState::Missing);
+    };
+    let Some(local_file) = local.iter().find(|f| f.name == entry.name) else {
+        return Ok(SidecarState::NotCompared);
+    };
+    if local_file.size != remote_size {
+        return Ok(SidecarState::Differs);
+    }
+    let local_digest = transfer::sha256_file(&local_file.path)
+        .map_err(|err| Error::copy(format!("cannot read {}: {err}", local_file.path.display())))?;
+    Ok(if local_digest == digest {
+        SidecarState::Matches
+    } else {
+        SidecarState::Differs
+    })
+}
+
+fn render(rows: &[SetRow], destination: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "backup sets, newest first (remote: {destination})");
+    if rows.is_empty() {
+        let _ = writeln!(out, "  none: no data backup on this node or on the server");
+    }
+    let stamp = |digits: &str| {
+        chrono::NaiveDateTime::parse_from_str(digits, "%Y%m%d%H%M%S")
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default()
+    };
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "{}  {}  data {}",
+            row.timestamp,
+            stamp(&row.timestamp),
+            human_size(row.data_size)
+        );
+        for file in &row.files {
+            let sidecar = match file.sidecar {
+                SidecarState::Matches => "sha256 matches",
+                SidecarState::Differs => "DIFFERS from local: the next run copies it again",
+                SidecarState::NotCompared => "sha256 file present (remote only; fetch verifies)",
+                SidecarState::Missing => "NO sha256 file: not verified",
+                SidecarState::NotOnRemote => "-",
+            };
+            let location = match file.location {
+                Location::Both => "local+remote",
+                Location::Local => "local only",
+                Location::Remote => "remote only",
+            };
+            let _ = writeln!(
+                out,
+                "  {:<6} {:<34} {:>9}  {:<12}  {}",
+                file.role,
+                file.name,
+                human_size(file.size),
+                location,
+                sidecar
+            );
+        }
+        if !row.restorable {
+            let _ = writeln!(
+                out,
+                "  images none: no EOS images file as old as this set here or on the server; \
+                 cvpi cannot restore it"
+            );
+        }
+    }
+    out
+}

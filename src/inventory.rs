@@ -1,0 +1,243 @@
+//! Which backup sets exist, and where: a pure function of the local and remote listings,
+//! shared by `list` and `fetch`.
+
+use crate::names::{BackupName, Kind, Stamp};
+use crate::restore_set::RestoreSet;
+use crate::retention::newest_not_newer;
+use std::collections::HashMap;
+
+/// One file of a set, as the listings show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: BackupName,
+    pub local_size: Option<u64>,
+    pub remote_size: Option<u64>,
+    /// `NAME.sha256` is on the remote.
+    pub remote_sidecar: bool,
+}
+
+/// A data backup with the images file it needs and its log (each where it was found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSet {
+    pub data: Entry,
+    pub images: Option<Entry>,
+    pub log: Option<Entry>,
+}
+
+impl BackupSet {
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        [Some(&self.data), self.images.as_ref(), self.log.as_ref()]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Every data backup on either side, newest first. A set's images file is the newest one
+/// not newer than its data file, and its log the newest log not newer than it, both looked
+/// for on either side (a restore needs them, wherever they are).
+pub fn sets(
+    local: &[(BackupName, u64)],
+    remote: &[(BackupName, u64)],
+    remote_sidecars: &[BackupName],
+) -> Vec<BackupSet> {
+    let mut seen: HashMap<BackupName, Entry> = HashMap::new();
+    for (name, size) in local {
+        seen.entry(*name).or_insert_with(|| blank(*name)).local_size = Some(*size);
+    }
+    for (name, size) in remote {
+        seen.entry(*name)
+            .or_insert_with(|| blank(*name))
+            .remote_size = Some(*size);
+    }
+    for name in remote_sidecars {
+        if let Some(entry) = seen.get_mut(name) {
+            entry.remote_sidecar = true;
+        }
+    }
+    let names: Vec<BackupName> = seen.keys().copied().collect();
+    let mut data: Vec<BackupName> = names
+        .iter()
+        .filter(|n| n.kind == Kind::Data)
+        .copied()
+        .collect();
+    data.sort_by_key(|name| std::cmp::Reverse(name.stamp));
+    let entry = |name: Option<BackupName>| name.and_then(|n| seen.get(&n).cloned());
+    data.into_iter()
+        .filter_map(|name| {
+            Some(BackupSet {
+                data: seen.get(&name)?.clone(),
+                images: entry(newest_not_newer(&names, Kind::Images, name.stamp)),
+                log: entry(newest_not_newer(&names, Kind::Log, name.stamp)),
+            })
+        })
+        .collect()
+}
+
+fn blank(name: BackupName) -> Entry {
+    Entry {
+        name,
+        local_size: None,
+        remote_size: None,
+        remote_sidecar: false,
+    }
+}
+
+/// Which set `fetch` is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    Latest,
+    At(Stamp),
+}
+
+impl Wanted {
+    /// `latest`, a 14-digit CVP timestamp, or a data file's name.
+    pub fn parse(text: &str) -> Option<Wanted> {
+        if text == "latest" {
+            return Some(Wanted::Latest);
+        }
+        if let Some(stamp) = Stamp::parse(text) {
+            return Some(Wanted::At(stamp));
+        }
+        match BackupName::parse(text) {
+            Some(name) if name.kind == Kind::Data => Some(Wanted::At(name.stamp)),
+            _ => None,
+        }
+    }
+}
+
+/// The restore set to download, from the remote listing alone: the wanted data file, the
+/// images file it needs and its log, all of which must be on the server.
+pub fn pick_remote(remote: &[(BackupName, u64)], wanted: Wanted) -> Option<RestoreSet> {
+    let names: Vec<BackupName> = remote.iter().map(|(n, _)| *n).collect();
+    let data = names
+        .iter()
+        .filter(|n| n.kind == Kind::Data)
+        .filter(|n| match wanted {
+            Wanted::Latest => true,
+            Wanted::At(stamp) => n.stamp == stamp,
+        })
+        .max_by_key(|n| n.stamp)
+        .copied()?;
+    Some(RestoreSet {
+        data,
+        images: newest_not_newer(&names, Kind::Images, data.stamp),
+        log: newest_not_newer(&names, Kind::Log, data.stamp),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(name: &str) -> BackupName {
+        BackupName::parse(name).unwrap_or_else(|| panic!("bad test name {name}"))
+    }
+
+    fn sized(names: &[&str]) -> Vec<(BackupName, u64)> {
+        names.iter().map(|s| (n(s), 10)).collect()
+    }
+
+    #[test]
+    fn sets_are_newest_first_with_what_each_needs_and_where_it_is() {
+        let local = sized(&[
+            "cvp.20240103020010.tgz",
+            "backup_cvp.20240103020003.log",
+            "cvp.eosimages.20240102020005.tgz",
+        ]);
+        let remote = sized(&[
+            "cvp.20240101020010.tgz",
+            "backup_cvp.20240101020003.log",
+            "cvp.eosimages.20231201020005.tgz",
+            "cvp.eosimages.20240102020005.tgz",
+        ]);
+        let sidecars = [n("cvp.20240101020010.tgz")];
+        let found = sets(&local, &remote, &sidecars);
+        // (data, images, log, data is local, data is remote, data has a sidecar)
+        type Row = (String, Option<String>, Option<String>, bool, bool, bool);
+        let rows: Vec<Row> = found
+            .iter()
+            .map(|s| {
+                (
+                    s.data.name.file_name(),
+                    s.images.as_ref().map(|e| e.name.file_name()),
+                    s.log.as_ref().map(|e| e.name.file_name()),
+                    s.data.local_size.is_some(),
+                    s.data.remote_size.is_some(),
+                    s.data.remote_sidecar,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "cvp.20240103020010.tgz".to_string(),
+                    Some("cvp.eosimages.20240102020005.tgz".to_string()),
+                    Some("backup_cvp.20240103020003.log".to_string()),
+                    true,
+                    false,
+                    false
+                ),
+                (
+                    "cvp.20240101020010.tgz".to_string(),
+                    Some("cvp.eosimages.20231201020005.tgz".to_string()),
+                    Some("backup_cvp.20240101020003.log".to_string()),
+                    false,
+                    true,
+                    true
+                ),
+            ]
+        );
+        // The images file of the newest set is on both sides.
+        let images = found[0].images.as_ref().expect("images");
+        assert_eq!(
+            (images.local_size, images.remote_size),
+            (Some(10), Some(10))
+        );
+    }
+
+    #[test]
+    fn wanted_sets_are_parsed_strictly() {
+        let table = [
+            ("latest", Some(Wanted::Latest)),
+            (
+                "20240101020010",
+                Some(Wanted::At(Stamp::parse("20240101020010").expect("stamp"))),
+            ),
+            (
+                "cvp.20240101020010.tgz",
+                Some(Wanted::At(Stamp::parse("20240101020010").expect("stamp"))),
+            ),
+            ("cvp.eosimages.20240101020010.tgz", None),
+            ("2024", None),
+            ("20241301020010", None),
+            ("newest", None),
+        ];
+        for (text, expected) in table {
+            assert_eq!(Wanted::parse(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_remote_set_is_picked_from_remote_files_only() {
+        let remote = sized(&[
+            "cvp.20240101020010.tgz",
+            "cvp.20240102020010.tgz",
+            "cvp.eosimages.20231201020005.tgz",
+            "backup_cvp.20240102020003.log",
+        ]);
+        let latest = pick_remote(&remote, Wanted::Latest).expect("latest");
+        assert_eq!(latest.data, n("cvp.20240102020010.tgz"));
+        assert_eq!(latest.images, Some(n("cvp.eosimages.20231201020005.tgz")));
+        assert_eq!(latest.log, Some(n("backup_cvp.20240102020003.log")));
+        let older =
+            pick_remote(&remote, Wanted::parse("20240101020010").expect("wanted")).expect("older");
+        assert_eq!(older.data, n("cvp.20240101020010.tgz"));
+        assert_eq!(older.log, None);
+        assert_eq!(
+            pick_remote(&remote, Wanted::parse("20230101020010").expect("wanted")),
+            None
+        );
+        assert_eq!(pick_remote(&[], Wanted::Latest), None);
+    }
+}
