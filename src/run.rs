@@ -603,24 +603,34 @@ fn megabytes_per_second(bytes: u64, seconds: f64) -> f64 {
     }
 }
 
-/// The next backup is about as big as the last one: say so in syslog when it may not fit.
-fn warn_if_short_of_space(backup_dir: &Path, files: &[LocalFile]) {
-    let last = files
+/// The newest data backup on this node.
+pub(crate) fn last_data_backup(files: &[LocalFile]) -> Option<&LocalFile> {
+    files
         .iter()
         .filter(|f| f.name.kind == Kind::Data)
-        .max_by_key(|f| f.name.stamp);
-    let (Some(last), Some(free)) = (last, backup::free_bytes(backup_dir)) else {
-        return;
-    };
-    if free < last.size {
-        log::warn!(
-            "{} has {} MB free but the last backup {} took {} MB: this backup may not fit; \
+        .max_by_key(|f| f.name.stamp)
+}
+
+/// The next backup is about as big as the last one: the warning when it may not fit.
+pub(crate) fn space_warning(backup_dir: &Path, free: u64, last: &LocalFile) -> Option<String> {
+    (free < last.size).then(|| {
+        format!(
+            "{} has {} MB free but the last backup {} took {} MB: the next backup may not fit; \
              lower limit or free space",
             backup_dir.display(),
             free / 1_000_000,
             last.name,
             last.size / 1_000_000
-        );
+        )
+    })
+}
+
+fn warn_if_short_of_space(backup_dir: &Path, files: &[LocalFile]) {
+    let (Some(last), Some(free)) = (last_data_backup(files), backup::free_bytes(backup_dir)) else {
+        return;
+    };
+    if let Some(warning) = space_warning(backup_dir, free, last) {
+        log::warn!("{warning}");
     }
 }
 

@@ -27,7 +27,7 @@ pub struct Uploaded {
     pub hash_seconds: f64,
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -251,30 +251,19 @@ fn check_local_folders(config: &Config, report: &mut Report) {
             }
         }
     }
-    let last = run::list_local(config).ok().and_then(|files| {
-        files
-            .into_iter()
-            .filter(|f| f.name.kind == crate::names::Kind::Data)
-            .max_by_key(|f| f.name.stamp)
-    });
+    let files = run::list_local(config).unwrap_or_default();
+    let last = run::last_data_backup(&files);
     let dir = &config.backup.backup_dir;
-    match (backup::free_bytes(dir), last) {
-        (None, _) => report.line(
+    let Some(free) = backup::free_bytes(dir) else {
+        report.line(
             "free space",
             Outcome::Skip(format!("cannot stat {}", dir.display())),
-        ),
-        (Some(free), Some(last)) if free < last.size => report.line(
-            "free space",
-            Outcome::Warn(format!(
-                "{} has {} MB free but the last backup {} took {} MB: the next one may not fit; \
-                 lower limit or free space",
-                dir.display(),
-                free / 1_000_000,
-                last.name,
-                last.size / 1_000_000
-            )),
-        ),
-        (Some(free), last) => report.line(
+        );
+        return;
+    };
+    match last.and_then(|last| run::space_warning(dir, free, last)) {
+        Some(warning) => report.line("free space", Outcome::Warn(warning)),
+        None => report.line(
             "free space",
             Outcome::Pass(format!(
                 "{} MB free in {}{}",

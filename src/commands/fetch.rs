@@ -217,11 +217,7 @@ fn download(
     }
     bar.finish_and_clear();
     out.sync_all().map_err(local_error)?;
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = transfer::hex(&hasher.finalize());
     if digest != expected {
         return Err(Error::copy(format!(
             "{name} on {label} is corrupted: its sha256 is {digest} ({bytes} bytes) but {} says \
