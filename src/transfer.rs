@@ -1,6 +1,6 @@
 //! Copy one file to a `Remote` so that a final name only ever holds a complete, verified file:
-//! write a partial name while hashing what is read, check the size on the server, write the
-//! `sha256sum` sidecar, then rename into place.
+//! write a partial name while another thread hashes the file, check the size on the server,
+//! write the `sha256sum` sidecar, then rename into place.
 
 use crate::error::{Error, Result};
 use crate::names::{sidecar_line, BackupName};
@@ -56,24 +56,6 @@ fn write_error(err: std::io::Error, what: String) -> Error {
         }
         _ => Error::copy(format!("{what}: {err}")),
     }
-}
-
-fn hash_prefix(
-    source: &mut std::fs::File,
-    len: u64,
-    hasher: &mut Timed<Sha256>,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let n = source.read(&mut buf[..CHUNK.min(left as usize)])?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    Ok(())
 }
 
 fn read_error(local: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -146,12 +128,10 @@ pub fn upload(
     progress: &ProgressBar,
 ) -> Result<Uploaded> {
     let label = remote.describe();
-    let local_error = read_error(local);
-    let mut snapshot = open_local(local)?;
+    let snapshot = open_local(local)?;
     let expected = snapshot.size;
     let partial = name.partial_name();
 
-    let mut hasher = Timed::new();
     let resume_at = match remote.size_of(&partial)? {
         Some(size) if size > 0 && size <= expected => size,
         _ => 0,
@@ -159,32 +139,33 @@ pub fn upload(
     if resume_at > 0 {
         log::info!("{name}: resuming the upload at {resume_at} of {expected} bytes");
         progress.set_position(resume_at);
-        hash_prefix(&mut snapshot.file, resume_at, &mut hasher).map_err(&local_error)?;
     }
-    let bytes = {
+    let during = format!("the copy of {name}");
+    let (bytes, hashed) = beside_hash(&snapshot.file, local, &during, |abandon| {
         let mut sink = if resume_at > 0 {
             remote.open_at(&partial, resume_at)?
         } else {
             remote.create(&partial)?
         };
-        let what = format!("the copy of {name}: writing {partial} on {label}");
+        let what = format!("{during}: writing {partial} on {label}");
+        let watch = Watch {
+            abandon,
+            progress,
+            what: &what,
+        };
         let sent = send_range(
             &mut *sink,
             &snapshot.file,
             local,
             resume_at..u64::MAX,
-            Some(&mut hasher),
-            &Watch {
-                abandon: &AtomicBool::new(false),
-                progress,
-                what: &what,
-            },
+            &watch,
         )?;
         sink.flush()
             .map_err(|err| write_error(err, format!("cannot sync {partial} on {label}")))?;
-        resume_at + sent
-    };
-    let (digest, hash_time) = hasher.finish();
+        Ok(resume_at + sent)
+    })?;
+    let digest = hashed.digest;
+    check_unchanged(local, &snapshot, hashed.bytes)?;
     check_sent(remote, local, &snapshot, name, bytes, "")?;
     if resume_at > 0 {
         // Part of the file came from an earlier connection: check every byte that is there.
@@ -202,7 +183,7 @@ pub fn upload(
     Ok(Uploaded {
         digest,
         bytes,
-        hash_seconds: hash_time.as_secs_f64(),
+        hash_seconds: hashed.lag.as_secs_f64(),
     })
 }
 
@@ -221,15 +202,14 @@ const IN_FLIGHT: usize = 2 * 1024 * 1024;
 const READ_AHEAD: usize = 1024 * 1024;
 
 /// Send `range` of `source` (reading stops early at the file's end) through `sink`, already
-/// positioned at `range.start`, keeping IN_FLIGHT bytes on the wire. With a hasher, what is
-/// read is hashed too (one read pass). Stops early, without error, when `abandon` is set:
+/// positioned at `range.start`, keeping IN_FLIGHT bytes on the wire. Stops early, without
+/// error, when `abandon` is set:
 /// another stream failed and its error is the one to report. Returns the bytes sent.
 fn send_range(
     sink: &mut dyn Write,
     source: &std::fs::File,
     local: &Path,
     range: Range<u64>,
-    mut hasher: Option<&mut Timed<Sha256>>,
     watch: &Watch,
 ) -> Result<u64> {
     let Watch {
@@ -261,9 +241,6 @@ fn send_range(
                 .map_err(read_error(local))?;
             if n == 0 {
                 at_eof = true;
-            }
-            if let Some(hasher) = hasher.as_deref_mut() {
-                hasher.update(&buf[tail..tail + n]);
             }
             tail += n;
             read_at += n as u64;
@@ -300,31 +277,6 @@ struct Watch<'a> {
     what: &'a str,
 }
 
-/// A hasher that keeps the time it spent, so a run can report what verification cost.
-pub struct Timed<H> {
-    inner: H,
-    spent: Duration,
-}
-
-impl Timed<Sha256> {
-    fn new() -> Self {
-        Timed {
-            inner: Sha256::new(),
-            spent: Duration::ZERO,
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        let start = Instant::now();
-        self.inner.update(data);
-        self.spent += start.elapsed();
-    }
-
-    fn finish(self) -> (String, Duration) {
-        (hex(&self.inner.finalize()), self.spent)
-    }
-}
-
 /// `size` bytes as `streams` contiguous ranges of whole MiBs (the last one takes the rest);
 /// fewer when the file is too small to give every stream a MiB.
 fn split_ranges(size: u64, streams: usize) -> Vec<Range<u64>> {
@@ -355,86 +307,65 @@ pub fn upload_parallel(
     let partial = name.partial_name();
     drop(remotes[0].create(&partial)?);
     let ranges = split_ranges(snapshot.size, streams);
-    let abandon = AtomicBool::new(false);
     let during = format!("the copy of {name}");
-
-    let started = Instant::now();
-    let (digest, hashed, sent, hash_lag) = std::thread::scope(|scope| {
-        let hasher = scope.spawn(|| {
-            let outcome = hash_in_order(&snapshot.file, local, &abandon, &during);
-            if outcome.is_err() {
-                abandon.store(true, Ordering::Relaxed);
-            }
-            outcome
-        });
-        let workers: Vec<_> = remotes
-            .iter_mut()
-            .zip(ranges)
-            .enumerate()
-            .map(|(index, (remote, range))| {
-                let (partial, label, abandon, during) = (&partial, &label, &abandon, &during);
-                scope.spawn(move || {
-                    let outcome = send_stream(
-                        &mut **remote,
-                        partial,
-                        local,
-                        range,
-                        abandon,
-                        progress,
-                        during,
-                    )
-                    .map_err(|err| Error {
-                        message: format!(
-                            "stream {} of {streams} to {label}: {}",
-                            index + 1,
-                            err.message
-                        ),
-                        ..err
-                    });
-                    if outcome.is_err() {
-                        abandon.store(true, Ordering::Relaxed);
-                    }
-                    outcome
+    let (sent, hashed) = beside_hash(&snapshot.file, local, &during, |abandon| {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = remotes
+                .iter_mut()
+                .zip(ranges)
+                .enumerate()
+                .map(|(index, (remote, range))| {
+                    let (partial, label, during) = (&partial, &label, &during);
+                    scope.spawn(move || {
+                        let watch = Watch {
+                            abandon,
+                            progress,
+                            what: during,
+                        };
+                        let outcome = send_stream(&mut **remote, partial, local, range, &watch)
+                            .map_err(|err| Error {
+                                message: format!(
+                                    "stream {} of {streams} to {label}: {}",
+                                    index + 1,
+                                    err.message
+                                ),
+                                ..err
+                            });
+                        if outcome.is_err() {
+                            abandon.store(true, Ordering::Relaxed);
+                        }
+                        outcome
+                    })
                 })
-            })
-            .collect();
-        let mut failure = None;
-        let mut sent = 0u64;
-        for worker in workers {
-            match worker.join() {
-                Ok(Ok(bytes)) => sent += bytes,
-                Ok(Err(err)) => {
-                    failure.get_or_insert(err);
-                }
-                Err(_) => {
-                    failure.get_or_insert(Error::copy(format!("a stream copying {name} crashed")));
+                .collect();
+            let mut failure = None;
+            let mut sent = 0u64;
+            for worker in workers {
+                match worker.join() {
+                    Ok(Ok(bytes)) => sent += bytes,
+                    Ok(Err(err)) => {
+                        failure.get_or_insert(err);
+                    }
+                    Err(_) => {
+                        failure
+                            .get_or_insert(Error::copy(format!("a stream copying {name} crashed")));
+                    }
                 }
             }
-        }
-        if failure.is_some() {
-            abandon.store(true, Ordering::Relaxed);
-        }
-        let streams_done = started.elapsed();
-        let hashed = hasher
-            .join()
-            .unwrap_or_else(|_| Err(Error::copy(format!("hashing {name} crashed"))));
-        // The hash runs beside the streams; only the time they waited for it is its cost.
-        let hash_lag = started.elapsed().saturating_sub(streams_done);
-        match (failure, hashed) {
-            (Some(err), _) | (None, Err(err)) => Err(err),
-            (None, Ok((digest, hashed))) => Ok((digest, hashed, sent, hash_lag)),
-        }
+            failure.map_or(Ok(sent), Err)
+        })
     })?;
+    let digest = hashed.digest;
 
     let remote = &mut *remotes[0];
     let via = format!(" over {streams} streams");
-    check_unchanged(local, &snapshot, hashed)?;
+    check_unchanged(local, &snapshot, hashed.bytes)?;
     check_sent(remote, local, &snapshot, name, sent, &via)?;
     publish(remote, name, &partial, &digest)?;
     Ok(Uploaded {
         digest,
         bytes: sent,
-        hash_seconds: hash_lag.as_secs_f64(),
+        hash_seconds: hashed.lag.as_secs_f64(),
     })
 }
 
@@ -444,24 +375,70 @@ fn send_stream(
     partial: &str,
     local: &Path,
     range: Range<u64>,
-    abandon: &AtomicBool,
-    progress: &ProgressBar,
-    during: &str,
+    watch: &Watch,
 ) -> Result<u64> {
     let source = std::fs::File::open(local).map_err(read_error(local))?;
     let mut sink = remote.open_at(partial, range.start)?;
-    let what = format!("{during}: writing {partial}");
-    let watch = Watch {
-        abandon,
-        progress,
-        what: &what,
-    };
-    let sent = send_range(&mut *sink, &source, local, range, None, &watch)?;
-    if !abandon.load(Ordering::Relaxed) {
+    let what = format!("{}: writing {partial}", watch.what);
+    let sent = send_range(
+        &mut *sink,
+        &source,
+        local,
+        range,
+        &Watch {
+            what: &what,
+            ..*watch
+        },
+    )?;
+    if !watch.abandon.load(Ordering::Relaxed) {
         sink.flush()
             .map_err(|err| write_error(err, format!("syncing {partial}")))?;
     }
     Ok(sent)
+}
+
+/// The whole file hashed in order, and what hashing cost the copy.
+struct Hashed {
+    digest: String,
+    bytes: u64,
+    /// How long the sending waited for the hash once it was done itself.
+    lag: Duration,
+}
+
+/// Run `send` while another thread hashes the whole file in order (from the page cache:
+/// cvpi has just written it), so hashing costs the copy nothing unless the CPU is short.
+/// When `send` fails, the hashing stops early; when the hashing fails, `send` is told to
+/// stop through the flag it is given.
+fn beside_hash<T: Send>(
+    file: &std::fs::File,
+    local: &Path,
+    during: &str,
+    send: impl FnOnce(&AtomicBool) -> Result<T>,
+) -> Result<(T, Hashed)> {
+    let abandon = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let abandon = &abandon;
+        let hasher = scope.spawn(move || {
+            let outcome = hash_in_order(file, local, abandon, during);
+            if outcome.is_err() {
+                abandon.store(true, Ordering::Relaxed);
+            }
+            outcome
+        });
+        let started = Instant::now();
+        let sent = send(abandon);
+        if sent.is_err() {
+            abandon.store(true, Ordering::Relaxed);
+        }
+        let send_done = started.elapsed();
+        let hashed = hasher
+            .join()
+            .unwrap_or_else(|_| Err(Error::copy(format!("hashing crashed during {during}"))));
+        let lag = started.elapsed().saturating_sub(send_done);
+        let sent = sent?;
+        let (digest, bytes) = hashed?;
+        Ok((sent, Hashed { digest, bytes, lag }))
+    })
 }
 
 /// The whole file's sha256, read in order beside the streams.
@@ -583,7 +560,7 @@ mod tests {
     }
 
     #[test]
-    fn a_range_is_sent_in_order_with_a_bounded_window_and_hashed() {
+    fn a_range_is_sent_in_order_with_a_bounded_window() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("data");
         let data: Vec<u8> = (0..(5 * IN_FLIGHT + 777))
@@ -600,13 +577,11 @@ mod tests {
                 ack_size,
                 largest_offer: 0,
             };
-            let mut hasher = Timed::new();
             let sent = send_range(
                 &mut sink,
                 &source,
                 &path,
                 range.clone(),
-                Some(&mut hasher),
                 &Watch {
                     abandon: &AtomicBool::new(false),
                     progress: &ProgressBar::hidden(),
@@ -623,9 +598,6 @@ mod tests {
                 "offered {}",
                 sink.largest_offer
             );
-            let mut reference = Sha256::new();
-            reference.update(expected);
-            assert_eq!(hasher.finish().0, hex(&reference.finalize()));
         }
     }
 
@@ -645,7 +617,6 @@ mod tests {
             &source,
             &path,
             0..u64::MAX,
-            None,
             &Watch {
                 abandon: &AtomicBool::new(true),
                 progress: &ProgressBar::hidden(),
@@ -655,6 +626,25 @@ mod tests {
         .expect("send");
         assert_eq!(sent, 0);
         assert!(sink.received.is_empty());
+    }
+
+    #[test]
+    fn the_hash_beside_the_copy_is_the_files_and_a_failed_copy_stops_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data");
+        let data: Vec<u8> = (0..3 * CHUNK + 5).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        let (sent, hashed) = beside_hash(&file, &path, "test", |_| Ok(7u64)).expect("hash");
+        let mut reference = Sha256::new();
+        reference.update(&data);
+        assert_eq!(sent, 7);
+        assert_eq!(hashed.digest, hex(&reference.finalize()));
+        assert_eq!(hashed.bytes, data.len() as u64);
+        let failed = beside_hash(&file, &path, "test", |_| -> Result<()> {
+            Err(Error::copy("the server went away"))
+        });
+        assert!(failed.is_err_and(|err| err.message == "the server went away"));
     }
 
     #[test]
