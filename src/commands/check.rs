@@ -9,7 +9,7 @@ use crate::lock;
 use crate::remote::sftp::{self, ConnectOptions, Stage};
 use crate::remote::Remote;
 use crate::run;
-use crate::secret;
+use crate::secret::{self, Secret};
 use crate::users;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -60,9 +60,8 @@ impl Report {
         println!("[{tag}] {what}: {text}");
     }
 
-    fn fail(&mut self, what: &str, err: Error) -> bool {
+    fn fail(&mut self, what: &str, err: Error) {
         self.line(what, Outcome::Fail(err));
-        false
     }
 }
 
@@ -84,11 +83,11 @@ pub fn check(options: &CheckOptions) -> ExitCode {
     for warning in &config.warnings {
         report.line("configuration", Outcome::Warn(warning.clone()));
     }
-    let password_ok = credentials(&config, &mut report);
+    let password = credentials(&config, &mut report);
     check_backup_command(&config, &mut report);
     check_local_folders(&config, &mut report);
     check_state_dir(&config, &mut report);
-    check_server(&config, password_ok, &mut report);
+    check_server(&config, &password, &mut report);
     check_root_crontab(&mut report);
     finish(report)
 }
@@ -101,8 +100,16 @@ fn finish(report: Report) -> ExitCode {
     report.code.unwrap_or(ExitCode::Success)
 }
 
-/// Key file and password; true when the password (if any) is usable.
-fn credentials(config: &Config, report: &mut Report) -> bool {
+/// What the credentials checks leave for the connection checks.
+enum Password {
+    NotSet,
+    Usable(Secret),
+    /// Reported as failed already; the login is not tried with it.
+    Unusable,
+}
+
+/// Key file and password; the decrypted password, for the login check.
+fn credentials(config: &Config, report: &mut Report) -> Password {
     let server = &config.server;
     if let Some(identity) = &server.identity_file {
         if identity.is_file() {
@@ -125,10 +132,10 @@ fn credentials(config: &Config, report: &mut Report) -> bool {
             "key file",
             Outcome::Skip("no password set: authentication uses identity_file".into()),
         );
-        return true;
+        return Password::NotSet;
     };
     if !key.is_file() {
-        return report.fail(
+        report.fail(
             "key file",
             Error::config(format!(
                 "{} does not exist: run `cvp-backup-copy keygen` to make a key and encrypt the \
@@ -136,9 +143,11 @@ fn credentials(config: &Config, report: &mut Report) -> bool {
                 key.display()
             )),
         );
+        return Password::Unusable;
     }
     if let Err(err) = secret::check_key_is_private(key) {
-        return report.fail("key file", err);
+        report.fail("key file", err);
+        return Password::Unusable;
     }
     report.line(
         "key file",
@@ -148,14 +157,17 @@ fn credentials(config: &Config, report: &mut Report) -> bool {
         )),
     );
     match secret::decrypt_password(token, key, &config.path) {
-        Ok(_) => {
+        Ok(password) => {
             report.line(
                 "password",
                 Outcome::Pass(format!("decrypts with {}", key.display())),
             );
-            true
+            Password::Usable(password)
         }
-        Err(err) => report.fail("password", err),
+        Err(err) => {
+            report.fail("password", err);
+            Password::Unusable
+        }
     }
 }
 
@@ -301,17 +313,17 @@ fn check_state_dir(config: &Config, report: &mut Report) {
     }
 }
 
-fn check_server(config: &Config, password_ok: bool, report: &mut Report) {
-    let password = if password_ok {
-        run::credentials(config).ok().flatten()
-    } else {
-        None
+fn check_server(config: &Config, password: &Password, report: &mut Report) {
+    let password_ok = !matches!(password, Password::Unusable);
+    let password = match password {
+        Password::Usable(secret) => Some(secret),
+        Password::NotSet | Password::Unusable => None,
     };
     let mut passed: Vec<Stage> = Vec::new();
     let connected = sftp::connect_observed(
         ConnectOptions {
             server: &config.server,
-            password: password.as_ref(),
+            password,
             record_host_key: true,
         },
         &mut |stage, detail| {
@@ -324,7 +336,6 @@ fn check_server(config: &Config, password_ok: bool, report: &mut Report) {
             report.line(what, Outcome::Pass(detail));
         },
     );
-    drop(password);
     let mut connected = match connected {
         Ok(connected) => connected,
         Err(err) => {
