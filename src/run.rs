@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::lock;
 use crate::logging;
-use crate::names::{parse_sidecar, BackupName, Kind, RemoteName};
+use crate::names::{BackupName, Kind, RemoteName};
 use crate::plan::{self, CopyDecision, FileFacts, Plan};
 use crate::progress;
 use crate::remote::known_hosts::Verified;
@@ -734,14 +734,10 @@ fn gather_facts(
         local_digest: None,
     };
     if facts.remote_size == Some(file.size) {
-        facts.remote_digest = remote
-            .read_small(&file.name.sidecar_name(), 4096)?
-            .and_then(|bytes| parse_sidecar(&String::from_utf8_lossy(&bytes), &file_name));
+        facts.remote_digest = transfer::read_sidecar(remote, file.name)?;
     }
     if plan::needs_local_digest(&facts) {
-        let digest = transfer::sha256_file(&file.path)
-            .map_err(|err| Error::copy(format!("cannot read {}: {err}", file.path.display())))?;
-        facts.local_digest = Some(digest);
+        facts.local_digest = Some(transfer::sha256_file(&file.path)?);
     }
     Ok(facts)
 }

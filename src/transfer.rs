@@ -3,7 +3,7 @@
 //! write the `sha256sum` sidecar, then rename into place.
 
 use crate::error::{Error, Result};
-use crate::names::{sidecar_line, BackupName};
+use crate::names::{parse_sidecar, sidecar_line, BackupName};
 use crate::remote::Remote;
 use crate::signals;
 use indicatif::ProgressBar;
@@ -31,19 +31,18 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// sha256 of a local file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
+/// sha256 of a local file, streamed; stops for SIGTERM like a copy does.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).map_err(read_error(path))?;
+    let during = format!("hashing {}", path.display());
+    hash_in_order(&file, path, &AtomicBool::new(false), &during).map(|(digest, _)| digest)
+}
+
+/// The digest in the remote `NAME.sha256`, when it is there and names the file.
+pub fn read_sidecar(remote: &mut dyn Remote, name: BackupName) -> Result<Option<String>> {
+    Ok(remote
+        .read_small(&name.sidecar_name(), 4096)?
+        .and_then(|bytes| parse_sidecar(&String::from_utf8_lossy(&bytes), &name.file_name())))
 }
 
 /// Broken or silent connections are worth another attempt; anything the server said

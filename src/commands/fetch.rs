@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::inventory::{self, Wanted};
 use crate::lock;
-use crate::names::{parse_sidecar, BackupName};
+use crate::names::BackupName;
 use crate::progress;
 use crate::remote::Remote;
 use crate::signals;
@@ -142,23 +142,16 @@ fn restore_command(config: &Config, dir: &Path, data: BackupName, images: Backup
 fn fetch_one(remote: &mut dyn Remote, name: BackupName, size: u64, dir: &Path) -> Result<String> {
     let label = remote.describe();
     let file_name = name.file_name();
-    let expected = remote
-        .read_small(&name.sidecar_name(), 4096)?
-        .and_then(|bytes| parse_sidecar(&String::from_utf8_lossy(&bytes), &file_name))
-        .ok_or_else(|| {
-            Error::copy(format!(
-                "{file_name} on {label} has no usable {}: it cannot be verified, so it is not \
+    let expected = transfer::read_sidecar(remote, name)?.ok_or_else(|| {
+        Error::copy(format!(
+            "{file_name} on {label} has no usable {}: it cannot be verified, so it is not \
                  fetched",
-                name.sidecar_name()
-            ))
-        })?;
+            name.sidecar_name()
+        ))
+    })?;
     let target = dir.join(&file_name);
-    if target.is_file() {
-        let local = transfer::sha256_file(&target)
-            .map_err(|err| Error::copy(format!("cannot read {}: {err}", target.display())))?;
-        if local == expected {
-            return Ok(format!("already here, sha256 matches ({expected})"));
-        }
+    if target.is_file() && transfer::sha256_file(&target)? == expected {
+        return Ok(format!("already here, sha256 matches ({expected})"));
     }
     let partial = dir.join(name.partial_name());
     let outcome = download(remote, name, size, &partial, &expected);

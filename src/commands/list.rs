@@ -4,7 +4,6 @@ use super::{connect, human_size, split_listing};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::inventory::{self, BackupSet, Entry};
-use crate::names::parse_sidecar;
 use crate::remote::Remote;
 use crate::run::{self, LocalFile};
 use crate::transfer;
@@ -119,11 +118,8 @@ fn sidecar_state(
     let Some(remote_size) = entry.remote_size else {
         return Ok(SidecarState::NotOnRemote);
     };
-    let file_name = entry.name.file_name();
     let digest = if entry.remote_sidecar {
-        remote
-            .read_small(&entry.name.sidecar_name(), 4096)?
-            .and_then(|bytes| parse_sidecar(&String::from_utf8_lossy(&bytes), &file_name))
+        transfer::read_sidecar(remote, entry.name)?
     } else {
         None
     };
@@ -136,9 +132,7 @@ fn sidecar_state(
     if local_file.size != remote_size {
         return Ok(SidecarState::Differs);
     }
-    let local_digest = transfer::sha256_file(&local_file.path)
-        .map_err(|err| Error::copy(format!("cannot read {}: {err}", local_file.path.display())))?;
-    Ok(if local_digest == digest {
+    Ok(if transfer::sha256_file(&local_file.path)? == digest {
         SidecarState::Matches
     } else {
         SidecarState::Differs
