@@ -1,26 +1,55 @@
 //! Run the CVP backup command (`cvpi backup cvp`), as `backup_user` when we are root, with
-//! its output going to our log. Like `su - cvp -c`, without a shell or a password.
+//! its output going to our log. Like `su - cvp -c`, without a shell or a password. It runs
+//! in its own process group, so that a timeout, SIGTERM or SIGINT stops everything it
+//! started (TERM, then KILL after a grace period) and the lock is freed.
 
 use crate::error::{Error, Result};
 use crate::users::{self, User};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// Between SIGTERM and SIGKILL for a backup that is stopped.
+const GRACE: Duration = Duration::from_secs(10);
+/// How often the wait looks at the clock and for a stop request.
+const TICK: Duration = Duration::from_millis(100);
 
 /// cron's PATH lacks /cvpi/bin; `cvpi` itself calls other CVP tools by name.
 pub const CHILD_PATH: &str =
     "/cvpi/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug)]
+pub enum Ending {
+    Exited(ExitStatus),
+    /// Ran longer than `backup_timeout`: stopped.
+    TimedOut(Duration),
+    /// The job was asked to stop (the signal's name): the backup was stopped too.
+    Stopped(&'static str),
+}
+
+#[derive(Debug)]
 pub struct Outcome {
-    pub status: ExitStatus,
+    pub ending: Ending,
     pub elapsed: Duration,
 }
 
 impl Outcome {
     pub fn succeeded(&self) -> bool {
-        self.status.success()
+        matches!(&self.ending, Ending::Exited(status) if status.success())
+    }
+
+    /// Why it did not succeed, for the log: "exit status: 1", "timed out after 21600 s".
+    pub fn failure(&self) -> String {
+        match &self.ending {
+            Ending::Exited(status) => status.to_string(),
+            Ending::TimedOut(limit) => format!(
+                "did not finish within backup_timeout = {} s and was stopped",
+                limit.as_secs()
+            ),
+            Ending::Stopped(signal) => format!("stopped because the job received {signal}"),
+        }
     }
 }
 
@@ -61,7 +90,7 @@ pub fn describe(command: &[String], backup_user: &str) -> String {
     format!("{} (as user {backup_user})", words.join(" "))
 }
 
-pub fn run(command: &[String], backup_user: &str) -> Result<Outcome> {
+pub fn run(command: &[String], backup_user: &str, timeout: Duration) -> Result<Outcome> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| Error::config("backup_command is empty"))?;
@@ -69,7 +98,8 @@ pub fn run(command: &[String], backup_user: &str) -> Result<Outcome> {
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .process_group(0);
     prepare_user(&mut cmd, backup_user)?;
 
     let started = Instant::now();
@@ -79,24 +109,97 @@ pub fn run(command: &[String], backup_user: &str) -> Result<Outcome> {
             format!("cannot start backup command {program}: {err}"),
         )
     })?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let relay_err = std::thread::spawn(move || relay(stderr, log::Level::Warn));
-    relay(stdout, log::Level::Info);
-    let _ = relay_err.join();
-    let status = child.wait().map_err(|err| {
-        Error::new(
-            crate::exit_codes::ExitCode::BackupFailed,
-            format!("backup command {program}: cannot wait for it: {err}"),
-        )
-    })?;
+    let (done_tx, done_rx) = mpsc::channel();
+    for (stream, level) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            log::Level::Info,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            log::Level::Warn,
+        ),
+    ] {
+        let done = done_tx.clone();
+        std::thread::spawn(move || {
+            relay(stream, level);
+            let _ = done.send(());
+        });
+    }
+    drop(done_tx);
+    let ending = wait_or_stop(&mut child, program, timeout)?;
+    // Output still in the pipes is logged; a grandchild that keeps them open is not waited for.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
     Ok(Outcome {
-        status,
+        ending,
         elapsed: started.elapsed(),
     })
 }
 
-fn relay(stream: Option<impl Read>, level: log::Level) {
+/// Wait for the command; stop its whole process group on a timeout or a stop request.
+fn wait_or_stop(child: &mut Child, program: &str, timeout: Duration) -> Result<Ending> {
+    let started = Instant::now();
+    let wait_error = |err: std::io::Error| {
+        Error::new(
+            crate::exit_codes::ExitCode::BackupFailed,
+            format!("backup command {program}: cannot wait for it: {err}"),
+        )
+    };
+    loop {
+        if let Some(status) = child.try_wait().map_err(wait_error)? {
+            return Ok(Ending::Exited(status));
+        }
+        let ending = if let Some(signal) = crate::signals::received() {
+            Ending::Stopped(signal)
+        } else if started.elapsed() >= timeout {
+            Ending::TimedOut(timeout)
+        } else {
+            std::thread::sleep(TICK);
+            continue;
+        };
+        log::warn!(
+            "stopping the backup command (process group {}): {}",
+            child.id(),
+            match &ending {
+                Ending::TimedOut(_) => "backup_timeout reached",
+                _ => "the job was asked to stop",
+            }
+        );
+        stop_group(child).map_err(wait_error)?;
+        return Ok(ending);
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after GRACE, then reap the leader.
+fn stop_group(child: &mut Child) -> std::io::Result<()> {
+    let group = child.id() as libc::pid_t;
+    // SAFETY: kill() with a negative pid signals the process group we created.
+    unsafe { libc::kill(-group, libc::SIGTERM) };
+    let deadline = Instant::now() + GRACE;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(TICK);
+    }
+    // Whatever is left of the group (the leader, or children it left behind).
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    child.wait().map(drop)
+}
+
+fn relay(stream: Option<Box<dyn Read + Send>>, level: log::Level) {
     let Some(stream) = stream else { return };
     for line in BufReader::new(stream).split(b'\n') {
         let Ok(line) = line else { break };

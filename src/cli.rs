@@ -140,6 +140,11 @@ pub struct StatusArgs {
     /// Older than this is a problem: 26h, 90m, 2d
     #[arg(long, value_name = "AGE", default_value = "26h", value_parser = humantime::parse_duration)]
     pub max_age: std::time::Duration,
+
+    /// Read the record from this folder, without the INI (a monitoring user may not read
+    /// it); default: the INI's state_dir, or /var/lib/cvp-backup-copy
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -29,6 +29,7 @@ const SERVER_OPTIONS: &[&str] = &[
     "timeout",
     "streams",
     "ciphers",
+    "sync_timeout",
 ];
 const BACKUP_OPTIONS: &[&str] = &[
     "limit",
@@ -38,6 +39,8 @@ const BACKUP_OPTIONS: &[&str] = &[
     "log_dir",
     "state_dir",
     "syslog_facility",
+    "backup_timeout",
+    "node_name",
 ];
 
 /// Defaults of optional settings, shown by `edit`; `run` uses the same values.
@@ -51,7 +54,9 @@ pub fn default_value(option: &str) -> Option<&'static str> {
         "retry_wait" => "10",
         "timeout" => "30",
         "streams" => "4",
+        "sync_timeout" => "900",
         "limit" => "5",
+        "backup_timeout" => "21600",
         "backup_command" => "/cvpi/bin/cvpi backup cvp",
         "backup_user" => "cvp",
         "backup_dir" => "/data/cvpbackup",
@@ -132,7 +137,8 @@ pub fn check_value(
         "remote_limit" | "retries" | "retry_wait" => {
             parse_number(value, 0, u32::MAX as u64).map(drop)
         }
-        "timeout" => parse_number(value, 1, 86_400).map(drop),
+        "timeout" | "sync_timeout" => parse_number(value, 1, 86_400).map(drop),
+        "backup_timeout" => parse_number(value, 1, 7 * 86_400).map(drop),
         "streams" => parse_number(value, 1, 16).map(drop),
         "limit" => parse_number(value, 1, u32::MAX as u64).map(drop),
         "host_key_policy" => parse_policy(value).map(drop),
@@ -178,6 +184,8 @@ pub struct ServerConfig {
     pub timeout: u64,
     /// Connections a large file is uploaded over at once.
     pub streams: usize,
+    /// Seconds the server may take to sync and close a file (a slow NAS flushing GBs).
+    pub sync_timeout: u64,
     /// Cipher preference (OpenSSH names, comma-separated); None: AES-GCM first with AES-NI.
     pub ciphers: Option<String>,
 }
@@ -192,6 +200,10 @@ pub struct BackupConfig {
     pub log_dir: PathBuf,
     pub state_dir: PathBuf,
     pub syslog_facility: syslog::Facility,
+    /// The backup command is stopped (its whole process group) after this long.
+    pub timeout: std::time::Duration,
+    /// The name this node claims its destination with (default: the host name).
+    pub node_name: String,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +227,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        refuse_duplicates(text, path)?;
         let options = ParseOption {
             enabled_quote: false,
             enabled_escape: false,
@@ -281,6 +294,7 @@ impl Config {
         let retry_wait = number_or_default("retry_wait", 0, u32::MAX as u64)?;
         let timeout = number_or_default("timeout", 1, 86_400)?;
         let streams = number_or_default("streams", 1, 16)? as usize;
+        let sync_timeout = number_or_default("sync_timeout", 1, 86_400)?;
         let ciphers = reader.optional(server, SERVER, "ciphers")?;
 
         let backup = ini.section(Some(BACKUP));
@@ -305,6 +319,11 @@ impl Config {
                 .map(|v| reader.resolve(&v))
                 .unwrap_or_else(|| PathBuf::from(default_of(name))))
         };
+        let backup_timeout = match backup {
+            Some(props) => reader.number(props, BACKUP, "backup_timeout", 1, 7 * 86_400)?,
+            None => None,
+        }
+        .unwrap_or_else(|| default_of("backup_timeout").parse().unwrap_or(21_600));
         let facility_name =
             get("syslog_facility")?.unwrap_or_else(|| default_of("syslog_facility").into());
         let syslog_facility = parse_facility(&facility_name)
@@ -317,6 +336,8 @@ impl Config {
             log_dir: dir("log_dir")?,
             state_dir: dir("state_dir")?,
             syslog_facility,
+            timeout: std::time::Duration::from_secs(backup_timeout),
+            node_name: get("node_name")?.unwrap_or_else(crate::claim::node_name),
         };
         if let Some(missing_backup) = backup_section_missing(&ini) {
             warnings.push(missing_backup);
@@ -340,6 +361,7 @@ impl Config {
                 timeout,
                 streams,
                 ciphers,
+                sync_timeout,
             },
             backup,
             warnings,
@@ -356,6 +378,39 @@ impl Config {
         }
         Ok(self.backup.limit.or(cli_limit).unwrap_or(DEFAULT_LIMIT))
     }
+}
+
+/// An option given twice is ambiguous (ConfigParser refuses it; rust-ini would read one and
+/// `edit` change the other): a configuration error naming both lines.
+pub fn refuse_duplicates(text: &str, path: &Path) -> Result<()> {
+    let doc = crate::ini_edit::IniDocument::parse(text);
+    match doc.duplicates().first() {
+        None => Ok(()),
+        Some(dup) => Err(Error::config(format!(
+            "{}: [{}] {} is set twice, on line {} and on line {}: keep one of them",
+            path.display(),
+            dup.section,
+            dup.option,
+            dup.first_line,
+            dup.second_line
+        ))),
+    }
+}
+
+/// Where a run records itself even when its configuration is unusable: the INI's
+/// `state_dir` when that much of it can be read, else the default (when it exists: a record
+/// is never the reason a folder is created).
+pub fn state_dir_hint(path: &Path) -> Option<PathBuf> {
+    let from_ini = std::fs::read_to_string(path).ok().and_then(|text| {
+        let doc = crate::ini_edit::IniDocument::parse(&text);
+        doc.get(BACKUP, "state_dir")
+            .filter(|v| !v.is_empty() && !v.contains("{{"))
+            .map(|v| resolve_against(path, &v))
+    });
+    from_ini.or_else(|| {
+        let default = PathBuf::from(default_of("state_dir"));
+        default.is_dir().then_some(default)
+    })
 }
 
 fn backup_section_missing(ini: &Ini) -> Option<String> {
@@ -733,6 +788,35 @@ limit: 7
                 (other, _) => panic!("{section}.{option}={value}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_option_given_twice_is_refused_naming_both_lines() {
+        let text = PYTHON_STYLE.replace(
+            "keyFile = /home/cvpadmin/key.key\n",
+            "keyFile = /home/cvpadmin/key.key\nPassword = gAAAAA-second\n",
+        );
+        expect_config_error(
+            &text,
+            &["[Server_Settings] password", "line 5", "line 7", "twice"],
+        );
+        let split = format!("{PYTHON_STYLE}[Backup_Settings]\nLIMIT = 3\n");
+        expect_config_error(&split, &["limit", "line 11", "line 13"]);
+        parse(&PYTHON_STYLE.replace("limit: 7", "limit: 7\n[Other]\nlimit = 1"))
+            .expect("the same name in another section is fine");
+    }
+
+    #[test]
+    fn timeouts_have_defaults_and_limits() {
+        let config = parse(PYTHON_STYLE).expect("valid");
+        assert_eq!(config.backup.timeout.as_secs(), 21_600);
+        assert_eq!(config.server.sync_timeout, 900);
+        let text = PYTHON_STYLE.replace("limit: 7", "limit: 7\nbackup_timeout = 5");
+        assert_eq!(parse(&text).expect("valid").backup.timeout.as_secs(), 5);
+        expect_config_error(
+            &PYTHON_STYLE.replace("limit: 7", "backup_timeout = 0"),
+            &["backup_timeout", "`0`"],
+        );
     }
 
     #[test]

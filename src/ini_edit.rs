@@ -2,10 +2,6 @@
 //! spelling (`keyFile` stays `keyFile`) are kept; only the changed values change. rust-ini
 //! reads the file; it cannot rewrite one without losing the operator's comments.
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Line {
     text: String,
@@ -113,6 +109,38 @@ impl IniDocument {
         found
     }
 
+    /// Options set more than once in a section (a section given twice counts as one),
+    /// with their 1-based line numbers.
+    pub fn duplicates(&self) -> Vec<Duplicate> {
+        let mut seen: Vec<(String, String, usize)> = Vec::new();
+        let mut found = Vec::new();
+        let mut current: Option<&str> = None;
+        for (index, line) in self.lines.iter().enumerate() {
+            let line = &line.text;
+            if let Some(name) = section_name(line) {
+                current = Some(name);
+                continue;
+            }
+            let (Some(section), Some(sep)) = (current, separator(line)) else {
+                continue;
+            };
+            let option = line[..sep].trim();
+            let earlier = seen.iter().find(|(s, o, _)| {
+                s.eq_ignore_ascii_case(section) && o.eq_ignore_ascii_case(option)
+            });
+            match earlier {
+                Some((_, _, first)) => found.push(Duplicate {
+                    section: section.to_string(),
+                    option: option.to_ascii_lowercase(),
+                    first_line: *first,
+                    second_line: index + 1,
+                }),
+                None => seen.push((section.to_string(), option.to_string(), index + 1)),
+            }
+        }
+        found
+    }
+
     pub fn get(&self, section: &str, option: &str) -> Option<String> {
         self.find(section, option)
             .map(|(index, sep)| self.lines[index].text[sep + 1..].trim().to_string())
@@ -160,50 +188,13 @@ impl IniDocument {
     }
 }
 
-/// The mode a written file gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The existing file's mode, or this one for a new file (INI files).
-    KeepOr(u32),
-    /// Always this mode (key files).
-    Force(u32),
-}
-
-/// Replace `path` atomically with `contents`: a temporary file in the same folder, fsync,
-/// mode and owner set, rename, fsync of the folder. A crash leaves the old file or the new
-/// one, never half of either. An existing file keeps its owner; a new one written by root
-/// gets the folder's owner (the key the RPM's post-install makes in cvp's key folder).
-pub fn write_atomically(path: &Path, contents: &[u8], mode: Mode) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let original = std::fs::metadata(path).ok();
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    let mode = match (mode, &original) {
-        (Mode::Force(mode), _) => mode,
-        (Mode::KeepOr(_), Some(meta)) => meta.mode() & 0o7777,
-        (Mode::KeepOr(mode), None) => mode,
-    };
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    if crate::users::current_uid() == 0 {
-        let owner = match &original {
-            Some(meta) => Some((meta.uid(), meta.gid())),
-            None => std::fs::metadata(dir).ok().map(|m| (m.uid(), m.gid())),
-        };
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))?;
-        }
-    }
-    tmp.write_all(contents)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|err| err.error)?;
-    std::fs::File::open(dir)?.sync_all()
+/// An option set twice in one section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    pub section: String,
+    pub option: String,
+    pub first_line: usize,
+    pub second_line: usize,
 }
 
 #[cfg(test)]
@@ -285,34 +276,6 @@ mod tests {
         assert_eq!(
             doc.render(),
             "[Other]\nlimit = 9\n[Backup_Settings]\nlimit = 4\n# limit = 1\n"
-        );
-    }
-
-    #[test]
-    fn atomic_writes_keep_the_mode() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("backup.ini");
-        write_atomically(&path, b"one", Mode::KeepOr(0o600)).expect("new file");
-        assert_eq!(
-            std::fs::metadata(&path).expect("meta").mode() & 0o777,
-            0o600
-        );
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-        write_atomically(&path, b"two", Mode::KeepOr(0o600)).expect("replace");
-        assert_eq!(std::fs::read(&path).expect("read"), b"two");
-        assert_eq!(
-            std::fs::metadata(&path).expect("meta").mode() & 0o777,
-            0o640
-        );
-        write_atomically(&path, b"key", Mode::Force(0o600)).expect("force");
-        assert_eq!(
-            std::fs::metadata(&path).expect("meta").mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            std::fs::read_dir(dir.path()).expect("dir").count(),
-            1,
-            "no temporary left"
         );
     }
 }

@@ -2,8 +2,7 @@
 //! shared by `list` and `fetch`.
 
 use crate::names::{BackupName, Kind, Stamp};
-use crate::restore_set::RestoreSet;
-use crate::retention::newest_not_newer;
+use crate::sets::{self, RestoreSet};
 use std::collections::HashMap;
 
 /// One file of a set, as the listings show it.
@@ -32,9 +31,8 @@ impl BackupSet {
     }
 }
 
-/// Every data backup on either side, newest first. A set's images file is the newest one
-/// not newer than its data file, and its log the newest log not newer than it, both looked
-/// for on either side (a restore needs them, wherever they are).
+/// Every data backup on either side, newest first. A set's images file and log are those
+/// `sets` assigns it, looked for on either side (a restore needs them, wherever they are).
 pub fn sets(
     local: &[(BackupName, u64)],
     remote: &[(BackupName, u64)],
@@ -66,8 +64,8 @@ pub fn sets(
         .filter_map(|name| {
             Some(BackupSet {
                 data: seen.get(&name)?.clone(),
-                images: entry(newest_not_newer(&names, Kind::Images, name.stamp)),
-                log: entry(newest_not_newer(&names, Kind::Log, name.stamp)),
+                images: entry(sets::images_for(&names, name)),
+                log: entry(sets::log_for(&names, name)),
             })
         })
         .collect()
@@ -106,23 +104,17 @@ impl Wanted {
 }
 
 /// The restore set to download, from the remote listing alone: the wanted data file, the
-/// images file it needs and its log, all of which must be on the server.
-pub fn pick_remote(remote: &[(BackupName, u64)], wanted: Wanted) -> Option<RestoreSet> {
+/// images file it needs and its log, all of which must be on the server. (`fetch` prefers
+/// the set's manifest, when the server has one, to this rule.)
+pub fn pick_remote(remote: &[(BackupName, u64)], wanted: Wanted, now: Stamp) -> Option<RestoreSet> {
     let names: Vec<BackupName> = remote.iter().map(|(n, _)| *n).collect();
-    let data = names
-        .iter()
-        .filter(|n| n.kind == Kind::Data)
-        .filter(|n| match wanted {
+    let data = sets::data_by_recency(&names, now)
+        .into_iter()
+        .find(|n| match wanted {
             Wanted::Latest => true,
             Wanted::At(stamp) => n.stamp == stamp,
-        })
-        .max_by_key(|n| n.stamp)
-        .copied()?;
-    Some(RestoreSet {
-        data,
-        images: newest_not_newer(&names, Kind::Images, data.stamp),
-        log: newest_not_newer(&names, Kind::Log, data.stamp),
-    })
+        })?;
+    Some(sets::compose(&names, data))
 }
 
 #[cfg(test)]
@@ -131,6 +123,10 @@ mod tests {
 
     fn n(name: &str) -> BackupName {
         BackupName::parse(name).unwrap_or_else(|| panic!("bad test name {name}"))
+    }
+
+    fn now() -> Stamp {
+        Stamp::parse("20240201020000").expect("stamp")
     }
 
     fn sized(names: &[&str]) -> Vec<(BackupName, u64)> {
@@ -226,18 +222,26 @@ mod tests {
             "cvp.eosimages.20231201020005.tgz",
             "backup_cvp.20240102020003.log",
         ]);
-        let latest = pick_remote(&remote, Wanted::Latest).expect("latest");
+        let latest = pick_remote(&remote, Wanted::Latest, now()).expect("latest");
         assert_eq!(latest.data, n("cvp.20240102020010.tgz"));
         assert_eq!(latest.images, Some(n("cvp.eosimages.20231201020005.tgz")));
         assert_eq!(latest.log, Some(n("backup_cvp.20240102020003.log")));
-        let older =
-            pick_remote(&remote, Wanted::parse("20240101020010").expect("wanted")).expect("older");
+        let older = pick_remote(
+            &remote,
+            Wanted::parse("20240101020010").expect("wanted"),
+            now(),
+        )
+        .expect("older");
         assert_eq!(older.data, n("cvp.20240101020010.tgz"));
         assert_eq!(older.log, None);
         assert_eq!(
-            pick_remote(&remote, Wanted::parse("20230101020010").expect("wanted")),
+            pick_remote(
+                &remote,
+                Wanted::parse("20230101020010").expect("wanted"),
+                now()
+            ),
             None
         );
-        assert_eq!(pick_remote(&[], Wanted::Latest), None);
+        assert_eq!(pick_remote(&[], Wanted::Latest, now()), None);
     }
 }

@@ -3,8 +3,9 @@
 use crate::config::{self, SERVER};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
-use crate::ini_edit::{self, IniDocument, Mode};
+use crate::ini_edit::IniDocument;
 use crate::prompt;
+use crate::safe_fs::Mode;
 use crate::secret::{self, Secret};
 use std::path::{Path, PathBuf};
 
@@ -120,7 +121,7 @@ pub fn backup_key(path: &Path) -> Result<PathBuf> {
         ))
     })?;
     let contents = zeroize::Zeroizing::new(contents);
-    ini_edit::write_atomically(&backup, &contents, Mode::Force(0o600)).map_err(|err| {
+    crate::safe_fs::replace_file(&backup, &contents, Mode::Force(0o600)).map_err(|err| {
         Error::config(format!(
             "cannot keep a copy of {} as {}: {err}",
             path.display(),
@@ -131,7 +132,7 @@ pub fn backup_key(path: &Path) -> Result<PathBuf> {
 }
 
 pub fn save(ini: &Path, doc: &IniDocument) -> Result<()> {
-    ini_edit::write_atomically(ini, doc.render().as_bytes(), Mode::KeepOr(0o600))
+    crate::safe_fs::replace_file(ini, doc.render().as_bytes(), Mode::KeepOr(0o600))
         .map_err(|err| Error::config(format!("cannot save {}: {err}", ini.display())))
 }
 

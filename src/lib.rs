@@ -2,6 +2,7 @@
 //! fuzz targets link against it.
 
 pub mod backup;
+pub mod claim;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -21,7 +22,9 @@ pub mod remote;
 pub mod restore_set;
 pub mod retention;
 pub mod run;
+pub mod safe_fs;
 pub mod secret;
+pub mod sets;
 pub mod signals;
 pub mod state;
 pub mod transfer;

@@ -1,73 +1,77 @@
-//! One run at a time per host: an exclusive lock on a file in `state_dir`, released by the
-//! kernel when the process ends however it ends. (/run/lock is root-only on CentOS 7.)
+//! One run at a time per host: an exclusive `flock` on the `state_dir` folder itself,
+//! released by the kernel when the process ends however it ends. Locking the folder, not a
+//! file in it, means no lock file exists that a root run could leave behind unreadable for
+//! the cvp cron job, or that anyone could plant a symlink at. (/run/lock is root-only on
+//! CentOS 7.) Who holds it is written beside it, for the message only.
 
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use crate::safe_fs::{Dir, Mode};
+use crate::state;
+use std::fs::{File, TryLockError};
 use std::path::Path;
 
 pub struct RunLock {
-    _file: File,
+    _folder: File,
+    /// The state folder, opened safely once for the run's history and record.
+    pub dir: Dir,
 }
 
-pub fn ensure_state_dir(state_dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(state_dir)
-        .map_err(|err| {
-            Error::config(format!(
-                "cannot create state_dir {}: {err}; create it owned by the user the job runs as",
-                state_dir.display()
-            ))
-        })
+const HOLDER: &str = "lock.pid";
+
+/// Open (creating it if needed) the state folder, with an error that says what to do.
+pub fn ensure_state_dir(state_dir: &Path) -> Result<Dir> {
+    state::open_dir(state_dir).map_err(|err| {
+        Error::config(format!(
+            "cannot create or open state_dir {}: {err}; create it owned by the user the job \
+             runs as",
+            state_dir.display()
+        ))
+    })
 }
 
 pub fn acquire(state_dir: &Path) -> Result<RunLock> {
-    ensure_state_dir(state_dir)?;
-    let path = state_dir.join("lock");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o640)
-        .open(&path)
-        .map_err(|err| Error::config(format!("cannot open lock file {}: {err}", path.display())))?;
-    match file.try_lock() {
+    let dir = ensure_state_dir(state_dir)?;
+    let folder = dir
+        .lock_handle()
+        .map_err(|err| Error::config(format!("cannot lock {}: {err}", dir.path().display())))?;
+    match folder.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() {
-                String::new()
-            } else {
-                format!(" (pid {holder})")
-            };
+            let holder = dir
+                .read(HOLDER, 64)
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
             return Err(Error::new(
                 ExitCode::Locked,
                 format!(
-                    "another cvp-backup-copy run holds the lock {}{who}: not starting a second \
-                     backup at the same time",
-                    path.display()
+                    "another cvp-backup-copy run holds the lock on {}{holder}: not starting a \
+                     second backup at the same time",
+                    dir.path().display()
                 ),
             ));
         }
         Err(TryLockError::Error(err)) => {
             return Err(Error::config(format!(
                 "cannot lock {}: {err}",
-                path.display()
+                dir.path().display()
             )))
         }
     }
-    // The pid is informational, for the message above.
-    let _ = file.set_len(0);
-    let _ = file.seek(SeekFrom::Start(0));
-    let _ = writeln!(file, "{}", std::process::id());
-    Ok(RunLock { _file: file })
+    // Informational: a failure to write it does not matter.
+    let _ = dir.replace(
+        HOLDER,
+        format!("{}\n", std::process::id()).as_bytes(),
+        Mode::Force(0o644),
+    );
+    Ok(RunLock {
+        _folder: folder,
+        dir,
+    })
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ fn main() -> std::process::ExitCode {
             ini: args.ini,
             json: args.json,
             max_age: args.max_age,
+            state_dir: args.state_dir,
         }),
         Some(cli::Command::Keygen(args)) => keygen::keygen(&keygen::KeygenOptions {
             ini: args.ini,

@@ -8,6 +8,28 @@ use std::fmt;
 pub struct Stamp(u64);
 
 impl Stamp {
+    /// The local time now, as CVP stamps its files.
+    pub fn now() -> Stamp {
+        Stamp::from_datetime(chrono::Local::now().naive_local())
+    }
+
+    pub fn from_datetime(time: chrono::NaiveDateTime) -> Stamp {
+        let digits = time.format("%Y%m%d%H%M%S").to_string();
+        Stamp(digits.parse().unwrap_or(0))
+    }
+
+    pub fn to_datetime(self) -> Option<chrono::NaiveDateTime> {
+        chrono::NaiveDateTime::parse_from_str(&self.to_string(), "%Y%m%d%H%M%S").ok()
+    }
+
+    /// This stamp moved by `seconds` (either way); itself when that leaves the calendar.
+    pub fn plus_seconds(self, seconds: i64) -> Stamp {
+        self.to_datetime()
+            .and_then(|t| t.checked_add_signed(chrono::TimeDelta::try_seconds(seconds)?))
+            .map(Stamp::from_datetime)
+            .unwrap_or(self)
+    }
+
     pub fn parse(digits: &str) -> Option<Stamp> {
         if digits.len() != 14 || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
@@ -34,7 +56,7 @@ pub enum Kind {
     Log,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackupName {
     pub kind: Kind,
     pub stamp: Stamp,
@@ -81,7 +103,34 @@ impl BackupName {
     pub fn sidecar_partial_name(&self) -> String {
         format!(".{}.cvpbc-part", self.sidecar_name())
     }
+
+    /// What a data or images file of a failed backup is renamed to: no longer a CVP name,
+    /// so nothing (this tool, cvpi, an operator's glob of `cvp.*.tgz`) takes it for a backup.
+    pub fn failed_name(&self) -> String {
+        format!("{}{FAILED_SUFFIX}", self.file_name())
+    }
+
+    /// `NAME.failed` back to NAME.
+    pub fn parse_failed(name: &str) -> Option<BackupName> {
+        BackupName::parse(name.strip_suffix(FAILED_SUFFIX)?)
+    }
+
+    /// The set manifest beside a data file on the server: one `sha256sum` line per member
+    /// (images, data, log), so `sha256sum -c cvp.<ts>.set.sha256` checks the whole set.
+    pub fn manifest_name(&self) -> String {
+        format!("cvp.{}.set.sha256", self.stamp)
+    }
+
+    pub fn manifest_partial_name(&self) -> String {
+        format!(".{}.cvpbc-part", self.manifest_name())
+    }
 }
+
+const FAILED_SUFFIX: &str = ".failed";
+const PARTIAL_SUFFIX: &str = ".cvpbc-part";
+
+/// The file in a destination that names the node owning it (the first to write there).
+pub const OWNER_MARKER: &str = ".cvp-backup-copy-owner";
 
 impl fmt::Display for BackupName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -89,15 +138,39 @@ impl fmt::Display for BackupName {
     }
 }
 
-/// What a name in a remote destination is, as far as we are concerned.
+/// What a name in a remote destination is, as far as we are concerned. Anything else is not
+/// ours and is never touched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteName {
     Backup(BackupName),
     Sidecar(BackupName),
+    /// `cvp.<ts>.set.sha256`, of the data file with that stamp.
+    Manifest(BackupName),
+    /// `.X.cvpbc-part`: an upload of X (a backup, its sidecar or a manifest) not yet
+    /// published; the name is that of the backup file it belongs to.
+    Partial(BackupName),
 }
 
 impl RemoteName {
     pub fn parse(name: &str) -> Option<RemoteName> {
+        if let Some(inner) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(PARTIAL_SUFFIX))
+        {
+            return match RemoteName::parse(inner)? {
+                RemoteName::Backup(n) | RemoteName::Sidecar(n) | RemoteName::Manifest(n) => {
+                    Some(RemoteName::Partial(n))
+                }
+                RemoteName::Partial(_) => None,
+            };
+        }
+        if let Some(digits) = name
+            .strip_prefix("cvp.")
+            .and_then(|n| n.strip_suffix(".set.sha256"))
+        {
+            return Stamp::parse(digits)
+                .map(|s| RemoteName::Manifest(BackupName::new(Kind::Data, s)));
+        }
         if let Some(target) = name.strip_suffix(".sha256") {
             return BackupName::parse(target).map(RemoteName::Sidecar);
         }
@@ -173,13 +246,79 @@ mod tests {
     fn partial_and_sidecar_names_are_never_backups() {
         let name = BackupName::parse("cvp.20210715101112.tgz").unwrap();
         assert_eq!(BackupName::parse(&name.partial_name()), None);
-        assert_eq!(RemoteName::parse(&name.partial_name()), None);
+        assert_eq!(
+            RemoteName::parse(&name.partial_name()),
+            Some(RemoteName::Partial(name))
+        );
         assert_eq!(BackupName::parse(&name.sidecar_name()), None);
         assert_eq!(
             RemoteName::parse(&name.sidecar_name()),
             Some(RemoteName::Sidecar(name))
         );
         assert_eq!(RemoteName::parse("notes.txt.sha256"), None);
+    }
+
+    #[test]
+    fn remote_names_we_own_and_nothing_else() {
+        let data = BackupName::parse("cvp.20210715101112.tgz").unwrap();
+        let images = BackupName::parse("cvp.eosimages.20210715101112.tgz").unwrap();
+        let table = [
+            (
+                "cvp.20210715101112.set.sha256",
+                Some(RemoteName::Manifest(data)),
+            ),
+            (
+                ".cvp.20210715101112.set.sha256.cvpbc-part",
+                Some(RemoteName::Partial(data)),
+            ),
+            (
+                ".cvp.20210715101112.tgz.cvpbc-part",
+                Some(RemoteName::Partial(data)),
+            ),
+            (
+                ".cvp.20210715101112.tgz.sha256.cvpbc-part",
+                Some(RemoteName::Partial(data)),
+            ),
+            (
+                ".cvp.eosimages.20210715101112.tgz.cvpbc-part",
+                Some(RemoteName::Partial(images)),
+            ),
+            ("..cvp.20210715101112.tgz.cvpbc-part.cvpbc-part", None),
+            ("cvp.20210715101112.tgz.cvpbc-part", None),
+            (".cvp.20210715101112.tgz", None),
+            (".notes.cvpbc-part", None),
+            ("cvp.2021071510111.set.sha256", None),
+            ("cvp.20210715101112.tgz.failed", None),
+            (OWNER_MARKER, None),
+        ];
+        for (name, expected) in table {
+            assert_eq!(RemoteName::parse(name), expected, "{name}");
+        }
+        assert_eq!(data.manifest_name(), "cvp.20210715101112.set.sha256");
+    }
+
+    #[test]
+    fn failed_names_are_not_cvp_names_and_parse_back() {
+        let data = BackupName::parse("cvp.20210715101112.tgz").unwrap();
+        assert_eq!(data.failed_name(), "cvp.20210715101112.tgz.failed");
+        assert_eq!(BackupName::parse(&data.failed_name()), None);
+        assert_eq!(RemoteName::parse(&data.failed_name()), None);
+        assert_eq!(BackupName::parse_failed(&data.failed_name()), Some(data));
+        assert_eq!(BackupName::parse_failed("cvp.20210715101112.tgz"), None);
+    }
+
+    #[test]
+    fn stamps_move_by_seconds_across_days() {
+        assert_eq!(
+            stamp("20211231235959").plus_seconds(1),
+            stamp("20220101000000")
+        );
+        assert_eq!(
+            stamp("20220101000000").plus_seconds(-3600),
+            stamp("20211231230000")
+        );
+        let now = Stamp::now();
+        assert_eq!(Stamp::parse(&now.to_string()), Some(now));
     }
 
     #[test]

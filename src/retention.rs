@@ -1,10 +1,12 @@
 //! Which backups to keep, as a pure function of a listing (after restic's `ApplyPolicy`).
 //!
-//! A data backup is only restorable with the newest images file that is not newer than it
-//! (CVP re-dumps images only when image bundles change), and its log is the newest log that
-//! is not newer than it. The same rule serves the local backup directory and the remote.
+//! Which images file and log a data backup needs is `sets`' rule; the same policy serves the
+//! local backup directory and the remote. The set a run has just verified on the server is
+//! protected: it is kept whatever the stamps around it say.
 
-use crate::names::{BackupName, Kind, Stamp};
+use crate::names::{BackupName, Kind, RemoteName, Stamp};
+use crate::sets;
+use std::collections::HashSet;
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,11 +17,13 @@ pub struct Policy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeepReason {
+    /// The set this run verified on the server: never pruned.
+    Protected,
     /// One of the `limit` newest data backups (1 = newest).
     NewestData { rank: usize, limit: usize },
     /// The images file a kept data backup needs.
     ImagesNeededBy(Stamp),
-    /// Newer than every data backup: it belongs to a backup that is still to come or failed.
+    /// Newer than every data backup: it belongs to a backup that is still to come.
     ImagesNewerThanData,
     /// The log of a kept data backup.
     LogOf(Stamp),
@@ -32,6 +36,7 @@ pub enum KeepReason {
 impl fmt::Display for KeepReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            KeepReason::Protected => f.write_str("the set this run verified on the server"),
             KeepReason::NewestData { rank, limit } => {
                 write!(f, "data backup {rank} of the {limit} newest")
             }
@@ -46,18 +51,9 @@ impl fmt::Display for KeepReason {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Decision {
-    /// Newest first within each kind.
+    /// Data first (newest first), then images, then logs.
     pub keep: Vec<(BackupName, KeepReason)>,
     pub remove: Vec<BackupName>,
-}
-
-/// The newest file of `kind` whose stamp is not newer than `at`.
-pub fn newest_not_newer(files: &[BackupName], kind: Kind, at: Stamp) -> Option<BackupName> {
-    files
-        .iter()
-        .filter(|f| f.kind == kind && f.stamp <= at)
-        .max_by_key(|f| f.stamp)
-        .copied()
 }
 
 fn sorted_newest_first(files: &[BackupName], kind: Kind) -> Vec<BackupName> {
@@ -67,8 +63,15 @@ fn sorted_newest_first(files: &[BackupName], kind: Kind) -> Vec<BackupName> {
     of_kind
 }
 
-pub fn apply_policy(files: &[BackupName], policy: Policy) -> Decision {
-    let data = sorted_newest_first(files, Kind::Data);
+/// Keep the protected data backups, then the newest others (a stamp in the future counts as
+/// the oldest) up to `keep_data` in all, and the images and logs those need.
+pub fn apply_policy(
+    files: &[BackupName],
+    policy: Policy,
+    protect: &[BackupName],
+    now: Stamp,
+) -> Decision {
+    let data = sets::data_by_recency(files, now);
     let images = sorted_newest_first(files, Kind::Images);
     let logs = sorted_newest_first(files, Kind::Log);
     let mut decision = Decision::default();
@@ -81,31 +84,34 @@ pub fn apply_policy(files: &[BackupName], policy: Policy) -> Decision {
     }
 
     let limit = policy.keep_data.max(1);
-    let kept_data = &data[..limit.min(data.len())];
-    for (index, file) in data.iter().enumerate() {
-        if index < limit {
-            decision.keep.push((
-                *file,
-                KeepReason::NewestData {
-                    rank: index + 1,
-                    limit,
-                },
-            ));
+    let mut kept_data: Vec<BackupName> = Vec::new();
+    for file in data.iter().filter(|d| protect.contains(d)) {
+        kept_data.push(*file);
+        decision.keep.push((*file, KeepReason::Protected));
+    }
+    let mut rank = 0;
+    for file in data.iter().filter(|d| !protect.contains(d)) {
+        rank += 1;
+        if kept_data.len() < limit {
+            kept_data.push(*file);
+            decision
+                .keep
+                .push((*file, KeepReason::NewestData { rank, limit }));
         } else {
             decision.remove.push(*file);
         }
     }
 
-    let newest_data = data[0].stamp;
+    let newest_data = data.iter().map(|d| d.stamp).max().unwrap_or(data[0].stamp);
     for image in &images {
         let needed_by = kept_data
             .iter()
-            .find(|d| newest_not_newer(&images, Kind::Images, d.stamp) == Some(*image));
+            .find(|d| sets::images_for(&images, **d) == Some(*image));
         match needed_by {
             Some(d) => decision
                 .keep
                 .push((*image, KeepReason::ImagesNeededBy(d.stamp))),
-            None if image.stamp > newest_data => decision
+            None if image.stamp > newest_data.plus_seconds(sets::IMAGES_GRACE_SECONDS) => decision
                 .keep
                 .push((*image, KeepReason::ImagesNewerThanData)),
             None => decision.remove.push(*image),
@@ -114,14 +120,15 @@ pub fn apply_policy(files: &[BackupName], policy: Policy) -> Decision {
 
     // A set's log is written when its backup starts, so it is a little older than the data
     // file: the threshold is the oldest kept set's log, not its data stamp.
-    let oldest_kept = kept_data[kept_data.len() - 1].stamp;
-    let threshold = newest_not_newer(&logs, Kind::Log, oldest_kept)
-        .map(|log| log.stamp)
-        .unwrap_or(oldest_kept);
+    let threshold = kept_data
+        .iter()
+        .map(|d| sets::log_for(&logs, *d).map_or(d.stamp, |log| log.stamp))
+        .min()
+        .unwrap_or(data[0].stamp);
     for log in &logs {
         let log_of = kept_data
             .iter()
-            .find(|d| newest_not_newer(&logs, Kind::Log, d.stamp) == Some(*log));
+            .find(|d| sets::log_for(&logs, **d) == Some(*log));
         match log_of {
             Some(d) => decision.keep.push((*log, KeepReason::LogOf(d.stamp))),
             None if log.stamp >= threshold => decision
@@ -133,9 +140,42 @@ pub fn apply_policy(files: &[BackupName], policy: Policy) -> Decision {
     decision
 }
 
+/// Our files in a remote listing that serve nothing once the backups are pruned: checksum
+/// files and manifests whose file is gone, and abandoned partial uploads of files that are
+/// not in the set being copied (that one may be resumed). Names that are not ours are never
+/// returned.
+pub fn remote_leftovers(
+    listing: &[String],
+    removed: &[BackupName],
+    current: &[BackupName],
+) -> Vec<String> {
+    let present: HashSet<BackupName> = listing
+        .iter()
+        .filter_map(|name| match RemoteName::parse(name) {
+            Some(RemoteName::Backup(b)) if !removed.contains(&b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let mut leftovers: Vec<String> = listing
+        .iter()
+        .filter(|name| match RemoteName::parse(name) {
+            Some(RemoteName::Sidecar(b)) | Some(RemoteName::Manifest(b)) => !present.contains(&b),
+            Some(RemoteName::Partial(b)) => !current.contains(&b),
+            Some(RemoteName::Backup(_)) | None => false,
+        })
+        .cloned()
+        .collect();
+    leftovers.sort();
+    leftovers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn now() -> Stamp {
+        Stamp::parse("20240201020000").expect("stamp")
+    }
 
     fn parse_all(names: &[&str]) -> Vec<BackupName> {
         names
@@ -279,6 +319,8 @@ mod tests {
                 Policy {
                     keep_data: case.keep_data,
                 },
+                &[],
+                now(),
             );
             assert_eq!(
                 names(&decision.remove),
@@ -307,7 +349,7 @@ mod tests {
             "backup_cvp.20240103020003.log",
             "cvp.eosimages.20240104020005.tgz",
         ]);
-        let decision = apply_policy(&files, Policy { keep_data: 2 });
+        let decision = apply_policy(&files, Policy { keep_data: 2 }, &[], now());
         let reason = |name: &str| {
             let wanted = BackupName::parse(name).unwrap();
             decision
@@ -354,7 +396,7 @@ mod tests {
             "backup_cvp.20240102020003.log",
         ]);
         for keep_data in [0, 1, 2, 10] {
-            let decision = apply_policy(&files, Policy { keep_data });
+            let decision = apply_policy(&files, Policy { keep_data }, &[], now());
             let removed = names(&decision.remove);
             for survivor in [
                 "cvp.20240102020010.tgz",
@@ -367,5 +409,72 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_protected_set_is_kept_and_a_future_stamp_never_pushes_it_out() {
+        // Tonight's verified set beside a file stamped years ahead, limit 1.
+        let files = parse_all(&[
+            "cvp.20300101020010.tgz",
+            "cvp.eosimages.20300101020005.tgz",
+            "backup_cvp.20300101020003.log",
+            "cvp.20240131020010.tgz",
+            "cvp.eosimages.20231201020005.tgz",
+            "backup_cvp.20240131020003.log",
+        ]);
+        let tonight = BackupName::parse("cvp.20240131020010.tgz").unwrap();
+        for protect in [vec![tonight], vec![]] {
+            let decision = apply_policy(&files, Policy { keep_data: 1 }, &protect, now());
+            let removed = names(&decision.remove);
+            assert!(!removed.contains(&tonight.file_name()), "{protect:?}");
+            assert!(!removed.contains(&"cvp.eosimages.20231201020005.tgz".to_string()));
+            assert!(!removed.contains(&"backup_cvp.20240131020003.log".to_string()));
+            assert!(
+                removed.contains(&"cvp.20300101020010.tgz".to_string()),
+                "{removed:?}"
+            );
+        }
+        // The protected set counts toward the limit first, whatever its stamp.
+        let older = BackupName::parse("cvp.20240131020010.tgz").unwrap();
+        let files = parse_all(&["cvp.20240131020010.tgz", "cvp.20240201010010.tgz"]);
+        let decision = apply_policy(&files, Policy { keep_data: 1 }, &[older], now());
+        assert_eq!(names(&decision.remove), ["cvp.20240201010010.tgz"]);
+        assert_eq!(decision.keep[0], (older, KeepReason::Protected));
+        let decision = apply_policy(&files, Policy { keep_data: 2 }, &[older], now());
+        assert!(decision.remove.is_empty(), "{:?}", decision.remove);
+    }
+
+    #[test]
+    fn remote_leftovers_are_ours_and_useless_only() {
+        let listing: Vec<String> = [
+            "cvp.20240101020010.tgz",
+            "cvp.20240101020010.tgz.sha256",
+            "cvp.20240101020010.set.sha256",
+            "cvp.20231201020010.tgz.sha256",
+            "cvp.20231201020010.set.sha256",
+            ".cvp.20231101020010.tgz.cvpbc-part",
+            ".cvp.20240102020010.tgz.cvpbc-part",
+            ".cvp.20231101020010.tgz.sha256.cvpbc-part",
+            "cvp.20231231020010.tgz",
+            "cvp.20231231020010.tgz.sha256",
+            "notes.txt",
+            "notes.txt.sha256",
+            ".cvp-backup-copy-owner",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let removed = parse_all(&["cvp.20231231020010.tgz"]);
+        let current = parse_all(&["cvp.20240102020010.tgz"]);
+        assert_eq!(
+            remote_leftovers(&listing, &removed, &current),
+            [
+                ".cvp.20231101020010.tgz.cvpbc-part",
+                ".cvp.20231101020010.tgz.sha256.cvpbc-part",
+                "cvp.20231201020010.set.sha256",
+                "cvp.20231201020010.tgz.sha256",
+                "cvp.20231231020010.tgz.sha256",
+            ]
+        );
     }
 }

@@ -1,25 +1,27 @@
 //! The main job: back up CVP, copy the restore set, verify it, prune, report.
 
 use crate::backup;
-use crate::config::Config;
-use crate::config::ServerConfig;
+use crate::claim;
+use crate::config::{self, Config, ServerConfig};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::lock;
 use crate::logging;
-use crate::names::{BackupName, Kind, RemoteName};
+use crate::names::{BackupName, Kind, RemoteName, Stamp};
 use crate::plan::{self, CopyDecision, FileFacts, Plan};
 use crate::progress;
 use crate::remote::known_hosts::Verified;
 use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
 use crate::remote::{Remote, RemoteEntry};
-use crate::restore_set::{self, Selection};
+use crate::restore_set::{self, RestoreSet, Selection, Tonight};
 use crate::retention::{self, Decision, Policy};
+use crate::safe_fs::Dir;
 use crate::secret::{self, Secret};
+use crate::sets::{self, Member};
 use crate::signals;
-use crate::state::{self, CopiedFile, RunRecord};
+use crate::state::{self, CopiedFile, History, RunRecord};
 use crate::transfer;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,13 +41,15 @@ pub(crate) struct LocalFile {
     pub(crate) size: u64,
 }
 
-/// Run the job and return its exit code. Every failure is logged where it happens.
+/// Run the job and return its exit code. Every failure is logged where it happens, and
+/// every night leaves a record (but a night refused because another run holds the lock:
+/// that run writes its own).
 pub fn run_job(options: &RunOptions) -> ExitCode {
     let clock = Instant::now();
     let started = chrono::Local::now();
     let config = match Config::load(&options.ini) {
         Ok(config) => config,
-        Err(err) => return report_fatal(err),
+        Err(err) => return refused(config::state_dir_hint(&options.ini), &started, err),
     };
     logging::set_facility(config.backup.syslog_facility);
     for warning in &config.warnings {
@@ -53,7 +57,7 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
     }
     let limit = match config.effective_limit(options.limit) {
         Ok(limit) => limit,
-        Err(err) => return report_fatal(err),
+        Err(err) => return refused(Some(config.backup.state_dir.clone()), &started, err),
     };
     if options.dry_run {
         return match dry_run(&config, options, limit) {
@@ -64,9 +68,10 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
             Err(err) => report_fatal(err),
         };
     }
-    let _lock = match lock::acquire(&config.backup.state_dir) {
+    let lock = match lock::acquire(&config.backup.state_dir) {
         Ok(lock) => lock,
-        Err(err) => return report_fatal(err),
+        Err(err) if err.code == ExitCode::Locked => return report_fatal(err),
+        Err(err) => return refused(Some(config.backup.state_dir.clone()), &started, err),
     };
     log::info!(
         "starting: configuration {}, destination {}@{}:{}, keeping {limit} local data backups",
@@ -75,28 +80,70 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
         config.server.host,
         config.server.destination
     );
+    let history = match state::load_history(&lock.dir) {
+        Ok(history) => history,
+        Err(err) => {
+            log::warn!("{err}");
+            History::default()
+        }
+    };
     let mut job = Job {
         options,
         record: RunRecord {
             version: env!("CARGO_PKG_VERSION").into(),
             started: started.to_rfc3339(),
-            destination: format!(
-                "{}@{}:{}",
-                config.server.user, config.server.host, config.server.destination
-            ),
+            destination: destination_label(&config),
             ..RunRecord::default()
         },
         config,
         limit,
         code: ExitCode::Success,
         copy_seconds: 0.0,
+        history,
+        now: Stamp::now(),
+        lock,
     };
     job.execute();
     job.finish(clock)
 }
 
+fn destination_label(config: &Config) -> String {
+    format!(
+        "{}@{}:{}",
+        config.server.user, config.server.host, config.server.destination
+    )
+}
+
 fn report_fatal(err: Error) -> ExitCode {
     log::error!("{err}");
+    err.code
+}
+
+/// A night that ends before it starts still leaves its record, so `status` does not report
+/// the night before.
+fn refused(
+    state_dir: Option<PathBuf>,
+    started: &chrono::DateTime<chrono::Local>,
+    err: Error,
+) -> ExitCode {
+    log::error!("{err}");
+    let Some(state_dir) = state_dir else {
+        return err.code;
+    };
+    let record = RunRecord {
+        version: env!("CARGO_PKG_VERSION").into(),
+        started: started.to_rfc3339(),
+        finished: chrono::Local::now().to_rfc3339(),
+        exit_code: err.code.code(),
+        errors: vec![err.message.clone()],
+        ..RunRecord::default()
+    };
+    if let Err(save_err) = state::save(&state_dir, &record) {
+        log::warn!(
+            "cannot record this run in {}: {save_err}",
+            state_dir.display()
+        );
+    }
     err.code
 }
 
@@ -107,6 +154,17 @@ struct Job<'a> {
     record: RunRecord,
     code: ExitCode,
     copy_seconds: f64,
+    history: History,
+    /// The node's clock as the run started: stamps beyond it are "in the future".
+    now: Stamp,
+    lock: lock::RunLock,
+}
+
+/// What tonight's backup did, once its archives are where they belong.
+enum Night {
+    Skipped,
+    Made(HashSet<BackupName>),
+    Failed(HashSet<BackupName>),
 }
 
 impl Job<'_> {
@@ -116,49 +174,56 @@ impl Job<'_> {
         self.code = self.code.most_severe(err.code);
     }
 
+    fn save_history(&self) {
+        if let Err(err) = state::save_history(&self.lock.dir, &self.history) {
+            log::warn!("cannot save {}: {err}", self.lock.dir.path().display());
+        }
+    }
+
+    /// The node's CVP files, without those remembered as failed.
+    fn usable_local(&self) -> Result<Vec<LocalFile>> {
+        let failed = self.history.failed();
+        Ok(list_local(&self.config)?
+            .into_iter()
+            .filter(|f| !failed.contains(&f.name))
+            .collect())
+    }
+
     fn execute(&mut self) {
         // Credentials are checked first, but a bad key does not stop the local backup: a
         // backup on the node is better than none when the copy cannot happen.
         let password = credentials(&self.config);
-        let before = match list_local(&self.config) {
+        if let Err(err) = self.recover_from_a_dead_backup() {
+            return self.fail(err);
+        }
+        let night = if self.options.no_backup {
+            log::info!("--no-backup: bringing the remote up to date with the newest local set");
+            Night::Skipped
+        } else {
+            match self.backup_night() {
+                Ok(night) => night,
+                Err(err) => return self.fail(err),
+            }
+        };
+        if signals::received().is_some() {
+            log::warn!("stopped before the copy: nothing was copied or pruned");
+            return;
+        }
+        let after = match self.usable_local() {
             Ok(files) => files,
             Err(err) => return self.fail(err),
         };
-        if !self.options.no_backup {
-            warn_if_short_of_space(&self.config.backup.backup_dir, &before);
-        }
-        let (after, new, backup_failed) = if self.options.no_backup {
-            log::info!("--no-backup: bringing the remote up to date with the newest local set");
-            (before, HashSet::new(), false)
-        } else {
-            let succeeded = self.run_backup();
-            let after = match list_local(&self.config) {
-                Ok(files) => files,
-                Err(err) => return self.fail(err),
-            };
-            let old: HashSet<BackupName> = before.iter().map(|f| f.name).collect();
-            let new: HashSet<BackupName> = after
-                .iter()
-                .map(|f| f.name)
-                .filter(|n| !old.contains(n))
-                .collect();
-            let mut failed = !succeeded;
-            if succeeded && !new.iter().any(|n| n.kind == Kind::Data) {
-                self.fail(Error::new(
-                    ExitCode::BackupFailed,
-                    format!(
-                        "the backup command reported success but wrote no new data backup in {}",
-                        self.config.backup.backup_dir.display()
-                    ),
-                ));
-                failed = true;
-            }
-            (after, new, failed)
-        };
-
         let names: Vec<BackupName> = after.iter().map(|f| f.name).collect();
-        let selection = restore_set::select(&names, &new, backup_failed);
+        warn_about_future_stamps(&names, self.now);
+        let tonight = match &night {
+            Night::Skipped => Tonight::Skipped,
+            Night::Made(new) => Tonight::Made(new),
+            Night::Failed(new) => Tonight::Failed(new),
+        };
+        let selection =
+            restore_set::select(&names, tonight, self.history.last_made().as_ref(), self.now);
         log_selection(&selection);
+        self.record.restore_set = selection.set.as_ref().map(|s| s.data.file_name());
         let files: Vec<LocalFile> = selection
             .files()
             .iter()
@@ -196,33 +261,148 @@ impl Job<'_> {
                 0
             },
         };
-        let all_copied = self.copy_files(&mut link, &files);
+        let all_copied = self.copy_files(&mut link, &files, selection.set.as_ref());
         if !all_copied {
             log::warn!("pruning skipped: not every file of the restore set is on the remote");
             return;
         }
-        if backup_failed {
+        if matches!(night, Night::Failed(_)) {
             log::warn!("pruning skipped: the backup did not complete");
             return;
         }
-        self.prune_local(&after);
+        // The set just verified on the server is the newest: it is never pruned.
+        if selection.set.is_none() {
+            return;
+        }
+        self.prune_local(&after, &selection.protect);
         if self.config.server.remote_limit > 0 {
             match link.remote() {
-                Ok(remote) => self.prune_remote(remote),
+                Ok(remote) => self.prune_remote(remote, &selection.protect, &selection.files()),
                 Err(err) => log::warn!("remote pruning skipped: {err}"),
             }
         }
     }
 
+    /// A run that died during its backup (killed, node restarted) left a note: whatever
+    /// appeared since is not known to be complete, so it is set aside like a failed backup's.
+    fn recover_from_a_dead_backup(&mut self) -> Result<()> {
+        let Some(before) = self.history.backup_started.clone() else {
+            return Ok(());
+        };
+        let leftovers: HashSet<BackupName> = self
+            .usable_local()?
+            .iter()
+            .map(|f| f.name)
+            .filter(|name| !before.contains(&name.file_name()))
+            .collect();
+        log::warn!(
+            "the previous run ended during its CVP backup (the job was killed or the node \
+             restarted): {} is set aside as failed",
+            describe_names(&leftovers)
+        );
+        self.set_aside(&leftovers);
+        self.history.backup_started = None;
+        self.save_history();
+        Ok(())
+    }
+
+    /// Run the backup. A failed one has its archives set aside before anything is chosen.
+    fn backup_night(&mut self) -> Result<Night> {
+        let before = self.usable_local()?;
+        warn_if_short_of_space(&self.config.backup.backup_dir, &before);
+        self.history.backup_started = Some(before.iter().map(|f| f.name.file_name()).collect());
+        self.save_history();
+        let succeeded = self.run_backup();
+        let after = self.usable_local();
+        let old: HashSet<BackupName> = before.iter().map(|f| f.name).collect();
+        let new: HashSet<BackupName> = after
+            .as_ref()
+            .map(|after| {
+                after
+                    .iter()
+                    .map(|f| f.name)
+                    .filter(|n| !old.contains(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let newest_data = new
+            .iter()
+            .filter(|n| n.kind == Kind::Data)
+            .max_by_key(|n| n.stamp)
+            .copied();
+        let night = match (succeeded, newest_data) {
+            (true, Some(data)) => {
+                self.history.last_made = Some(data.file_name());
+                self.history.known_before_last_made = before
+                    .iter()
+                    .filter(|f| f.name.kind == Kind::Data)
+                    .map(|f| f.name.file_name())
+                    .collect();
+                Night::Made(new)
+            }
+            (made, _) => {
+                if made {
+                    self.record.backup_succeeded = Some(false);
+                    self.fail(Error::new(
+                        ExitCode::BackupFailed,
+                        format!(
+                            "the backup command reported success but wrote no new data backup \
+                             in {}",
+                            self.config.backup.backup_dir.display()
+                        ),
+                    ));
+                }
+                self.set_aside(&new);
+                Night::Failed(new)
+            }
+        };
+        self.history.backup_started = None;
+        self.save_history();
+        after?;
+        Ok(night)
+    }
+
+    /// Rename the data and images files of a failed backup to `NAME.failed`: never copied,
+    /// never counted, never taken for a backup by anyone. Only the newest failed night's are
+    /// kept (to look at); older ones go, and all go once a good set is on the server. What
+    /// cannot be renamed is remembered in `state_dir` instead.
+    fn set_aside(&mut self, names: &HashSet<BackupName>) {
+        let dir = &self.config.backup.backup_dir;
+        for name in names.iter().filter(|n| n.kind != Kind::Log) {
+            let (from, to) = (dir.join(name.file_name()), dir.join(name.failed_name()));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => log::warn!(
+                    "{name}: set aside as {} (from a failed backup: it is never copied)",
+                    name.failed_name()
+                ),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    log::error!(
+                        "cannot rename {} to {}: {err}; it is remembered as failed in {}",
+                        from.display(),
+                        to.display(),
+                        self.lock.dir.path().display()
+                    );
+                    self.history.failed.push(name.file_name());
+                }
+            }
+        }
+        for (older, path, _) in list_failed(&self.config) {
+            if !names.contains(&older) {
+                remove_local(&path, "an older failed backup's archive");
+            }
+        }
+    }
     fn run_backup(&mut self) -> bool {
         let command = &self.config.backup.command;
         let user = &self.config.backup.user;
         log::info!(
-            "running the CVP backup: {}",
-            backup::describe(command, user)
+            "running the CVP backup: {} (backup_timeout {} s)",
+            backup::describe(command, user),
+            self.config.backup.timeout.as_secs()
         );
         self.record.backup_ran = true;
-        let outcome = backup::run(command, user);
+        let outcome = backup::run(command, user, self.config.backup.timeout);
         let succeeded = match outcome {
             Ok(outcome) if outcome.succeeded() => {
                 log::info!(
@@ -235,9 +415,10 @@ impl Job<'_> {
                 self.fail(Error::new(
                     ExitCode::BackupFailed,
                     format!(
-                        "the CVP backup command failed ({}) after {:.0} s: no new archive is \
-                         copied; its log is, and the previous restore set is kept up to date",
-                        outcome.status,
+                        "the CVP backup command failed ({}) after {:.0} s: its archives are set \
+                         aside and never copied; its log is, and the previous restore set is \
+                         kept up to date",
+                        outcome.failure(),
                         outcome.elapsed.as_secs_f64()
                     ),
                 ));
@@ -252,7 +433,12 @@ impl Job<'_> {
         succeeded
     }
 
-    fn copy_files(&mut self, link: &mut Link, files: &[LocalFile]) -> bool {
+    fn copy_files(
+        &mut self,
+        link: &mut Link,
+        files: &[LocalFile],
+        set: Option<&RestoreSet>,
+    ) -> bool {
         let clock = Instant::now();
         let policy = RetryPolicy {
             retries: self.config.server.retries,
@@ -266,11 +452,25 @@ impl Job<'_> {
                 return false;
             }
         }
+        let node = self.config.backup.node_name.clone();
+        match retry(&policy, link, |link| claim::claim(link.remote()?, &node)) {
+            Ok(claim::Claimed::Now) => log::info!(
+                "claimed {} for this node ({node}): other nodes are refused there",
+                link.label()
+            ),
+            Ok(claim::Claimed::Already) => {}
+            Err(err) => {
+                self.fail(err);
+                return false;
+            }
+        }
+        let mut digests: HashMap<BackupName, String> = HashMap::new();
         let mut all_ok = true;
         for file in files {
             match retry(&policy, link, |link| copy_one(link, file)) {
                 Ok(Copied::AlreadyThere { digest }) => {
                     log::info!("{}: already on the remote, checksum matches", file.name);
+                    digests.insert(file.name, digest.clone());
                     self.record.files.push(CopiedFile {
                         name: file.name.file_name(),
                         bytes: file.size,
@@ -290,6 +490,7 @@ impl Job<'_> {
                         done.digest
                     );
                     self.record.bytes_uploaded += done.bytes;
+                    digests.insert(file.name, done.digest.clone());
                     self.record.files.push(CopiedFile {
                         name: file.name.file_name(),
                         bytes: done.bytes,
@@ -308,50 +509,105 @@ impl Job<'_> {
                 }
             }
         }
+        if let (true, Some(set)) = (all_ok, set) {
+            let members: Vec<Member> = set
+                .files()
+                .into_iter()
+                .filter_map(|name| {
+                    Some(Member {
+                        name,
+                        sha256: digests.get(&name)?.clone(),
+                    })
+                })
+                .collect();
+            let text = sets::render_manifest(&members);
+            match retry(&policy, link, |link| {
+                transfer::publish_manifest(link.remote()?, set.data, &text)
+            }) {
+                Ok(true) => log::info!(
+                    "{}: the set's manifest, `sha256sum -c` checks every member",
+                    set.data.manifest_name()
+                ),
+                Ok(false) => {}
+                Err(err) => {
+                    self.fail(err);
+                    all_ok = false;
+                }
+            }
+        }
         self.copy_seconds = clock.elapsed().as_secs_f64();
         all_ok
     }
 
-    fn prune_local(&mut self, files: &[LocalFile]) {
+    fn prune_local(&mut self, files: &[LocalFile], protect: &[BackupName]) {
         let names: Vec<BackupName> = files.iter().map(|f| f.name).collect();
         let decision = retention::apply_policy(
             &names,
             Policy {
                 keep_data: self.limit as usize,
             },
+            protect,
+            self.now,
         );
         log_keeps("local", &decision);
         for name in &decision.remove {
             let Some(file) = files.iter().find(|f| f.name == *name) else {
                 continue;
             };
-            match std::fs::remove_file(&file.path) {
-                Ok(()) => {
-                    log::info!("pruned local {}", file.path.display());
-                    self.record.pruned_local += 1;
-                }
-                Err(err) => log::warn!("cannot prune {}: {err}", file.path.display()),
+            if remove_local(&file.path, "pruned") {
+                self.record.pruned_local += 1;
             }
+        }
+        // A good set is on the server: failed backups' archives have served their purpose.
+        for (_, path, _) in list_failed(&self.config) {
+            remove_local(
+                &path,
+                "a failed backup's archive, now that a good set is verified",
+            );
+        }
+        let present: HashSet<String> = names
+            .iter()
+            .filter(|n| !decision.remove.contains(n))
+            .map(|n| n.file_name())
+            .collect();
+        let before = self.history.failed.len();
+        self.history.failed.retain(|name| present.contains(name));
+        if self.history.failed.len() != before {
+            self.save_history();
         }
     }
 
-    fn prune_remote(&mut self, remote: &mut dyn Remote) {
+    fn prune_remote(
+        &mut self,
+        remote: &mut dyn Remote,
+        protect: &[BackupName],
+        current: &[BackupName],
+    ) {
         let listing = match remote.list() {
             Ok(listing) => listing.unwrap_or_default(),
             Err(err) => return log::warn!("remote pruning skipped: {err}"),
         };
-        let decision = remote_retention(&listing, self.config.server.remote_limit);
+        let decision =
+            remote_retention(&listing, self.config.server.remote_limit, protect, self.now);
         log_keeps("remote", &decision);
+        let mut removed = Vec::new();
         for name in &decision.remove {
-            let removed = remote
-                .remove(&name.file_name())
-                .and_then(|()| remote.remove(&name.sidecar_name()));
-            match removed {
+            match remote.remove(&name.file_name()) {
                 Ok(()) => {
                     log::info!("pruned remote {name}");
                     self.record.pruned_remote += 1;
+                    removed.push(*name);
                 }
                 Err(err) => log::warn!("cannot prune remote {name}: {err}"),
+            }
+        }
+        let names: Vec<String> = listing.iter().map(|e| e.name.clone()).collect();
+        for leftover in retention::remote_leftovers(&names, &removed, current) {
+            match remote.remove(&leftover) {
+                Ok(()) => log::info!(
+                    "removed remote {leftover} (its file is gone, or an abandoned upload)"
+                ),
+                Err(err) => log::warn!("cannot remove remote {leftover}: {err}"),
             }
         }
     }
@@ -468,32 +724,43 @@ impl Link {
         }));
     }
 
-    /// Collect the background connections; the first failure is the link's error.
-    fn finish_connecting(&mut self) -> Result<()> {
+    /// Collect the background connections. A server that refuses some (MaxStartups, a
+    /// per-user limit) still gets the file, over those it accepted: a warning, not an error.
+    fn finish_connecting(&mut self) {
         let Some(connecting) = self.connecting.take() else {
-            return Ok(());
+            return;
         };
         let outcomes = connecting
             .join()
             .unwrap_or_else(|_| vec![Err(Error::connect("a connection attempt crashed"))]);
-        let mut failure = None;
+        let asked = outcomes.len();
+        let mut refused = Vec::new();
         for outcome in outcomes {
             match outcome {
                 Ok(remote) => self.extra.push(remote),
-                Err(err) => {
-                    failure.get_or_insert(err);
-                }
+                Err(err) => refused.push(err.message),
             }
         }
-        failure.map_or(Ok(()), Err)
+        if let Some(first) = refused.first() {
+            log::warn!(
+                "the server accepted {} of {asked} extra connections ({first}): large files go \
+                 over {} streams; lower `streams` to silence this",
+                asked - refused.len(),
+                self.extra.len() + 1
+            );
+            // Asking again for each file would meet the same limit.
+            self.wanted_extra = self.extra.len();
+        }
     }
 
-    /// `count` connections (the main one first), for a parallel upload.
+    /// Up to `count` connections (the main one first), for a parallel upload: as many as
+    /// the server accepts, at least the main one.
     fn streams(&mut self, count: usize) -> Result<Vec<&mut (dyn Remote + Send)>> {
         self.remote()?;
-        self.finish_connecting()?;
-        self.start_connecting(count.saturating_sub(self.extra.len() + 1));
-        self.finish_connecting()?;
+        self.finish_connecting();
+        let wanted = count.min(self.wanted_extra + 1);
+        self.start_connecting(wanted.saturating_sub(self.extra.len() + 1));
+        self.finish_connecting();
         let mut all: Vec<&mut (dyn Remote + Send)> = Vec::with_capacity(count);
         if let Some(main) = self.remote.as_mut() {
             all.push(main);
@@ -579,8 +846,12 @@ fn copy_one(link: &mut Link, file: &LocalFile) -> Result<Copied> {
             let started = Instant::now();
             let bar = progress::bar(size, &name.file_name());
             let done = if streams > 1 && size >= transfer::PARALLEL_THRESHOLD {
-                log::info!("{name}: uploading {size} bytes over {streams} streams ({why})");
-                transfer::upload_parallel(&mut link.streams(streams)?, &file.path, name, &bar)
+                let mut remotes = link.streams(streams)?;
+                log::info!(
+                    "{name}: uploading {size} bytes over {} streams ({why})",
+                    remotes.len()
+                );
+                transfer::upload_parallel(&mut remotes, &file.path, name, &bar)
             } else {
                 log::info!("{name}: uploading {size} bytes ({why})");
                 transfer::upload(link.remote()?, &file.path, name, &bar)
@@ -634,6 +905,43 @@ fn warn_if_short_of_space(backup_dir: &Path, files: &[LocalFile]) {
     }
 }
 
+/// Stamps in the future come from a clock that was once wrong: they never count as the
+/// newest set, and the operator is told once a night.
+fn warn_about_future_stamps(names: &[BackupName], now: Stamp) {
+    for name in names.iter().filter(|n| sets::is_future(n.stamp, now)) {
+        log::warn!(
+            "{name} is stamped in the future (this node's clock says {now}): it never counts as \
+             the newest backup and never makes tonight's prunable; check the clock (NTP) and \
+             delete the file if it is not needed"
+        );
+    }
+}
+
+fn describe_names(names: &HashSet<BackupName>) -> String {
+    let mut list: Vec<String> = names.iter().map(|n| n.file_name()).collect();
+    list.sort();
+    if list.is_empty() {
+        "nothing new".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// Delete a local file, logging why; true when it is gone.
+fn remove_local(path: &Path, why: &str) -> bool {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            log::info!("deleted {} ({why})", path.display());
+            true
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+        Err(err) => {
+            log::warn!("cannot delete {}: {err}", path.display());
+            false
+        }
+    }
+}
+
 fn log_selection(selection: &Selection) {
     if let Some(set) = &selection.set {
         log::info!(
@@ -680,8 +988,12 @@ pub(crate) fn credentials(config: &Config) -> Result<Option<Secret>> {
 }
 
 pub(crate) fn list_local(config: &Config) -> Result<Vec<LocalFile>> {
-    let mut files = scan(&config.backup.backup_dir, |kind| kind != Kind::Log)?;
-    for log_file in scan(&config.backup.log_dir, |kind| kind == Kind::Log)? {
+    let mut files = scan(&config.backup.backup_dir, BackupName::parse, |kind| {
+        kind != Kind::Log
+    })?;
+    for log_file in scan(&config.backup.log_dir, BackupName::parse, |kind| {
+        kind == Kind::Log
+    })? {
         if !files.iter().any(|f| f.name == log_file.name) {
             files.push(log_file);
         }
@@ -689,7 +1001,22 @@ pub(crate) fn list_local(config: &Config) -> Result<Vec<LocalFile>> {
     Ok(files)
 }
 
-fn scan(dir: &Path, wanted: impl Fn(Kind) -> bool) -> Result<Vec<LocalFile>> {
+/// Archives of failed backups set aside as `NAME.failed`: (name, path, size).
+pub(crate) fn list_failed(config: &Config) -> Vec<(BackupName, PathBuf, u64)> {
+    scan(&config.backup.backup_dir, BackupName::parse_failed, |_| {
+        true
+    })
+    .unwrap_or_default()
+    .into_iter()
+    .map(|f| (f.name, f.path, f.size))
+    .collect()
+}
+
+fn scan(
+    dir: &Path,
+    parse: impl Fn(&str) -> Option<BackupName>,
+    wanted: impl Fn(Kind) -> bool,
+) -> Result<Vec<LocalFile>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -702,12 +1029,13 @@ fn scan(dir: &Path, wanted: impl Fn(Kind) -> bool) -> Result<Vec<LocalFile>> {
     };
     let mut files = Vec::new();
     for entry in entries.flatten() {
-        let Some(name) = entry.file_name().to_str().and_then(BackupName::parse) else {
+        let Some(name) = entry.file_name().to_str().and_then(&parse) else {
             continue;
         };
         if !wanted(name.kind) {
             continue;
         }
+        // Not followed: a symlink is never taken for a backup.
         match entry.metadata() {
             Ok(meta) if meta.is_file() => files.push(LocalFile {
                 name,
@@ -742,8 +1070,14 @@ fn gather_facts(
     Ok(facts)
 }
 
-/// Only CVP-named files count (and are deleted, with their sidecars).
-fn remote_retention(listing: &[RemoteEntry], remote_limit: u32) -> Decision {
+/// Only CVP-named files count (and are deleted; their sidecars and manifests follow as
+/// leftovers).
+fn remote_retention(
+    listing: &[RemoteEntry],
+    remote_limit: u32,
+    protect: &[BackupName],
+    now: Stamp,
+) -> Decision {
     let backups: Vec<BackupName> = listing
         .iter()
         .filter_map(|e| match RemoteName::parse(&e.name) {
@@ -756,30 +1090,59 @@ fn remote_retention(listing: &[RemoteEntry], remote_limit: u32) -> Decision {
         Policy {
             keep_data: remote_limit as usize,
         },
+        protect,
+        now,
     )
 }
 
 /// The same decisions as a run, taken read-only: no backup, no lock, no host key recorded,
-/// no directory created, nothing uploaded or deleted.
+/// no directory created, nothing uploaded or deleted, no record.
 fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
+    let now = Stamp::now();
     let mut plan = Plan {
         backup: (!options.no_backup)
             .then(|| backup::describe(&config.backup.command, &config.backup.user)),
-        destination: format!(
-            "{}@{}:{}",
-            config.server.user, config.server.host, config.server.destination
-        ),
+        destination: destination_label(config),
         ..Plan::default()
     };
-    let local = list_local(config)?;
+    let history = Dir::open(&config.backup.state_dir)
+        .ok()
+        .and_then(|dir| state::load_history(&dir).ok())
+        .unwrap_or_default();
+    let mut excluded = history.failed();
+    let mut local = list_local(config)?;
+    if let Some(before) = &history.backup_started {
+        // What a run that died during its backup left: a real run sets it aside first.
+        for file in local
+            .iter()
+            .filter(|f| !before.contains(&f.name.file_name()))
+        {
+            plan.notes.push(format!(
+                "{} appeared during a backup the job did not see finish: a real run sets it \
+                 aside as failed",
+                file.name
+            ));
+            excluded.push(file.name);
+        }
+    }
+    local.retain(|f| !excluded.contains(&f.name));
     let names: Vec<BackupName> = local.iter().map(|f| f.name).collect();
+    let selection =
+        restore_set::select(&names, Tonight::Skipped, history.last_made().as_ref(), now);
+    let protect = selection.protect.clone();
     plan.local_retention = Some(retention::apply_policy(
         &names,
         Policy {
             keep_data: limit as usize,
         },
+        &protect,
+        now,
     ));
-    let selection = restore_set::select(&names, &HashSet::new(), false);
+    for name in names.iter().filter(|n| sets::is_future(n.stamp, now)) {
+        plan.notes.push(format!(
+            "{name} is stamped in the future: it never counts as the newest set"
+        ));
+    }
     let password = credentials(config)?;
     let mut connected = sftp::connect(ConnectOptions {
         server: &config.server,
@@ -787,12 +1150,6 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         record_host_key: false,
     })?;
     drop(password);
-    if let Verified::Recorded { fingerprint } = &connected.host_key {
-        plan.notes.push(format!(
-            "the server's host key {fingerprint} is not in {}: a real run records it",
-            config.server.known_hosts.display()
-        ));
-    }
     let remote: &mut dyn Remote = &mut connected.remote;
     let listing = match remote.list()? {
         Some(listing) => listing,
@@ -802,6 +1159,19 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
             Vec::new()
         }
     };
+    match claim::read(remote)? {
+        Some(owner) if owner != config.backup.node_name => {
+            return Err(claim::refusal(
+                &remote.describe(),
+                &owner,
+                &config.backup.node_name,
+            ));
+        }
+        Some(_) => {}
+        None => plan
+            .notes
+            .push("the destination is not claimed yet: a real run claims it for this node".into()),
+    }
     let mut after_copy = listing.clone();
     for name in selection.files() {
         let Some(file) = local.iter().find(|f| f.name == name) else {
@@ -817,7 +1187,12 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         plan.copies.push(decision);
     }
     if config.server.remote_limit > 0 {
-        plan.remote_retention = Some(remote_retention(&after_copy, config.server.remote_limit));
+        plan.remote_retention = Some(remote_retention(
+            &after_copy,
+            config.server.remote_limit,
+            &protect,
+            now,
+        ));
     }
     Ok(plan)
 }

@@ -35,7 +35,7 @@ pub fn encrypt_password(key: &fernet::Fernet, password: &Secret) -> String {
 
 /// Write a key file: 0600, atomically. A key is never left half-written.
 pub fn write_key(path: &Path, key: &str) -> Result<()> {
-    crate::ini_edit::write_atomically(path, key.as_bytes(), crate::ini_edit::Mode::Force(0o600))
+    crate::safe_fs::replace_file(path, key.as_bytes(), crate::safe_fs::Mode::Force(0o600))
         .map_err(|err| Error::config(format!("cannot write key file {}: {err}", path.display())))
 }
 

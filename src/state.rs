@@ -1,9 +1,17 @@
-//! The record of the last run, kept in `state_dir` for the operator and for monitoring.
+//! What the job keeps in `state_dir`: the record of the last run (for the operator and for
+//! monitoring; no secret in it, so it is readable by others, 0644) and the history the next
+//! nights need (the last set a backup made, archives of failed backups, a backup that was
+//! running when the job died).
 
+use crate::names::BackupName;
+use crate::restore_set::LastMade;
+use crate::safe_fs::{Dir, Mode};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+/// `state_dir` is created with this mode: the monitoring user reads the record as a member
+/// of the job account's group.
+pub const STATE_DIR_MODE: u32 = 0o750;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CopiedFile {
@@ -28,6 +36,9 @@ pub struct RunRecord {
     pub backup_ran: bool,
     pub backup_succeeded: Option<bool>,
     pub destination: String,
+    /// The data file of the restore set this run chose (and, on success, verified).
+    #[serde(default)]
+    pub restore_set: Option<String>,
     pub files: Vec<CopiedFile>,
     pub bytes_uploaded: u64,
     pub seconds: f64,
@@ -38,34 +49,99 @@ pub struct RunRecord {
 }
 
 pub fn record_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("last-run.json")
+    state_dir.join(RECORD)
+}
+
+const RECORD: &str = "last-run.json";
+const HISTORY: &str = "history.json";
+
+/// Open (creating it if needed) the state folder safely.
+pub fn open_dir(state_dir: &Path) -> std::io::Result<Dir> {
+    Dir::open_or_create(state_dir, STATE_DIR_MODE)
 }
 
 /// Write atomically: a reader never sees half a record.
 pub fn save(state_dir: &Path, record: &RunRecord) -> std::io::Result<()> {
-    let path = record_path(state_dir);
-    let tmp = state_dir.join(".last-run.json.tmp");
-    let json = serde_json::to_vec_pretty(record)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o640)
-        .open(&tmp)?;
-    file.write_all(&json)?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)
+    let mut json = serde_json::to_vec_pretty(record)?;
+    json.push(b'\n');
+    open_dir(state_dir)?.replace(RECORD, &json, Mode::Force(0o644))
+}
+
+pub fn load(state_dir: &Path) -> std::io::Result<Option<RunRecord>> {
+    let Some(bytes) = Dir::open(state_dir)
+        .and_then(|dir| dir.read(RECORD, 16 * 1024 * 1024))
+        .or_else(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => Ok(None),
+            _ => Err(err),
+        })?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}
+
+/// What the next nights need to know about the past ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct History {
+    /// The data file of the last backup that succeeded under this tool: a set whose stamp
+    /// says it is older (after the clock was set back) does not replace it as the newest.
+    #[serde(default)]
+    pub last_made: Option<String>,
+    /// The data files there were when `last_made` appeared: all older than it.
+    #[serde(default)]
+    pub known_before_last_made: Vec<String>,
+    /// Archives of failed backups that could not be renamed aside: never selected.
+    #[serde(default)]
+    pub failed: Vec<String>,
+    /// Present while the backup command runs: the CVP names there were before it. Found by
+    /// the next run, it means the job died during a backup; what appeared since is failed.
+    #[serde(default)]
+    pub backup_started: Option<Vec<String>>,
+}
+
+impl History {
+    pub fn last_made(&self) -> Option<LastMade> {
+        Some(LastMade {
+            data: self.last_made.as_deref().and_then(BackupName::parse)?,
+            known_before: self
+                .known_before_last_made
+                .iter()
+                .filter_map(|n| BackupName::parse(n))
+                .collect(),
+        })
+    }
+
+    pub fn failed(&self) -> Vec<BackupName> {
+        self.failed
+            .iter()
+            .filter_map(|n| BackupName::parse(n))
+            .collect()
+    }
+}
+
+pub fn load_history(dir: &Dir) -> std::io::Result<History> {
+    match dir.read(HISTORY, 1024 * 1024)? {
+        None => Ok(History::default()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|err| {
+            std::io::Error::other(format!(
+                "{} is damaged ({err}); delete it and the next run starts a new one",
+                dir.join(HISTORY).display()
+            ))
+        }),
+    }
+}
+
+pub fn save_history(dir: &Dir, history: &History) -> std::io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(history)?;
+    json.push(b'\n');
+    dir.replace(HISTORY, &json, Mode::Force(0o644))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn load(state_dir: &Path) -> std::io::Result<RunRecord> {
-        let text = std::fs::read_to_string(record_path(state_dir))?;
-        serde_json::from_str(&text).map_err(std::io::Error::other)
-    }
 
     #[test]
     fn a_record_round_trips() {
@@ -84,6 +160,30 @@ mod tests {
             ..RunRecord::default()
         };
         save(dir.path(), &record).expect("save");
-        assert_eq!(load(dir.path()).expect("load"), record);
+        assert_eq!(load(dir.path()).expect("load"), Some(record));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(record_path(dir.path()))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "readable by a monitoring user");
+        assert_eq!(load(&dir.path().join("none")).expect("absent"), None);
+    }
+
+    #[test]
+    fn history_round_trips_and_starts_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let handle = open_dir(dir.path()).expect("open");
+        assert_eq!(load_history(&handle).expect("empty"), History::default());
+        let history = History {
+            last_made: Some("cvp.20240101020010.tgz".into()),
+            known_before_last_made: vec!["cvp.20231231020010.tgz".into()],
+            failed: vec!["cvp.20240102020010.tgz".into(), "junk".into()],
+            backup_started: Some(vec![]),
+        };
+        save_history(&handle, &history).expect("save");
+        let back = load_history(&handle).expect("load");
+        assert_eq!(back, history);
+        assert_eq!(back.failed().len(), 1, "only CVP names count");
     }
 }

@@ -34,8 +34,13 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// sha256 of a local file, streamed; stops for SIGTERM like a copy does.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let file = std::fs::File::open(path).map_err(read_error(path))?;
+    sha256_open(&file, path)
+}
+
+/// sha256 of a file already opened (`path` names it in messages).
+pub fn sha256_open(file: &std::fs::File, path: &Path) -> Result<String> {
     let during = format!("hashing {}", path.display());
-    hash_in_order(&file, path, &AtomicBool::new(false), &during).map(|(digest, _)| digest)
+    hash_in_order(file, path, &AtomicBool::new(false), &during).map(|(digest, _)| digest)
 }
 
 /// The digest in the remote `NAME.sha256`, when it is there and names the file.
@@ -487,17 +492,35 @@ fn sha256_remote(remote: &mut dyn Remote, name: &str) -> Result<String> {
 fn publish(remote: &mut dyn Remote, name: BackupName, partial: &str, digest: &str) -> Result<()> {
     remote.remove(&name.file_name())?;
     let sidecar_partial = name.sidecar_partial_name();
-    let label = remote.describe();
-    {
-        let mut sink = remote.create(&sidecar_partial)?;
-        sink.write_all(sidecar_line(digest, &name.file_name()).as_bytes())
-            .and_then(|()| sink.flush())
-            .map_err(|err| {
-                Error::copy(format!("cannot write {sidecar_partial} on {label}: {err}"))
-            })?;
-    }
+    write_small(
+        remote,
+        &sidecar_partial,
+        sidecar_line(digest, &name.file_name()).as_bytes(),
+    )?;
     remote.rename_replace(&sidecar_partial, &name.sidecar_name())?;
     remote.rename_replace(partial, &name.file_name())
+}
+
+/// The set's manifest beside its data file, written under a partial name and renamed, once
+/// every member is verified on the server. False when the server already has this text.
+pub fn publish_manifest(remote: &mut dyn Remote, data: BackupName, text: &str) -> Result<bool> {
+    let name = data.manifest_name();
+    if remote.read_small(&name, 64 * 1024)?.as_deref() == Some(text.as_bytes()) {
+        return Ok(false);
+    }
+    let partial = data.manifest_partial_name();
+    write_small(remote, &partial, text.as_bytes())?;
+    remote.rename_replace(&partial, &name)?;
+    Ok(true)
+}
+
+/// A small file written whole and synced.
+fn write_small(remote: &mut dyn Remote, name: &str, bytes: &[u8]) -> Result<()> {
+    let label = remote.describe();
+    let mut sink = remote.create(name)?;
+    sink.write_all(bytes)
+        .and_then(|()| sink.flush())
+        .map_err(|err| Error::copy(format!("cannot write {name} on {label}: {err}")))
 }
 
 #[cfg(test)]

@@ -57,6 +57,28 @@ pub fn group_ids(user: &User) -> Vec<u32> {
     }
 }
 
+/// What a permission check asks for: the bits of `rwx` (4 read, 2 write, 1 execute).
+pub const READ: u32 = 4;
+pub const EXECUTE: u32 = 1;
+
+/// Whether `user` gets `bit` on a file with this owner, group and mode, as the kernel
+/// decides it (root: everything, except execute needs some execute bit).
+pub fn permits(meta: &std::fs::Metadata, user: &User, bit: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if user.uid == 0 {
+        return bit != EXECUTE || mode & 0o111 != 0;
+    }
+    let shift = if meta.uid() == user.uid {
+        6
+    } else if group_ids(user).contains(&meta.gid()) {
+        3
+    } else {
+        0
+    };
+    (mode >> shift) & bit != 0
+}
+
 fn lookup(
     call: impl Fn(*mut libc::passwd, *mut libc::c_char, usize, *mut *mut libc::passwd) -> i32,
 ) -> Option<User> {

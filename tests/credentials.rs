@@ -320,6 +320,7 @@ const AFTER_KEYFILE: &[&str] = &[
     "timeout",
     "streams",
     "ciphers",
+    "sync_timeout",
     "limit",
     "backup_command",
     "backup_user",
@@ -327,6 +328,7 @@ const AFTER_KEYFILE: &[&str] = &[
     "log_dir",
     "state_dir",
     "syslog_facility",
+    "backup_timeout",
 ];
 
 #[test]

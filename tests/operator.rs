@@ -80,9 +80,10 @@ fn check_passes_on_a_good_setup_and_records_a_new_host_key() {
         std::fs::read_to_string(&fx.known_hosts).expect("known_hosts"),
         fx.sshd.host_key_line()
     );
-    // The destination was made as a run would make it, and the probe is gone.
+    // The destination was made and claimed as a run would do it, and the probe is gone.
     assert!(fx.dest.is_dir());
-    assert!(fx.remote_names().is_empty(), "{:?}", fx.remote_names());
+    assert_eq!(fx.remote_names(), [".cvp-backup-copy-owner"]);
+    assert!(line(&run, "[ok  ] destination owner:").contains("claimed for this node"));
     assert!(!run.all_output().contains(TEST_PASSWORD));
 
     // A second check knows the host.
@@ -191,7 +192,7 @@ fn check_fails_with_the_right_words_on_each_broken_link() {
             "state_dir is a file",
             |fx| std::fs::write(&fx.state_dir, "not a folder").expect("file"),
             "[FAIL] state_dir:",
-            &["cannot create state_dir"],
+            &["cannot create or open state_dir"],
             3,
         ),
         (
@@ -310,7 +311,7 @@ fn fetch_refuses_a_corrupted_or_unverifiable_remote_file() {
         "a corrupted file never gets a name: {left:?}"
     );
 
-    // Without its checksum file, a file cannot be verified and is not fetched.
+    // Without its checksum file, the set's manifest still verifies it...
     std::fs::write(&remote, {
         bytes[middle] ^= 0x55;
         &bytes
@@ -318,9 +319,16 @@ fn fetch_refuses_a_corrupted_or_unverifiable_remote_file() {
     .expect("repair");
     std::fs::remove_file(fx.dest.join(format!("{data}.sha256"))).expect("rm sidecar");
     let run = tool(&fx, "fetch", &["--to", into.to_str().expect("utf-8")]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(into.join(&data).exists());
+    // ...and without either, a file cannot be verified and is not fetched.
+    let stamp = data.trim_start_matches("cvp.").trim_end_matches(".tgz");
+    std::fs::remove_file(fx.dest.join(format!("cvp.{stamp}.set.sha256"))).expect("rm manifest");
+    let elsewhere = fx.root.path().join("rebuilt-again");
+    let run = tool(&fx, "fetch", &["--to", elsewhere.to_str().expect("utf-8")]);
     assert_eq!(run.code, 5, "{}", run.all_output());
     assert!(run.stderr.contains("cannot be verified"), "{}", run.stderr);
-    assert!(!into.join(&data).exists());
+    assert!(!elsewhere.join(&data).exists());
 }
 
 #[test]

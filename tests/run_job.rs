@@ -34,6 +34,7 @@ fn a_run_copies_the_set_byte_identically_and_a_second_run_copies_nothing() {
     let log = fx
         .newest_local("backup_cvp.")
         .expect("the backup wrote a log");
+    let manifest = data.replace(".tgz", ".set.sha256");
     let expected = set(&[
         &data,
         &format!("{data}.sha256"),
@@ -41,6 +42,8 @@ fn a_run_copies_the_set_byte_identically_and_a_second_run_copies_nothing() {
         "cvp.eosimages.20240101020005.tgz.sha256",
         &log,
         &format!("{log}.sha256"),
+        &manifest,
+        ".cvp-backup-copy-owner",
     ]);
     assert_eq!(
         fx.remote_names().into_iter().collect::<BTreeSet<_>>(),
@@ -176,6 +179,8 @@ fn remote_limit_prunes_only_cvp_files_and_their_sidecars() {
     assert_eq!(
         remote,
         [
+            ".cvp-backup-copy-owner",
+            "cvp.20240101020010.set.sha256",
             "cvp.20240101020010.tgz",
             "cvp.20240101020010.tgz.sha256",
             "cvp.old.tgz",
@@ -334,7 +339,7 @@ fn a_second_run_during_the_first_exits_6() {
     fx.cvpi_flags = "--sleep 4".into();
     fx.write_ini();
     let mut first = fx.command(&[]).spawn().expect("first run");
-    let lock_holder = fx.state_dir.join("lock");
+    let lock_holder = fx.state_dir.join("lock.pid");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline
         && std::fs::read_to_string(&lock_holder)
@@ -465,6 +470,21 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     fx.write_ini();
     std::fs::write(&fx.ini, fx.ini_text().replace("limit = 5", "limit = 1")).expect("ini");
     let before = fx.local_names();
+    // Read-only: the password never goes to a host nobody has vetted (`check` records it).
+    let unknown = fx.run(&["--dry-run"]);
+    assert_eq!(unknown.code, 4, "{}", unknown.all_output());
+    assert!(
+        unknown.stderr.contains("run `cvp-backup-copy check` first"),
+        "{}",
+        unknown.stderr
+    );
+    assert!(!fx.known_hosts.exists());
+    assert!(
+        !fx.sshd.log().contains("Accepted password"),
+        "the password was sent: {}",
+        fx.sshd.log()
+    );
+    std::fs::write(&fx.known_hosts, fx.sshd.host_key_line()).expect("known_hosts");
     let run = fx.run(&["--dry-run"]);
     assert_eq!(run.code, 0, "{}", run.all_output());
     assert!(run.stdout.contains("would run"), "{}", run.stdout);
@@ -479,7 +499,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         run.stdout
     );
     assert!(
-        run.stdout.contains("a real run records it"),
+        run.stdout.contains("a real run claims it for this node"),
         "{}",
         run.stdout
     );
@@ -490,7 +510,11 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     );
     assert_eq!(fx.local_names(), before, "no backup ran, nothing pruned");
     assert!(!fx.dest.exists());
-    assert!(!fx.known_hosts.exists());
+    assert_eq!(
+        std::fs::read_to_string(&fx.known_hosts).expect("known_hosts"),
+        fx.sshd.host_key_line(),
+        "known_hosts untouched"
+    );
     assert!(!fx.state_dir.exists());
 }
 

@@ -2,16 +2,18 @@
 //! to fix the one that breaks. One line per check; the exit code is what a run would meet.
 
 use crate::backup;
+use crate::claim;
 use crate::config::Config;
 use crate::error::Error;
 use crate::exit_codes::ExitCode;
 use crate::lock;
+use crate::names::Stamp;
 use crate::remote::sftp::{self, ConnectOptions, Stage};
 use crate::remote::Remote;
 use crate::run;
 use crate::secret::{self, Secret};
+use crate::sets;
 use crate::users;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub struct CheckOptions {
@@ -87,6 +89,7 @@ pub fn check(options: &CheckOptions) -> ExitCode {
     check_backup_command(&config, &mut report);
     check_local_folders(&config, &mut report);
     check_state_dir(&config, &mut report);
+    check_stamps(&config, &mut report);
     check_server(&config, &password, &mut report);
     check_root_crontab(&mut report);
     finish(report)
@@ -219,25 +222,10 @@ fn check_backup_command(config: &Config, report: &mut Report) {
     );
 }
 
-/// The permission bits that apply to `user` (root: any execute bit), as execve decides.
+/// As execve decides it.
 fn executable_by(path: &Path, user: &users::User) -> bool {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return false;
-    };
-    if !meta.is_file() {
-        return false;
-    }
-    let mode = meta.mode();
-    if user.uid == 0 {
-        return mode & 0o111 != 0;
-    }
-    if meta.uid() == user.uid {
-        return mode & 0o100 != 0;
-    }
-    if users::group_ids(user).contains(&meta.gid()) {
-        return mode & 0o010 != 0;
-    }
-    mode & 0o001 != 0
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && users::permits(&meta, user, users::EXECUTE))
 }
 
 fn check_local_folders(config: &Config, report: &mut Report) {
@@ -290,10 +278,10 @@ fn check_local_folders(config: &Config, report: &mut Report) {
 
 fn check_state_dir(config: &Config, report: &mut Report) {
     let dir = &config.backup.state_dir;
-    let probe = dir.join(format!(".check.{}", std::process::id()));
-    let outcome = lock::ensure_state_dir(dir).and_then(|()| {
-        std::fs::write(&probe, b"probe")
-            .and_then(|()| std::fs::remove_file(&probe))
+    let outcome = lock::ensure_state_dir(dir).and_then(|handle| {
+        handle
+            .create_temp("check", 0o600)
+            .and_then(|(probe, _)| handle.remove(&probe))
             .map_err(|err| {
                 Error::config(format!(
                     "cannot write in {}: {err}: the run keeps its lock and record there; fix its \
@@ -310,6 +298,34 @@ fn check_state_dir(config: &Config, report: &mut Report) {
         Err(err) => {
             report.fail("state_dir", err);
         }
+    }
+}
+
+/// A stamp in the future (a clock that was once wrong) never counts as the newest set.
+fn check_stamps(config: &Config, report: &mut Report) {
+    let now = Stamp::now();
+    let files = run::list_local(config).unwrap_or_default();
+    let future: Vec<String> = files
+        .iter()
+        .filter(|f| sets::is_future(f.name.stamp, now))
+        .map(|f| f.name.file_name())
+        .collect();
+    if future.is_empty() {
+        report.line(
+            "timestamps",
+            Outcome::Pass(format!(
+                "no backup is stamped after this node's clock ({now})"
+            )),
+        );
+    } else {
+        report.line(
+            "timestamps",
+            Outcome::Warn(format!(
+                "{} stamped in the future (this node's clock says {now}): never counted as the \
+                 newest set; check the clock (NTP) and delete what is not needed",
+                future.join(", ")
+            )),
+        );
     }
 }
 
@@ -368,7 +384,71 @@ fn check_server(config: &Config, password: &Password, report: &mut Report) {
         Ok(detail) => report.line("destination", Outcome::Pass(detail)),
         Err(err) => {
             report.fail("destination", err);
+            return;
         }
+    }
+    let node = &config.backup.node_name;
+    match claim::claim(remote, node) {
+        Ok(claim::Claimed::Now) => report.line(
+            "destination owner",
+            Outcome::Pass(format!(
+                "claimed for this node ({node}); other nodes are refused there"
+            )),
+        ),
+        Ok(claim::Claimed::Already) => report.line(
+            "destination owner",
+            Outcome::Pass(format!("this node ({node})")),
+        ),
+        Err(err) => report.fail("destination owner", err),
+    }
+    check_streams(config, password, report);
+}
+
+/// Large files go over `streams` connections at once: does the server take them all?
+fn check_streams(config: &Config, password: Option<&Secret>, report: &mut Report) {
+    let wanted = config.server.streams;
+    if wanted < 2 {
+        return;
+    }
+    let options = ConnectOptions {
+        server: &config.server,
+        password,
+        record_host_key: false,
+    };
+    let opened = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..wanted)
+            .map(|_| scope.spawn(move || sftp::connect(options).map(|c| c.remote)))
+            .collect();
+        let mut opened = 1; // the one `check` already holds
+        let mut first_error = None;
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok(_)) => opened += 1,
+                Ok(Err(err)) => {
+                    first_error.get_or_insert(err.message);
+                }
+                Err(_) => {
+                    first_error.get_or_insert("a connection attempt crashed".into());
+                }
+            }
+        }
+        (opened, first_error)
+    });
+    match opened {
+        (opened, None) => report.line(
+            "streams",
+            Outcome::Pass(format!(
+                "the server accepts {opened} connections at once (streams = {wanted})"
+            )),
+        ),
+        (opened, Some(why)) => report.line(
+            "streams",
+            Outcome::Warn(format!(
+                "the server accepted {opened} of {wanted} connections at once ({why}): large \
+                 files will go over {opened}; set streams = {opened}, or raise the server's \
+                 MaxStartups / per-user limits"
+            )),
+        ),
     }
 }
 

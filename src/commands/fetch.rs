@@ -9,14 +9,15 @@ use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::inventory::{self, Wanted};
 use crate::lock;
-use crate::names::BackupName;
+use crate::names::{BackupName, Stamp};
 use crate::progress;
 use crate::remote::Remote;
+use crate::safe_fs::Dir;
+use crate::sets;
 use crate::signals;
 use crate::transfer;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub struct FetchOptions {
@@ -41,12 +42,16 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
         )
     })?;
     let config = Config::load(&options.ini)?;
-    let dir = options
+    let wanted_dir = options
         .to
         .clone()
         .unwrap_or_else(|| config.backup.backup_dir.clone());
-    std::fs::create_dir_all(&dir)
-        .map_err(|err| Error::copy(format!("cannot create {}: {err}", dir.display())))?;
+    let dir = Dir::open_or_create(&wanted_dir, 0o750).map_err(|err| {
+        Error::copy(format!(
+            "cannot create or open {}: {err}",
+            wanted_dir.display()
+        ))
+    })?;
     // The nightly job prunes this directory: never both at once.
     let _lock = lock::acquire(&config.backup.state_dir)?;
     let mut connected = connect(&config, true)?;
@@ -56,7 +61,7 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
         .list()?
         .ok_or_else(|| Error::copy(format!("{label} does not exist: nothing to fetch")))?;
     let (files, _) = split_listing(&listing);
-    let set = inventory::pick_remote(&files, wanted).ok_or_else(|| {
+    let by_rule = inventory::pick_remote(&files, wanted, Stamp::now()).ok_or_else(|| {
         let mut stamps: Vec<String> = files
             .iter()
             .filter(|(n, _)| n.kind == crate::names::Kind::Data)
@@ -76,34 +81,60 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
             }
         ))
     })?;
-    let size_of = |name: &BackupName| {
-        files
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, size)| *size)
-            .unwrap_or(0)
+    // The manifest says exactly what the run uploaded as this set; older sets have none.
+    let manifest_name = by_rule.data.manifest_name();
+    let manifest = remote
+        .read_small(&manifest_name, 64 * 1024)?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    let set = match &manifest {
+        None => by_rule,
+        Some(text) => sets::parse_manifest(text, by_rule.data).ok_or_else(|| {
+            Error::copy(format!(
+                "{manifest_name} on {label} is damaged: it does not list this set's files; \
+                 check the backup server, or fetch another set (`cvp-backup-copy list`)"
+            ))
+        })?,
     };
-    let total: u64 = set.files().iter().map(size_of).sum();
-    if let Some(free) = backup::free_bytes(&dir) {
+    let size_of = |name: &BackupName| files.iter().find(|(n, _)| n == name).map(|(_, size)| *size);
+    if let Some(missing) = set.files().into_iter().find(|n| size_of(n).is_none()) {
+        return Err(Error::copy(format!(
+            "{missing}, which {} lists, is not on {label}: this set cannot be restored from \
+             there; fetch another set (`cvp-backup-copy list`)",
+            if manifest.is_some() {
+                manifest_name.as_str()
+            } else {
+                "the set"
+            }
+        )));
+    }
+    let total: u64 = set.files().iter().filter_map(size_of).sum();
+    if let Some(free) = backup::free_bytes(dir.path()) {
         if free < total {
             return Err(Error::copy(format!(
                 "{} has {} free but the set needs {}: free space or fetch with --to DIR",
-                dir.display(),
+                dir.path().display(),
                 human_size(free),
                 human_size(total)
             )));
         }
     }
     println!(
-        "fetching the set of {} from {label} into {} ({})",
+        "fetching the set of {} from {label} into {} ({}{})",
         set.data.stamp,
-        dir.display(),
-        human_size(total)
+        dir.path().display(),
+        human_size(total),
+        if manifest.is_some() {
+            format!(", as {manifest_name} lists it")
+        } else {
+            String::new()
+        }
     );
     for name in set.files() {
-        let outcome = fetch_one(remote, name, size_of(&name), &dir)?;
+        let expected = expected_digest(remote, name, manifest.as_deref())?;
+        let outcome = fetch_one(remote, name, size_of(&name).unwrap_or(0), &dir, &expected)?;
         println!("  {name}: {outcome}");
     }
+    warn_unless_readable(&config, &dir, &set.files());
     let Some(images) = set.images else {
         return Err(Error::copy(format!(
             "the server has no EOS images file (cvp.eosimages.*.tgz) as old as {}: the data \
@@ -113,12 +144,41 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
     };
     println!(
         "every file matches its sha256. To restore CVP from this set, run on this node:\n  {}",
-        restore_command(&config, &dir, set.data, images)
+        restore_command(&config, dir.path(), set.data, images)
     );
     Ok(())
 }
 
-/// `cvpi restore cvp DATA IMAGES`, run as the backup user like the backup was.
+/// The sha256 a member must have: the manifest's, when there is one (and then the sidecar,
+/// when present, must agree), else the sidecar's.
+fn expected_digest(
+    remote: &mut dyn Remote,
+    name: BackupName,
+    manifest: Option<&str>,
+) -> Result<String> {
+    let label = remote.describe();
+    let sidecar = transfer::read_sidecar(remote, name)?;
+    let listed = manifest.map(|text| sets::manifest_digest(text, name));
+    match (listed, sidecar) {
+        (Some(Some(listed)), Some(sidecar)) if listed != sidecar => Err(Error::copy(format!(
+            "{name} on {label}: {} and {} disagree about its sha256; not fetched",
+            "the set's manifest",
+            name.sidecar_name()
+        ))),
+        (Some(Some(listed)), _) => Ok(listed),
+        (Some(None), _) => Err(Error::copy(format!(
+            "{name} on {label}: the set's manifest gives no sha256 for it; not fetched"
+        ))),
+        (None, Some(sidecar)) => Ok(sidecar),
+        (None, None) => Err(Error::copy(format!(
+            "{name} on {label} has no usable {}: it cannot be verified, so it is not fetched",
+            name.sidecar_name()
+        ))),
+    }
+}
+
+/// `cvpi restore cvp DATA IMAGES` with absolute paths, run as the backup user like the
+/// backup was.
 fn restore_command(config: &Config, dir: &Path, data: BackupName, images: BackupName) -> String {
     let cvpi = config
         .backup
@@ -139,55 +199,85 @@ fn restore_command(config: &Config, dir: &Path, data: BackupName, images: Backup
     )
 }
 
-fn fetch_one(remote: &mut dyn Remote, name: BackupName, size: u64, dir: &Path) -> Result<String> {
-    let label = remote.describe();
-    let file_name = name.file_name();
-    let expected = transfer::read_sidecar(remote, name)?.ok_or_else(|| {
-        Error::copy(format!(
-            "{file_name} on {label} has no usable {}: it cannot be verified, so it is not \
-                 fetched",
-            name.sidecar_name()
-        ))
-    })?;
-    let target = dir.join(&file_name);
-    if target.is_file() && transfer::sha256_file(&target)? == expected {
-        return Ok(format!("already here, sha256 matches ({expected})"));
+/// `cvpi restore` runs as the backup user: say so when it could not read what was fetched.
+fn warn_unless_readable(config: &Config, dir: &Dir, names: &[BackupName]) {
+    let Some(user) = crate::users::by_name(&config.backup.user) else {
+        return;
+    };
+    for name in names {
+        let path = dir.join(&name.file_name());
+        let readable = std::fs::metadata(&path)
+            .is_ok_and(|meta| crate::users::permits(&meta, &user, crate::users::READ));
+        if !readable {
+            log::warn!(
+                "{} is not readable by {} (backup_user), who runs `cvpi restore`: fix its owner \
+                 or mode (`chown {} {}`)",
+                path.display(),
+                user.name,
+                user.name,
+                path.display()
+            );
+        }
     }
-    let partial = dir.join(name.partial_name());
-    let outcome = download(remote, name, size, &partial, &expected);
+}
+
+fn fetch_one(
+    remote: &mut dyn Remote,
+    name: BackupName,
+    size: u64,
+    dir: &Dir,
+    expected: &str,
+) -> Result<String> {
+    let file_name = name.file_name();
+    let read_error = |err: std::io::Error| {
+        Error::copy(format!(
+            "cannot read {}: {err}",
+            dir.join(&file_name).display()
+        ))
+    };
+    if let Some(existing) = dir.open_existing(&file_name, false).map_err(read_error)? {
+        if transfer::sha256_open(&existing, &dir.join(&file_name))? == expected {
+            return Ok(format!("already here, sha256 matches ({expected})"));
+        }
+    }
+    let partial = name.partial_name();
+    let outcome = download(remote, name, size, dir, &partial, expected);
     if outcome.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        let _ = dir.remove(&partial);
     }
     outcome?;
-    std::fs::rename(&partial, &target)
-        .and_then(|()| std::fs::File::open(dir)?.sync_all())
-        .map_err(|err| Error::copy(format!("cannot rename {}: {err}", partial.display())))?;
+    dir.rename(&partial, &file_name)
+        .and_then(|()| dir.sync())
+        .map_err(|err| {
+            Error::copy(format!(
+                "cannot rename {}: {err}",
+                dir.join(&partial).display()
+            ))
+        })?;
     Ok(format!(
         "fetched, {} bytes, sha256 matches ({expected})",
         size
     ))
 }
 
-/// Download into `partial`, hashing as it arrives; an error unless every byte is there and
-/// the sha256 is the sidecar's.
+/// Download into a fresh `partial` (whatever had that name is removed first, never
+/// followed), hashing as it arrives; an error unless every byte is there and the sha256 is
+/// the expected one.
 fn download(
     remote: &mut dyn Remote,
     name: BackupName,
     size: u64,
-    partial: &Path,
+    dir: &Dir,
+    partial: &str,
     expected: &str,
 ) -> Result<()> {
     let label = remote.describe();
-    let local_error =
-        |err: std::io::Error| Error::copy(format!("cannot write {}: {err}", partial.display()));
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o640)
-        .open(partial)
-        .map_err(local_error)?;
-    give_to_folder_owner(&out, partial);
+    let partial_path = dir.join(partial);
+    let local_error = |err: std::io::Error| {
+        Error::copy(format!("cannot write {}: {err}", partial_path.display()))
+    };
+    dir.remove(partial).map_err(local_error)?;
+    let mut out = dir.create_new(partial, 0o640).map_err(local_error)?;
     let bar = progress::bar(size, &name.file_name());
     let mut reader = remote.open_read(&name.file_name())?;
     let mut hasher = Sha256::new();
@@ -220,21 +310,4 @@ fn download(
         )));
     }
     Ok(())
-}
-
-/// Run as root on a rebuilt node, the files still belong to whoever owns the folder (cvp),
-/// since `cvpi restore` runs as that user.
-fn give_to_folder_owner(file: &std::fs::File, path: &Path) {
-    if crate::users::current_uid() != 0 {
-        return;
-    }
-    let owner = path
-        .parent()
-        .and_then(|dir| std::fs::metadata(dir).ok())
-        .map(|meta| (meta.uid(), meta.gid()));
-    if let Some((uid, gid)) = owner {
-        if let Err(err) = std::os::unix::fs::fchown(file, Some(uid), Some(gid)) {
-            log::warn!("cannot give {} to uid {uid}: {err}", path.display());
-        }
-    }
 }

@@ -4,6 +4,7 @@ use super::{connect, human_size, split_listing};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::inventory::{self, BackupSet, Entry};
+use crate::names::BackupName;
 use crate::remote::Remote;
 use crate::run::{self, LocalFile};
 use crate::transfer;
@@ -54,6 +55,8 @@ struct SetRow {
     data_size: u64,
     /// An images file as old as the data exists somewhere: cvpi restores only with one.
     restorable: bool,
+    /// Archives of a backup that failed: set aside on the node, never copied.
+    failed: bool,
     files: Vec<FileRow>,
 }
 
@@ -66,10 +69,11 @@ pub fn list(options: &ListOptions) -> Result<()> {
     let (remote_files, sidecars) = split_listing(&listing);
     let local_sizes: Vec<_> = local.iter().map(|f| (f.name, f.size)).collect();
     let sets = inventory::sets(&local_sizes, &remote_files, &sidecars);
-    let rows = sets
+    let mut rows = sets
         .iter()
         .map(|set| set_row(set, &local, remote))
         .collect::<Result<Vec<_>>>()?;
+    rows.extend(failed_rows(&config));
     if options.json {
         let json = serde_json::to_string_pretty(&rows)
             .map_err(|err| Error::copy(format!("cannot write JSON: {err}")))?;
@@ -105,8 +109,62 @@ fn set_row(set: &BackupSet, local: &[LocalFile], remote: &mut dyn Remote) -> Res
         timestamp: set.data.name.stamp.to_string(),
         data_size: set.data.local_size.or(set.data.remote_size).unwrap_or(0),
         restorable: set.images.is_some(),
+        failed: false,
         files,
     })
+}
+
+/// A failed backup's archives (set aside as `NAME.failed`, or remembered in state_dir when
+/// they could not be renamed), one row per backup.
+fn failed_rows(config: &Config) -> Vec<SetRow> {
+    let mut failed: Vec<(BackupName, String, u64)> = run::list_failed(config)
+        .into_iter()
+        .map(|(name, _, size)| (name, name.failed_name(), size))
+        .collect();
+    let remembered = crate::safe_fs::Dir::open(&config.backup.state_dir)
+        .ok()
+        .and_then(|dir| crate::state::load_history(&dir).ok())
+        .map(|history| history.failed())
+        .unwrap_or_default();
+    for name in remembered {
+        let size = std::fs::metadata(config.backup.backup_dir.join(name.file_name()))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        failed.push((name, name.file_name(), size));
+    }
+    failed.sort_by_key(|(name, _, _)| std::cmp::Reverse((name.stamp, name.kind)));
+    let mut rows: Vec<SetRow> = Vec::new();
+    for (name, file_name, size) in failed {
+        let stamp = name.stamp.to_string();
+        let row = match rows.iter_mut().find(|r| r.timestamp == stamp) {
+            Some(row) => row,
+            None => {
+                rows.push(SetRow {
+                    timestamp: stamp,
+                    data_size: 0,
+                    restorable: false,
+                    failed: true,
+                    files: Vec::new(),
+                });
+                rows.last_mut().expect("just pushed")
+            }
+        };
+        if name.kind == crate::names::Kind::Data {
+            row.data_size = size;
+        }
+        row.files.push(FileRow {
+            role: if name.kind == crate::names::Kind::Data {
+                "data"
+            } else {
+                "images"
+            },
+            name: file_name,
+            size,
+            location: Location::Local,
+            sidecar: SidecarState::NotOnRemote,
+        });
+    }
+    rows
 }
 
 /// Reads the sidecar, and hashes the local copy when both sides have the file.
@@ -152,13 +210,22 @@ fn render(rows: &[SetRow], destination: &str) -> String {
             .unwrap_or_default()
     };
     for row in rows {
-        let _ = writeln!(
-            out,
-            "{}  {}  data {}",
-            row.timestamp,
-            stamp(&row.timestamp),
-            human_size(row.data_size)
-        );
+        if row.failed {
+            let _ = writeln!(
+                out,
+                "{}  {}  FAILED backup: set aside on this node, never copied or restored from",
+                row.timestamp,
+                stamp(&row.timestamp)
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{}  {}  data {}",
+                row.timestamp,
+                stamp(&row.timestamp),
+                human_size(row.data_size)
+            );
+        }
         for file in &row.files {
             let sidecar = match file.sidecar {
                 SidecarState::Matches => "sha256 matches",
@@ -182,7 +249,7 @@ fn render(rows: &[SetRow], destination: &str) -> String {
                 sidecar
             );
         }
-        if !row.restorable {
+        if !row.restorable && !row.failed {
             let _ = writeln!(
                 out,
                 "  images none: no EOS images file as old as this set here or on the server; \

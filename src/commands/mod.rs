@@ -40,7 +40,7 @@ fn split_listing(listing: &[RemoteEntry]) -> (Vec<(BackupName, u64)>, Vec<Backup
         match RemoteName::parse(&entry.name) {
             Some(RemoteName::Backup(name)) => files.push((name, entry.size)),
             Some(RemoteName::Sidecar(name)) => sidecars.push(name),
-            None => {}
+            Some(RemoteName::Manifest(_)) | Some(RemoteName::Partial(_)) | None => {}
         }
     }
     (files, sidecars)

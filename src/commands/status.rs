@@ -1,7 +1,7 @@
 //! `status`: how the last run went, from its record, as a ready-made monitoring check.
 
 use super::human_size;
-use crate::config::Config;
+use crate::config;
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::state::{self, RunRecord};
@@ -13,6 +13,17 @@ pub struct StatusOptions {
     pub ini: PathBuf,
     pub json: bool,
     pub max_age: Duration,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Where the record is: `--state-dir`, else the INI's `state_dir` (read leniently: a
+/// monitoring user may not be able to read the INI at all), else the default.
+fn state_dir(options: &StatusOptions) -> PathBuf {
+    options
+        .state_dir
+        .clone()
+        .or_else(|| config::state_dir_hint(&options.ini))
+        .unwrap_or_else(|| PathBuf::from(config::default_value("state_dir").unwrap_or_default()))
 }
 
 /// The verdict on a record, as a pure function of it and the time.
@@ -97,23 +108,15 @@ struct StatusJson<'a> {
 
 /// Prints the status; the exit code says whether monitoring should worry.
 pub fn status(options: &StatusOptions) -> Result<ExitCode> {
-    let config = Config::load(&options.ini)?;
-    let path = state::record_path(&config.backup.state_dir);
-    let record = match std::fs::read(&path) {
-        Ok(bytes) => Some(serde_json::from_slice::<RunRecord>(&bytes).map_err(|err| {
-            Error::config(format!(
-                "{} is not a run record ({err}): the next run rewrites it",
-                path.display()
-            ))
-        })?),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-        Err(err) => {
-            return Err(Error::config(format!(
-                "cannot read {}: {err}",
-                path.display()
-            )))
-        }
-    };
+    let state_dir = state_dir(options);
+    let path = state::record_path(&state_dir);
+    let record = state::load(&state_dir).map_err(|err| {
+        Error::config(format!(
+            "cannot read the run record {}: {err} (a monitoring user needs to be in the job \
+             account's group to read it)",
+            path.display()
+        ))
+    })?;
     let verdict = judge(
         record.as_ref(),
         chrono::Local::now().fixed_offset(),

@@ -3,10 +3,10 @@
 
 use crate::config::HostKeyPolicy;
 use crate::error::{Error, Result};
+use crate::safe_fs;
 use base64::Engine as _;
 use ssh2::{CheckResult, HostKeyType, KnownHostFileKind, Session};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 /// The name OpenSSH writes for a host: `host`, or `[host]:port` off port 22.
@@ -30,8 +30,29 @@ fn key_type_name(kind: HostKeyType) -> Option<&'static str> {
     })
 }
 
-/// Key algorithms already recorded for this host in plain (unhashed) entries, so that the
-/// handshake asks for a key we can check (as OpenSSH orders HostKeyAlgorithms).
+/// Does a known_hosts host field (`h1,h2` or a hashed `|1|salt|hash`) name `pattern`?
+fn names_host(field: &str, pattern: &str) -> bool {
+    if let Some(hashed) = field.strip_prefix("|1|") {
+        let Some((salt, hash)) = hashed.split_once('|') else {
+            return false;
+        };
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else {
+            return false;
+        };
+        use hmac::Mac;
+        let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt) else {
+            return false;
+        };
+        mac.update(pattern.as_bytes());
+        return mac.verify_slice(&hash).is_ok();
+    }
+    field.split(',').any(|h| h == pattern)
+}
+
+/// Key algorithms already recorded for this host, in plain or hashed (`ssh-keyscan -H`)
+/// entries, so that the handshake asks for a key we can check (as OpenSSH orders
+/// HostKeyAlgorithms) and a host known by one key type is not taken for a changed one.
 pub fn known_key_types(path: &Path, host: &str, port: u16) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
@@ -44,7 +65,7 @@ pub fn known_key_types(path: &Path, host: &str, port: u16) -> Vec<String> {
         if hosts.starts_with('#') || hosts.starts_with('@') {
             continue;
         }
-        if hosts.split(',').any(|h| h == pattern) {
+        if names_host(hosts, &pattern) {
             if let Some(kind) = fields.next() {
                 if !types.iter().any(|t| t == kind) {
                     types.push(kind.to_string());
@@ -59,7 +80,7 @@ pub fn known_key_types(path: &Path, host: &str, port: u16) -> Vec<String> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verified {
     Known,
-    /// Unknown and recorded (accept-new), or would be (dry run).
+    /// Unknown and recorded (accept-new).
     Recorded {
         fingerprint: String,
     },
@@ -106,13 +127,18 @@ pub fn verify(
                  the fingerprint {fingerprint} with the server's administrator) or use accept-new",
                 path.display()
             ))),
+            // Read-only commands never introduce the password to a host nobody has vetted.
+            HostKeyPolicy::AcceptNew if !record => Err(Error::connect(format!(
+                "host {pattern} is not in {} yet (its key is {fingerprint}): run \
+                 `cvp-backup-copy check` first, which records it (host_key_policy = accept-new); \
+                 this command does not send the password to an unknown host",
+                path.display()
+            ))),
             HostKeyPolicy::AcceptNew => {
-                if record {
-                    let type_name = key_type_name(kind).ok_or_else(|| {
-                        Error::connect(format!("{pattern}: host key of an unknown type"))
-                    })?;
-                    append(path, &pattern, type_name, key)?;
-                }
+                let type_name = key_type_name(kind).ok_or_else(|| {
+                    Error::connect(format!("{pattern}: host key of an unknown type"))
+                })?;
+                append(path, &pattern, type_name, key)?;
                 Ok(Verified::Recorded { fingerprint })
             }
         },
@@ -133,7 +159,8 @@ fn fingerprint(session: &Session) -> String {
     }
 }
 
-/// Append in OpenSSH's format, keeping the rest of the file as the operator wrote it.
+/// Append in OpenSSH's format, keeping the rest of the file as the operator wrote it. The
+/// file is opened without following a symlink, and only when it is a plain file.
 fn append(path: &Path, pattern: &str, type_name: &str, key: &[u8]) -> Result<()> {
     let fail = |err: std::io::Error| {
         Error::connect(format!(
@@ -141,27 +168,23 @@ fn append(path: &Path, pattern: &str, type_name: &str, key: &[u8]) -> Result<()>
             path.display()
         ))
     };
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(fail)?;
-    }
-    let needs_newline = std::fs::read(path)
-        .map(|bytes| bytes.last().is_some_and(|b| *b != b'\n'))
-        .unwrap_or(false);
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(fail)?;
+    let (folder, name) = safe_fs::split(path).map_err(fail)?;
+    let dir = safe_fs::Dir::open_or_create(&folder, 0o700).map_err(fail)?;
+    let existing = dir.read(&name, 16 * 1024 * 1024).map_err(fail)?;
+    let needs_newline = existing
+        .as_ref()
+        .is_some_and(|bytes| bytes.last().is_some_and(|b| *b != b'\n'));
     let line = format!(
         "{}{pattern} {type_name} {}\n",
         if needs_newline { "\n" } else { "" },
         base64::engine::general_purpose::STANDARD.encode(key)
     );
+    let mut file = match dir.open_existing(&name, true).map_err(fail)? {
+        Some(file) => file,
+        None => dir.create_new(&name, 0o600).map_err(fail)?,
+    };
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::End(0)).map_err(fail)?;
     file.write_all(line.as_bytes()).map_err(fail)?;
     file.sync_all().map_err(fail)
 }
@@ -191,6 +214,23 @@ mod tests {
             ["ssh-ed25519", "ecdsa-sha2-nistp256"]
         );
         assert!(known_key_types(&path, "h", 22).is_empty());
+        // `ssh-keyscan -H` entries: HMAC-SHA1 of the host pattern under a random salt.
+        use hmac::Mac;
+        let salt = b"0123456789abcdefghij";
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(salt).expect("hmac");
+        mac.update(b"[10.0.0.5]:2222");
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let hashed = format!(
+            "|1|{}|{} ecdsa-sha2-nistp256 AAAA\n",
+            b64.encode(salt),
+            b64.encode(mac.finalize().into_bytes())
+        );
+        std::fs::write(&path, &hashed).expect("write");
+        assert_eq!(
+            known_key_types(&path, "10.0.0.5", 2222),
+            ["ecdsa-sha2-nistp256"]
+        );
+        assert!(known_key_types(&path, "10.0.0.6", 2222).is_empty());
         assert!(known_key_types(&dir.path().join("missing"), "h", 22).is_empty());
     }
 }

@@ -29,6 +29,8 @@ pub trait Remote {
     fn read_small(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>>;
     /// Create or truncate `name` for writing.
     fn create(&mut self, name: &str) -> Result<Box<dyn Write + '_>>;
+    /// Create `name` only if nothing has that name yet; None when something does.
+    fn create_exclusive(&mut self, name: &str) -> Result<Option<Box<dyn Write + '_>>>;
     /// Write into an existing `name` from `offset` on (resuming an upload, or one range of
     /// a parallel upload; seek to write elsewhere).
     fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn SeekWrite + '_>>;

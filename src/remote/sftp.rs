@@ -61,6 +61,13 @@ pub struct SftpRemote {
     socket: TcpStream,
     destination: PathBuf,
     label: String,
+    /// libssh2 timeouts (ms): for any one operation, and for syncing and closing a file.
+    idle_ms: u32,
+    sync_ms: u32,
+}
+
+fn millis(seconds: u64) -> u32 {
+    seconds.saturating_mul(1000).min(u32::MAX as u64) as u32
 }
 
 pub struct Connected {
@@ -132,7 +139,7 @@ pub fn connect_observed(
 
     let mut session = Session::new()
         .map_err(|err| connect_error(server, format!("cannot start an SSH session: {err}")))?;
-    session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
+    session.set_timeout(millis(server.timeout));
     session.set_tcp_stream(tcp);
     let ciphers = cipher_preference(server.ciphers.as_deref());
     if server.ciphers.is_some() {
@@ -203,6 +210,8 @@ pub fn connect_observed(
             socket,
             destination: PathBuf::from(&server.destination),
             label,
+            idle_ms: millis(server.timeout),
+            sync_ms: millis(server.sync_timeout.max(server.timeout)),
         },
         host_key,
         cipher,
@@ -318,6 +327,16 @@ impl SftpRemote {
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 
+    fn writer(&self, file: ssh2::File) -> SyncingFile {
+        SyncingFile {
+            file: Some(file),
+            session: self.session.clone(),
+            idle_ms: self.idle_ms,
+            sync_ms: self.sync_ms,
+            synced: false,
+        }
+    }
+
     fn fail(&self, action: &str, path: &Path, err: &ssh2::Error) -> Error {
         let hint = match sftp_code(err) {
             Some(FX_PERMISSION_DENIED) => {
@@ -417,10 +436,20 @@ impl Remote for SftpRemote {
         let path = self.path(name);
         let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
         match self.sftp.open_mode(&path, flags, 0o640, OpenType::File) {
-            Ok(file) => Ok(Box::new(SyncingFile {
-                file,
-                session: self.session.clone(),
-            })),
+            Ok(file) => Ok(Box::new(self.writer(file))),
+            Err(err) => Err(self.fail("cannot create", &path, &err)),
+        }
+    }
+
+    fn create_exclusive(&mut self, name: &str) -> Result<Option<Box<dyn Write + '_>>> {
+        let path = self.path(name);
+        let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE;
+        match self.sftp.open_mode(&path, flags, 0o640, OpenType::File) {
+            Ok(file) => Ok(Some(Box::new(self.writer(file)))),
+            // OpenSSH answers O_EXCL on an existing file with a bare "failure".
+            Err(err) if sftp_code(&err) == Some(FX_FAILURE) && self.size_of(name)?.is_some() => {
+                Ok(None)
+            }
             Err(err) => Err(self.fail("cannot create", &path, &err)),
         }
     }
@@ -438,10 +467,7 @@ impl Remote for SftpRemote {
                 self.label
             ))
         })?;
-        Ok(Box::new(SyncingFile {
-            file,
-            session: self.session.clone(),
-        }))
+        Ok(Box::new(self.writer(file)))
     }
 
     fn open_read(&mut self, name: &str) -> Result<Box<dyn Read + '_>> {
@@ -488,9 +514,36 @@ impl Remote for SftpRemote {
 }
 
 /// `flush` asks the server to fsync (fsync@openssh.com) so a renamed file is on its disk.
+/// Syncing and closing a multi-GB file on a slow NAS can take minutes: both get
+/// `sync_timeout`, not the idle `timeout` (which would turn them into a retry from zero).
 struct SyncingFile {
-    file: ssh2::File,
+    /// Always Some until dropped.
+    file: Option<ssh2::File>,
     session: Session,
+    idle_ms: u32,
+    sync_ms: u32,
+    /// Whether the last thing done was a successful sync: only then does closing get
+    /// `sync_ms`. A file abandoned after an error or a stop request (the connection may be
+    /// dead, or a packet half-sent) gets the idle timeout.
+    synced: bool,
+}
+
+impl SyncingFile {
+    fn file(&mut self) -> std::io::Result<&mut ssh2::File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the remote file is closed"))
+    }
+}
+
+impl Drop for SyncingFile {
+    fn drop(&mut self) {
+        if self.synced {
+            self.session.set_timeout(self.sync_ms);
+        }
+        drop(self.file.take());
+        self.session.set_timeout(self.idle_ms);
+    }
 }
 
 /// libssh2's codes for "the server did not answer in time" and "the server sent an SFTP
@@ -532,19 +585,31 @@ impl Read for ClassifyingReader {
 
 impl Seek for SyncingFile {
     fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        self.file.seek(pos)
+        self.synced = false;
+        self.file()?.seek(pos)
     }
 }
 
 impl Write for SyncingFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file
-            .write(buf)
-            .map_err(|err| classify(&self.session, err))
+        self.synced = false;
+        let written = self.file()?.write(buf);
+        written.map_err(|err| classify(&self.session, err))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match self.file.fsync() {
+        self.session.set_timeout(self.sync_ms);
+        let synced = self.file()?.fsync();
+        self.session.set_timeout(self.idle_ms);
+        let synced = self.sync_outcome(synced);
+        self.synced = synced.is_ok();
+        synced
+    }
+}
+
+impl SyncingFile {
+    fn sync_outcome(&self, synced: Result<(), ssh2::Error>) -> std::io::Result<()> {
+        match synced {
             Ok(()) => Ok(()),
             Err(err) if sftp_code(&err) == Some(FX_OP_UNSUPPORTED) => Ok(()),
             Err(err)

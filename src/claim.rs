@@ -1,0 +1,120 @@
+//! One destination, one owner: the first node that writes to a destination leaves a small
+//! marker naming itself, and every other node refuses to upload or prune there. Two nodes of
+//! a cluster back up at 02:00 with the same 14-digit stamps; sharing a folder would let them
+//! overwrite and prune each other's sets.
+
+use crate::error::{Error, Result};
+use crate::names::OWNER_MARKER;
+use crate::remote::Remote;
+use std::io::Write;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// This run wrote the marker.
+    Now,
+    /// The marker already named this node.
+    Already,
+}
+
+/// This node's default name in the marker: its host name (a rebuilt node keeps it; INI
+/// `node_name` overrides it).
+pub fn node_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "unknown-node".into(),
+    }
+}
+
+fn render(node: &str) -> String {
+    format!(
+        "# This destination belongs to the cvp-backup-copy of one CVP node; other nodes refuse\n\
+         # to write or prune here. To move it to another node, delete this file.\n\
+         node = {node}\nclaimed = {}\n",
+        chrono::Local::now().to_rfc3339()
+    )
+}
+
+fn parse(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "node" && !value.trim().is_empty()).then(|| value.trim().to_string())
+    })
+}
+
+/// The node named by the destination's marker, if there is one.
+pub fn read(remote: &mut dyn Remote) -> Result<Option<String>> {
+    let Some(bytes) = remote.read_small(OWNER_MARKER, 4096)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        parse(&String::from_utf8_lossy(&bytes)).unwrap_or_default(),
+    ))
+}
+
+pub fn refusal(destination: &str, owner: &str, node: &str) -> Error {
+    let owner = if owner.is_empty() {
+        "an unreadable owner".to_string()
+    } else {
+        format!("node {owner}")
+    };
+    Error::config(format!(
+        "{destination} belongs to {owner} ({OWNER_MARKER} there), not to this node \
+         ({node}): nothing is written or pruned there. Give each node its own destination; if \
+         {owner} is gone for good, delete {OWNER_MARKER} on the server"
+    ))
+}
+
+/// Claim the destination for `node`, or refuse when another node has.
+pub fn claim(remote: &mut dyn Remote, node: &str) -> Result<Claimed> {
+    let label = remote.describe();
+    if let Some(owner) = read(remote)? {
+        return if owner == node {
+            Ok(Claimed::Already)
+        } else {
+            Err(refusal(&label, &owner, node))
+        };
+    }
+    let created = match remote.create_exclusive(OWNER_MARKER)? {
+        Some(mut sink) => {
+            sink.write_all(render(node).as_bytes())
+                .and_then(|()| sink.flush())
+                .map_err(|err| {
+                    Error::copy(format!("cannot write {OWNER_MARKER} in {label}: {err}"))
+                })?;
+            true
+        }
+        None => false,
+    };
+    if created {
+        return Ok(Claimed::Now);
+    }
+    // Another node won the race a moment ago.
+    match read(remote)? {
+        Some(owner) if owner == node => Ok(Claimed::Already),
+        Some(owner) => Err(refusal(&label, &owner, node)),
+        None => Err(Error::transient(format!(
+            "{OWNER_MARKER} in {label} appeared and went away: trying again"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_names_the_node() {
+        let text = render("cvp1.example.net");
+        assert_eq!(parse(&text).as_deref(), Some("cvp1.example.net"));
+        assert_eq!(parse("# nothing\n"), None);
+        assert_eq!(parse("node =\n"), None);
+        assert!(!node_name().is_empty());
+        let err = refusal("u@h:/d", "cvp2", "cvp1");
+        assert_eq!(err.code, crate::exit_codes::ExitCode::Config);
+        assert!(err.message.contains("node cvp2"), "{}", err.message);
+    }
+}

@@ -1,0 +1,249 @@
+//! What a backup set is, decided in one place: which images file and which log belong to a
+//! data file, how sets are ordered when a clock was wrong, and the manifest that records on
+//! the server exactly which files a run uploaded as one set. `run`, retention, `list` and
+//! `fetch` all ask here; none of them re-derives it.
+
+use crate::names::{parse_sidecar, sidecar_line, BackupName, Kind, Stamp};
+
+/// cvpi may stamp the images file of a backup a little after its data file (it writes one
+/// after the other); backups are a night apart, so an hour cannot reach another night's.
+pub const IMAGES_GRACE_SECONDS: i64 = 3600;
+
+/// A stamp this far ahead of the node's clock is "in the future": a clock that was once
+/// wrong. Two hours cover the daylight-saving step back and a little drift.
+pub const FUTURE_SLACK_SECONDS: i64 = 2 * 3600;
+
+/// A data backup with the images file it needs and its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSet {
+    pub data: BackupName,
+    /// None only when no images file exists at all (a CVP that never dumped images).
+    pub images: Option<BackupName>,
+    pub log: Option<BackupName>,
+}
+
+impl RestoreSet {
+    /// Images first: a data file on the remote is only useful once its images file is there.
+    pub fn files(&self) -> Vec<BackupName> {
+        self.images
+            .iter()
+            .chain([&self.data])
+            .chain(self.log.iter())
+            .copied()
+            .collect()
+    }
+}
+
+/// The newest file of `kind` whose stamp is not newer than `at`.
+pub fn newest_not_newer(files: &[BackupName], kind: Kind, at: Stamp) -> Option<BackupName> {
+    files
+        .iter()
+        .filter(|f| f.kind == kind && f.stamp <= at)
+        .max_by_key(|f| f.stamp)
+        .copied()
+}
+
+/// The images file `data` needs: the newest one not newer than it (CVP re-dumps images only
+/// when image bundles change), allowing for cvpi stamping the images of the same backup a
+/// moment after the data.
+pub fn images_for(files: &[BackupName], data: BackupName) -> Option<BackupName> {
+    newest_not_newer(
+        files,
+        Kind::Images,
+        data.stamp.plus_seconds(IMAGES_GRACE_SECONDS),
+    )
+}
+
+/// The log of `data`: cvpi opens it when the backup starts, so it is the newest log not
+/// newer than the data file.
+pub fn log_for(files: &[BackupName], data: BackupName) -> Option<BackupName> {
+    newest_not_newer(files, Kind::Log, data.stamp)
+}
+
+/// `data` with the images file and log it needs, from the files at hand.
+pub fn compose(files: &[BackupName], data: BackupName) -> RestoreSet {
+    RestoreSet {
+        data,
+        images: images_for(files, data),
+        log: log_for(files, data),
+    }
+}
+
+/// Stamped further ahead of `now` than a clock's honest error.
+pub fn is_future(stamp: Stamp, now: Stamp) -> bool {
+    stamp > now.plus_seconds(FUTURE_SLACK_SECONDS)
+}
+
+/// Sort key, newest first: sets stamped in the future come after every honest one (their
+/// stamp says nothing about when they were made), then by stamp.
+pub fn recency(name: &BackupName, now: Stamp) -> impl Ord {
+    std::cmp::Reverse((!is_future(name.stamp, now), name.stamp))
+}
+
+/// Data files newest first, as `recency` orders them.
+pub fn data_by_recency(files: &[BackupName], now: Stamp) -> Vec<BackupName> {
+    let mut data: Vec<BackupName> = files
+        .iter()
+        .filter(|f| f.kind == Kind::Data)
+        .copied()
+        .collect();
+    data.sort_by_key(|f| recency(f, now));
+    data.dedup();
+    data
+}
+
+/// One member of an uploaded set with the sha256 it was verified with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: BackupName,
+    pub sha256: String,
+}
+
+/// The manifest text: `sha256sum` lines, images first, so that `sha256sum -c` on the server
+/// checks the whole set.
+pub fn render_manifest(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| sidecar_line(&m.sha256, &m.name.file_name()))
+        .collect()
+}
+
+/// The members a manifest lists; None unless every line is a well-formed `sha256sum` line
+/// for a CVP name, exactly one of them is `data`, and at most one images file and one log.
+pub fn parse_manifest(text: &str, data: BackupName) -> Option<RestoreSet> {
+    let mut members = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let name_part = line.get(66..)?.trim_start_matches('*');
+        let name = BackupName::parse(name_part)?;
+        parse_sidecar(line, &name.file_name())?;
+        members.push(name);
+    }
+    let of = |kind: Kind| members.iter().filter(move |m| m.kind == kind);
+    if of(Kind::Data).collect::<Vec<_>>() != [&data]
+        || of(Kind::Images).count() > 1
+        || of(Kind::Log).count() > 1
+    {
+        return None;
+    }
+    Some(RestoreSet {
+        data,
+        images: of(Kind::Images).next().copied(),
+        log: of(Kind::Log).next().copied(),
+    })
+}
+
+/// The digest a manifest gives for one member.
+pub fn manifest_digest(text: &str, name: BackupName) -> Option<String> {
+    text.lines()
+        .find_map(|line| parse_sidecar(line, &name.file_name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(name: &str) -> BackupName {
+        BackupName::parse(name).unwrap_or_else(|| panic!("bad test name {name}"))
+    }
+
+    fn stamp(s: &str) -> Stamp {
+        Stamp::parse(s).expect("stamp")
+    }
+
+    #[test]
+    fn the_images_and_log_a_data_file_needs() {
+        let files = [
+            n("cvp.eosimages.20230101020005.tgz"),
+            n("backup_cvp.20240101020003.log"),
+            n("cvp.20240101020010.tgz"),
+            n("cvp.eosimages.20240101020530.tgz"),
+            n("backup_cvp.20240102020003.log"),
+            n("cvp.20240102020010.tgz"),
+            n("cvp.eosimages.20240103020005.tgz"),
+        ];
+        // (data, images, log)
+        let table = [
+            (
+                "cvp.20240101020010.tgz",
+                Some("cvp.eosimages.20240101020530.tgz"),
+                Some("backup_cvp.20240101020003.log"),
+            ),
+            (
+                "cvp.20240102020010.tgz",
+                Some("cvp.eosimages.20240101020530.tgz"),
+                Some("backup_cvp.20240102020003.log"),
+            ),
+            ("cvp.20221231020010.tgz", None, None),
+        ];
+        for (data, images, log) in table {
+            let set = compose(&files, n(data));
+            assert_eq!(set.images, images.map(n), "{data}");
+            assert_eq!(set.log, log.map(n), "{data}");
+        }
+    }
+
+    #[test]
+    fn future_stamps_sort_after_every_honest_one() {
+        let now = stamp("20261126020000");
+        let files = [
+            n("cvp.20261125020000.tgz"),
+            n("cvp.20300101020000.tgz"),
+            n("cvp.20261126020000.tgz"),
+            n("cvp.20261126030000.tgz"),
+            n("cvp.eosimages.20300101020000.tgz"),
+        ];
+        let order: Vec<String> = data_by_recency(&files, now)
+            .iter()
+            .map(|f| f.file_name())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "cvp.20261126030000.tgz",
+                "cvp.20261126020000.tgz",
+                "cvp.20261125020000.tgz",
+                "cvp.20300101020000.tgz"
+            ]
+        );
+        assert!(!is_future(stamp("20261126035959"), now));
+        assert!(is_future(stamp("20261126040001"), now));
+    }
+
+    #[test]
+    fn manifests_round_trip_and_reject_anything_odd() {
+        let data = n("cvp.20240102020010.tgz");
+        let members = [
+            Member {
+                name: n("cvp.eosimages.20240101020005.tgz"),
+                sha256: "a".repeat(64),
+            },
+            Member {
+                name: data,
+                sha256: "b".repeat(64),
+            },
+            Member {
+                name: n("backup_cvp.20240102020003.log"),
+                sha256: "c".repeat(64),
+            },
+        ];
+        let text = render_manifest(&members);
+        let set = parse_manifest(&text, data).expect("parses");
+        assert_eq!(
+            set.files(),
+            members.iter().map(|m| m.name).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            manifest_digest(&text, n("backup_cvp.20240102020003.log")),
+            Some("c".repeat(64))
+        );
+        let other = n("cvp.20240103020010.tgz");
+        assert_eq!(parse_manifest(&text, other), None, "another data file");
+        assert_eq!(parse_manifest(&format!("{text}junk\n"), data), None);
+        let twice = format!(
+            "{text}{}",
+            sidecar_line(&"d".repeat(64), "cvp.eosimages.20240102020005.tgz")
+        );
+        assert_eq!(parse_manifest(&twice, data), None, "two images files");
+        assert_eq!(parse_manifest("", data), None);
+    }
+}
