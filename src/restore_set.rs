@@ -19,9 +19,10 @@ pub enum Tonight<'a> {
     Skipped,
 }
 
-/// The last backup that succeeded under this tool, from the state record.
+/// The newest good set this tool knows (made by its last successful backup, or verified on
+/// the server by its last good copy), from the state record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastMade {
+pub struct LastGood {
     pub data: BackupName,
     /// The data files there were before it: all older than it, whatever their stamps say.
     pub known_before: Vec<BackupName>,
@@ -34,7 +35,7 @@ pub struct Selection {
     /// Logs written by a failed backup run: copied so the failure can be read off-box.
     pub failed_run_logs: Vec<BackupName>,
     /// Data files retention must keep tonight: the set's, and on a night without a backup of
-    /// ours, any that appeared after the last one we made (nothing says they are older).
+    /// ours, `last_good` and any that appeared after it (nothing says they are older).
     pub protect: Vec<BackupName>,
 }
 
@@ -51,16 +52,16 @@ impl Selection {
 }
 
 /// `local`: the CVP names on the node now (a failed backup's archives are no longer among
-/// them). `last_made`: the last backup that succeeded under this tool.
+/// them). `last_good`: the newest good set this tool knows.
 ///
 /// After a successful backup the set is the data file it made, whatever other stamps say.
-/// Otherwise it is that last set made, unless a data file that appeared after it (a backup
-/// run by hand) is stamped later; without a history, the newest set by stamp. A stamp in
-/// the future never wins over an honest one.
+/// Otherwise it is `last_good`, unless a data file that appeared after it (a backup run by
+/// hand) is stamped later; without a history, the newest set by stamp. A stamp in the
+/// future never wins over an honest one.
 pub fn select(
     local: &[BackupName],
     tonight: Tonight,
-    last_made: Option<&LastMade>,
+    last_good: Option<&LastGood>,
     now: Stamp,
 ) -> Selection {
     let mut protect = Vec::new();
@@ -71,7 +72,7 @@ pub fn select(
             .max_by_key(|f| f.stamp)
             .copied(),
         Tonight::Failed(_) | Tonight::Skipped => {
-            match last_made.filter(|m| local.contains(&m.data)) {
+            match last_good.filter(|m| local.contains(&m.data)) {
                 None => sets::data_by_recency(local, now).first().copied(),
                 Some(made) => {
                     let appeared_since: Vec<BackupName> = local
@@ -83,6 +84,7 @@ pub fn select(
                         })
                         .copied()
                         .collect();
+                    protect.push(made.data);
                     protect.extend(&appeared_since);
                     let later: Vec<BackupName> = appeared_since
                         .into_iter()
@@ -107,9 +109,8 @@ pub fn select(
     };
     failed_run_logs.sort_by_key(|f| f.stamp);
     if let Some(data) = data {
-        if !protect.contains(&data) {
-            protect.insert(0, data);
-        }
+        protect.retain(|p| *p != data);
+        protect.insert(0, data);
     }
     Selection {
         set: data.map(|data| compose(local, data)),
@@ -218,7 +219,7 @@ mod tests {
     fn the_last_set_made_wins_after_the_clock_was_set_back() {
         // Made at "2026" by a clock that was later set back to 2024.
         let local = [n("cvp.20240101020010.tgz"), n("cvp.20261126020010.tgz")];
-        let made = LastMade {
+        let made = LastGood {
             data: n("cvp.20261126020010.tgz"),
             known_before: vec![n("cvp.20240101020010.tgz")],
         };
@@ -227,7 +228,7 @@ mod tests {
         assert_eq!(retry.protect, [made.data]);
         // A file from before it stays older even when the clock makes its stamp look newer.
         let old_future = [n("cvp.20301126020010.tgz"), n("cvp.20240102020010.tgz")];
-        let made = LastMade {
+        let made = LastGood {
             data: old_future[1],
             known_before: vec![old_future[0]],
         };
@@ -243,13 +244,17 @@ mod tests {
             n("cvp.20240103020010.tgz"),
             n("cvp.20240104020010.tgz"),
         ];
-        let made = LastMade {
+        let made = LastGood {
             data: local[1],
             known_before: vec![local[0]],
         };
         let retry = select(&local, Tonight::Skipped, Some(&made), now());
         assert_eq!(retry.set.map(|s| s.data), Some(local[2]));
-        assert_eq!(retry.protect, [local[2]]);
+        assert_eq!(
+            retry.protect,
+            [local[2], local[1]],
+            "and the last good one stays"
+        );
         // Fetched back from the server (older stamp): copied nowhere, but not pruned either.
         let fetched = [local[0], local[1], n("cvp.20231201020010.tgz")];
         let retry = select(&fetched, Tonight::Skipped, Some(&made), now());

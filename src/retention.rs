@@ -102,18 +102,29 @@ pub fn apply_policy(
         }
     }
 
-    let newest_data = data.iter().map(|d| d.stamp).max().unwrap_or(data[0].stamp);
+    // A stamp in the future is nobody's "newer": it never keeps itself.
+    let honest = |stamp: Stamp| !sets::is_future(stamp, now);
+    let newest_data = data
+        .iter()
+        .map(|d| d.stamp)
+        .filter(|s| honest(*s))
+        .max()
+        .unwrap_or(data[0].stamp);
     for image in &images {
         let needed_by = kept_data
             .iter()
-            .find(|d| sets::images_for(&images, **d) == Some(*image));
+            .find(|d| sets::images_for(files, **d) == Some(*image));
         match needed_by {
             Some(d) => decision
                 .keep
                 .push((*image, KeepReason::ImagesNeededBy(d.stamp))),
-            None if image.stamp > newest_data.plus_seconds(sets::IMAGES_GRACE_SECONDS) => decision
-                .keep
-                .push((*image, KeepReason::ImagesNewerThanData)),
+            None if image.stamp > newest_data.plus_seconds(sets::IMAGES_GRACE_SECONDS)
+                && honest(image.stamp) =>
+            {
+                decision
+                    .keep
+                    .push((*image, KeepReason::ImagesNewerThanData))
+            }
             None => decision.remove.push(*image),
         }
     }
@@ -128,10 +139,10 @@ pub fn apply_policy(
     for log in &logs {
         let log_of = kept_data
             .iter()
-            .find(|d| sets::log_for(&logs, **d) == Some(*log));
+            .find(|d| sets::log_for(files, **d) == Some(*log));
         match log_of {
             Some(d) => decision.keep.push((*log, KeepReason::LogOf(d.stamp))),
-            None if log.stamp >= threshold => decision
+            None if log.stamp >= threshold && honest(log.stamp) => decision
                 .keep
                 .push((*log, KeepReason::LogNewerThanOldestSet)),
             None => decision.remove.push(*log),
@@ -427,6 +438,8 @@ mod tests {
             let decision = apply_policy(&files, Policy { keep_data: 1 }, &protect, now());
             let removed = names(&decision.remove);
             assert!(!removed.contains(&tonight.file_name()), "{protect:?}");
+            assert!(removed.contains(&"backup_cvp.20300101020003.log".to_string()));
+            assert!(removed.contains(&"cvp.eosimages.20300101020005.tgz".to_string()));
             assert!(!removed.contains(&"cvp.eosimages.20231201020005.tgz".to_string()));
             assert!(!removed.contains(&"backup_cvp.20240131020003.log".to_string()));
             assert!(

@@ -221,7 +221,7 @@ impl Job<'_> {
             Night::Failed(new) => Tonight::Failed(new),
         };
         let selection =
-            restore_set::select(&names, tonight, self.history.last_made().as_ref(), self.now);
+            restore_set::select(&names, tonight, self.history.last_good().as_ref(), self.now);
         log_selection(&selection);
         self.record.restore_set = selection.set.as_ref().map(|s| s.data.file_name());
         let files: Vec<LocalFile> = selection
@@ -262,6 +262,9 @@ impl Job<'_> {
             },
         };
         let all_copied = self.copy_files(&mut link, &files, selection.set.as_ref());
+        if let (true, Some(set)) = (all_copied, &selection.set) {
+            self.adopt_as_last_good(set.data, &names);
+        }
         if !all_copied {
             log::warn!("pruning skipped: not every file of the restore set is on the remote");
             return;
@@ -281,6 +284,22 @@ impl Job<'_> {
                 Err(err) => log::warn!("remote pruning skipped: {err}"),
             }
         }
+    }
+
+    /// Without a history (a new install, or a node moved from the Python scripts), the set
+    /// just verified on the server becomes the newest good one this tool knows: every other
+    /// data file is older than it from now on, whatever the clock does to their stamps.
+    fn adopt_as_last_good(&mut self, data: BackupName, local: &[BackupName]) {
+        if self.history.last_good.is_some() {
+            return;
+        }
+        self.history.last_good = Some(data.file_name());
+        self.history.older_than_last_good = local
+            .iter()
+            .filter(|n| n.kind == Kind::Data && **n != data)
+            .map(|n| n.file_name())
+            .collect();
+        self.save_history();
     }
 
     /// A run that died during its backup (killed, node restarted) left a note: whatever
@@ -332,8 +351,8 @@ impl Job<'_> {
             .copied();
         let night = match (succeeded, newest_data) {
             (true, Some(data)) => {
-                self.history.last_made = Some(data.file_name());
-                self.history.known_before_last_made = before
+                self.history.last_good = Some(data.file_name());
+                self.history.older_than_last_good = before
                     .iter()
                     .filter(|f| f.name.kind == Kind::Data)
                     .map(|f| f.name.file_name())
@@ -1128,7 +1147,7 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
     local.retain(|f| !excluded.contains(&f.name));
     let names: Vec<BackupName> = local.iter().map(|f| f.name).collect();
     let selection =
-        restore_set::select(&names, Tonight::Skipped, history.last_made().as_ref(), now);
+        restore_set::select(&names, Tonight::Skipped, history.last_good().as_ref(), now);
     let protect = selection.protect.clone();
     plan.local_retention = Some(retention::apply_policy(
         &names,

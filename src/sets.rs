@@ -45,13 +45,19 @@ pub fn newest_not_newer(files: &[BackupName], kind: Kind, at: Stamp) -> Option<B
 
 /// The images file `data` needs: the newest one not newer than it (CVP re-dumps images only
 /// when image bundles change), allowing for cvpi stamping the images of the same backup a
-/// moment after the data.
+/// moment after the data, but never one from a later backup: cvpi opens a backup's log as
+/// it starts, so an images file stamped after the next log belongs to that next run.
 pub fn images_for(files: &[BackupName], data: BackupName) -> Option<BackupName> {
-    newest_not_newer(
-        files,
-        Kind::Images,
-        data.stamp.plus_seconds(IMAGES_GRACE_SECONDS),
-    )
+    let mut limit = data.stamp.plus_seconds(IMAGES_GRACE_SECONDS);
+    let next_run = files
+        .iter()
+        .filter(|f| f.kind == Kind::Log && f.stamp > data.stamp)
+        .map(|f| f.stamp)
+        .min();
+    if let Some(next_run) = next_run.filter(|next| *next <= limit) {
+        limit = next_run.plus_seconds(-1);
+    }
+    newest_not_newer(files, Kind::Images, limit)
 }
 
 /// The log of `data`: cvpi opens it when the backup starts, so it is the newest log not
@@ -175,6 +181,17 @@ mod tests {
             ),
             ("cvp.20221231020010.tgz", None, None),
         ];
+        // Two backups within the hour: the later run's images never go to the earlier data.
+        let close = [
+            n("backup_cvp.20240101013000.log"),
+            n("cvp.20240101013010.tgz"),
+            n("cvp.eosimages.20240101013040.tgz"),
+            n("backup_cvp.20240101020000.log"),
+            n("cvp.20240101020010.tgz"),
+            n("cvp.eosimages.20240101020040.tgz"),
+        ];
+        assert_eq!(images_for(&close, close[1]), Some(close[2]));
+        assert_eq!(images_for(&close, close[4]), Some(close[5]));
         for (data, images, log) in table {
             let set = compose(&files, n(data));
             assert_eq!(set.images, images.map(n), "{data}");

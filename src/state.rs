@@ -4,7 +4,7 @@
 //! running when the job died).
 
 use crate::names::BackupName;
-use crate::restore_set::LastMade;
+use crate::restore_set::LastGood;
 use crate::safe_fs::{Dir, Mode};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -85,13 +85,14 @@ pub fn load(state_dir: &Path) -> std::io::Result<Option<RunRecord>> {
 /// What the next nights need to know about the past ones.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct History {
-    /// The data file of the last backup that succeeded under this tool: a set whose stamp
-    /// says it is older (after the clock was set back) does not replace it as the newest.
+    /// The data file of the newest good set this tool knows: made by its last successful
+    /// backup (or, before the first one, the first set it verified on the server). A set
+    /// whose stamp merely says it is newer (after the clock was set back) does not replace it.
     #[serde(default)]
-    pub last_made: Option<String>,
-    /// The data files there were when `last_made` appeared: all older than it.
+    pub last_good: Option<String>,
+    /// The data files there were when `last_good` became it: all older than it.
     #[serde(default)]
-    pub known_before_last_made: Vec<String>,
+    pub older_than_last_good: Vec<String>,
     /// Archives of failed backups that could not be renamed aside: never selected.
     #[serde(default)]
     pub failed: Vec<String>,
@@ -102,11 +103,11 @@ pub struct History {
 }
 
 impl History {
-    pub fn last_made(&self) -> Option<LastMade> {
-        Some(LastMade {
-            data: self.last_made.as_deref().and_then(BackupName::parse)?,
+    pub fn last_good(&self) -> Option<LastGood> {
+        Some(LastGood {
+            data: self.last_good.as_deref().and_then(BackupName::parse)?,
             known_before: self
-                .known_before_last_made
+                .older_than_last_good
                 .iter()
                 .filter_map(|n| BackupName::parse(n))
                 .collect(),
@@ -176,8 +177,8 @@ mod tests {
         let handle = open_dir(dir.path()).expect("open");
         assert_eq!(load_history(&handle).expect("empty"), History::default());
         let history = History {
-            last_made: Some("cvp.20240101020010.tgz".into()),
-            known_before_last_made: vec!["cvp.20231231020010.tgz".into()],
+            last_good: Some("cvp.20240101020010.tgz".into()),
+            older_than_last_good: vec!["cvp.20231231020010.tgz".into()],
             failed: vec!["cvp.20240102020010.tgz".into(), "junk".into()],
             backup_started: Some(vec![]),
         };

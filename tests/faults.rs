@@ -281,3 +281,32 @@ fn a_short_backup_dir_is_warned_about_before_the_backup() {
         run.all_output()
     );
 }
+
+/// A slow NAS: the server takes 5 s to sync a large upload, longer than the idle `timeout`
+/// (2 s). Syncing and closing get `sync_timeout` (default 900 s), so the file lands on the
+/// first attempt; with `sync_timeout` as short as `timeout` it would fail every night.
+#[test]
+fn syncing_a_large_upload_on_a_slow_disk_gets_its_own_timeout() {
+    let (_shim, sftp_server) = slow_fsync_sftp_server(5);
+    let mut fx = Fixture::on(Sshd::start_with(&sftp_server));
+    let bytes = fx.seed(DATA, DATA_SIZE);
+    fx.server_extra = "timeout = 2\nretries = 0".into();
+    fx.write_ini();
+    let started = Instant::now();
+    let run = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "the sync was slow"
+    );
+    assert!(!run.all_output().contains("retry"), "{}", run.all_output());
+    assert!(std::fs::read(fx.dest.join(DATA)).expect("remote") == bytes);
+
+    // The same slow disk with no more patience for the sync than for any other step.
+    std::fs::remove_file(fx.dest.join(DATA)).expect("rm");
+    fx.server_extra = "timeout = 2\nretries = 0\nsync_timeout = 2".into();
+    fx.write_ini();
+    let impatient = fx.run(&["--no-backup"]);
+    assert_eq!(impatient.code, 5, "{}", impatient.all_output());
+    assert!(!fx.dest.join(DATA).exists());
+}

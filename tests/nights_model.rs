@@ -4,14 +4,14 @@
 //! (set a failed backup's archives aside, `select`, copy, prune with `apply_policy` only after
 //! the whole set is verified), and after every night:
 //!
-//! - the newest good set (the last backup that succeeded, by creation, not by stamp) is
-//!   complete on the node;
+//! - the newest good set (the tool's last backup that succeeded, by creation, not by stamp)
+//!   is complete on the node;
 //! - the set the last successful copy verified is complete on the server and on the node;
 //! - no archive of a failed backup is ever on the server or taken for a backup;
 //! - after a good backup and a good copy, the set on the server is tonight's.
 
 use cvp_backup_copy::names::{BackupName, Kind, Stamp};
-use cvp_backup_copy::restore_set::{self, LastMade, RestoreSet, Tonight};
+use cvp_backup_copy::restore_set::{self, LastGood, RestoreSet, Tonight};
 use cvp_backup_copy::retention::{self, Policy};
 use cvp_backup_copy::sets;
 use proptest::prelude::*;
@@ -83,8 +83,8 @@ struct World {
     /// Every name ever used (CVP stamps are unique on a node).
     used: HashSet<BackupName>,
     failed: HashSet<BackupName>,
-    last_made: Option<LastMade>,
-    /// Good sets in the order they were made.
+    last_good: Option<LastGood>,
+    /// Sets the tool's own good backups made, in the order they were made.
     made: Vec<RestoreSet>,
     last_verified: Option<RestoreSet>,
     limit: usize,
@@ -99,7 +99,7 @@ impl World {
             server: BTreeSet::new(),
             used: HashSet::new(),
             failed: HashSet::new(),
-            last_made: None,
+            last_good: None,
             made: Vec::new(),
             last_verified: None,
             limit,
@@ -155,12 +155,10 @@ impl World {
             }
             Backup::Skipped => (Vec::new(), None),
             Backup::ByHandThenSkipped => {
+                // Good, but not the tool's: it may be chosen (when stamped later than the
+                // tool's last set) and is never pruned before the tool's next backup.
                 let by_hand = self.cvpi(true, night.dumps_images);
                 self.node.extend(&by_hand);
-                let data = by_hand.iter().find(|n| n.kind == Kind::Data).copied();
-                if let Some(data) = data {
-                    self.made.push(sets::compose(&self.node_list(), data));
-                }
                 (Vec::new(), None)
             }
         };
@@ -171,7 +169,7 @@ impl World {
             Some(true) => {
                 self.node.extend(&new);
                 let data = data_made.expect("a good backup writes data");
-                self.last_made = Some(LastMade {
+                self.last_good = Some(LastGood {
                     data,
                     known_before: before_data,
                 });
@@ -192,7 +190,7 @@ impl World {
         };
         let failed_night = matches!(tonight, Tonight::Failed(_));
         let local = self.node_list();
-        let selection = restore_set::select(&local, tonight, self.last_made.as_ref(), self.now);
+        let selection = restore_set::select(&local, tonight, self.last_good.as_ref(), self.now);
         for name in selection.files() {
             assert!(
                 !self.failed.contains(&name),
@@ -213,6 +211,17 @@ impl World {
         if all_copied {
             if let Some(set) = &selection.set {
                 self.last_verified = Some(set.clone());
+                // Without a history, `run` adopts the set it verified as the newest good one.
+                if self.last_good.is_none() {
+                    self.last_good = Some(LastGood {
+                        data: set.data,
+                        known_before: local
+                            .iter()
+                            .filter(|n| n.kind == Kind::Data && **n != set.data)
+                            .copied()
+                            .collect(),
+                    });
+                }
                 if let (Some(true), Some(data)) = (outcome, data_made) {
                     assert_eq!(set.data, data, "tonight's set is tonight's");
                 }

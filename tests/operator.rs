@@ -470,3 +470,19 @@ fn progress_shows_on_a_terminal_only() {
         piped.all_output()
     );
 }
+
+#[test]
+fn check_warns_about_a_backup_stamped_in_the_future() {
+    let fx = Fixture::new();
+    fx.seed("cvp.20991231020010.tgz", 100);
+    let run = tool(&fx, "check", &[]);
+    assert_eq!(
+        run.code,
+        0,
+        "a warning does not fail check: {}",
+        run.all_output()
+    );
+    let warning = line(&run, "[WARN] timestamps:");
+    assert!(warning.contains("cvp.20991231020010.tgz"), "{warning}");
+    assert!(warning.contains("in the future"), "{warning}");
+}

@@ -666,3 +666,192 @@ fn without_a_syslog_socket_everything_goes_to_stderr_and_the_run_goes_on() {
     );
     assert!(stderr.contains("summary: files=1 uploaded=1"), "{stderr}");
 }
+
+/// With `remote_limit`, pruning also clears what earlier runs left behind: abandoned partial
+/// uploads of files outside tonight's set, and checksum files and manifests whose file is
+/// gone. A file that is not ours is never touched, nor the partial of tonight's set.
+#[test]
+fn remote_pruning_clears_abandoned_uploads_and_orphaned_checksums_only() {
+    let mut fx = Fixture::new();
+    fx.make_remote_dir();
+    let leftovers = [
+        ".cvp.20230101020010.tgz.cvpbc-part",
+        ".cvp.20230101020010.tgz.sha256.cvpbc-part",
+        ".cvp.20230101020010.set.sha256.cvpbc-part",
+        "cvp.20221201020010.tgz.sha256",
+        "cvp.20221201020010.set.sha256",
+    ];
+    let not_ours = [
+        "notes.txt",
+        "notes.txt.sha256",
+        ".hidden.cvpbc-part",
+        "cvp.20221201020010.tgz.bak",
+    ];
+    for name in leftovers.iter().chain(&not_ours) {
+        std::fs::write(fx.dest.join(name), b"x").expect("remote file");
+    }
+    fx.seed("cvp.20240101020010.tgz", 100);
+    fx.server_extra = "remote_limit = 2".into();
+    fx.write_ini();
+    let run = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let remote = fx.remote_names();
+    for name in leftovers {
+        assert!(
+            !remote.contains(&name.to_string()),
+            "{name} left: {remote:?}"
+        );
+    }
+    for name in not_ours {
+        assert!(
+            remote.contains(&name.to_string()),
+            "{name} removed: {remote:?}"
+        );
+    }
+    assert!(remote.contains(&"cvp.20240101020010.tgz".to_string()));
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", "cvp.20240101020010.set.sha256"])
+        .current_dir(&fx.dest)
+        .status()
+        .expect("sha256sum");
+    assert!(check.success());
+
+    // Without remote_limit nothing is deleted remotely, leftovers included.
+    fx.server_extra = String::new();
+    fx.write_ini();
+    std::fs::write(fx.dest.join(leftovers[0]), b"x").expect("remote file");
+    let run = fx.run(&["--no-backup"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(fx.dest.join(leftovers[0]).exists());
+}
+
+/// Two nodes pointed at one destination: the first claims it; the second refuses (exit 3,
+/// naming the owner) and neither overwrites nor prunes anything there.
+#[test]
+fn a_destination_belongs_to_the_node_that_first_wrote_to_it() {
+    let mut first = Fixture::new();
+    first.backup_extra = "node_name = cvp-node-a".into();
+    first.server_extra = "remote_limit = 1".into();
+    first.write_ini();
+    first.seed("cvp.20240101020010.tgz", 1000);
+    let run = first.run(&["--no-backup"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let marker =
+        std::fs::read_to_string(first.dest.join(".cvp-backup-copy-owner")).expect("marker");
+    assert!(marker.contains("node = cvp-node-a"), "{marker}");
+    let before: Vec<(String, Vec<u8>)> = first
+        .remote_names()
+        .into_iter()
+        .map(|n| {
+            let bytes = std::fs::read(first.dest.join(&n)).expect("read");
+            (n, bytes)
+        })
+        .collect();
+
+    // A second node, same destination, same stamps (a cluster backs up at 02:00).
+    let second_root = tempfile::tempdir().expect("second node");
+    let backup_dir = second_root.path().join("data");
+    std::fs::create_dir_all(&backup_dir).expect("dir");
+    std::fs::write(
+        backup_dir.join("cvp.20240101020010.tgz"),
+        b"another node's backup",
+    )
+    .expect("seed");
+    std::fs::write(backup_dir.join("cvp.20240102020010.tgz"), b"a newer one").expect("seed");
+    let text = first
+        .ini_text()
+        .replace("node_name = cvp-node-a", "node_name = cvp-node-b")
+        .replace(
+            &first.backup_dir.display().to_string(),
+            &backup_dir.display().to_string(),
+        )
+        .replace(
+            &first.state_dir.display().to_string(),
+            &second_root.path().join("state").display().to_string(),
+        );
+    let ini = second_root.path().join("backup.ini");
+    std::fs::write(&ini, text).expect("ini");
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("--ini").arg(&ini).arg("--no-backup");
+    let refused = run_captured(&mut cmd, second_root.path());
+    assert_eq!(refused.code, 3, "{}", refused.all_output());
+    assert!(
+        refused.stderr.contains("belongs to node cvp-node-a"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains(".cvp-backup-copy-owner"),
+        "{}",
+        refused.stderr
+    );
+    let after: Vec<(String, Vec<u8>)> = first
+        .remote_names()
+        .into_iter()
+        .map(|n| {
+            let bytes = std::fs::read(first.dest.join(&n)).expect("read");
+            (n, bytes)
+        })
+        .collect();
+    assert!(
+        after == before,
+        "the second node changed the first node's files"
+    );
+    // The first node goes on as before.
+    let again = first.run(&["--no-backup"]);
+    assert_eq!(again.code, 0, "{}", again.all_output());
+}
+
+/// Nights that end before they start still leave a record (exit 3), readable by a
+/// monitoring user who cannot read the INI, through `status --state-dir`.
+#[test]
+fn a_night_refused_by_its_configuration_is_recorded_and_status_reports_it() {
+    let fx = Fixture::new();
+    std::fs::write(&fx.ini, fx.ini_text().replace("limit = 5", "limit = 0")).expect("ini");
+    let run = fx.run(&[]);
+    assert_eq!(run.code, 3, "{}", run.all_output());
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.state_dir.join("last-run.json")).expect("record"),
+    )
+    .expect("json");
+    assert_eq!(record["exit_code"], 3);
+    assert!(
+        record["errors"][0].as_str().unwrap_or("").contains("limit"),
+        "{record}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(fx.state_dir.join("last-run.json"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+
+    // A monitoring user: may read the state folder, not the INI (0600, root's here).
+    let monitor = "cvpbc-monitor";
+    ensure_user(monitor, "unused-password-3");
+    std::fs::set_permissions(&fx.ini, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    for dir in [fx.root.path(), fx.state_dir.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("status")
+        .arg("--state-dir")
+        .arg(&fx.state_dir)
+        .uid(uid_of(monitor))
+        .gid(gid_of(monitor));
+    let status = run_captured(&mut cmd, fx.root.path());
+    assert_eq!(status.code, 3, "{}", status.all_output());
+    assert!(status.stdout.contains("exit code 3"), "{}", status.stdout);
+    // Without --state-dir, the INI it cannot read still gives its state_dir... or not: then
+    // the default folder. Either way it never needs the INI's secrets.
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("status")
+        .arg("--ini")
+        .arg(&fx.ini)
+        .uid(uid_of(monitor))
+        .gid(gid_of(monitor));
+    let unreadable = run_captured(&mut cmd, fx.root.path());
+    assert_ne!(unreadable.code, 0, "{}", unreadable.all_output());
+    assert!(!unreadable.all_output().contains(&fx.token));
+}

@@ -83,3 +83,46 @@ fn one_stream_still_works() {
     assert_eq!(proxy.connections.load(Ordering::SeqCst), 1);
     assert!(std::fs::read(fx.dest.join(BIG)).expect("remote") == bytes);
 }
+
+/// A server that refuses connections beyond the first (MaxStartups, a per-user limit) still
+/// gets every large file, over the connections it accepted, with a warning; `check` says so.
+#[test]
+fn refused_extra_connections_mean_fewer_streams_not_a_failure() {
+    let (fx, proxy, bytes) = big_fixture("streams = 4\nretries = 0");
+    // The first connection passes; the next three are cut before the SSH banner.
+    proxy.then(Fault::Pass);
+    for _ in 0..3 {
+        proxy.then(Fault::CutAfter(0));
+    }
+    let run = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let out = run.all_output();
+    assert!(
+        out.contains("the server accepted 0 of 3 extra connections"),
+        "{out}"
+    );
+    assert!(out.contains("over 1 streams"), "{out}");
+    assert!(std::fs::read(fx.dest.join(BIG)).expect("remote") == bytes);
+    fx.assert_remote_checksums_verify();
+
+    proxy.then(Fault::Pass);
+    for _ in 0..2 {
+        proxy.then(Fault::CutAfter(0));
+    }
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("check").arg("--ini").arg(&fx.ini);
+    let check = run_captured(&mut cmd, fx.root.path());
+    assert_eq!(
+        check.code,
+        0,
+        "warnings do not fail check: {}",
+        check.all_output()
+    );
+    let line = check
+        .stdout
+        .lines()
+        .find(|l| l.contains("streams:"))
+        .unwrap_or_else(|| panic!("no streams line: {}", check.stdout));
+    assert!(line.starts_with("[WARN]"), "{line}");
+    assert!(line.contains("accepted 2 of 4"), "{line}");
+}

@@ -99,6 +99,11 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start() -> Sshd {
+        Sshd::start_with("internal-sftp")
+    }
+
+    /// An sshd whose SFTP server is `subsystem` (a command line), e.g. a slowed-down one.
+    pub fn start_with(subsystem: &str) -> Sshd {
         ensure_user(TEST_USER, TEST_PASSWORD);
         std::fs::create_dir_all("/run/sshd").expect("privilege separation dir");
         let dir = tempfile::tempdir().expect("sshd dir");
@@ -119,7 +124,7 @@ impl Sshd {
                      AuthorizedKeysFile {dir}/authorized_keys/%u\nPasswordAuthentication yes\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
                      StrictModes no\nPermitRootLogin no\nAllowUsers {TEST_USER}\n\
-                     Subsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 100:30:200\n",
+                     Subsystem sftp {subsystem}\nLogLevel VERBOSE\nMaxStartups 100:30:200\n",
                     key = key.display(),
                     dir = dir.path().display()
                 ),
@@ -263,7 +268,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let sshd = Sshd::start();
+        Fixture::on(Sshd::start())
+    }
+
+    /// A node backing up to this sshd.
+    pub fn on(sshd: Sshd) -> Fixture {
         let root = tempfile::tempdir().expect("node dir");
         let remote_root = tempfile::Builder::new()
             .prefix("cvpbc-remote")
@@ -426,6 +435,47 @@ impl Fixture {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
+
+/// An `sftp-server` whose `fsync` of any file over 1 MB takes `seconds`: a slow NAS flushing
+/// a large upload. An LD_PRELOAD shim built here with gcc; the returned folder holds it (and
+/// must live as long as the sshd).
+pub fn slow_fsync_sftp_server(seconds: u32) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("shim dir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let source = dir.path().join("slow_fsync.c");
+    std::fs::write(
+        &source,
+        format!(
+            "#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <unistd.h>\n#include <sys/stat.h>\n\
+             int fsync(int fd) {{\n  static int (*real)(int);\n\
+             if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, \"fsync\");\n\
+             struct stat st;\n  if (fstat(fd, &st) == 0 && st.st_size > 1000000) sleep({seconds});\n\
+             return real(fd);\n}}\n"
+        ),
+    )
+    .expect("shim source");
+    let library = dir.path().join("slow_fsync.so");
+    run_ok(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&library)
+            .arg(&source)
+            .arg("-ldl"),
+    );
+    let wrapper = dir.path().join("slow-sftp-server");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nLD_PRELOAD={} exec /usr/lib/openssh/sftp-server \"$@\"\n",
+            library.display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let command = wrapper.display().to_string();
+    (dir, command)
 }
 
 pub fn run_captured(cmd: &mut Command, scratch: &Path) -> Run {
