@@ -19,8 +19,9 @@ if [ "$1" = 1 ] && [ -f "$conf/backup.ini" ]; then
     chown "$owner:$group" "$conf/backup.ini"
 fi
 
-# The key named by the INI (by default $conf/keys/backup.key): created once, never replaced.
-/usr/bin/cvp-backup-copy keygen --key-only --ini "$conf/backup.ini" ||
+# The package's key, created once, never replaced: always $conf/keys/backup.key, whatever
+# the (cvp-owned) INI names, and written as the INI's owner.
+/usr/bin/cvp-backup-copy keygen --key-only --key-file "$conf/keys/backup.key" --ini "$conf/backup.ini" ||
     echo "cvp-backup-copy: could not create the key file; run: cvp-backup-copy keygen --key-only"
 
 if [ "$1" = 1 ]; then
@@ -35,7 +36,8 @@ cvp-backup-copy is installed. It runs every night at 02:00 as user cvp
        crontab -e   (as root; delete the line: 0 2 * * * /cvpi/tools/backup.py --limit 5)
 MSG
 fi
-if grep -qs '/cvpi/tools/backup.py' /var/spool/cron/root; then
+# A line that runs it, not a commented-out one.
+if grep -qs '^[[:space:]]*[^#[:space:]].*/cvpi/tools/backup.py' /var/spool/cron/root; then
     echo "cvp-backup-copy: WARNING: root's crontab still runs /cvpi/tools/backup.py; remove that line"
 fi
 exit 0

@@ -6,10 +6,13 @@ use crate::config::{self, BACKUP, KNOWN_OPTIONS, SERVER};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::ini_edit::IniDocument;
-use crate::keygen::{self, DEFAULT_KEY_FILE};
+use crate::keygen::{self, NewKey, DEFAULT_KEY_FILE};
+use crate::privilege;
 use crate::prompt;
 use crate::secret::{self, Secret};
+use crate::users::User;
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 pub struct EditOptions {
     pub ini: PathBuf,
@@ -18,17 +21,17 @@ pub struct EditOptions {
     pub password_stdin: bool,
 }
 
-/// A key to write when the edit is saved.
-struct NewKey {
-    path: PathBuf,
-    key: String,
-}
-
 struct Session {
     ini: PathBuf,
+    /// The INI as it was read: put back if a new key cannot be placed.
+    text: String,
     doc: IniDocument,
+    /// A key to write when the edit is saved.
     new_key: Option<NewKey>,
     changed: bool,
+    /// When root edits another account's INI: the files it names are read and written as
+    /// that account.
+    owner: Option<User>,
 }
 
 impl Session {
@@ -39,12 +42,20 @@ impl Session {
                 ini.display()
             ))
         })?;
+        config::refuse_duplicates(&text, ini)?;
         Ok(Session {
             ini: ini.to_path_buf(),
             doc: IniDocument::parse(&text),
+            text,
             new_key: None,
             changed: false,
+            owner: privilege::key_owner(ini),
         })
+    }
+
+    /// Touch what the INI names with its owner's rights, never more.
+    fn as_owner<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        privilege::as_owner(self.owner.as_ref(), work)
     }
 
     fn value(&self, section: &str, option: &str) -> Option<String> {
@@ -61,21 +72,14 @@ impl Session {
     }
 
     /// The key text that encrypts the password from now on.
-    fn current_key(&self) -> Result<String> {
+    fn current_key(&self) -> Result<Zeroizing<String>> {
         if let Some(new) = &self.new_key {
             return Ok(new.key.clone());
         }
         let path = self.key_path().ok_or_else(|| {
             Error::config("no keyFile is set: run `cvp-backup-copy keygen` first")
         })?;
-        let text = std::fs::read_to_string(&path).map_err(|err| {
-            Error::config(format!(
-                "cannot read key file {}: {err}; run `cvp-backup-copy keygen`",
-                path.display()
-            ))
-        })?;
-        secret::load_key(&path)?;
-        Ok(text.trim().to_string())
+        self.as_owner(|| secret::read_key_text(&path))
     }
 
     /// The current password in clear, when a token exists and the key decrypts it.
@@ -86,7 +90,8 @@ impl Session {
         let path = self.key_path().ok_or_else(|| {
             Error::config("the password is set but no keyFile is: run `cvp-backup-copy keygen`")
         })?;
-        secret::decrypt_password(&token, &path, &self.ini).map(Some)
+        self.as_owner(|| secret::decrypt_password(&token, &path, &self.ini))
+            .map(Some)
     }
 
     fn set(&mut self, section: &str, option: &str, value: &str) {
@@ -104,11 +109,8 @@ impl Session {
 
     /// Use another existing key file: the password is re-encrypted with it.
     fn assign_key(&mut self, path: PathBuf) -> Result<()> {
-        secret::load_key(&path)?;
+        let text = self.as_owner(|| secret::read_key_text(&path))?;
         let password = self.current_password()?;
-        let text = std::fs::read_to_string(&path).map_err(|err| {
-            Error::config(format!("cannot read key file {}: {err}", path.display()))
-        })?;
         self.new_key = None;
         self.set(SERVER, "keyFile", &path.display().to_string());
         if let Some(password) = password {
@@ -116,7 +118,7 @@ impl Session {
             self.set(SERVER, "password", &token);
         }
         // Written nothing: the key file exists. Loose modes are for the operator to fix.
-        if let Err(err) = secret::check_key_is_private(&path) {
+        if let Err(err) = self.as_owner(|| secret::check_key_is_private(&path)) {
             eprintln!("warning: {err}");
         }
         Ok(())
@@ -128,7 +130,7 @@ impl Session {
         let path = self
             .key_path()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
-        let key = secret::new_key();
+        let key = Zeroizing::new(secret::new_key());
         if let Some(password) = password {
             let token = keygen::encrypt_with(&key, &password)?;
             self.set(SERVER, "password", &token);
@@ -143,17 +145,27 @@ impl Session {
         if let Err(err) = config::Config::parse(&self.doc.render(), &self.ini) {
             eprintln!("note: saved, but not complete yet: {err}");
         }
+        let kept = keygen::commit(
+            &self.ini,
+            &self.text,
+            &self.doc,
+            self.new_key.as_ref(),
+            self.owner.as_ref(),
+        )?;
+        if let Some(kept) = kept {
+            println!("old key kept as {}", kept.display());
+        }
         if let Some(new) = &self.new_key {
-            if new.path.exists() {
-                let kept = keygen::backup_key(&new.path)?;
-                println!("old key kept as {}", kept.display());
-            }
-            secret::write_key(&new.path, &new.key)?;
             println!("new key written to {} (mode 0600)", new.path.display());
         }
-        keygen::save(&self.ini, &self.doc)?;
         println!("saved {}", self.ini.display());
         Ok(())
+    }
+
+    /// `check_value`, reading what a value names (a key file) as the INI's owner.
+    fn check(&self, section: &str, option: &str, value: &str) -> std::result::Result<(), String> {
+        self.as_owner(|| Ok(config::check_value(section, option, value, &self.ini)))
+            .unwrap_or_else(|err| Err(err.message))
     }
 
     fn show(&self, title: &str) {
@@ -218,8 +230,7 @@ pub fn edit(options: &EditOptions) -> Result<()> {
     }
     session.show("New settings");
     if !prompt::yes_no(&format!("Save to {}? (y/n) ", options.ini.display()))? {
-        println!("not saved: nothing changed");
-        return Ok(());
+        return Err(Error::new(ExitCode::Usage, "not saved: nothing changed"));
     }
     session.save()
 }
@@ -232,7 +243,7 @@ fn ask_value(session: &mut Session, section: &str, option: &str) -> Result<()> {
         if answer.is_empty() {
             return Ok(());
         }
-        match config::check_value(section, option, answer, &session.ini) {
+        match session.check(section, option, answer) {
             Ok(()) => {
                 session.set(section, option, answer);
                 return Ok(());
@@ -331,7 +342,8 @@ fn scripted(mut session: Session, options: &EditOptions) -> Result<()> {
                 "--set cannot take a password (it would show in the process list): use --password-stdin",
             ));
         }
-        config::check_value(section, option, value, &session.ini)
+        session
+            .check(section, option, value)
             .map_err(|why| Error::config(format!("--set {name}: {why}; nothing changed")))?;
         if option.eq_ignore_ascii_case("keyFile") {
             session.assign_key(config::resolve_against(&session.ini, value))?;

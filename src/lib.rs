@@ -16,6 +16,7 @@ pub mod lock;
 pub mod logging;
 pub mod names;
 pub mod plan;
+pub mod privilege;
 pub mod progress;
 pub mod prompt;
 pub mod remote;

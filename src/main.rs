@@ -3,7 +3,22 @@
 use clap::Parser;
 use cvp_backup_copy::commands::{check, fetch, list, status};
 use cvp_backup_copy::exit_codes::ExitCode;
-use cvp_backup_copy::{cli, edit, error, keygen, logging, run, signals};
+use cvp_backup_copy::{cli, edit, error, keygen, logging, privilege, run, signals};
+use std::path::{Path, PathBuf};
+
+/// Paths given on the command line, made absolute before a root command becomes the INI's
+/// owner (whose working directory may not be this one).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// As root, act as the INI's owner (see `privilege`); a refused INI ends the command.
+fn as_ini_owner(ini: &Path) -> Result<(), std::process::ExitCode> {
+    privilege::act_as_ini_owner(ini).map_err(|err| {
+        log::error!("{err}");
+        std::process::ExitCode::from(err.code.code() as u8)
+    })
+}
 
 fn main() -> std::process::ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -18,11 +33,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(code.code() as u8);
         }
     };
+    privilege::no_core_dumps();
     if let Some(args) = cli.run_args() {
         logging::init(args.verbose);
         signals::install();
+        let ini = absolute(&args.ini);
+        if let Err(code) = as_ini_owner(&ini) {
+            return code;
+        }
         let code = run::run_job(&run::RunOptions {
-            ini: args.ini.clone(),
+            ini,
             limit: args.limit,
             no_backup: args.no_backup,
             dry_run: args.dry_run,
@@ -33,31 +53,59 @@ fn main() -> std::process::ExitCode {
     logging::init(false);
     let success = |()| ExitCode::Success;
     let result = match cli.command {
-        Some(cli::Command::Check(args)) => Ok(check::check(&check::CheckOptions { ini: args.ini })),
-        Some(cli::Command::List(args)) => list::list(&list::ListOptions {
-            ini: args.ini,
-            json: args.json,
-        })
-        .map(success),
+        Some(cli::Command::Check(args)) => {
+            // Root's crontab is read while we may still be root.
+            let root_crontab = check::read_root_crontab();
+            let ini = absolute(&args.ini);
+            if let Err(code) = as_ini_owner(&ini) {
+                return code;
+            }
+            Ok(check::check(&check::CheckOptions { ini, root_crontab }))
+        }
+        Some(cli::Command::List(args)) => {
+            let ini = absolute(&args.ini);
+            if let Err(code) = as_ini_owner(&ini) {
+                return code;
+            }
+            list::list(&list::ListOptions {
+                ini,
+                json: args.json,
+            })
+            .map(success)
+        }
         Some(cli::Command::Fetch(args)) => {
             signals::install();
+            let ini = absolute(&args.ini);
+            let to = args.to.as_deref().map(absolute);
+            if let Err(code) = as_ini_owner(&ini) {
+                return code;
+            }
             fetch::fetch(&fetch::FetchOptions {
-                ini: args.ini,
+                ini,
                 wanted: args.wanted,
-                to: args.to,
+                to,
             })
             .map(success)
         }
         // The verdict is printed; the exit code tells monitoring whether to worry.
-        Some(cli::Command::Status(args)) => status::status(&status::StatusOptions {
-            ini: args.ini,
-            json: args.json,
-            max_age: args.max_age,
-            state_dir: args.state_dir,
-        }),
+        Some(cli::Command::Status(args)) => {
+            let ini = absolute(&args.ini);
+            // Only the INI's state_dir is read from it, and as its owner.
+            if args.state_dir.is_none() && ini.is_file() {
+                if let Err(code) = as_ini_owner(&ini) {
+                    return code;
+                }
+            }
+            status::status(&status::StatusOptions {
+                ini,
+                json: args.json,
+                max_age: args.max_age,
+                state_dir: args.state_dir,
+            })
+        }
         Some(cli::Command::Keygen(args)) => keygen::keygen(&keygen::KeygenOptions {
             ini: args.ini,
-            key_file: args.key_file,
+            key_file: args.key_file.as_deref().map(absolute),
             password_stdin: args.password_stdin,
             yes: args.yes,
             key_only: args.key_only,

@@ -63,7 +63,7 @@ pub fn new_password(label: &str) -> Result<Secret> {
 
 /// One line from standard input (`--password-stdin`), for scripts.
 pub fn password_from_stdin() -> Result<Secret> {
-    let mut text = String::new();
+    let mut text = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
         .lock()
         .read_line(&mut text)
@@ -73,7 +73,6 @@ pub fn password_from_stdin() -> Result<Secret> {
             ))
         })?;
     let secret = Secret::new(text.trim_end_matches(['\n', '\r']).to_string());
-    text.clear();
     if secret.expose().is_empty() {
         return Err(usage("--password-stdin: standard input held no password"));
     }

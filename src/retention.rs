@@ -89,11 +89,10 @@ pub fn apply_policy(
         kept_data.push(*file);
         decision.keep.push((*file, KeepReason::Protected));
     }
-    let mut rank = 0;
-    for file in data.iter().filter(|d| !protect.contains(d)) {
-        rank += 1;
+    for (index, file) in data.iter().filter(|d| !protect.contains(d)).enumerate() {
         if kept_data.len() < limit {
             kept_data.push(*file);
+            let rank = index + 1;
             decision
                 .keep
                 .push((*file, KeepReason::NewestData { rank, limit }));

@@ -386,10 +386,15 @@ impl Job<'_> {
     /// kept (to look at); older ones go, and all go once a good set is on the server. What
     /// cannot be renamed is remembered in `state_dir` instead.
     fn set_aside(&mut self, names: &HashSet<BackupName>) {
-        let dir = &self.config.backup.backup_dir;
+        let folder = &self.config.backup.backup_dir;
         for name in names.iter().filter(|n| n.kind != Kind::Log) {
-            let (from, to) = (dir.join(name.file_name()), dir.join(name.failed_name()));
-            match std::fs::rename(&from, &to) {
+            let (from, to) = (
+                folder.join(name.file_name()),
+                folder.join(name.failed_name()),
+            );
+            let renamed = Dir::open(folder)
+                .and_then(|dir| dir.rename(&name.file_name(), &name.failed_name()));
+            match renamed {
                 Ok(()) => log::warn!(
                     "{name}: set aside as {} (from a failed backup: it is never copied)",
                     name.failed_name()
@@ -946,9 +951,17 @@ fn describe_names(names: &HashSet<BackupName>) -> String {
     }
 }
 
-/// Delete a local file, logging why; true when it is gone.
+/// Delete a local file (a symlink itself, never what it points to), logging why; true when
+/// it is gone.
 fn remove_local(path: &Path, why: &str) -> bool {
-    match std::fs::remove_file(path) {
+    let removed = crate::safe_fs::split(path).and_then(|(folder, name)| {
+        let dir = Dir::open(&folder)?;
+        if dir.stat(&name)?.is_none() {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        dir.remove(&name)
+    });
+    match removed {
         Ok(()) => {
             log::info!("deleted {} ({why})", path.display());
             true

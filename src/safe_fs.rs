@@ -318,6 +318,18 @@ impl Dir {
     /// Replace `name` with `contents`: a fresh temporary file, fsync, mode (and owner) set,
     /// `renameat`, fsync of the folder. A crash leaves the old file or the new one.
     pub fn replace(&self, name: &str, contents: &[u8], mode: Mode) -> io::Result<()> {
+        let tmp = self.stage(name, contents, mode)?;
+        let moved = self.rename(&tmp, name).and_then(|()| self.sync());
+        if moved.is_err() {
+            let _ = self.remove(&tmp);
+        }
+        moved
+    }
+
+    /// The first half of `replace`: the new contents under a fresh temporary name (returned),
+    /// synced, with the mode (and, for root, the owner) the final file is to have. Renaming
+    /// it over `name` later is the commit; removing it, the rollback.
+    pub fn stage(&self, name: &str, contents: &[u8], mode: Mode) -> io::Result<String> {
         let existing = self
             .stat(name)?
             .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
@@ -333,14 +345,15 @@ impl Dir {
             }
             file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
             file.write_all(contents)?;
-            file.sync_all()?;
-            self.rename(&tmp, name)?;
-            self.sync()
+            file.sync_all()
         })();
-        if written.is_err() {
-            let _ = self.remove(&tmp);
+        match written {
+            Ok(()) => Ok(tmp),
+            Err(err) => {
+                let _ = self.remove(&tmp);
+                Err(err)
+            }
         }
-        written
     }
 
     /// `renameat` within this folder: `to` is replaced, never followed.

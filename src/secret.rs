@@ -33,12 +33,6 @@ pub fn encrypt_password(key: &fernet::Fernet, password: &Secret) -> String {
     key.encrypt(password.expose().as_bytes())
 }
 
-/// Write a key file: 0600, atomically. A key is never left half-written.
-pub fn write_key(path: &Path, key: &str) -> Result<()> {
-    crate::safe_fs::replace_file(path, key.as_bytes(), crate::safe_fs::Mode::Force(0o600))
-        .map_err(|err| Error::config(format!("cannot write key file {}: {err}", path.display())))
-}
-
 /// A key file others can read defeats the encryption of the password: refuse it.
 pub fn check_key_is_private(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -58,8 +52,30 @@ pub fn check_key_is_private(path: &Path) -> Result<()> {
 
 /// Read a Fernet key file: 44 characters of URL-safe base64, a trailing newline tolerated.
 pub fn load_key(path: &Path) -> Result<fernet::Fernet> {
-    let raw = std::fs::read(path)
-        .map_err(|err| Error::config(format!("cannot read key file {}: {err}", path.display())))?;
+    let text = read_key_text(path)?;
+    fernet::Fernet::new(&text).ok_or_else(|| {
+        Error::config(format!(
+            "key file {} is not a Fernet key (expected 44 characters of URL-safe base64); \
+             run `cvp-backup-copy keygen`",
+            path.display()
+        ))
+    })
+}
+
+/// A key file's text, trimmed, checked to be a key; a symlink is not followed and nothing
+/// but a plain file is read.
+pub fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
+    let fail = |err: std::io::Error| {
+        Error::config(format!(
+            "cannot read key file {}: {err}; run `cvp-backup-copy keygen`",
+            path.display()
+        ))
+    };
+    let (folder, name) = crate::safe_fs::split(path).map_err(fail)?;
+    let raw = crate::safe_fs::Dir::open(&folder)
+        .and_then(|dir| dir.read(&name, 4096))
+        .map_err(fail)?
+        .ok_or_else(|| fail(std::io::ErrorKind::NotFound.into()))?;
     let raw = Zeroizing::new(raw);
     let text = std::str::from_utf8(&raw).map_err(|_| {
         Error::config(format!(
@@ -67,13 +83,15 @@ pub fn load_key(path: &Path) -> Result<fernet::Fernet> {
             path.display()
         ))
     })?;
-    fernet::Fernet::new(text.trim()).ok_or_else(|| {
-        Error::config(format!(
+    let text = Zeroizing::new(text.trim().to_string());
+    if fernet::Fernet::new(&text).is_none() {
+        return Err(Error::config(format!(
             "key file {} is not a Fernet key (expected 44 characters of URL-safe base64); \
              run `cvp-backup-copy keygen`",
             path.display()
-        ))
-    })
+        )));
+    }
+    Ok(text)
 }
 
 /// Decrypt the INI's `password` token. Fernet tokens carry a timestamp; no TTL applies.
@@ -157,7 +175,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("backup.key");
         let key = new_key();
-        write_key(&path, &key).expect("write key");
+        crate::safe_fs::replace_file(&path, key.as_bytes(), crate::safe_fs::Mode::Force(0o600))
+            .expect("write key");
         assert_eq!(
             std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
             0o600

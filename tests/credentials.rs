@@ -329,6 +329,7 @@ const AFTER_KEYFILE: &[&str] = &[
     "state_dir",
     "syslog_facility",
     "backup_timeout",
+    "node_name",
 ];
 
 #[test]
@@ -524,7 +525,12 @@ fn scripted_password_change_keeps_mode_and_owner() {
     let node = Node::new();
     ensure_user(TEST_USER, TEST_PASSWORD);
     let uid = uid_of(TEST_USER);
+    // The job account's INI and key, in a folder of root's (as the RPM lays them out): root
+    // saves the INI, and reads the key as the INI's owner.
     std::os::unix::fs::chown(&node.ini, Some(uid), None).expect("chown");
+    std::os::unix::fs::chown(&node.key, Some(uid), None).expect("chown");
+    std::fs::set_permissions(node.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
     std::fs::set_permissions(&node.ini, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let out = with_stdin(
         node.command(&["edit", "--password-stdin"]),
@@ -556,4 +562,164 @@ fn scripted_password_change_keeps_mode_and_owner() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "no temporary files left");
+}
+
+/// The account the job runs as cannot save the INI in root's folder: keygen and edit fail
+/// before anything is written, and key and INI stay a matching pair.
+#[test]
+fn keygen_and_edit_that_cannot_save_change_nothing() {
+    let node = Node::new();
+    ensure_user(TEST_USER, TEST_PASSWORD);
+    let (uid, gid) = (uid_of(TEST_USER), gid_of(TEST_USER));
+    // The RPM's layout: the INI's folder is root's; INI and key folder are the job's.
+    let keys = node.dir.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("keys");
+    let key = keys.join("backup.key");
+    std::fs::rename(&node.key, &key).expect("move key");
+    let text = node
+        .text()
+        .replace(&node.key.display().to_string(), &key.display().to_string());
+    std::fs::write(&node.ini, &text).expect("ini");
+    for path in [&node.ini, &keys, &key] {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    }
+    std::fs::set_permissions(node.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let old_key = std::fs::read(&key).expect("key");
+    use std::os::unix::process::CommandExt;
+    let as_job = |args: &[&str]| {
+        let mut cmd = node.command(args);
+        cmd.uid(uid).gid(gid);
+        with_stdin(cmd, &format!("{NEW_PASSWORD}\n"))
+    };
+    for args in [
+        &["keygen", "--yes", "--password-stdin"][..],
+        &["edit", "--password-stdin"],
+        &["edit", "--set", "Backup_Settings.limit=3"],
+    ] {
+        let out = as_job(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("nothing changed"), "{args:?}: {stderr}");
+        assert!(stderr.contains("run this as root"), "{args:?}: {stderr}");
+        assert_eq!(node.text(), text, "{args:?}: the INI changed");
+        assert_eq!(
+            std::fs::read(&key).expect("key"),
+            old_key,
+            "{args:?}: the key changed"
+        );
+        assert_eq!(
+            python_decrypt(&key, &node.option("password")),
+            TEST_PASSWORD
+        );
+        let litter: Vec<String> = file_names(&keys)
+            .into_iter()
+            .chain(file_names(node.dir.path()))
+            .filter(|n| n.ends_with(".tmp") || n.contains(".bak-"))
+            .collect();
+        assert!(litter.is_empty(), "{args:?}: {litter:?}");
+    }
+
+    // A key folder the key cannot be written to: the INI is not saved either.
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    let out = with_stdin(
+        node.command(&["keygen", "--yes", "--password-stdin"]),
+        &format!("{NEW_PASSWORD}\n"),
+    );
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("nothing changed"), "{stderr}");
+    assert_eq!(node.text(), text);
+    assert_eq!(std::fs::read(&key).expect("key"), old_key);
+
+    // As root, both are written (the key as the INI's owner), and they match.
+    let out = with_stdin(
+        node.command(&["keygen", "--yes", "--password-stdin"]),
+        &format!("{NEW_PASSWORD}\n"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(python_decrypt(&key, &node.option("password")), NEW_PASSWORD);
+    let meta = std::fs::metadata(&key).expect("key");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o600));
+    assert_eq!(std::fs::metadata(&node.ini).expect("ini").uid(), uid);
+}
+
+#[test]
+fn a_relative_key_file_is_stored_as_an_absolute_path() {
+    let node = Node::new();
+    let mut cmd = node.command(&[
+        "keygen",
+        "--yes",
+        "--password-stdin",
+        "--key-file",
+        "sub/rel.key",
+    ]);
+    std::fs::create_dir_all(node.dir.path().join("sub")).expect("sub");
+    cmd.current_dir(node.dir.path());
+    let out = with_stdin(cmd, &format!("{NEW_PASSWORD}\n"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = node.option("keyFile");
+    assert_eq!(PathBuf::from(&stored), node.dir.path().join("sub/rel.key"));
+    assert_eq!(
+        python_decrypt(Path::new(&stored), &node.option("password")),
+        NEW_PASSWORD
+    );
+}
+
+/// An option given twice: `edit` refuses the file (exit 3, both lines named) instead of
+/// changing one of the two while `run` reads the other.
+#[test]
+fn an_option_given_twice_stops_edit_and_keygen() {
+    let node = Node::new();
+    let text = node.text().replace(
+        "destination = /data/cvpbackups/\n",
+        "destination = /data/cvpbackups/\npassword = gAAAAA-a-second-one\n",
+    );
+    std::fs::write(&node.ini, &text).expect("ini");
+    for args in [
+        &["edit", "--password-stdin"][..],
+        &["keygen", "--yes", "--password-stdin"],
+    ] {
+        let out = with_stdin(node.command(args), &format!("{NEW_PASSWORD}\n"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("[Server_Settings] password is set twice, on line 5 and on line 8"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(node.text(), text);
+    }
+}
+
+#[test]
+fn declining_to_save_an_edit_exits_2_and_changes_nothing() {
+    let node = Node::new();
+    let before = node.text();
+    let (code, screen) = edit_session(&node, |term| {
+        keep_values(term, &["user"]);
+        term.answer("  server [", "10.10.10.99");
+        term.answer("change the password? (y/n) ", "n");
+        term.answer("update the key or key file? (y/n) ", "n");
+        keep_values(term, AFTER_KEYFILE);
+        term.answer("Save to ", "n");
+    });
+    assert_eq!(code, 2, "{screen}");
+    assert!(screen.contains("not saved"), "{screen}");
+    assert_eq!(node.text(), before);
+    // Only looking is not cancelling.
+    let mut term = Term::spawn(node.command(&["edit"]));
+    term.answer("Would you like to edit these settings? (y/n) ", "n");
+    let (code, screen) = term.finish();
+    assert_eq!(code, 0, "{screen}");
 }

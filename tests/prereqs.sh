@@ -28,7 +28,8 @@ for component in clippy rustfmt; do
     rustup component list --installed | grep -q "^$component" || rustup component add "$component"
 done
 
-command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm
+# 0.21 is the first to own directories (`dir = true` assets).
+command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm --version 0.21.1
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 
 # The tests use Python's `cryptography` as the reference Fernet implementation.

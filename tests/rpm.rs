@@ -110,7 +110,10 @@ fn every_file_has_the_right_owner_mode_and_flags() {
     );
     let expected = [
         "/etc/cron.d/cvp-backup-copy -rw-r--r-- root root cn",
+        "/etc/cvp-backup-copy drwxr-xr-x root root ",
         "/etc/cvp-backup-copy/backup.ini -rw------- cvp cvp cn",
+        "/etc/cvp-backup-copy/keys drwx------ cvp cvp ",
+        "/var/lib/cvp-backup-copy drwxr-x--- cvp cvp ",
         "/usr/bin/cvp-backup-copy -rwxr-xr-x root root ",
         "/usr/share/bash-completion/completions/cvp-backup-copy -rw-r--r-- root root ",
         "/usr/share/doc/cvp-backup-copy/README.md -rw-r--r-- root root d",
@@ -304,6 +307,17 @@ fn install_upgrade_and_erase_on_a_cvp_node() {
     let key =
         std::fs::read_to_string(root.path("/etc/cvp-backup-copy/keys/backup.key")).expect("key");
     assert_eq!(key.trim().len(), 44, "a Fernet key");
+    // The package owns its folders: `rpm -qf` names it and `rpm -V` finds nothing changed.
+    for dir in [
+        "/etc/cvp-backup-copy",
+        "/etc/cvp-backup-copy/keys",
+        "/var/lib/cvp-backup-copy",
+    ] {
+        let owner = root.rpm(&["-qf", "--qf", "%{NAME}", dir]);
+        assert_eq!(text(&owner).trim(), "cvp-backup-copy", "{dir}");
+    }
+    let verify = root.rpm(&["-V", "--nodeps", "cvp-backup-copy"]);
+    assert!(verify.status.success(), "rpm -V: {}", text(&verify));
     let cron = std::fs::read_to_string(root.path("/etc/cron.d/cvp-backup-copy")).expect("cron");
     assert!(cron.contains("MAILTO=\"\""), "{cron}");
     let jobs: Vec<&str> = cron
@@ -394,4 +408,41 @@ fn the_post_install_warns_when_root_still_runs_the_stock_backup() {
         installed.contains("WARNING: root's crontab still runs /cvpi/tools/backup.py"),
         "{installed}"
     );
+
+    // A commented-out line runs nothing: no warning.
+    let quiet = ScratchRoot::new(true);
+    std::fs::write(
+        quiet.path("/var/spool/cron/root"),
+        "#0 2 * * * /cvpi/tools/backup.py --limit 5
+  # 0 2 * * * /cvpi/tools/backup.py
+",
+    )
+    .expect("crontab");
+    let installed = text(&quiet.install(&rpm, "-i"));
+    assert!(!installed.contains("WARNING"), "{installed}");
+}
+
+/// `%post` creates only the package's key, whatever path a (cvp-owned) INI names: an
+/// upgrade over an INI whose keyFile points into /etc writes nothing there.
+#[test]
+fn the_post_install_only_creates_keys_in_the_package_s_key_folder() {
+    let rpm = package();
+    let root = ScratchRoot::new(true);
+    std::fs::create_dir_all(root.path("/etc/cvp-backup-copy")).expect("conf");
+    std::fs::write(
+        root.path("/etc/cvp-backup-copy/backup.ini"),
+        "[Server_Settings]\nuser = u\nserver = s\ndestination = /d\npassword = x\n\
+         keyFile = /etc/cron.d/planted\n",
+    )
+    .expect("ini");
+    std::os::unix::fs::chown(
+        root.path("/etc/cvp-backup-copy/backup.ini"),
+        Some(CVP_UID),
+        Some(CVP_UID),
+    )
+    .expect("chown");
+    std::fs::create_dir_all(root.path("/etc/cron.d")).expect("cron.d");
+    root.install(&rpm, "-i");
+    assert!(!root.path("/etc/cron.d/planted").exists());
+    assert!(root.path("/etc/cvp-backup-copy/keys/backup.key").exists());
 }

@@ -855,3 +855,81 @@ fn a_night_refused_by_its_configuration_is_recorded_and_status_reports_it() {
     assert_ne!(unreadable.code, 0, "{}", unreadable.all_output());
     assert!(!unreadable.all_output().contains(&fx.token));
 }
+
+/// `ssh-keyscan -H` records hashed entries, often of one key type only. The handshake asks
+/// for that type, so the host is recognised; a really different key is still refused.
+#[test]
+fn a_hashed_known_hosts_entry_of_one_key_type_is_recognised() {
+    let fx = Fixture::on(Sshd::start_with_host_keys(&["ecdsa"]));
+    fx.seed("cvp.20240101020010.tgz", 100);
+    let port = fx.port.to_string();
+    let scan = std::process::Command::new("ssh-keyscan")
+        .args(["-H", "-t", "ecdsa", "-p", &port, "127.0.0.1"])
+        .output()
+        .expect("ssh-keyscan");
+    let hashed = String::from_utf8_lossy(&scan.stdout).into_owned();
+    assert!(
+        hashed.starts_with("|1|") && hashed.contains("ecdsa"),
+        "{hashed}"
+    );
+    std::fs::write(&fx.known_hosts, &hashed).expect("known_hosts");
+    let run = fx.run(&["--no-backup"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert_eq!(
+        std::fs::read_to_string(&fx.known_hosts).expect("known_hosts"),
+        hashed,
+        "known, so nothing recorded"
+    );
+
+    // Another ECDSA key for the same host, hashed: a real change, refused.
+    let other = fx.root.path().join("other_ecdsa");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ecdsa", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .expect("ssh-keygen");
+    assert!(keygen.success());
+    let public = std::fs::read_to_string(other.with_extension("pub")).expect("pub");
+    let mut fields = public.split_whitespace();
+    let line = format!(
+        "[127.0.0.1]:{port} {} {}\n",
+        fields.next().expect("type"),
+        fields.next().expect("key")
+    );
+    std::fs::write(&fx.known_hosts, line).expect("known_hosts");
+    let hash = std::process::Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&fx.known_hosts)
+        .output()
+        .expect("ssh-keygen -H");
+    assert!(hash.status.success());
+    let changed = fx.run(&["--no-backup"]);
+    assert_eq!(changed.code, 4, "{}", changed.all_output());
+    assert!(
+        changed.stderr.contains("does not match"),
+        "{}",
+        changed.stderr
+    );
+}
+
+/// `list` only reads: it never sends the password to a host nobody has vetted.
+#[test]
+fn list_refuses_an_unknown_host_and_points_to_check() {
+    let fx = Fixture::new();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("list").arg("--ini").arg(&fx.ini);
+    let run = run_captured(&mut cmd, fx.root.path());
+    assert_eq!(run.code, 4, "{}", run.all_output());
+    assert!(
+        run.stderr.contains("run `cvp-backup-copy check` first"),
+        "{}",
+        run.stderr
+    );
+    assert!(!fx.known_hosts.exists());
+    assert!(
+        !fx.sshd.log().contains("Accepted password"),
+        "{}",
+        fx.sshd.log()
+    );
+}

@@ -18,6 +18,22 @@ use std::path::{Path, PathBuf};
 
 pub struct CheckOptions {
     pub ini: PathBuf,
+    /// Root's crontab, read before a root `check` becomes the INI's owner.
+    pub root_crontab: RootCrontab,
+}
+
+/// What reading root's crontab gave.
+pub struct RootCrontab {
+    path: PathBuf,
+    text: std::io::Result<String>,
+}
+
+pub fn read_root_crontab() -> RootCrontab {
+    let path = std::env::var_os(ROOT_CRONTAB_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(ROOT_CRONTAB));
+    let text = std::fs::read_to_string(&path);
+    RootCrontab { path, text }
 }
 
 /// Root's crontab on CentOS; the environment variable lets the tests point elsewhere.
@@ -91,7 +107,7 @@ pub fn check(options: &CheckOptions) -> ExitCode {
     check_state_dir(&config, &mut report);
     check_stamps(&config, &mut report);
     check_server(&config, &password, &mut report);
-    check_root_crontab(&mut report);
+    check_root_crontab(&options.root_crontab, &mut report);
     finish(report)
 }
 
@@ -476,13 +492,11 @@ fn probe_destination(remote: &mut dyn Remote) -> crate::error::Result<String> {
     })
 }
 
-fn check_root_crontab(report: &mut Report) {
+fn check_root_crontab(crontab: &RootCrontab, report: &mut Report) {
     const WHAT: &str = "root's crontab";
-    let path = std::env::var_os(ROOT_CRONTAB_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(ROOT_CRONTAB));
-    match std::fs::read_to_string(&path) {
-        Ok(text) if runs_stock_backup(&text) => report.line(
+    let path = &crontab.path;
+    match &crontab.text {
+        Ok(text) if runs_stock_backup(text) => report.line(
             WHAT,
             Outcome::Warn(format!(
                 "{} also runs {STOCK_BACKUP}: two backups would start at night; remove that line \

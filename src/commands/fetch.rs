@@ -235,10 +235,15 @@ fn fetch_one(
             dir.join(&file_name).display()
         ))
     };
-    if let Some(existing) = dir.open_existing(&file_name, false).map_err(read_error)? {
-        if transfer::sha256_open(&existing, &dir.join(&file_name))? == expected {
-            return Ok(format!("already here, sha256 matches ({expected})"));
+    match dir.open_existing(&file_name, false) {
+        Ok(Some(existing)) => {
+            if transfer::sha256_open(&existing, &dir.join(&file_name))? == expected {
+                return Ok(format!("already here, sha256 matches ({expected})"));
+            }
         }
+        Ok(None) => {}
+        // A symlink or a special file under the name: never read, replaced by the download.
+        Err(err) => log::warn!("{}; it is replaced", read_error(err)),
     }
     let partial = name.partial_name();
     let outcome = download(remote, name, size, dir, &partial, expected);

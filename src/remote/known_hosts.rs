@@ -54,7 +54,7 @@ fn names_host(field: &str, pattern: &str) -> bool {
 /// entries, so that the handshake asks for a key we can check (as OpenSSH orders
 /// HostKeyAlgorithms) and a host known by one key type is not taken for a changed one.
 pub fn known_key_types(path: &Path, host: &str, port: u16) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(Some(text)) = read(path) else {
         return Vec::new();
     };
     let pattern = host_pattern(host, port);
@@ -74,6 +74,20 @@ pub fn known_key_types(path: &Path, host: &str, port: u16) -> Vec<String> {
         }
     }
     types
+}
+
+/// The known_hosts file's text (None when it does not exist), read without following a
+/// symlink: it lives in the job account's home.
+fn read(path: &Path) -> std::io::Result<Option<String>> {
+    let (folder, name) = safe_fs::split(path)?;
+    let dir = match safe_fs::Dir::open(&folder) {
+        Ok(dir) => dir,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    Ok(dir
+        .read(&name, 16 * 1024 * 1024)?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Outcome of a successful check.
@@ -101,15 +115,25 @@ pub fn verify(
     let mut known = session
         .known_hosts()
         .map_err(|err| Error::connect(format!("cannot initialise host key checks: {err}")))?;
-    if path.exists() {
-        known
-            .read_file(path, KnownHostFileKind::OpenSSH)
-            .map_err(|err| {
-                Error::connect(format!(
-                    "cannot read known_hosts file {}: {err}",
-                    path.display()
-                ))
-            })?;
+    let text = read(path).map_err(|err| {
+        Error::connect(format!(
+            "cannot read known_hosts file {}: {err}",
+            path.display()
+        ))
+    })?;
+    // Line by line, as OpenSSH reads it: a line libssh2 cannot parse (a marker it does not
+    // know) is skipped, not fatal.
+    for line in text.iter().flat_map(|t| t.lines()) {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Err(err) = known.read_str(line, KnownHostFileKind::OpenSSH) {
+            log::debug!(
+                "{}: a line libssh2 cannot read is skipped: {err}",
+                path.display()
+            );
+        }
     }
     let pattern = host_pattern(host, port);
     match known.check_port(host, port, key) {

@@ -104,6 +104,15 @@ impl Sshd {
 
     /// An sshd whose SFTP server is `subsystem` (a command line), e.g. a slowed-down one.
     pub fn start_with(subsystem: &str) -> Sshd {
+        Sshd::start_full(subsystem, &[])
+    }
+
+    /// An sshd with more host keys besides ed25519 (`ecdsa`, `rsa`), listed first.
+    pub fn start_with_host_keys(extra: &[&str]) -> Sshd {
+        Sshd::start_full("internal-sftp", extra)
+    }
+
+    fn start_full(subsystem: &str, extra_keys: &[&str]) -> Sshd {
         ensure_user(TEST_USER, TEST_PASSWORD);
         std::fs::create_dir_all("/run/sshd").expect("privilege separation dir");
         let dir = tempfile::tempdir().expect("sshd dir");
@@ -113,6 +122,17 @@ impl Sshd {
                 .args(["-q", "-t", "ed25519", "-N", "", "-f"])
                 .arg(&key),
         );
+        let mut host_keys = String::new();
+        for kind in extra_keys {
+            let extra = dir.path().join(format!("host_{kind}"));
+            run_ok(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", kind, "-N", "", "-f"])
+                    .arg(&extra),
+            );
+            host_keys.push_str(&format!("HostKey {}\n", extra.display()));
+        }
+        host_keys.push_str(&format!("HostKey {}\n", key.display()));
         std::fs::create_dir_all(dir.path().join("authorized_keys")).expect("authorized_keys dir");
         for _attempt in 0..5 {
             let port = free_port();
@@ -120,12 +140,11 @@ impl Sshd {
             std::fs::write(
                 &config,
                 format!(
-                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {dir}/sshd.pid\n\
+                    "Port {port}\nListenAddress 127.0.0.1\n{host_keys}PidFile {dir}/sshd.pid\n\
                      AuthorizedKeysFile {dir}/authorized_keys/%u\nPasswordAuthentication yes\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
                      StrictModes no\nPermitRootLogin no\nAllowUsers {TEST_USER}\n\
                      Subsystem sftp {subsystem}\nLogLevel VERBOSE\nMaxStartups 100:30:200\n",
-                    key = key.display(),
                     dir = dir.path().display()
                 ),
             )

@@ -1,0 +1,207 @@
+//! Root is never lent to the account that owns the configuration.
+//!
+//! The rule (README, "Running as root"): whoever owns `backup.ini` is who the tool acts as.
+//! Everything under `/etc/cvp-backup-copy`, `/var/lib/cvp-backup-copy` and `/data/cvpbackup`
+//! that the job touches belongs to the cvp account, which can edit its INI (`backup_user`,
+//! `backup_command`, `keyFile`, `state_dir`, ...). So when root runs `run`, `check`, `list` or
+//! `fetch` with an INI another user owns, the tool becomes that user (its groups, gid, uid)
+//! before it reads anything the INI names: nothing it writes is root's, and nothing in a
+//! cvp-owned INI runs as root. `keygen` and `edit` write the INI itself as root (its folder is
+//! root's), and every key file as the INI's owner. An INI owned by root is trusted only when
+//! no other account can change it (the file, or the folder it is in).
+
+use crate::error::{Error, Result};
+use crate::users::{self, User};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Core dumps would carry the decrypted password and the key: none, for any command.
+pub fn no_core_dumps() {
+    // SAFETY: plain system calls on our own process.
+    unsafe {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
+fn euid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Whose authority the INI at `ini` carries: its owner, unless root owns it and someone else
+/// can change it, which is refused. None when we are not root (nothing to decide).
+pub fn authority(ini: &Path) -> Result<Option<User>> {
+    if users::current_uid() != 0 {
+        return Ok(None);
+    }
+    let meta = std::fs::metadata(ini).map_err(|err| {
+        Error::config(format!(
+            "cannot read configuration {}: {err}",
+            ini.display()
+        ))
+    })?;
+    if meta.uid() != 0 {
+        let owner = users::by_uid(meta.uid()).ok_or_else(|| {
+            Error::config(format!(
+                "{} belongs to uid {}, which is not a user of this node: give it to the account \
+                 the job runs as (`chown cvp {}`)",
+                ini.display(),
+                meta.uid(),
+                ini.display()
+            ))
+        })?;
+        return Ok(Some(owner));
+    }
+    let loose = |what: &Path, meta: &std::fs::Metadata| -> Option<String> {
+        let mode = meta.mode();
+        let sticky = mode & 0o1000 != 0;
+        if meta.uid() != 0 {
+            Some(format!("{} belongs to uid {}", what.display(), meta.uid()))
+        } else if mode & 0o022 != 0 && !(meta.is_dir() && sticky) {
+            Some(format!(
+                "{} is writable by group or other (mode {:04o})",
+                what.display(),
+                mode & 0o7777
+            ))
+        } else {
+            None
+        }
+    };
+    let folder = std::fs::canonicalize(ini)
+        .ok()
+        .and_then(|real| real.parent().map(Path::to_path_buf));
+    let folder_meta = folder.as_ref().and_then(|f| std::fs::metadata(f).ok());
+    let problem = loose(ini, &meta).or_else(|| match (&folder, &folder_meta) {
+        (Some(folder), Some(folder_meta)) => loose(folder, folder_meta),
+        _ => None,
+    });
+    match problem {
+        None => Ok(Some(User {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+            home: users::by_uid(0)
+                .map(|u| u.home)
+                .unwrap_or_else(|| "/root".into()),
+            shell: "/bin/sh".into(),
+        })),
+        Some(problem) => Err(Error::config(format!(
+            "{} is root's, but {problem}: another account could make root run its commands. \
+             Give the INI to the account the job runs as (`chown cvp {}`), or make it and its \
+             folder root's alone (`chmod go-w`)",
+            ini.display(),
+            ini.display()
+        ))),
+    }
+}
+
+/// Become `user` for good (groups, gid, uid), with its home as HOME: from here on the
+/// process can do nothing the user could not.
+pub fn become_user(user: &User) -> Result<()> {
+    if user.uid == 0 || euid() != 0 {
+        return Ok(());
+    }
+    let name = std::ffi::CString::new(user.name.clone())
+        .map_err(|_| Error::config("a user name contains a NUL byte"))?;
+    // SAFETY: plain system calls; the name is NUL-terminated.
+    let switched = unsafe {
+        libc::initgroups(name.as_ptr(), user.gid as _) == 0
+            && libc::setgid(user.gid) == 0
+            && libc::setuid(user.uid) == 0
+    };
+    // The uid change is irreversible: regaining root must fail.
+    let irreversible = unsafe { libc::setuid(0) != 0 && libc::getuid() == user.uid };
+    if !switched || !irreversible {
+        return Err(Error::config(format!(
+            "cannot switch to user {}: {}",
+            user.name,
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: called at start-up, before any thread is spawned.
+    unsafe {
+        std::env::set_var("HOME", &user.home);
+        std::env::set_var("USER", &user.name);
+        std::env::set_var("LOGNAME", &user.name);
+    }
+    // Non-dumpable again (setuid resets it from the system default).
+    no_core_dumps();
+    Ok(())
+}
+
+/// As root, act as the INI's owner from here on (see the module's rule). Logged, so that
+/// `journalctl` shows why a root command wrote files as cvp.
+pub fn act_as_ini_owner(ini: &Path) -> Result<()> {
+    let Some(owner) = authority(ini)? else {
+        return Ok(());
+    };
+    if owner.uid != 0 {
+        log::info!(
+            "running as {} (the owner of {}), not as root",
+            owner.name,
+            ini.display()
+        );
+        become_user(&owner)?;
+    }
+    Ok(())
+}
+
+/// Run `work` with the effective identity of `owner` (groups, gid, uid), then return to
+/// root: for the files an INI names, written by `keygen` or `edit` run as root. Nothing
+/// else runs meanwhile (these commands have one thread).
+pub fn as_owner<T>(owner: Option<&User>, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let Some(owner) = owner.filter(|o| o.uid != 0 && euid() == 0) else {
+        return work();
+    };
+    let mut groups = users::group_ids(owner);
+    if groups.is_empty() {
+        groups.push(owner.gid);
+    }
+    // SAFETY: plain system calls; `groups` outlives the call.
+    let switched = unsafe {
+        libc::setgroups(groups.len(), groups.as_ptr()) == 0
+            && libc::setegid(owner.gid) == 0
+            && libc::seteuid(owner.uid) == 0
+    };
+    let result = if switched {
+        work()
+    } else {
+        Err(Error::config(format!(
+            "cannot act as {}: {}",
+            owner.name,
+            std::io::Error::last_os_error()
+        )))
+    };
+    // SAFETY: back to root (the real uid is still 0).
+    let restored = unsafe {
+        libc::seteuid(0) == 0 && libc::setegid(0) == 0 && {
+            let root_groups = [0 as libc::gid_t];
+            libc::setgroups(1, root_groups.as_ptr()) == 0
+        }
+    };
+    if !restored {
+        return Err(Error::config(format!(
+            "cannot return to root after acting as {}: {}",
+            owner.name,
+            std::io::Error::last_os_error()
+        )));
+    }
+    result
+}
+
+/// The owner of the INI, when root edits a file another account owns (keys are then written
+/// as that account). None otherwise.
+pub fn key_owner(ini: &Path) -> Option<User> {
+    if euid() != 0 {
+        return None;
+    }
+    let meta = std::fs::metadata(ini).ok()?;
+    (meta.uid() != 0)
+        .then(|| users::by_uid(meta.uid()))
+        .flatten()
+}

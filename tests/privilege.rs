@@ -1,0 +1,472 @@
+//! Root is never lent to the cvp account. An unprivileged account (the stand-in for cvp,
+//! made here) owns its INI, key, state and backup folders, as the RPM lays them out; it
+//! plants symlinks at every name the tool writes and edits its INI; then every command runs
+//! as root. Afterwards: nothing outside cvp's folders was written or re-owned, no code of
+//! cvp's INI ran as root, nothing root made blocks cvp, and the cvp job still runs.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CVP: &str = "cvpbc-cvp";
+
+struct Node {
+    fx: Fixture,
+    uid: u32,
+    gid: u32,
+    /// A root-owned file the attacker would love to overwrite or own.
+    victim: PathBuf,
+    /// Where a backup command records who ran it.
+    evidence: PathBuf,
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+}
+
+fn mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+impl Node {
+    /// The RPM's layout: the INI's folder is root's (0755), the INI, key folder, state,
+    /// backups and home are cvp's.
+    fn new() -> Node {
+        ensure_user(CVP, "unused-password-cvp");
+        let (uid, gid) = (uid_of(CVP), gid_of(CVP));
+        let mut fx = Fixture::new();
+        let node = fx.root.path().to_path_buf();
+        mode(&node, 0o755);
+        let home = node.join("home");
+        std::fs::create_dir_all(home.join(".ssh")).expect("home");
+        fx.known_hosts = home.join(".ssh/known_hosts");
+        std::fs::create_dir_all(&fx.state_dir).expect("state");
+        let evidence_dir = node.join("evidence");
+        std::fs::create_dir_all(&evidence_dir).expect("evidence");
+        mode(&evidence_dir, 0o777);
+        fx.cvpi_flags = "--images".into();
+        fx.write_ini();
+        let text = fx
+            .ini_text()
+            .replace("backup_user = root", &format!("backup_user = {CVP}"));
+        std::fs::write(&fx.ini, text).expect("ini");
+        for path in [
+            fx.backup_dir.parent().expect("data"),
+            fx.log_dir.parent().and_then(Path::parent).expect("cvpi"),
+            &fx.state_dir,
+            fx.key_file.parent().expect("keys"),
+            &home,
+        ] {
+            chown_tree(path, uid, gid);
+        }
+        std::os::unix::fs::chown(&fx.ini, Some(uid), Some(gid)).expect("chown ini");
+        mode(&fx.ini, 0o600);
+        mode(fx.key_file.parent().expect("keys"), 0o700);
+        mode(&fx.state_dir, 0o750);
+        let victim = node.join("victim");
+        std::fs::write(&victim, "original").expect("victim");
+        mode(&victim, 0o644);
+        Node {
+            evidence: evidence_dir.join("who-ran-it"),
+            fx,
+            uid,
+            gid,
+            victim,
+        }
+    }
+
+    /// cvp edits its own INI (as it may).
+    fn cvp_edits_ini(&self, edit: impl Fn(String) -> String) {
+        let text = edit(std::fs::read_to_string(&self.fx.ini).expect("ini"));
+        std::fs::write(&self.fx.ini, text).expect("ini");
+        std::os::unix::fs::chown(&self.fx.ini, Some(self.uid), Some(self.gid)).expect("chown");
+    }
+
+    /// cvp plants a symlink to the victim at `path`.
+    fn plant(&self, path: &Path) {
+        let _ = std::fs::remove_file(path);
+        std::os::unix::fs::symlink(&self.victim, path).expect("symlink");
+        let _ = Command::new("chown")
+            .arg("-h")
+            .arg(format!("{}:{}", self.uid, self.gid))
+            .arg(path)
+            .status();
+    }
+
+    fn as_root(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).arg("--ini").arg(&self.fx.ini);
+        run_captured(&mut cmd, self.fx.root.path())
+    }
+
+    fn as_cvp(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .arg("--ini")
+            .arg(&self.fx.ini)
+            .uid(self.uid)
+            .gid(self.gid)
+            .env("HOME", self.fx.root.path().join("home"))
+            .env("USER", CVP);
+        run_captured(&mut cmd, self.fx.root.path())
+    }
+
+    /// The victim is as it was; no file under the node is root's but those root made
+    /// itself (the INI's folder, the victim, the fixture's own files).
+    fn assert_nothing_lent(&self, what: &str) {
+        assert_eq!(
+            std::fs::read_to_string(&self.victim).expect("victim"),
+            "original",
+            "{what}: the victim was written"
+        );
+        let meta = std::fs::metadata(&self.victim).expect("victim");
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o777),
+            (0, 0o644),
+            "{what}: victim re-owned"
+        );
+        let mut root_owned = Vec::new();
+        for dir in [
+            self.fx.backup_dir.parent().expect("data").to_path_buf(),
+            self.fx.log_dir.clone(),
+            self.fx.state_dir.clone(),
+            self.fx.key_file.parent().expect("keys").to_path_buf(),
+            self.fx.root.path().join("home"),
+        ] {
+            walk(&dir, &mut |path, meta| {
+                if meta.uid() == 0 {
+                    root_owned.push(path.to_path_buf());
+                }
+            });
+        }
+        assert!(
+            root_owned.is_empty(),
+            "{what}: root left files in cvp's folders: {root_owned:?}"
+        );
+        let ini = std::fs::metadata(&self.fx.ini).expect("ini");
+        assert_eq!(ini.uid(), self.uid, "{what}: the INI stays cvp's");
+        if let Ok(who) = std::fs::read_to_string(&self.evidence) {
+            assert!(
+                !who.lines().any(|l| l.trim() == "0"),
+                "{what}: cvp's backup_command ran as root"
+            );
+        }
+    }
+}
+
+fn walk(path: &Path, visit: &mut impl FnMut(&Path, &std::fs::Metadata)) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    visit(path, &meta);
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read_dir").flatten() {
+            walk(&entry.path(), visit);
+        }
+    }
+}
+
+/// A backup command of cvp's choosing that records who ran it, then does the real job.
+fn evil_command(node: &Node) -> String {
+    let script = node.fx.root.path().join("evidence/evil.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nid -u >> {}\nexec {} \"$@\"\n",
+            node.evidence.display(),
+            fake_cvpi().display()
+        ),
+    )
+    .expect("script");
+    mode(&script, 0o755);
+    format!(
+        "{} --backup-dir {} --log-dir {} backup cvp",
+        script.display(),
+        node.fx.backup_dir.display(),
+        node.fx.log_dir.display()
+    )
+}
+
+#[test]
+fn every_command_run_as_root_acts_as_the_ini_s_owner() {
+    let node = Node::new();
+    // A good night as cvp first: host key recorded, a set on both sides.
+    let first = node.as_cvp(&[]);
+    assert_eq!(first.code, 0, "{}", first.all_output());
+
+    // cvp plants symlinks at every fixed name the tool writes, and edits its INI to make
+    // root run its command.
+    let state = &node.fx.state_dir;
+    for name in [
+        "lock",
+        "lock.pid",
+        "last-run.json",
+        ".last-run.json.tmp",
+        "history.json",
+    ] {
+        node.plant(&state.join(name));
+    }
+    let command = evil_command(&node);
+    node.cvp_edits_ini(|text| {
+        let text = text.replace(&format!("backup_user = {CVP}"), "backup_user = root");
+        let start = text.find("backup_command = ").expect("command");
+        let end = start + text[start..].find('\n').expect("eol");
+        format!(
+            "{}backup_command = {command}{}",
+            &text[..start],
+            &text[end..]
+        )
+    });
+
+    let run = node.as_root(&[]);
+    assert_eq!(
+        run.code,
+        3,
+        "backup_user = root is refused: {}",
+        run.all_output()
+    );
+    assert!(
+        run.all_output().contains(&format!("running as {CVP}")),
+        "{}",
+        run.all_output()
+    );
+    assert!(!node.evidence.exists(), "the command never ran");
+    node.assert_nothing_lent("run with backup_user = root");
+
+    // As cvp's own account it is cvp's command: it runs, as cvp.
+    node.cvp_edits_ini(|text| text.replace("backup_user = root", &format!("backup_user = {CVP}")));
+    let run = node.as_root(&[]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let who = std::fs::read_to_string(&node.evidence).expect("evidence");
+    assert_eq!(who.trim(), node.uid.to_string());
+    node.assert_nothing_lent("run as root");
+
+    for args in [
+        &["--dry-run"][..],
+        &["check"],
+        &["list"],
+        &["status"],
+        &["--no-backup"],
+    ] {
+        for name in ["lock.pid", "last-run.json", "history.json"] {
+            node.plant(&state.join(name));
+        }
+        let out = node.as_root(args);
+        assert!(
+            out.code == 0 || args == ["status"],
+            "{args:?}: {}",
+            out.all_output()
+        );
+        node.assert_nothing_lent(&format!("{args:?}"));
+    }
+
+    // fetch as root into cvp's folder, where cvp planted the partial and final names.
+    let data = node.fx.newest_local("cvp.2").expect("a data file");
+    let fetch_to = node.fx.backup_dir.join("restore");
+    std::fs::create_dir_all(&fetch_to).expect("dir");
+    chown_tree(&fetch_to, node.uid, node.gid);
+    node.plant(&fetch_to.join(format!(".{data}.cvpbc-part")));
+    node.plant(&fetch_to.join(&data));
+    let fetched = node.as_root(&["fetch", "--to", fetch_to.to_str().expect("utf-8")]);
+    assert_eq!(fetched.code, 0, "{}", fetched.all_output());
+    assert_eq!(
+        std::fs::read(fetch_to.join(&data)).expect("fetched"),
+        std::fs::read(node.fx.local_path(&data)).expect("local")
+    );
+    assert!(
+        fetched
+            .stdout
+            .contains(&format!("{}/{data}", fetch_to.display())),
+        "the restore command has absolute paths: {}",
+        fetched.stdout
+    );
+    node.assert_nothing_lent("fetch");
+
+    // Nothing root made blocks the cvp job: it still runs, and status reads its record.
+    let again = node.as_cvp(&[]);
+    assert_eq!(again.code, 0, "{}", again.all_output());
+    let status = node.as_cvp(&["status"]);
+    assert_eq!(status.code, 0, "{}", status.all_output());
+}
+
+#[test]
+fn a_planted_known_hosts_symlink_is_refused_not_followed() {
+    let node = Node::new();
+    node.plant(&node.fx.known_hosts);
+    let run = node.as_root(&[]);
+    assert_eq!(run.code, 4, "{}", run.all_output());
+    assert!(run.all_output().contains("symlink"), "{}", run.all_output());
+    node.assert_nothing_lent("known_hosts symlink");
+}
+
+/// An INI that root owns is trusted only when nobody else can change it.
+#[test]
+fn a_root_owned_ini_another_account_can_change_is_refused() {
+    let node = Node::new();
+    std::os::unix::fs::chown(&node.fx.ini, Some(0), Some(node.gid)).expect("chown");
+    mode(&node.fx.ini, 0o660);
+    let run = node.as_root(&["--no-backup"]);
+    assert_eq!(run.code, 3, "{}", run.all_output());
+    assert!(
+        run.all_output().contains("writable by group or other"),
+        "{}",
+        run.all_output()
+    );
+    // In a folder cvp owns, cvp could swap the file: refused too.
+    mode(&node.fx.ini, 0o600);
+    let folder = node.fx.root.path().join("cvp-folder");
+    std::fs::create_dir_all(&folder).expect("dir");
+    std::os::unix::fs::chown(&folder, Some(node.uid), Some(node.gid)).expect("chown");
+    let moved = folder.join("backup.ini");
+    std::fs::copy(&node.fx.ini, &moved).expect("copy");
+    let mut cmd = Command::new(bin());
+    cmd.arg("--ini").arg(&moved).arg("--no-backup");
+    let run = run_captured(&mut cmd, node.fx.root.path());
+    assert_eq!(run.code, 3, "{}", run.all_output());
+    assert!(
+        run.all_output().contains("belongs to uid"),
+        "{}",
+        run.all_output()
+    );
+}
+
+/// keygen and edit as root: the INI is saved by root (its folder is root's) and keeps its
+/// owner; the key is written as the INI's owner, so a keyFile pointing at root's files
+/// gets nowhere; and the cvp job still decrypts the password afterwards.
+#[test]
+fn keygen_and_edit_as_root_write_keys_only_as_the_ini_s_owner() {
+    let node = Node::new();
+    let before = std::fs::read_to_string(&node.fx.ini).expect("ini");
+    // cvp points keyFile at a root-owned file.
+    node.cvp_edits_ini(|text| {
+        text.replace(
+            &node.fx.key_file.display().to_string(),
+            &node.victim.display().to_string(),
+        )
+    });
+    let mut cmd = Command::new(bin());
+    cmd.args(["keygen", "--yes", "--password-stdin", "--ini"])
+        .arg(&node.fx.ini);
+    let out = with_input(cmd, &format!("{TEST_PASSWORD}\n"));
+    assert_eq!(out.0, 3, "{}", out.1);
+    assert!(out.1.contains("nothing changed"), "{}", out.1);
+    node.assert_nothing_lent("keygen with keyFile at a root file");
+    let after = std::fs::read_to_string(&node.fx.ini).expect("ini");
+    assert_ne!(after, before);
+    assert!(
+        after.contains(&node.victim.display().to_string()),
+        "the INI is as cvp left it"
+    );
+
+    // keyFile as a symlink in cvp's key folder: not followed, refused, nothing changed.
+    node.cvp_edits_ini(|_| before.clone());
+    node.plant(&node.fx.key_file);
+    let mut cmd = Command::new(bin());
+    cmd.args(["keygen", "--yes", "--password-stdin", "--ini"])
+        .arg(&node.fx.ini);
+    let out = with_input(cmd, &format!("{TEST_PASSWORD}\n"));
+    node.assert_nothing_lent("keygen over a symlinked key");
+    assert_eq!(out.0, 3, "{}", out.1);
+    assert!(
+        out.1.contains("symlink") && out.1.contains("nothing changed"),
+        "{}",
+        out.1
+    );
+    assert_eq!(std::fs::read_to_string(&node.fx.ini).expect("ini"), before);
+    std::fs::remove_file(&node.fx.key_file).expect("cvp removes its symlink");
+
+    // A real keygen and an edit as root: the job, as cvp, still works.
+    let mut cmd = Command::new(bin());
+    cmd.args(["keygen", "--yes", "--password-stdin", "--ini"])
+        .arg(&node.fx.ini);
+    let out = with_input(cmd, &format!("{TEST_PASSWORD}\n"));
+    assert_eq!(out.0, 0, "{}", out.1);
+    let mut cmd = Command::new(bin());
+    cmd.args(["edit", "--password-stdin", "--ini"])
+        .arg(&node.fx.ini);
+    let out = with_input(cmd, &format!("{TEST_PASSWORD}\n"));
+    assert_eq!(out.0, 0, "{}", out.1);
+    node.assert_nothing_lent("keygen and edit as root");
+    let key = std::fs::metadata(&node.fx.key_file).expect("key");
+    assert_eq!((key.uid(), key.mode() & 0o777), (node.uid, 0o600));
+    let run = node.as_cvp(&[]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+}
+
+/// Standard input, then the exit code and everything printed.
+fn with_input(mut cmd: Command, input: &str) -> (i32, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes());
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// While secrets are in memory the process is not dumpable (no core file, no ptrace by the
+/// same user): the files in /proc/PID belong to root even when the job runs as cvp, and the
+/// core limit is 0.
+#[test]
+fn no_core_dumps_while_secrets_are_in_memory() {
+    let mut node = Node::new();
+    node.fx.cvpi_flags = "--sleep 3".into();
+    node.fx.write_ini();
+    let text = node
+        .fx
+        .ini_text()
+        .replace("backup_user = root", &format!("backup_user = {CVP}"));
+    std::fs::write(&node.fx.ini, text).expect("ini");
+    std::os::unix::fs::chown(&node.fx.ini, Some(node.uid), Some(node.gid)).expect("chown");
+    let mut child = Command::new(bin())
+        .arg("--ini")
+        .arg(&node.fx.ini)
+        .env(SYSLOG_ENV, node.fx.root.path().join("no-syslog"))
+        .uid(node.uid)
+        .gid(node.gid)
+        .env("HOME", node.fx.root.path().join("home"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+    let owner = std::fs::metadata(proc_dir.join("status"))
+        .expect("proc")
+        .uid();
+    let limits = std::fs::read_to_string(proc_dir.join("limits")).expect("limits");
+    let _ = child.wait();
+    assert_eq!(owner, 0, "a dumpable process's /proc files would be cvp's");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core line");
+    assert!(
+        core.split_whitespace().filter(|w| *w == "0").count() == 2,
+        "{core}"
+    );
+}
