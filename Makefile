@@ -8,6 +8,8 @@ ASSETS  := target/assets
 RPM_DIR := target/generate-rpm
 EXTRACT := target/rpm-extract
 CARGO   ?= cargo
+# The patched cargo-generate-rpm (tests/prereqs.sh) comes first on the PATH.
+export PATH := $(CURDIR)/target/tools/bin:$(PATH)
 
 .PHONY: all build prereqs rpm lint test fuzz bench demo clean
 

@@ -113,11 +113,11 @@ fn every_file_has_the_right_owner_mode_and_flags() {
         "/etc/cvp-backup-copy drwxr-xr-x root root ",
         "/etc/cvp-backup-copy/backup.ini -rw------- cvp cvp cn",
         "/etc/cvp-backup-copy/keys drwx------ cvp cvp ",
-        "/var/lib/cvp-backup-copy drwxr-x--- cvp cvp ",
         "/usr/bin/cvp-backup-copy -rwxr-xr-x root root ",
         "/usr/share/bash-completion/completions/cvp-backup-copy -rw-r--r-- root root ",
         "/usr/share/doc/cvp-backup-copy/README.md -rw-r--r-- root root d",
         "/usr/share/man/man1/cvp-backup-copy.1 -rw-r--r-- root root d",
+        "/var/lib/cvp-backup-copy drwxr-x--- cvp cvp ",
     ];
     let mut lines: Vec<&str> = listing.lines().map(str::trim_end).collect();
     lines.sort();
@@ -252,7 +252,15 @@ impl ScratchRoot {
 
 /// The same package at a higher version, for the upgrade.
 fn newer_package(out_dir: &Path) -> PathBuf {
+    // The patched cargo-generate-rpm that `make` builds (tests/prereqs.sh) comes first.
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let status = Command::new("cargo")
+        .env("PATH", path)
         .args([
             "generate-rpm",
             "--payload-compress",
@@ -329,11 +337,15 @@ fn install_upgrade_and_erase_on_a_cvp_node() {
         ["0 2 * * * cvp /usr/bin/cvp-backup-copy --ini /etc/cvp-backup-copy/backup.ini"]
     );
 
-    // The shipped INI's placeholders stop a run before it connects anywhere.
+    // The shipped INI's placeholders stop a run before it connects anywhere (a copy of it
+    // owned by root: the scratch root's cvp is no user of this machine).
     let ini = root.path("/etc/cvp-backup-copy/backup.ini");
+    let copy_dir = tempfile::tempdir().expect("tempdir");
+    let copy = copy_dir.path().join("backup.ini");
+    std::fs::copy(&ini, &copy).expect("copy");
     let unconfigured = run(Command::new(root.path("/usr/bin/cvp-backup-copy"))
         .arg("--ini")
-        .arg(&ini)
+        .arg(&copy)
         .arg("--no-backup"));
     assert_eq!(
         unconfigured.status.code(),
@@ -366,14 +378,18 @@ fn install_upgrade_and_erase_on_a_cvp_node() {
     let version = root.rpm(&["-q", "--qf", "%{VERSION}", "cvp-backup-copy"]);
     assert_eq!(String::from_utf8_lossy(&version.stdout), "99.0.0");
 
-    // Erase: binary and cron job go; settings, key and state stay, and it says so.
+    // Erase: binary and cron job go; settings, key and state stay, and it says so (an empty
+    // state folder, which the package owns, goes with it: there is nothing to keep).
+    std::fs::write(root.path("/var/lib/cvp-backup-copy/last-run.json"), "{}").expect("record");
     let erased = root.rpm(&["-e", "--nodeps", "cvp-backup-copy"]);
     assert!(erased.status.success(), "{}", text(&erased));
     assert!(!root.path("/usr/bin/cvp-backup-copy").exists());
     assert!(!root.path("/etc/cron.d/cvp-backup-copy").exists());
     assert_eq!(std::fs::read_to_string(&ini).expect("INI kept"), edited);
     assert!(root.path("/etc/cvp-backup-copy/keys/backup.key").exists());
-    assert!(root.path("/var/lib/cvp-backup-copy").is_dir());
+    assert!(root
+        .path("/var/lib/cvp-backup-copy/last-run.json")
+        .is_file());
     assert!(text(&erased).contains("Kept"), "{}", text(&erased));
 }
 

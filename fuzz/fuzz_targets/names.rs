@@ -3,6 +3,7 @@
 #![no_main]
 
 use cvp_backup_copy::names::{parse_sidecar, BackupName, RemoteName};
+use cvp_backup_copy::sets::parse_manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,11 +11,28 @@ fuzz_target!(|data: &[u8]| {
     if let Some(parsed) = BackupName::parse(name) {
         assert_eq!(parsed.file_name(), name);
         assert!(BackupName::parse(&parsed.partial_name()).is_none());
+        assert!(BackupName::parse(&parsed.failed_name()).is_none());
+    }
+    if let Some(parsed) = BackupName::parse_failed(name) {
+        assert_eq!(parsed.failed_name(), name);
     }
     match RemoteName::parse(name) {
         Some(RemoteName::Backup(parsed)) => assert_eq!(parsed.file_name(), name),
         Some(RemoteName::Sidecar(parsed)) => assert_eq!(parsed.sidecar_name(), name),
+        Some(RemoteName::Manifest(parsed)) => assert_eq!(parsed.manifest_name(), name),
+        Some(RemoteName::Partial(parsed)) => assert!(
+            [
+                parsed.partial_name(),
+                parsed.sidecar_partial_name(),
+                parsed.manifest_partial_name()
+            ]
+            .contains(&name.to_string()),
+            "{name}"
+        ),
         None => {}
     }
     let _ = parse_sidecar(name, "cvp.20240101020010.tgz");
+    if let Some(data) = BackupName::parse("cvp.20240101020010.tgz") {
+        let _ = parse_manifest(name, data);
+    }
 });
