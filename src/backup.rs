@@ -1,7 +1,9 @@
 //! Run the CVP backup command (`cvpi backup cvp`), as `backup_user` when we are root, with
 //! its output going to our log. Like `su - cvp -c`, without a shell or a password. It runs
-//! in its own process group, so that a timeout, SIGTERM or SIGINT stops everything it
-//! started (TERM, then KILL after a grace period) and the lock is freed.
+//! in a session of its own (its own process group, and no controlling terminal: a command
+//! from cvp's INI must never reach the terminal of a root who started the job by hand), so
+//! that a timeout, SIGTERM or SIGINT stops everything it started (TERM, then KILL after a
+//! grace period) and the lock is freed.
 
 use crate::error::{Error, Result};
 use crate::users::{self, User};
@@ -98,8 +100,16 @@ pub fn run(command: &[String], backup_user: &str, timeout: Duration) -> Result<O
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     prepare_user(&mut cmd, backup_user)?;
 
     let started = Instant::now();

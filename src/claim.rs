@@ -41,7 +41,8 @@ fn render(node: &str) -> String {
 fn parse(text: &str) -> Option<String> {
     text.lines().find_map(|line| {
         let (key, value) = line.split_once('=')?;
-        (key.trim() == "node" && !value.trim().is_empty()).then(|| value.trim().to_string())
+        (key.trim() == "node" && !value.trim().is_empty())
+            .then(|| crate::error::printable(value.trim()))
     })
 }
 

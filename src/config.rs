@@ -94,6 +94,26 @@ fn parse_facility(text: &str) -> std::result::Result<syslog::Facility, String> {
     })
 }
 
+/// A user name as `useradd` makes them: nothing a shell or `su` would read as more.
+fn parse_user(text: &str) -> std::result::Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 32
+        && text
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not a user name (letters, digits, _ - . only)"
+        ))
+    }
+}
+
 fn parse_command(text: &str) -> std::result::Result<Vec<String>, String> {
     match shlex::split(text) {
         Some(words) if !words.is_empty() => Ok(words),
@@ -144,6 +164,7 @@ pub fn check_value(
         "host_key_policy" => parse_policy(value).map(drop),
         "syslog_facility" => parse_facility(value).map(drop),
         "backup_command" => parse_command(value).map(drop),
+        "backup_user" => parse_user(value).map(drop),
         "keyfile" => crate::secret::load_key(&path(value))
             .map(drop)
             .map_err(|e| e.message),
@@ -331,7 +352,10 @@ impl Config {
         let backup = BackupConfig {
             limit,
             command,
-            user: get("backup_user")?.unwrap_or_else(|| default_of("backup_user").into()),
+            user: parse_user(
+                &get("backup_user")?.unwrap_or_else(|| default_of("backup_user").into()),
+            )
+            .map_err(|why| reader.bad(BACKUP, "backup_user", &why))?,
             backup_dir: dir("backup_dir")?,
             log_dir: dir("log_dir")?,
             state_dir: dir("state_dir")?,
@@ -681,6 +705,10 @@ limit: 7
         expect_config_error(
             &PYTHON_STYLE.replace("limit: 7", "syslog_facility = kernel-ish"),
             &["syslog_facility"],
+        );
+        expect_config_error(
+            &PYTHON_STYLE.replace("limit: 7", "backup_user = cvp`id`"),
+            &["[Backup_Settings] backup_user", "not a user name"],
         );
         expect_config_error("just text", &[ini]);
         expect_config_error(

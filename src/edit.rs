@@ -49,7 +49,7 @@ impl Session {
             text,
             new_key: None,
             changed: false,
-            owner: privilege::key_owner(ini),
+            owner: privilege::key_owner(ini)?,
         })
     }
 
@@ -173,7 +173,10 @@ impl Session {
         for (section, options) in KNOWN_OPTIONS {
             println!("[{section}]");
             for option in options {
-                println!("  {option} : {}", self.display(section, option));
+                println!(
+                    "  {option} : {}",
+                    crate::error::printable(&self.display(section, option))
+                );
             }
         }
         println!();
@@ -237,7 +240,7 @@ pub fn edit(options: &EditOptions) -> Result<()> {
 
 fn ask_value(session: &mut Session, section: &str, option: &str) -> Result<()> {
     loop {
-        let shown = session.display(section, option);
+        let shown = crate::error::printable(&session.display(section, option));
         let answer = prompt::line(&format!("  {option} [{shown}]: "))?;
         let answer = answer.trim();
         if answer.is_empty() {
@@ -293,7 +296,7 @@ fn ask_password(session: &mut Session) -> Result<()> {
 }
 
 fn ask_key(session: &mut Session) -> Result<()> {
-    let shown = session.display(SERVER, "keyFile");
+    let shown = crate::error::printable(&session.display(SERVER, "keyFile"));
     if !prompt::yes_no(&format!(
         "  keyFile [{shown}]: update the key or key file? (y/n) "
     ))? {

@@ -47,3 +47,49 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// A word (a path, a user name) as a shell would need it in a command we print for the
+/// operator to paste: values come from an INI another account may write.
+pub fn shell_word(word: impl AsRef<std::ffi::OsStr>) -> String {
+    let text = word.as_ref().to_string_lossy();
+    shlex::try_quote(&text)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| "'<a name with a NUL byte>'".into())
+}
+
+/// Text from a file or a server, made safe to print on a terminal: control characters (an
+/// escape sequence could hide or fake what the operator reads) are shown escaped.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_commands_quote_their_words_and_text_loses_its_escapes() {
+        assert_eq!(
+            shell_word("/etc/cvp-backup-copy/keys/backup.key"),
+            "/etc/cvp-backup-copy/keys/backup.key"
+        );
+        assert_eq!(
+            shell_word("/x;chmod 4755 $(which bash)"),
+            "'/x;chmod 4755 $(which bash)'"
+        );
+        assert_eq!(shell_word("a'b"), "\"a'b\"");
+        assert_eq!(printable("ok\u{1b}[2Jfake"), "ok\\u{1b}[2Jfake");
+        assert_eq!(printable("plain"), "plain");
+    }
+}

@@ -32,11 +32,13 @@ impl BackupSet {
 }
 
 /// Every data backup on either side, newest first. A set's images file and log are those
-/// `sets` assigns it, looked for on either side (a restore needs them, wherever they are).
+/// recorded for it (`known`) or `sets` assigns it, looked for on either side (a restore
+/// needs them, wherever they are).
 pub fn sets(
     local: &[(BackupName, u64)],
     remote: &[(BackupName, u64)],
     remote_sidecars: &[BackupName],
+    known: &[RestoreSet],
 ) -> Vec<BackupSet> {
     let mut seen: HashMap<BackupName, Entry> = HashMap::new();
     for (name, size) in local {
@@ -62,10 +64,11 @@ pub fn sets(
     let entry = |name: Option<BackupName>| name.and_then(|n| seen.get(&n).cloned());
     data.into_iter()
         .filter_map(|name| {
+            let members = sets::members(&names, name, known);
             Some(BackupSet {
                 data: seen.get(&name)?.clone(),
-                images: entry(sets::images_for(&names, name)),
-                log: entry(sets::log_for(&names, name)),
+                images: entry(members.images),
+                log: entry(members.log),
             })
         })
         .collect()
@@ -147,7 +150,7 @@ mod tests {
             "cvp.eosimages.20240102020005.tgz",
         ]);
         let sidecars = [n("cvp.20240101020010.tgz")];
-        let found = sets(&local, &remote, &sidecars);
+        let found = sets(&local, &remote, &sidecars, &[]);
         // (data, images, log, data is local, data is remote, data has a sidecar)
         type Row = (String, Option<String>, Option<String>, bool, bool, bool);
         let rows: Vec<Row> = found

@@ -40,7 +40,7 @@ fn key_path(options: &KeygenOptions, doc: Option<&IniDocument>) -> PathBuf {
 
 pub fn keygen(options: &KeygenOptions) -> Result<()> {
     let text = std::fs::read_to_string(&options.ini);
-    let owner = privilege::key_owner(&options.ini);
+    let owner = privilege::key_owner(&options.ini)?;
     if options.key_only {
         let doc = text.ok().map(|t| IniDocument::parse(&t));
         let path = key_path(options, doc.as_ref());
@@ -264,7 +264,7 @@ pub fn warn_if_loose(ini: &Path) {
             eprintln!(
                 "warning: {} is open to group or other (mode {mode:04o}); run `chmod 600 {}`",
                 ini.display(),
-                ini.display()
+                crate::error::shell_word(ini)
             );
         }
     }

@@ -33,8 +33,11 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Whose authority the INI at `ini` carries: its owner, unless root owns it and someone else
-/// can change it, which is refused. None when we are not root (nothing to decide).
+/// Whose authority the INI at `ini` carries: its owner. An INI root owns is trusted only when
+/// no other account can change it or what its path leads through: every folder on the way
+/// (as given, and as the symlinks resolve) must be root's and not writable by group or other
+/// (sticky folders excepted), and so must the file. None when we are not root (nothing to
+/// decide).
 pub fn authority(ini: &Path) -> Result<Option<User>> {
     if users::current_uid() != 0 {
         return Ok(None);
@@ -52,35 +55,14 @@ pub fn authority(ini: &Path) -> Result<Option<User>> {
                  the job runs as (`chown cvp {}`)",
                 ini.display(),
                 meta.uid(),
-                ini.display()
+                crate::error::shell_word(ini)
             ))
         })?;
         return Ok(Some(owner));
     }
-    let loose = |what: &Path, meta: &std::fs::Metadata| -> Option<String> {
-        let mode = meta.mode();
-        let sticky = mode & 0o1000 != 0;
-        if meta.uid() != 0 {
-            Some(format!("{} belongs to uid {}", what.display(), meta.uid()))
-        } else if mode & 0o022 != 0 && !(meta.is_dir() && sticky) {
-            Some(format!(
-                "{} is writable by group or other (mode {:04o})",
-                what.display(),
-                mode & 0o7777
-            ))
-        } else {
-            None
-        }
-    };
-    let folder = std::fs::canonicalize(ini)
-        .ok()
-        .and_then(|real| real.parent().map(Path::to_path_buf));
-    let folder_meta = folder.as_ref().and_then(|f| std::fs::metadata(f).ok());
-    let problem = loose(ini, &meta).or_else(|| match (&folder, &folder_meta) {
-        (Some(folder), Some(folder_meta)) => loose(folder, folder_meta),
-        _ => None,
-    });
-    match problem {
+    let real = std::fs::canonicalize(ini)
+        .map_err(|err| Error::config(format!("cannot resolve {}: {err}", ini.display())))?;
+    match untrusted(ini).or_else(|| untrusted(&real)) {
         None => Ok(Some(User {
             name: "root".into(),
             uid: 0,
@@ -92,12 +74,41 @@ pub fn authority(ini: &Path) -> Result<Option<User>> {
         })),
         Some(problem) => Err(Error::config(format!(
             "{} is root's, but {problem}: another account could make root run its commands. \
-             Give the INI to the account the job runs as (`chown cvp {}`), or make it and its \
-             folder root's alone (`chmod go-w`)",
+             Give the INI to the account the job runs as (`chown cvp {}`), or keep it and every \
+             folder above it root's alone (`chmod go-w`)",
             ini.display(),
-            ini.display()
+            crate::error::shell_word(ini)
         ))),
     }
+}
+
+/// The first thing on `path` (each leading folder, symlinks not followed, then the file)
+/// that an account other than root could change.
+fn untrusted(path: &Path) -> Option<String> {
+    let mut prefix = std::path::PathBuf::new();
+    for component in path.components() {
+        prefix.push(component);
+        let Ok(meta) = std::fs::symlink_metadata(&prefix) else {
+            return Some(format!("{} cannot be examined", prefix.display()));
+        };
+        let mode = meta.mode();
+        let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
+        if meta.uid() != 0 {
+            return Some(format!(
+                "{} belongs to uid {}",
+                prefix.display(),
+                meta.uid()
+            ));
+        }
+        if !meta.file_type().is_symlink() && mode & 0o022 != 0 && !sticky_dir {
+            return Some(format!(
+                "{} is writable by group or other (mode {:04o})",
+                prefix.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    None
 }
 
 /// Become `user` for good (groups, gid, uid), with its home as HOME: from here on the
@@ -123,11 +134,29 @@ pub fn become_user(user: &User) -> Result<()> {
             std::io::Error::last_os_error()
         )));
     }
+    // Root's environment (tokens, proxies, SUDO_*) is not the account's: a login-like one
+    // instead, keeping only the locale, the time zone and this tool's own settings.
+    let kept: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+        .filter(|(key, _)| {
+            let key = key.to_string_lossy();
+            matches!(key.as_ref(), "LANG" | "TZ" | "TERM")
+                || key.starts_with("LC_")
+                || key.starts_with("CVP_BACKUP_COPY_")
+        })
+        .collect();
     // SAFETY: called at start-up, before any thread is spawned.
     unsafe {
+        for (key, _) in std::env::vars_os() {
+            std::env::remove_var(key);
+        }
+        for (key, value) in kept {
+            std::env::set_var(key, value);
+        }
         std::env::set_var("HOME", &user.home);
         std::env::set_var("USER", &user.name);
         std::env::set_var("LOGNAME", &user.name);
+        std::env::set_var("SHELL", &user.shell);
+        std::env::set_var("PATH", "/usr/local/bin:/usr/bin:/bin");
     }
     // Non-dumpable again (setuid resets it from the system default).
     no_core_dumps();
@@ -194,14 +223,12 @@ pub fn as_owner<T>(owner: Option<&User>, work: impl FnOnce() -> Result<T>) -> Re
     result
 }
 
-/// The owner of the INI, when root edits a file another account owns (keys are then written
-/// as that account). None otherwise.
-pub fn key_owner(ini: &Path) -> Option<User> {
-    if euid() != 0 {
-        return None;
+/// The owner of the INI, when root edits a file another account owns (keys are then read
+/// and written as that account); None when the INI is root's and trusted, or absent, or we
+/// are not root. An INI root owns but others could change is refused, as for `run`.
+pub fn key_owner(ini: &Path) -> Result<Option<User>> {
+    if euid() != 0 || !ini.exists() {
+        return Ok(None);
     }
-    let meta = std::fs::metadata(ini).ok()?;
-    (meta.uid() != 0)
-        .then(|| users::by_uid(meta.uid()))
-        .flatten()
+    Ok(authority(ini)?.filter(|user| user.uid != 0))
 }

@@ -2,8 +2,8 @@
 //! listing, what tonight's backup did, and the last set a successful backup made.
 
 use crate::names::{BackupName, Kind, Stamp};
+use crate::sets;
 pub use crate::sets::RestoreSet;
-use crate::sets::{self, compose};
 use std::collections::HashSet;
 
 /// What a run's backup did.
@@ -62,6 +62,7 @@ pub fn select(
     local: &[BackupName],
     tonight: Tonight,
     last_good: Option<&LastGood>,
+    known: &[RestoreSet],
     now: Stamp,
 ) -> Selection {
     let mut protect = Vec::new();
@@ -112,8 +113,15 @@ pub fn select(
         protect.retain(|p| *p != data);
         protect.insert(0, data);
     }
+    let set = data.map(|data| match tonight {
+        Tonight::Made(new) => {
+            let new: Vec<BackupName> = new.iter().copied().collect();
+            sets::made_by(local, data, &new)
+        }
+        Tonight::Failed(_) | Tonight::Skipped => sets::members(local, data, known),
+    });
     Selection {
-        set: data.map(|data| compose(local, data)),
+        set,
         failed_run_logs,
         protect,
     }
@@ -145,7 +153,7 @@ mod tests {
             n("backup_cvp.20240102020003.log"),
             n("cvp.eosimages.20250101020005.tgz"),
         ];
-        let selection = select(&local, Tonight::Skipped, None, now());
+        let selection = select(&local, Tonight::Skipped, None, &[], now());
         assert_eq!(
             set_names(&selection),
             [
@@ -165,7 +173,7 @@ mod tests {
             n("cvp.eosimages.20240102020030.tgz"),
         ];
         let new: HashSet<_> = local[1..].iter().copied().collect();
-        let selection = select(&local, Tonight::Made(&new), None, now());
+        let selection = select(&local, Tonight::Made(&new), None, &[], now());
         assert_eq!(
             selection.set.and_then(|s| s.images),
             Some(n("cvp.eosimages.20240102020030.tgz"))
@@ -188,7 +196,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let selection = select(&local, Tonight::Failed(&new), None, now());
+        let selection = select(&local, Tonight::Failed(&new), None, &[], now());
         assert_eq!(
             set_names(&selection),
             [
@@ -208,10 +216,10 @@ mod tests {
             n("cvp.20240105020010.tgz"),
         ];
         let new: HashSet<_> = local[1..].iter().copied().collect();
-        let made = select(&local, Tonight::Made(&new), None, now());
+        let made = select(&local, Tonight::Made(&new), None, &[], now());
         assert_eq!(made.set.map(|s| s.data), Some(n("cvp.20240105020010.tgz")));
         // The retry of a failed night does not pick the future stamp either.
-        let retry = select(&local, Tonight::Skipped, None, now());
+        let retry = select(&local, Tonight::Skipped, None, &[], now());
         assert_eq!(retry.set.map(|s| s.data), Some(n("cvp.20240105020010.tgz")));
     }
 
@@ -223,7 +231,7 @@ mod tests {
             data: n("cvp.20261126020010.tgz"),
             known_before: vec![n("cvp.20240101020010.tgz")],
         };
-        let retry = select(&local, Tonight::Skipped, Some(&made), now());
+        let retry = select(&local, Tonight::Skipped, Some(&made), &[], now());
         assert_eq!(retry.set.map(|s| s.data), Some(made.data));
         assert_eq!(retry.protect, [made.data]);
         // A file from before it stays older even when the clock makes its stamp look newer.
@@ -233,7 +241,7 @@ mod tests {
             known_before: vec![old_future[0]],
         };
         let later_clock = Stamp::parse("20310101020000").expect("stamp");
-        let retry = select(&old_future, Tonight::Skipped, Some(&made), later_clock);
+        let retry = select(&old_future, Tonight::Skipped, Some(&made), &[], later_clock);
         assert_eq!(retry.set.map(|s| s.data), Some(made.data));
     }
 
@@ -248,7 +256,7 @@ mod tests {
             data: local[1],
             known_before: vec![local[0]],
         };
-        let retry = select(&local, Tonight::Skipped, Some(&made), now());
+        let retry = select(&local, Tonight::Skipped, Some(&made), &[], now());
         assert_eq!(retry.set.map(|s| s.data), Some(local[2]));
         assert_eq!(
             retry.protect,
@@ -257,7 +265,7 @@ mod tests {
         );
         // Fetched back from the server (older stamp): copied nowhere, but not pruned either.
         let fetched = [local[0], local[1], n("cvp.20231201020010.tgz")];
-        let retry = select(&fetched, Tonight::Skipped, Some(&made), now());
+        let retry = select(&fetched, Tonight::Skipped, Some(&made), &[], now());
         assert_eq!(retry.set.map(|s| s.data), Some(local[1]));
         assert_eq!(retry.protect, [local[1], fetched[2]]);
     }
@@ -265,12 +273,41 @@ mod tests {
     #[test]
     fn no_images_file_at_all_is_not_a_crash() {
         let local = [n("cvp.20240101020010.tgz")];
-        let selection = select(&local, Tonight::Skipped, None, now());
+        let selection = select(&local, Tonight::Skipped, None, &[], now());
         assert_eq!(set_names(&selection), ["cvp.20240101020010.tgz"]);
         assert_eq!(
-            select(&[], Tonight::Skipped, None, now()),
+            select(&[], Tonight::Skipped, None, &[], now()),
             Selection::default()
         );
         assert_eq!(selection.protect, [n("cvp.20240101020010.tgz")]);
+    }
+
+    #[test]
+    fn a_good_night_s_set_is_what_it_wrote_and_a_record_beats_the_rule() {
+        // cvpi took more than an hour between data and images: still tonight's images.
+        let local = [
+            n("cvp.eosimages.20230101020005.tgz"),
+            n("backup_cvp.20240102020003.log"),
+            n("cvp.20240102020010.tgz"),
+            n("cvp.eosimages.20240102040000.tgz"),
+        ];
+        let new: HashSet<_> = local[1..].iter().copied().collect();
+        let made = select(&local, Tonight::Made(&new), None, &[], now());
+        let set = made.set.expect("a set");
+        assert_eq!(set.images, Some(n("cvp.eosimages.20240102040000.tgz")));
+        // On a later night, the record of that set wins over the rule.
+        let retry = select(
+            &local,
+            Tonight::Skipped,
+            None,
+            std::slice::from_ref(&set),
+            now(),
+        );
+        assert_eq!(retry.set, Some(set.clone()));
+        let by_rule = select(&local, Tonight::Skipped, None, &[], now());
+        assert_eq!(
+            by_rule.set.and_then(|s| s.images),
+            Some(n("cvp.eosimages.20230101020005.tgz"))
+        );
     }
 }

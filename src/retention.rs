@@ -5,7 +5,7 @@
 //! protected: it is kept whatever the stamps around it say.
 
 use crate::names::{BackupName, Kind, RemoteName, Stamp};
-use crate::sets;
+use crate::sets::{self, RestoreSet};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -69,6 +69,7 @@ pub fn apply_policy(
     files: &[BackupName],
     policy: Policy,
     protect: &[BackupName],
+    known: &[RestoreSet],
     now: Stamp,
 ) -> Decision {
     let data = sets::data_by_recency(files, now);
@@ -109,10 +110,15 @@ pub fn apply_policy(
         .filter(|s| honest(*s))
         .max()
         .unwrap_or(data[0].stamp);
+    let kept_sets: Vec<RestoreSet> = kept_data
+        .iter()
+        .map(|d| sets::members(files, *d, known))
+        .collect();
     for image in &images {
-        let needed_by = kept_data
+        let needed_by = kept_sets
             .iter()
-            .find(|d| sets::images_for(files, **d) == Some(*image));
+            .find(|set| set.images == Some(*image))
+            .map(|set| set.data);
         match needed_by {
             Some(d) => decision
                 .keep
@@ -130,15 +136,16 @@ pub fn apply_policy(
 
     // A set's log is written when its backup starts, so it is a little older than the data
     // file: the threshold is the oldest kept set's log, not its data stamp.
-    let threshold = kept_data
+    let threshold = kept_sets
         .iter()
-        .map(|d| sets::log_for(&logs, *d).map_or(d.stamp, |log| log.stamp))
+        .map(|set| set.log.map_or(set.data.stamp, |log| log.stamp))
         .min()
         .unwrap_or(data[0].stamp);
     for log in &logs {
-        let log_of = kept_data
+        let log_of = kept_sets
             .iter()
-            .find(|d| sets::log_for(files, **d) == Some(*log));
+            .find(|set| set.log == Some(*log))
+            .map(|set| set.data);
         match log_of {
             Some(d) => decision.keep.push((*log, KeepReason::LogOf(d.stamp))),
             None if log.stamp >= threshold && honest(log.stamp) => decision
@@ -330,6 +337,7 @@ mod tests {
                     keep_data: case.keep_data,
                 },
                 &[],
+                &[],
                 now(),
             );
             assert_eq!(
@@ -359,7 +367,7 @@ mod tests {
             "backup_cvp.20240103020003.log",
             "cvp.eosimages.20240104020005.tgz",
         ]);
-        let decision = apply_policy(&files, Policy { keep_data: 2 }, &[], now());
+        let decision = apply_policy(&files, Policy { keep_data: 2 }, &[], &[], now());
         let reason = |name: &str| {
             let wanted = BackupName::parse(name).unwrap();
             decision
@@ -406,7 +414,7 @@ mod tests {
             "backup_cvp.20240102020003.log",
         ]);
         for keep_data in [0, 1, 2, 10] {
-            let decision = apply_policy(&files, Policy { keep_data }, &[], now());
+            let decision = apply_policy(&files, Policy { keep_data }, &[], &[], now());
             let removed = names(&decision.remove);
             for survivor in [
                 "cvp.20240102020010.tgz",
@@ -434,7 +442,7 @@ mod tests {
         ]);
         let tonight = BackupName::parse("cvp.20240131020010.tgz").unwrap();
         for protect in [vec![tonight], vec![]] {
-            let decision = apply_policy(&files, Policy { keep_data: 1 }, &protect, now());
+            let decision = apply_policy(&files, Policy { keep_data: 1 }, &protect, &[], now());
             let removed = names(&decision.remove);
             assert!(!removed.contains(&tonight.file_name()), "{protect:?}");
             assert!(removed.contains(&"backup_cvp.20300101020003.log".to_string()));
@@ -449,10 +457,10 @@ mod tests {
         // The protected set counts toward the limit first, whatever its stamp.
         let older = BackupName::parse("cvp.20240131020010.tgz").unwrap();
         let files = parse_all(&["cvp.20240131020010.tgz", "cvp.20240201010010.tgz"]);
-        let decision = apply_policy(&files, Policy { keep_data: 1 }, &[older], now());
+        let decision = apply_policy(&files, Policy { keep_data: 1 }, &[older], &[], now());
         assert_eq!(names(&decision.remove), ["cvp.20240201010010.tgz"]);
         assert_eq!(decision.keep[0], (older, KeepReason::Protected));
-        let decision = apply_policy(&files, Policy { keep_data: 2 }, &[older], now());
+        let decision = apply_policy(&files, Policy { keep_data: 2 }, &[older], &[], now());
         assert!(decision.remove.is_empty(), "{:?}", decision.remove);
     }
 

@@ -220,8 +220,19 @@ impl Job<'_> {
             Night::Made(new) => Tonight::Made(new),
             Night::Failed(new) => Tonight::Failed(new),
         };
-        let selection =
-            restore_set::select(&names, tonight, self.history.last_good().as_ref(), self.now);
+        let known = self.history.known();
+        let selection = restore_set::select(
+            &names,
+            tonight,
+            self.history.last_good().as_ref(),
+            &known,
+            self.now,
+        );
+        if let (Night::Made(_), Some(set)) = (&night, &selection.set) {
+            // What tonight's backup wrote, whatever its stamps: recorded for later nights.
+            self.history.record(set);
+            self.save_history();
+        }
         log_selection(&selection);
         self.record.restore_set = selection.set.as_ref().map(|s| s.data.file_name());
         let files: Vec<LocalFile> = selection
@@ -263,7 +274,7 @@ impl Job<'_> {
         };
         let all_copied = self.copy_files(&mut link, &files, selection.set.as_ref());
         if let (true, Some(set)) = (all_copied, &selection.set) {
-            self.adopt_as_last_good(set.data, &names);
+            self.adopt_as_last_good(set, &names);
         }
         if !all_copied {
             log::warn!("pruning skipped: not every file of the restore set is on the remote");
@@ -277,10 +288,10 @@ impl Job<'_> {
         if selection.set.is_none() {
             return;
         }
-        self.prune_local(&after, &selection.protect);
+        self.prune_local(&after, &selection);
         if self.config.server.remote_limit > 0 {
             match link.remote() {
-                Ok(remote) => self.prune_remote(remote, &selection.protect, &selection.files()),
+                Ok(remote) => self.prune_remote(remote, &selection),
                 Err(err) => log::warn!("remote pruning skipped: {err}"),
             }
         }
@@ -289,10 +300,12 @@ impl Job<'_> {
     /// Without a history (a new install, or a node moved from the Python scripts), the set
     /// just verified on the server becomes the newest good one this tool knows: every other
     /// data file is older than it from now on, whatever the clock does to their stamps.
-    fn adopt_as_last_good(&mut self, data: BackupName, local: &[BackupName]) {
+    fn adopt_as_last_good(&mut self, set: &RestoreSet, local: &[BackupName]) {
         if self.history.last_good.is_some() {
             return;
         }
+        let data = set.data;
+        self.history.record(set);
         self.history.last_good = Some(data.file_name());
         self.history.older_than_last_good = local
             .iter()
@@ -563,14 +576,17 @@ impl Job<'_> {
         all_ok
     }
 
-    fn prune_local(&mut self, files: &[LocalFile], protect: &[BackupName]) {
+    fn prune_local(&mut self, files: &[LocalFile], selection: &Selection) {
         let names: Vec<BackupName> = files.iter().map(|f| f.name).collect();
+        let mut known = self.history.known();
+        known.extend(selection.set.clone());
         let decision = retention::apply_policy(
             &names,
             Policy {
                 keep_data: self.limit as usize,
             },
-            protect,
+            &selection.protect,
+            &known,
             self.now,
         );
         log_keeps("local", &decision);
@@ -589,30 +605,40 @@ impl Job<'_> {
                 "a failed backup's archive, now that a good set is verified",
             );
         }
-        let present: HashSet<String> = names
-            .iter()
-            .filter(|n| !decision.remove.contains(n))
-            .map(|n| n.file_name())
-            .collect();
-        let before = self.history.failed.len();
-        self.history.failed.retain(|name| present.contains(name));
-        if self.history.failed.len() != before {
+        // What the history remembers of files that are gone is forgotten; a failed archive
+        // that could not be renamed is remembered for as long as it is on the node.
+        let on_disk: HashSet<String> = list_local(&self.config)
+            .map(|files| files.iter().map(|f| f.name.file_name()).collect())
+            .unwrap_or_default();
+        let before = (self.history.failed.len(), self.history.sets.len());
+        self.history.failed.retain(|name| on_disk.contains(name));
+        self.history.sets.retain(|set| on_disk.contains(&set.data));
+        if (self.history.failed.len(), self.history.sets.len()) != before {
             self.save_history();
         }
     }
 
-    fn prune_remote(
-        &mut self,
-        remote: &mut dyn Remote,
-        protect: &[BackupName],
-        current: &[BackupName],
-    ) {
+    fn prune_remote(&mut self, remote: &mut dyn Remote, selection: &Selection) {
+        let current = selection.files();
         let listing = match remote.list() {
             Ok(listing) => listing.unwrap_or_default(),
             Err(err) => return log::warn!("remote pruning skipped: {err}"),
         };
-        let decision =
-            remote_retention(&listing, self.config.server.remote_limit, protect, self.now);
+        let limit = self.config.server.remote_limit;
+        let mut known: Vec<RestoreSet> = selection.set.iter().cloned().collect();
+        // Which data files stay does not depend on their members; what each kept set needs
+        // is what its manifest lists (the rule only for sets without one).
+        let first = remote_retention(&listing, limit, &selection.protect, &known, self.now);
+        for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
+            match remote.read_small(&data.manifest_name(), 64 * 1024) {
+                Ok(Some(text)) => {
+                    known.extend(sets::parse_manifest(&String::from_utf8_lossy(&text), *data));
+                }
+                Ok(None) => {}
+                Err(err) => return log::warn!("remote pruning skipped: {err}"),
+            }
+        }
+        let decision = remote_retention(&listing, limit, &selection.protect, &known, self.now);
         log_keeps("remote", &decision);
         let mut removed = Vec::new();
         for name in &decision.remove {
@@ -626,7 +652,7 @@ impl Job<'_> {
             }
         }
         let names: Vec<String> = listing.iter().map(|e| e.name.clone()).collect();
-        for leftover in retention::remote_leftovers(&names, &removed, current) {
+        for leftover in retention::remote_leftovers(&names, &removed, &current) {
             match remote.remove(&leftover) {
                 Ok(()) => log::info!(
                     "removed remote {leftover} (its file is gone, or an abandoned upload)"
@@ -1108,6 +1134,7 @@ fn remote_retention(
     listing: &[RemoteEntry],
     remote_limit: u32,
     protect: &[BackupName],
+    known: &[RestoreSet],
     now: Stamp,
 ) -> Decision {
     let backups: Vec<BackupName> = listing
@@ -1123,6 +1150,7 @@ fn remote_retention(
             keep_data: remote_limit as usize,
         },
         protect,
+        known,
         now,
     )
 }
@@ -1159,8 +1187,15 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
     }
     local.retain(|f| !excluded.contains(&f.name));
     let names: Vec<BackupName> = local.iter().map(|f| f.name).collect();
-    let selection =
-        restore_set::select(&names, Tonight::Skipped, history.last_good().as_ref(), now);
+    let mut known = history.known();
+    let selection = restore_set::select(
+        &names,
+        Tonight::Skipped,
+        history.last_good().as_ref(),
+        &known,
+        now,
+    );
+    known.extend(selection.set.clone());
     let protect = selection.protect.clone();
     plan.local_retention = Some(retention::apply_policy(
         &names,
@@ -1168,6 +1203,7 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
             keep_data: limit as usize,
         },
         &protect,
+        &known,
         now,
     ));
     for name in names.iter().filter(|n| sets::is_future(n.stamp, now)) {
@@ -1223,6 +1259,7 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
             &after_copy,
             config.server.remote_limit,
             &protect,
+            &known,
             now,
         ));
     }

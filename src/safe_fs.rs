@@ -163,7 +163,16 @@ impl Dir {
                     if made < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
                         return Err(io::Error::last_os_error());
                     }
-                    open_component(current.as_raw_fd(), &name)?
+                    let opened = open_component(current.as_raw_fd(), &name)?;
+                    // A folder root makes in another account's folder is that account's.
+                    let parent = fstat(current.as_raw_fd())?;
+                    if made == 0 && euid() == 0 && parent.st_uid != 0 {
+                        // SAFETY: fchown of the descriptor we just opened.
+                        check(unsafe {
+                            libc::fchown(opened.as_raw_fd(), parent.st_uid, parent.st_gid)
+                        })?;
+                    }
+                    opened
                 }
                 Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
                     return Err(io::Error::new(
@@ -382,6 +391,15 @@ impl Dir {
         // SAFETY: fsync of our own descriptor.
         check(unsafe { libc::fsync(self.fd.as_raw_fd()) }).map(drop)
     }
+}
+
+/// An existing plain file opened for reading, without following a symlink at its name
+/// (see `Dir::open_existing`); NotFound when absent.
+pub fn open_file(path: &Path) -> io::Result<File> {
+    let (dir, name) = split(path)?;
+    Dir::open(&dir)?
+        .open_existing(&name, false)?
+        .ok_or_else(|| io::ErrorKind::NotFound.into())
 }
 
 /// Replace the file at `path` (see `Dir::replace`), its folder opened safely.

@@ -44,7 +44,7 @@ pub fn check_key_is_private(path: &Path) -> Result<()> {
             "key file {} is open to group or other (mode {mode:04o}): anyone who can read it \
              can decrypt the password; run `chmod 600 {}`",
             path.display(),
-            path.display()
+            crate::error::shell_word(path)
         )));
     }
     Ok(())

@@ -75,6 +75,33 @@ pub fn compose(files: &[BackupName], data: BackupName) -> RestoreSet {
     }
 }
 
+/// `data` with its members as recorded (the tool's history on the node, the set's manifest on
+/// the server) when every recorded member is there, else by the rule (`compose`). A record
+/// is the truth: cvpi's stamps only suggest which images file a backup wrote.
+pub fn members(files: &[BackupName], data: BackupName, known: &[RestoreSet]) -> RestoreSet {
+    match known.iter().find(|set| set.data == data) {
+        Some(set) if set.files().iter().all(|f| files.contains(f)) => set.clone(),
+        _ => compose(files, data),
+    }
+}
+
+/// The set a successful backup made: the images file and log it wrote itself, when it wrote
+/// them (whatever their stamps), else those the rule gives.
+pub fn made_by(files: &[BackupName], data: BackupName, new: &[BackupName]) -> RestoreSet {
+    let by_rule = compose(files, data);
+    let newest_new = |kind: Kind| {
+        new.iter()
+            .filter(|f| f.kind == kind && files.contains(f))
+            .max_by_key(|f| f.stamp)
+            .copied()
+    };
+    RestoreSet {
+        data,
+        images: newest_new(Kind::Images).or(by_rule.images),
+        log: newest_new(Kind::Log).or(by_rule.log),
+    }
+}
+
 /// Stamped further ahead of `now` than a clock's honest error.
 pub fn is_future(stamp: Stamp, now: Stamp) -> bool {
     stamp > now.plus_seconds(FUTURE_SLACK_SECONDS)

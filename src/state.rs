@@ -4,7 +4,7 @@
 //! running when the job died).
 
 use crate::names::BackupName;
-use crate::restore_set::LastGood;
+use crate::restore_set::{LastGood, RestoreSet};
 use crate::safe_fs::{Dir, Mode};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -96,13 +96,56 @@ pub struct History {
     /// Archives of failed backups that could not be renamed aside: never selected.
     #[serde(default)]
     pub failed: Vec<String>,
+    /// The members of the sets this tool made or verified, as they were then: the truth
+    /// about which images file and log belong to a data file (stamps only suggest it).
+    #[serde(default)]
+    pub sets: Vec<RecordedSet>,
     /// Present while the backup command runs: the CVP names there were before it. Found by
     /// the next run, it means the job died during a backup; what appeared since is failed.
     #[serde(default)]
     pub backup_started: Option<Vec<String>>,
 }
 
+/// One set's members, by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RecordedSet {
+    pub data: String,
+    pub images: Option<String>,
+    pub log: Option<String>,
+}
+
 impl History {
+    /// The recorded sets whose names are all CVP names.
+    pub fn known(&self) -> Vec<RestoreSet> {
+        self.sets
+            .iter()
+            .filter_map(|set| {
+                Some(RestoreSet {
+                    data: BackupName::parse(&set.data)?,
+                    images: match &set.images {
+                        Some(name) => Some(BackupName::parse(name)?),
+                        None => None,
+                    },
+                    log: match &set.log {
+                        Some(name) => Some(BackupName::parse(name)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Record (or re-record) a set's members.
+    pub fn record(&mut self, set: &RestoreSet) {
+        let data = set.data.file_name();
+        self.sets.retain(|s| s.data != data);
+        self.sets.push(RecordedSet {
+            data,
+            images: set.images.map(|n| n.file_name()),
+            log: set.log.map(|n| n.file_name()),
+        });
+    }
+
     pub fn last_good(&self) -> Option<LastGood> {
         Some(LastGood {
             data: self.last_good.as_deref().and_then(BackupName::parse)?,
@@ -181,6 +224,7 @@ mod tests {
             older_than_last_good: vec!["cvp.20231231020010.tgz".into()],
             failed: vec!["cvp.20240102020010.tgz".into(), "junk".into()],
             backup_started: Some(vec![]),
+            ..History::default()
         };
         save_history(&handle, &history).expect("save");
         let back = load_history(&handle).expect("load");

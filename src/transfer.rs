@@ -33,7 +33,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// sha256 of a local file, streamed; stops for SIGTERM like a copy does.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).map_err(read_error(path))?;
+    let file = crate::safe_fs::open_file(path).map_err(read_error(path))?;
     sha256_open(&file, path)
 }
 
@@ -73,8 +73,10 @@ struct LocalSnapshot {
     modified: Option<SystemTime>,
 }
 
+/// Opened without following a symlink, and only as a plain file: what is read is what the
+/// listing saw, even for a run root started in a folder another account owns.
 fn open_local(local: &Path) -> Result<LocalSnapshot> {
-    let file = std::fs::File::open(local).map_err(read_error(local))?;
+    let file = crate::safe_fs::open_file(local).map_err(read_error(local))?;
     let metadata = file.metadata().map_err(read_error(local))?;
     Ok(LocalSnapshot {
         size: metadata.len(),
@@ -320,21 +322,23 @@ pub fn upload_parallel(
                 .enumerate()
                 .map(|(index, (remote, range))| {
                     let (partial, label, during) = (&partial, &label, &during);
+                    let source = &snapshot.file;
                     scope.spawn(move || {
                         let watch = Watch {
                             abandon,
                             progress,
                             what: during,
                         };
-                        let outcome = send_stream(&mut **remote, partial, local, range, &watch)
-                            .map_err(|err| Error {
-                                message: format!(
-                                    "stream {} of {streams} to {label}: {}",
-                                    index + 1,
-                                    err.message
-                                ),
-                                ..err
-                            });
+                        let outcome =
+                            send_stream(&mut **remote, partial, source, local, range, &watch)
+                                .map_err(|err| Error {
+                                    message: format!(
+                                        "stream {} of {streams} to {label}: {}",
+                                        index + 1,
+                                        err.message
+                                    ),
+                                    ..err
+                                });
                         if outcome.is_err() {
                             abandon.store(true, Ordering::Relaxed);
                         }
@@ -373,20 +377,21 @@ pub fn upload_parallel(
     })
 }
 
-/// One stream: open its own handles, send its range, sync.
+/// One stream: its own remote handle, reading the file opened once (positioned reads), its
+/// range, sync.
 fn send_stream(
     remote: &mut dyn Remote,
     partial: &str,
+    source: &std::fs::File,
     local: &Path,
     range: Range<u64>,
     watch: &Watch,
 ) -> Result<u64> {
-    let source = std::fs::File::open(local).map_err(read_error(local))?;
     let mut sink = remote.open_at(partial, range.start)?;
     let what = format!("{}: writing {partial}", watch.what);
     let sent = send_range(
         &mut *sink,
-        &source,
+        source,
         local,
         range,
         &Watch {

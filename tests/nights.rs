@@ -66,18 +66,37 @@ struct Nights {
     failed: BTreeSet<String>,
 }
 
-/// The simulated cvpi the tool started: its pid is its process group's id.
+/// The process group of the simulated cvpi the tool started (the tool makes it its own).
 fn cvpi_group(tool_pid: u32) -> String {
-    let out = Command::new("pgrep")
-        .args(["-P", &tool_pid.to_string()])
+    let out = Command::new("ps")
+        .args(["-eo", "ppid=,pgid="])
         .output()
-        .expect("pgrep");
-    String::from_utf8_lossy(&out.stdout)
+        .expect("ps");
+    let group = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .next()
-        .expect("the tool has a child")
-        .trim()
-        .to_string()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(&tool_pid.to_string()))
+                .then(|| fields.next().map(str::to_string))
+                .flatten()
+        })
+        .expect("the tool has a child");
+    assert!(
+        group
+            .parse::<i32>()
+            .is_ok_and(|g| g > 1 && g != tool_pid as i32),
+        "cvpi runs in a process group of its own, not {group}"
+    );
+    group
+}
+
+/// SIGKILL to a process group, by the system call (procps' `kill -KILL -PGID` signals
+/// every process, -1, when the group is gone).
+fn kill_group(group: &str) {
+    let group: i32 = group.parse().expect("numeric group");
+    assert!(group > 1);
+    // SAFETY: kill() with a negative pid signals only that process group.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
 }
 
 /// No live process is left in the group (a zombie waiting for a reaper is dead).
@@ -465,9 +484,7 @@ fn a_job_that_died_during_its_backup_is_cleaned_up_by_the_next_run() {
     // Killed hard, with its backup (as a reboot would).
     let group = cvpi_group(child.id());
     child.kill().expect("kill -9");
-    let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{group}")])
-        .status();
+    kill_group(&group);
     let _ = child.wait();
     let history =
         std::fs::read_to_string(nights.fx.state_dir.join("history.json")).expect("history");
@@ -518,14 +535,10 @@ fn sigterm_during_the_backup_stops_cvpi_and_sets_its_archive_aside() {
         assert!(Instant::now() < deadline, "cvpi never started");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pid = child.id().to_string();
     let group = cvpi_group(child.id());
     let started = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    // SAFETY: a signal to the tool, a child of this test.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

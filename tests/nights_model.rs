@@ -33,6 +33,9 @@ enum Clock {
     NextNight,
     JumpsForwardDays(i64),
     JumpsBackDays(i64),
+    /// The next night comes this many hours early or late (a clock a little off, DST,
+    /// around the "stamped in the future" slack).
+    NextNightShiftedHours(i64),
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +60,7 @@ fn night() -> impl Strategy<Value = Night> {
         6 => Just(Clock::NextNight),
         1 => (1i64..1500).prop_map(Clock::JumpsForwardDays),
         1 => (1i64..1500).prop_map(Clock::JumpsBackDays),
+        2 => (-30i64..30).prop_map(Clock::NextNightShiftedHours),
     ];
     (
         backup,
@@ -84,6 +88,10 @@ struct World {
     used: HashSet<BackupName>,
     failed: HashSet<BackupName>,
     last_good: Option<LastGood>,
+    /// The members of the sets the tool made or adopted (its history.json).
+    known: Vec<RestoreSet>,
+    /// The manifests on the server: exactly what each verified set was.
+    manifests: Vec<RestoreSet>,
     /// Sets the tool's own good backups made, in the order they were made.
     made: Vec<RestoreSet>,
     last_verified: Option<RestoreSet>,
@@ -100,6 +108,8 @@ impl World {
             used: HashSet::new(),
             failed: HashSet::new(),
             last_good: None,
+            known: Vec::new(),
+            manifests: Vec::new(),
             made: Vec::new(),
             last_verified: None,
             limit,
@@ -140,6 +150,7 @@ impl World {
             Clock::NextNight => self.now.plus_seconds(86_400),
             Clock::JumpsForwardDays(days) => self.now.plus_seconds(days * 86_400),
             Clock::JumpsBackDays(days) => self.now.plus_seconds(-days * 86_400),
+            Clock::NextNightShiftedHours(hours) => self.now.plus_seconds(86_400 + hours * 3600),
         };
         let before_data: Vec<BackupName> = self
             .node
@@ -173,7 +184,9 @@ impl World {
                     data,
                     known_before: before_data,
                 });
-                self.made.push(sets::compose(&self.node_list(), data));
+                let made = sets::made_by(&self.node_list(), data, &new);
+                self.known.push(made.clone());
+                self.made.push(made);
                 Tonight::Made(&new_set)
             }
             Some(false) => {
@@ -190,7 +203,20 @@ impl World {
         };
         let failed_night = matches!(tonight, Tonight::Failed(_));
         let local = self.node_list();
-        let selection = restore_set::select(&local, tonight, self.last_good.as_ref(), self.now);
+        let selection = restore_set::select(
+            &local,
+            tonight,
+            self.last_good.as_ref(),
+            &self.known,
+            self.now,
+        );
+        if let (Some(true), Some(set)) = (outcome, &selection.set) {
+            assert_eq!(
+                Some(set),
+                self.made.last(),
+                "tonight's set is what tonight wrote"
+            );
+        }
         for name in selection.files() {
             assert!(
                 !self.failed.contains(&name),
@@ -211,8 +237,11 @@ impl World {
         if all_copied {
             if let Some(set) = &selection.set {
                 self.last_verified = Some(set.clone());
+                self.manifests.retain(|m| m.data != set.data);
+                self.manifests.push(set.clone());
                 // Without a history, `run` adopts the set it verified as the newest good one.
                 if self.last_good.is_none() {
+                    self.known.push(set.clone());
                     self.last_good = Some(LastGood {
                         data: set.data,
                         known_before: local
@@ -230,48 +259,48 @@ impl World {
         if !all_copied || failed_night || selection.set.is_none() {
             return;
         }
+        let mut known = self.known.clone();
+        known.extend(selection.set.clone());
         let decision = retention::apply_policy(
             &local,
             Policy {
                 keep_data: self.limit,
             },
             &selection.protect,
+            &known,
             self.now,
         );
         for name in &decision.remove {
             self.node.remove(name);
         }
+        self.known.retain(|set| self.node.contains(&set.data));
         if self.remote_limit > 0 {
+            // As `run` prunes the server: kept data first, then what their manifests list.
             let remote: Vec<BackupName> = self.server.iter().copied().collect();
-            let decision = retention::apply_policy(
-                &remote,
-                Policy {
-                    keep_data: self.remote_limit,
-                },
-                &selection.protect,
-                self.now,
-            );
+            let policy = Policy {
+                keep_data: self.remote_limit,
+            };
+            let mut known: Vec<RestoreSet> = selection.set.iter().cloned().collect();
+            let first =
+                retention::apply_policy(&remote, policy, &selection.protect, &known, self.now);
+            for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
+                known.extend(self.manifests.iter().filter(|m| m.data == *data).cloned());
+            }
+            let decision =
+                retention::apply_policy(&remote, policy, &selection.protect, &known, self.now);
             for name in &decision.remove {
                 self.server.remove(name);
             }
+            self.manifests.retain(|m| self.server.contains(&m.data));
         }
     }
 
-    /// `set` is complete in `files`: its data, and the images and log it had when made, or
-    /// (when retention keeps another by the same rule) the ones the rule assigns now.
+    /// `set` is complete in `files`: exactly its members (as made, as the manifest lists).
     fn complete(set: &RestoreSet, files: &BTreeSet<BackupName>) -> Result<(), String> {
-        let list: Vec<BackupName> = files.iter().copied().collect();
-        if !files.contains(&set.data) {
-            return Err(format!("{} is missing", set.data));
+        match set.files().into_iter().find(|f| !files.contains(f)) {
+            Some(missing) => Err(format!("{missing} of the set of {} is missing", set.data)),
+            None => Ok(()),
         }
-        let now = sets::compose(&list, set.data);
-        if set.images.is_some() && now.images.is_none() {
-            return Err(format!("the images file of {} is missing", set.data));
-        }
-        if set.log.is_some() && now.log.is_none() {
-            return Err(format!("the log of {} is missing", set.data));
-        }
-        Ok(())
     }
 
     fn check(&self) -> Result<(), String> {
@@ -345,6 +374,18 @@ fn the_reported_sequences_keep_the_good_set() {
             vec![good(Clock::NextNight), fails.clone(), fails.clone(), retry],
         ),
         (
+            "a clock 25 h fast for one night, then right: the set made right after it keeps \
+             its own images on the server",
+            vec![
+                good(Clock::NextNightShiftedHours(25)),
+                good(Clock::NextNightShiftedHours(-25)),
+                Night {
+                    dumps_images: false,
+                    ..good(Clock::NextNight)
+                },
+            ],
+        ),
+        (
             "a data file from a clock that was once years ahead, then honest nights",
             vec![
                 good(Clock::JumpsForwardDays(900)),
@@ -354,7 +395,7 @@ fn the_reported_sequences_keep_the_good_set() {
         ),
     ];
     for (story, nights) in stories {
-        let mut world = World::new(1, 1);
+        let mut world = World::new(1, 2);
         for night in &nights {
             world.play(night);
             world.check().unwrap_or_else(|why| panic!("{story}: {why}"));

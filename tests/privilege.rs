@@ -470,3 +470,57 @@ fn no_core_dumps_while_secrets_are_in_memory() {
         "{core}"
     );
 }
+
+/// Root starts the job by hand on a terminal: the backup command (cvp's to choose) gets no
+/// controlling terminal to type into, and none of root's environment.
+#[test]
+fn the_backup_command_gets_no_terminal_and_none_of_root_s_environment() {
+    let node = Node::new();
+    let script = node.fx.root.path().join("evidence/probe.sh");
+    let env_dump = node.fx.root.path().join("evidence/env");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif (exec 3</dev/tty) 2>/dev/null; then echo tty; else echo no-tty; fi > {}\n\
+             env > {}\nexec {} \"$@\"\n",
+            node.evidence.display(),
+            env_dump.display(),
+            fake_cvpi().display()
+        ),
+    )
+    .expect("script");
+    mode(&script, 0o755);
+    let command = format!(
+        "{} --backup-dir {} --log-dir {} backup cvp",
+        script.display(),
+        node.fx.backup_dir.display(),
+        node.fx.log_dir.display()
+    );
+    node.cvp_edits_ini(|text| {
+        let start = text.find("backup_command = ").expect("command");
+        let end = start + text[start..].find('\n').expect("eol");
+        format!(
+            "{}backup_command = {command}{}",
+            &text[..start],
+            &text[end..]
+        )
+    });
+    let mut cmd = Command::new(bin());
+    cmd.arg("--ini")
+        .arg(&node.fx.ini)
+        .env("ROOT_ONLY_TOKEN", "s3cret-of-root")
+        .env(SYSLOG_ENV, node.fx.root.path().join("no-syslog"));
+    let mut session = rexpect::session::spawn_command(cmd, Some(30_000)).expect("pty");
+    let _ = session.exp_eof();
+    assert_eq!(
+        std::fs::read_to_string(&node.evidence)
+            .expect("evidence")
+            .trim(),
+        "no-tty",
+        "the backup command could open root's terminal"
+    );
+    let env = std::fs::read_to_string(&env_dump).expect("env");
+    assert!(!env.contains("s3cret-of-root"), "{env}");
+    assert!(env.contains(&format!("USER={CVP}")), "{env}");
+    node.assert_nothing_lent("a run on root's terminal");
+}

@@ -75,7 +75,7 @@ impl Report {
                 ("FAIL", err.message)
             }
         };
-        println!("[{tag}] {what}: {text}");
+        println!("[{tag}] {what}: {}", crate::error::printable(&text));
     }
 
     fn fail(&mut self, what: &str, err: Error) {

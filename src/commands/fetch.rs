@@ -178,24 +178,19 @@ fn expected_digest(
 }
 
 /// `cvpi restore cvp DATA IMAGES` with absolute paths, run as the backup user like the
-/// backup was.
+/// backup was. Root pastes it: every word from the INI is quoted, and cvpi is CVP's own,
+/// never a path from the INI.
 fn restore_command(config: &Config, dir: &Path, data: BackupName, images: BackupName) -> String {
-    let cvpi = config
-        .backup
-        .command
-        .first()
-        .filter(|word| Path::new(word).file_name().is_some_and(|n| n == "cvpi"))
-        .cloned()
-        .unwrap_or_else(|| "/cvpi/bin/cvpi".into());
+    use crate::error::shell_word;
     let inner = format!(
-        "{cvpi} restore cvp {} {}",
-        dir.join(data.file_name()).display(),
-        dir.join(images.file_name()).display()
+        "/cvpi/bin/cvpi restore cvp {} {}",
+        shell_word(dir.join(data.file_name())),
+        shell_word(dir.join(images.file_name()))
     );
     format!(
         "su - {} -c {}",
-        config.backup.user,
-        shlex::try_quote(&inner).unwrap_or_else(|_| inner.clone().into())
+        shell_word(&config.backup.user),
+        shell_word(&inner)
     )
 }
 
@@ -214,8 +209,8 @@ fn warn_unless_readable(config: &Config, dir: &Dir, names: &[BackupName]) {
                  or mode (`chown {} {}`)",
                 path.display(),
                 user.name,
-                user.name,
-                path.display()
+                crate::error::shell_word(&user.name),
+                crate::error::shell_word(&path)
             );
         }
     }

@@ -68,7 +68,12 @@ pub fn list(options: &ListOptions) -> Result<()> {
     let listing = remote.list()?.unwrap_or_default();
     let (remote_files, sidecars) = split_listing(&listing);
     let local_sizes: Vec<_> = local.iter().map(|f| (f.name, f.size)).collect();
-    let sets = inventory::sets(&local_sizes, &remote_files, &sidecars);
+    let known = crate::safe_fs::Dir::open(&config.backup.state_dir)
+        .ok()
+        .and_then(|dir| crate::state::load_history(&dir).ok())
+        .map(|history| history.known())
+        .unwrap_or_default();
+    let sets = inventory::sets(&local_sizes, &remote_files, &sidecars, &known);
     let mut rows = sets
         .iter()
         .map(|set| set_row(set, &local, remote))

@@ -141,9 +141,10 @@ pub fn verify(
         CheckResult::Mismatch => Err(Error::connect(format!(
             "host key for {pattern} does not match the one recorded in {} (server now offers \
              {fingerprint}): refusing to connect. If the backup server was really reinstalled, \
-             remove the old key with `ssh-keygen -R '{pattern}' -f {}` and run again",
+             remove the old key with `ssh-keygen -R {} -f {}` and run again",
             path.display(),
-            path.display()
+            crate::error::shell_word(&pattern),
+            crate::error::shell_word(path)
         ))),
         CheckResult::NotFound => match policy {
             HostKeyPolicy::Strict => Err(Error::connect(format!(
