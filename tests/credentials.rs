@@ -8,7 +8,7 @@ use rexpect::process::WaitStatus;
 use rexpect::session::PtySession;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const NEW_PASSWORD: &str = "Nw9-second-canary-Qz";
@@ -138,23 +138,6 @@ impl Term {
         };
         (code, self.screen)
     }
-}
-
-fn with_stdin(mut cmd: Command, input: &str) -> std::process::Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    use std::io::Write;
-    // A program that refuses early never reads its input: a broken pipe is not a failure.
-    let _ = child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes());
-    child.wait_with_output().expect("wait")
 }
 
 /// Diff of two INI texts as (old line, new line) pairs; the line count must not change.

@@ -143,6 +143,18 @@ impl Nights {
             .collect()
     }
 
+    /// A node whose first night went well.
+    fn after_a_good_night() -> Nights {
+        let mut nights = Nights::new();
+        nights.play(&NightRow {
+            what: "a good night first",
+            cvpi: Cvpi::Good,
+            net: Net::Up,
+            code: 0,
+        });
+        nights
+    }
+
     fn play(&mut self, night: &NightRow) {
         let flags = match night.cvpi {
             Cvpi::Good => "--images --size 40000".to_string(),
@@ -404,13 +416,7 @@ fn a_sequence_of_bad_nights_never_costs_the_last_good_set() {
 
 #[test]
 fn only_the_newest_failed_night_s_archives_are_kept_and_list_shows_them() {
-    let mut nights = Nights::new();
-    nights.play(&NightRow {
-        what: "a good night first",
-        cvpi: Cvpi::Good,
-        net: Net::Up,
-        code: 0,
-    });
+    let mut nights = Nights::after_a_good_night();
     for what in ["first failure", "second failure"] {
         nights.play(&NightRow {
             what,
@@ -455,13 +461,7 @@ fn only_the_newest_failed_night_s_archives_are_kept_and_list_shows_them() {
 /// left and sets aside what appeared, instead of copying a partial archive.
 #[test]
 fn a_job_that_died_during_its_backup_is_cleaned_up_by_the_next_run() {
-    let mut nights = Nights::new();
-    nights.play(&NightRow {
-        what: "a good night first",
-        cvpi: Cvpi::Good,
-        net: Net::Up,
-        code: 0,
-    });
+    let mut nights = Nights::after_a_good_night();
     nights.fx.cvpi_flags = "--hang 60 --size 40000".into();
     nights.fx.backup_extra = "backup_timeout = 600".into();
     nights.fx.write_ini();

@@ -103,6 +103,19 @@ impl Node {
             .status();
     }
 
+    /// cvp sets its INI's backup_command.
+    fn cvp_sets_backup_command(&self, command: &str) {
+        self.cvp_edits_ini(|text| {
+            let start = text.find("backup_command = ").expect("command");
+            let end = start + text[start..].find('\n').expect("eol");
+            format!(
+                "{}backup_command = {command}{}",
+                &text[..start],
+                &text[end..]
+            )
+        });
+    }
+
     fn as_root(&self, args: &[&str]) -> Run {
         let mut cmd = Command::new(bin());
         cmd.args(args).arg("--ini").arg(&self.fx.ini);
@@ -217,16 +230,8 @@ fn every_command_run_as_root_acts_as_the_ini_s_owner() {
         node.plant(&state.join(name));
     }
     let command = evil_command(&node);
-    node.cvp_edits_ini(|text| {
-        let text = text.replace(&format!("backup_user = {CVP}"), "backup_user = root");
-        let start = text.find("backup_command = ").expect("command");
-        let end = start + text[start..].find('\n').expect("eol");
-        format!(
-            "{}backup_command = {command}{}",
-            &text[..start],
-            &text[end..]
-        )
-    });
+    node.cvp_sets_backup_command(&command);
+    node.cvp_edits_ini(|text| text.replace(&format!("backup_user = {CVP}"), "backup_user = root"));
 
     let run = node.as_root(&[]);
     assert_eq!(
@@ -404,21 +409,8 @@ fn keygen_and_edit_as_root_write_keys_only_as_the_ini_s_owner() {
 }
 
 /// Standard input, then the exit code and everything printed.
-fn with_input(mut cmd: Command, input: &str) -> (i32, String) {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let _ = child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes());
-    let out = child.wait_with_output().expect("wait");
+fn with_input(cmd: Command, input: &str) -> (i32, String) {
+    let out = with_stdin(cmd, input);
     (
         out.status.code().unwrap_or(-1),
         format!(
@@ -496,15 +488,7 @@ fn the_backup_command_gets_no_terminal_and_none_of_root_s_environment() {
         node.fx.backup_dir.display(),
         node.fx.log_dir.display()
     );
-    node.cvp_edits_ini(|text| {
-        let start = text.find("backup_command = ").expect("command");
-        let end = start + text[start..].find('\n').expect("eol");
-        format!(
-            "{}backup_command = {command}{}",
-            &text[..start],
-            &text[end..]
-        )
-    });
+    node.cvp_sets_backup_command(&command);
     let mut cmd = Command::new(bin());
     cmd.arg("--ini")
         .arg(&node.fx.ini)

@@ -471,19 +471,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     std::fs::write(&fx.ini, fx.ini_text().replace("limit = 5", "limit = 1")).expect("ini");
     let before = fx.local_names();
     // Read-only: the password never goes to a host nobody has vetted (`check` records it).
-    let unknown = fx.run(&["--dry-run"]);
-    assert_eq!(unknown.code, 4, "{}", unknown.all_output());
-    assert!(
-        unknown.stderr.contains("run `cvp-backup-copy check` first"),
-        "{}",
-        unknown.stderr
-    );
-    assert!(!fx.known_hosts.exists());
-    assert!(
-        !fx.sshd.log().contains("Accepted password"),
-        "the password was sent: {}",
-        fx.sshd.log()
-    );
+    assert_refused_as_an_unknown_host(&fx, &fx.run(&["--dry-run"]));
     std::fs::write(&fx.known_hosts, fx.sshd.host_key_line()).expect("known_hosts");
     let run = fx.run(&["--dry-run"]);
     assert_eq!(run.code, 0, "{}", run.all_output());
@@ -919,7 +907,12 @@ fn list_refuses_an_unknown_host_and_points_to_check() {
     let fx = Fixture::new();
     let mut cmd = std::process::Command::new(bin());
     cmd.arg("list").arg("--ini").arg(&fx.ini);
-    let run = run_captured(&mut cmd, fx.root.path());
+    assert_refused_as_an_unknown_host(&fx, &run_captured(&mut cmd, fx.root.path()));
+}
+
+/// A read-only command met a host whose key is not recorded: exit 4, pointing to `check`,
+/// nothing recorded, and the password never sent.
+fn assert_refused_as_an_unknown_host(fx: &Fixture, run: &Run) {
     assert_eq!(run.code, 4, "{}", run.all_output());
     assert!(
         run.stderr.contains("run `cvp-backup-copy check` first"),
@@ -929,7 +922,7 @@ fn list_refuses_an_unknown_host_and_points_to_check() {
     assert!(!fx.known_hosts.exists());
     assert!(
         !fx.sshd.log().contains("Accepted password"),
-        "{}",
+        "the password was sent: {}",
         fx.sshd.log()
     );
 }

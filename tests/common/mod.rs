@@ -497,6 +497,24 @@ pub fn slow_fsync_sftp_server(seconds: u32) -> (tempfile::TempDir, String) {
     (dir, command)
 }
 
+/// Run `cmd` with `input` on its standard input; its output.
+pub fn with_stdin(mut cmd: Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    // A program that refuses early never reads its input: a broken pipe is not a failure.
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes());
+    child.wait_with_output().expect("wait")
+}
+
 pub fn run_captured(cmd: &mut Command, scratch: &Path) -> Run {
     let socket_path = scratch.join(format!("syslog-{}.sock", free_port()));
     let _ = std::fs::remove_file(&socket_path);
