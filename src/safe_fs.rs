@@ -203,11 +203,6 @@ impl Dir {
         self.path.join(name)
     }
 
-    /// The folder's owner.
-    pub fn owner(&self) -> (u32, u32) {
-        (self.uid, self.gid)
-    }
-
     /// The folder itself as a file, for `flock`: a lock on it needs no lock file that
     /// someone else could own, replace or plant.
     pub fn lock_handle(&self) -> io::Result<File> {
@@ -400,12 +395,6 @@ pub fn open_file(path: &Path) -> io::Result<File> {
     Dir::open(&dir)?
         .open_existing(&name, false)?
         .ok_or_else(|| io::ErrorKind::NotFound.into())
-}
-
-/// Replace the file at `path` (see `Dir::replace`), its folder opened safely.
-pub fn replace_file(path: &Path, contents: &[u8], mode: Mode) -> io::Result<()> {
-    let (dir, name) = split(path)?;
-    Dir::open(&dir)?.replace(&name, contents, mode)
 }
 
 /// A path's folder and file name.

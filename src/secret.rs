@@ -175,7 +175,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("backup.key");
         let key = new_key();
-        crate::safe_fs::replace_file(&path, key.as_bytes(), crate::safe_fs::Mode::Force(0o600))
+        crate::safe_fs::Dir::open(dir.path())
+            .and_then(|d| {
+                d.replace(
+                    "backup.key",
+                    key.as_bytes(),
+                    crate::safe_fs::Mode::Force(0o600),
+                )
+            })
             .expect("write key");
         assert_eq!(
             std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
