@@ -758,19 +758,7 @@ impl Link {
                 password: password.as_deref(),
                 record_host_key: false,
             };
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..count)
-                    .map(|_| scope.spawn(move || sftp::connect(options).map(|c| c.remote)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|handle| {
-                        handle
-                            .join()
-                            .unwrap_or_else(|_| Err(Error::connect("a connection attempt crashed")))
-                    })
-                    .collect()
-            })
+            sftp::connect_several(options, count)
         }));
     }
 
@@ -1165,10 +1153,7 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         destination: destination_label(config),
         ..Plan::default()
     };
-    let history = Dir::open(&config.backup.state_dir)
-        .ok()
-        .and_then(|dir| state::load_history(&dir).ok())
-        .unwrap_or_default();
+    let history = state::peek_history(&config.backup.state_dir);
     let mut excluded = history.failed();
     let mut local = list_local(config)?;
     if let Some(before) = &history.backup_started {

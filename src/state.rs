@@ -177,6 +177,15 @@ pub fn load_history(dir: &Dir) -> std::io::Result<History> {
     }
 }
 
+/// The history for commands that only read it (`--dry-run`, `list`): never creates the state
+/// folder; an absent or unreadable one reads as no history.
+pub fn peek_history(state_dir: &Path) -> History {
+    Dir::open(state_dir)
+        .ok()
+        .and_then(|dir| load_history(&dir).ok())
+        .unwrap_or_default()
+}
+
 pub fn save_history(dir: &Dir, history: &History) -> std::io::Result<()> {
     let mut json = serde_json::to_vec_pretty(history)?;
     json.push(b'\n');

@@ -727,14 +727,17 @@ fn a_destination_belongs_to_the_node_that_first_wrote_to_it() {
     let marker =
         std::fs::read_to_string(first.dest.join(".cvp-backup-copy-owner")).expect("marker");
     assert!(marker.contains("node = cvp-node-a"), "{marker}");
-    let before: Vec<(String, Vec<u8>)> = first
-        .remote_names()
-        .into_iter()
-        .map(|n| {
-            let bytes = std::fs::read(first.dest.join(&n)).expect("read");
-            (n, bytes)
-        })
-        .collect();
+    let remote_contents = || -> Vec<(String, Vec<u8>)> {
+        first
+            .remote_names()
+            .into_iter()
+            .map(|n| {
+                let bytes = std::fs::read(first.dest.join(&n)).expect("read");
+                (n, bytes)
+            })
+            .collect()
+    };
+    let before = remote_contents();
 
     // A second node, same destination, same stamps (a cluster backs up at 02:00).
     let second_root = tempfile::tempdir().expect("second node");
@@ -773,14 +776,7 @@ fn a_destination_belongs_to_the_node_that_first_wrote_to_it() {
         "{}",
         refused.stderr
     );
-    let after: Vec<(String, Vec<u8>)> = first
-        .remote_names()
-        .into_iter()
-        .map(|n| {
-            let bytes = std::fs::read(first.dest.join(&n)).expect("read");
-            (n, bytes)
-        })
-        .collect();
+    let after = remote_contents();
     assert!(
         after == before,
         "the second node changed the first node's files"

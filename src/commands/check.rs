@@ -431,25 +431,15 @@ fn check_streams(config: &Config, password: Option<&Secret>, report: &mut Report
         password,
         record_host_key: false,
     };
-    let opened = std::thread::scope(|scope| {
-        let handles: Vec<_> = (1..wanted)
-            .map(|_| scope.spawn(move || sftp::connect(options).map(|c| c.remote)))
-            .collect();
-        let mut opened = 1; // the one `check` already holds
-        let mut first_error = None;
-        for handle in handles {
-            match handle.join() {
-                Ok(Ok(_)) => opened += 1,
-                Ok(Err(err)) => {
-                    first_error.get_or_insert(err.message);
-                }
-                Err(_) => {
-                    first_error.get_or_insert("a connection attempt crashed".into());
-                }
-            }
-        }
-        (opened, first_error)
-    });
+    let outcomes = sftp::connect_several(options, wanted - 1);
+    // Plus the one `check` already holds.
+    let opened = (
+        1 + outcomes.iter().filter(|o| o.is_ok()).count(),
+        outcomes
+            .into_iter()
+            .find_map(|o| o.err())
+            .map(|e| e.message),
+    );
     match opened {
         (opened, None) => report.line(
             "streams",

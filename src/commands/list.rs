@@ -68,11 +68,7 @@ pub fn list(options: &ListOptions) -> Result<()> {
     let listing = remote.list()?.unwrap_or_default();
     let (remote_files, sidecars) = split_listing(&listing);
     let local_sizes: Vec<_> = local.iter().map(|f| (f.name, f.size)).collect();
-    let known = crate::safe_fs::Dir::open(&config.backup.state_dir)
-        .ok()
-        .and_then(|dir| crate::state::load_history(&dir).ok())
-        .map(|history| history.known())
-        .unwrap_or_default();
+    let known = crate::state::peek_history(&config.backup.state_dir).known();
     let sets = inventory::sets(&local_sizes, &remote_files, &sidecars, &known);
     let mut rows = sets
         .iter()
@@ -126,11 +122,7 @@ fn failed_rows(config: &Config) -> Vec<SetRow> {
         .into_iter()
         .map(|(name, _, size)| (name, name.failed_name(), size))
         .collect();
-    let remembered = crate::safe_fs::Dir::open(&config.backup.state_dir)
-        .ok()
-        .and_then(|dir| crate::state::load_history(&dir).ok())
-        .map(|history| history.failed())
-        .unwrap_or_default();
+    let remembered = crate::state::peek_history(&config.backup.state_dir).failed();
     for name in remembered {
         let size = std::fs::metadata(config.backup.backup_dir.join(name.file_name()))
             .map(|m| m.len())

@@ -218,6 +218,24 @@ pub fn connect_observed(
     })
 }
 
+/// `count` connections opened side by side (each handshake costs round trips on a WAN), in
+/// the order asked; a failed one is its error.
+pub fn connect_several(options: ConnectOptions<'_>, count: usize) -> Vec<Result<SftpRemote>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .map(|_| scope.spawn(move || connect(options).map(|c| c.remote)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::connect("a connection attempt crashed")))
+            })
+            .collect()
+    })
+}
+
 /// Put `wanted` algorithms first, keeping every other one libssh2 supports after them.
 fn prefer(session: &Session, method: MethodType, wanted: &[&str]) {
     let Ok(supported) = session.supported_algs(method) else {
