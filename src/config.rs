@@ -53,7 +53,7 @@ pub fn default_value(option: &str) -> Option<&'static str> {
         "retries" => "3",
         "retry_wait" => "10",
         "timeout" => "30",
-        "streams" => "4",
+        "streams" => "auto",
         "sync_timeout" => "900",
         "limit" => "5",
         "backup_timeout" => "21600",
@@ -78,6 +78,16 @@ fn parse_number(text: &str, min: u64, max: u64) -> std::result::Result<u64, Stri
             "`{text}` is not a whole number from {min} to {max}"
         )),
     }
+}
+
+/// `auto`, or a number of connections that pins it.
+fn parse_streams(text: &str) -> std::result::Result<Streams, String> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(Streams::Auto);
+    }
+    parse_number(text, 1, 16)
+        .map(|n| Streams::Fixed(n as usize))
+        .map_err(|_| format!("`{text}` is neither `auto` nor a whole number from 1 to 16"))
 }
 
 fn parse_policy(text: &str) -> std::result::Result<HostKeyPolicy, String> {
@@ -159,7 +169,7 @@ pub fn check_value(
         }
         "timeout" | "sync_timeout" => parse_number(value, 1, 86_400).map(drop),
         "backup_timeout" => parse_number(value, 1, 7 * 86_400).map(drop),
-        "streams" => parse_number(value, 1, 16).map(drop),
+        "streams" => parse_streams(value).map(drop),
         "limit" => parse_number(value, 1, u32::MAX as u64).map(drop),
         "host_key_policy" => parse_policy(value).map(drop),
         "syslog_facility" => parse_facility(value).map(drop),
@@ -203,12 +213,29 @@ pub struct ServerConfig {
     pub retry_wait: u64,
     /// Seconds to connect, and the longest the server may leave one operation unanswered.
     pub timeout: u64,
-    /// Connections a large file is uploaded over at once.
-    pub streams: usize,
+    /// Connections a large file is copied over at once.
+    pub streams: Streams,
     /// Seconds the server may take to sync and close a file (a slow NAS flushing GBs).
     pub sync_timeout: u64,
     /// Cipher preference (OpenSSH names, comma-separated); None: AES-GCM first with AES-NI.
     pub ciphers: Option<String>,
+}
+
+/// How many connections a large file goes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streams {
+    /// Sized from the round-trip time measured at connect (`transfer::auto_streams`).
+    Auto,
+    Fixed(usize),
+}
+
+impl std::fmt::Display for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Streams::Auto => f.write_str("auto"),
+            Streams::Fixed(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -314,7 +341,12 @@ impl Config {
         let retries = number_or_default("retries", 0, u32::MAX as u64)? as u32;
         let retry_wait = number_or_default("retry_wait", 0, u32::MAX as u64)?;
         let timeout = number_or_default("timeout", 1, 86_400)?;
-        let streams = number_or_default("streams", 1, 16)? as usize;
+        let streams = match reader.optional(server, SERVER, "streams")? {
+            None => Streams::Auto,
+            Some(text) => {
+                parse_streams(&text).map_err(|why| reader.bad(SERVER, "streams", &why))?
+            }
+        };
         let sync_timeout = number_or_default("sync_timeout", 1, 86_400)?;
         let ciphers = reader.optional(server, SERVER, "ciphers")?;
 

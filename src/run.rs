@@ -2,7 +2,7 @@
 
 use crate::backup;
 use crate::claim;
-use crate::config::{self, Config, ServerConfig};
+use crate::config::{self, Config, ServerConfig, Streams};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::lock;
@@ -20,7 +20,7 @@ use crate::secret::{self, Secret};
 use crate::sets::{self, Member};
 use crate::signals;
 use crate::state::{self, CopiedFile, History, RunRecord};
-use crate::transfer;
+use crate::transfer::{self, Seen};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -256,7 +256,7 @@ impl Job<'_> {
                 return self.fail(err);
             }
         };
-        let parallel = self.config.server.streams > 1
+        let parallel = self.config.server.streams != Streams::Fixed(1)
             && files
                 .iter()
                 .any(|file| file.size >= transfer::PARALLEL_THRESHOLD);
@@ -266,11 +266,9 @@ impl Job<'_> {
             remote: None,
             extra: Vec::new(),
             connecting: None,
-            wanted_extra: if parallel {
-                self.config.server.streams - 1
-            } else {
-                0
-            },
+            parallel,
+            streams: None,
+            wanted_extra: 0,
         };
         let all_copied = self.copy_files(&mut link, &files, selection.set.as_ref());
         if let (true, Some(set)) = (all_copied, &selection.set) {
@@ -481,7 +479,11 @@ impl Job<'_> {
             retries: self.config.server.retries,
             wait: self.config.server.retry_wait,
         };
-        match retry(&policy, link, |link| link.remote()?.ensure_destination()) {
+        match retry(&policy, link, |link| {
+            let created = link.remote()?.ensure_destination()?;
+            link.plan_streams()?;
+            Ok(created)
+        }) {
             Ok(true) => log::info!("created the destination {}", link.label()),
             Ok(false) => {}
             Err(err) => {
@@ -503,8 +505,21 @@ impl Job<'_> {
         }
         let mut digests: HashMap<BackupName, String> = HashMap::new();
         let mut all_ok = true;
-        for file in files {
-            match retry(&policy, link, |link| copy_one(link, file)) {
+        let mut first_attempts = if link.wanted_extra > 0 && files.len() > 1 {
+            side_by_side(link, files)
+        } else {
+            HashMap::new()
+        };
+        for (index, file) in files.iter().enumerate() {
+            let outcome = match first_attempts.remove(&index) {
+                Some(Err(err)) if err.transient && signals::received().is_none() => {
+                    log::warn!("{err}; trying {} again on its own", file.name);
+                    retry(&policy, link, |link| copy_one(link, file))
+                }
+                Some(outcome) => outcome,
+                None => retry(&policy, link, |link| copy_one(link, file)),
+            };
+            match outcome {
                 Ok(Copied::AlreadyThere { digest }) => {
                     log::info!("{}: already on the remote, checksum matches", file.name);
                     digests.insert(file.name, digest.clone());
@@ -516,13 +531,18 @@ impl Job<'_> {
                         ..CopiedFile::default()
                     });
                 }
-                Ok(Copied::Uploaded { done, seconds }) => {
+                Ok(Copied::Uploaded {
+                    done,
+                    seconds,
+                    streams,
+                }) => {
                     log::info!(
-                        "{}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s; \
-                         hashing added {:.2} s), sha256 {}",
+                        "{}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s over \
+                         {streams} stream{}; hashing added {:.2} s), sha256 {}",
                         file.name,
                         done.bytes,
                         megabytes_per_second(done.bytes, seconds),
+                        if streams == 1 { "" } else { "s" },
                         done.hash_seconds,
                         done.digest
                     );
@@ -535,6 +555,7 @@ impl Job<'_> {
                         sha256: Some(done.digest),
                         seconds: Some(seconds),
                         hash_seconds: Some(done.hash_seconds),
+                        streams: Some(streams),
                     });
                 }
                 Err(err) => {
@@ -670,9 +691,16 @@ impl Job<'_> {
         self.record.seconds = seconds;
         self.record.megabytes_per_second =
             megabytes_per_second(self.record.bytes_uploaded, self.copy_seconds);
+        let streams = self
+            .record
+            .files
+            .iter()
+            .filter_map(|f| f.streams)
+            .max()
+            .unwrap_or(0);
         let summary = format!(
             "summary: files={} uploaded={uploaded} bytes={} copy_seconds={:.1} MB/s={:.1} \
-             total_seconds={seconds:.1} pruned_local={} pruned_remote={} exit={}",
+             streams={streams} total_seconds={seconds:.1} pruned_local={} pruned_remote={} exit={}",
             self.record.files.len(),
             self.record.bytes_uploaded,
             self.copy_seconds,
@@ -707,7 +735,12 @@ struct Link {
     /// Those connections being made in the background while the main one looks at the
     /// destination: on a WAN each handshake costs several round trips.
     connecting: Option<std::thread::JoinHandle<Vec<Result<SftpRemote>>>>,
-    /// How many extra connections a large file in the restore set will want.
+    /// Whether a file of the restore set is large enough for several streams.
+    parallel: bool,
+    /// How many streams a large file goes over, and why: decided once the first
+    /// connection has measured the round trip (`streams = auto`), or as configured.
+    streams: Option<(usize, String)>,
+    /// How many extra connections a large file will want.
     wanted_extra: usize,
 }
 
@@ -740,11 +773,33 @@ impl Link {
             );
             self.remote = Some(connected.remote);
             // Only now: the main connection records a new host's key the others check.
-            self.start_connecting(self.wanted_extra.saturating_sub(self.extra.len()));
+            // (Once streams are decided: after a reconnection.)
+            if self.streams.is_some() {
+                self.start_connecting(self.wanted_extra.saturating_sub(self.extra.len()));
+            }
         }
         self.remote
             .as_mut()
             .ok_or_else(|| Error::connect("internal error: no connection"))
+    }
+
+    /// Decide how many streams a large file goes over (for `auto`, from the round trip
+    /// measured on the first connection) and start connecting the extra ones.
+    fn plan_streams(&mut self) -> Result<()> {
+        if self.streams.is_none() {
+            let (count, why) = match self.server.streams {
+                Streams::Auto => transfer::auto_streams(self.remote()?.measure_round_trip()),
+                Streams::Fixed(n) => (n, format!("streams = {n}")),
+            };
+            if self.parallel {
+                log::info!("large files go over {count} stream(s): {why}");
+                self.wanted_extra = count - 1;
+            }
+            self.streams = Some((count, why));
+        }
+        self.remote()?;
+        self.start_connecting(self.wanted_extra.saturating_sub(self.extra.len()));
+        Ok(())
     }
 
     fn start_connecting(&mut self, count: usize) {
@@ -782,7 +837,7 @@ impl Link {
         if let Some(first) = refused.first() {
             log::warn!(
                 "the server accepted {} of {asked} extra connections ({first}): large files go \
-                 over {} streams; lower `streams` to silence this",
+                 over {} streams; set `streams` lower to silence this",
                 asked - refused.len(),
                 self.extra.len() + 1
             );
@@ -869,6 +924,8 @@ enum Copied {
     Uploaded {
         done: transfer::Uploaded,
         seconds: f64,
+        /// Connections it went over.
+        streams: usize,
     },
 }
 
@@ -880,28 +937,163 @@ fn copy_one(link: &mut Link, file: &LocalFile) -> Result<Copied> {
     match plan::decide(&gather_facts(remote, &listing, file)?) {
         CopyDecision::AlreadyThere { digest, .. } => Ok(Copied::AlreadyThere { digest }),
         CopyDecision::Upload { name, size, why } => {
-            let streams = link.server.streams;
-            let started = Instant::now();
-            let bar = progress::bar(size, &name.file_name());
-            let done = if streams > 1 && size >= transfer::PARALLEL_THRESHOLD {
-                let mut remotes = link.streams(streams)?;
-                log::info!(
-                    "{name}: uploading {size} bytes over {} streams ({why})",
-                    remotes.len()
-                );
-                transfer::upload_parallel(&mut remotes, &file.path, name, &bar)
+            let seen = Seen::in_listing(&listing, name);
+            let (streams, because) = link.streams.clone().unwrap_or((1, String::new()));
+            let mut remotes = if streams > 1 && size >= transfer::PARALLEL_THRESHOLD {
+                link.streams(streams)?
             } else {
-                log::info!("{name}: uploading {size} bytes ({why})");
-                transfer::upload(link.remote()?, &file.path, name, &bar)
+                let main: &mut (dyn Remote + Send) = link.remote()?;
+                vec![main]
             };
-            bar.finish_and_clear();
-            let done = done?;
-            Ok(Copied::Uploaded {
-                done,
-                seconds: started.elapsed().as_secs_f64(),
-            })
+            upload_over(
+                &mut remotes,
+                file,
+                Upload {
+                    name,
+                    size,
+                    why,
+                    seen,
+                },
+                &because,
+            )
         }
     }
+}
+
+/// A file to upload, as the listing and the plan saw it.
+#[derive(Clone, Copy)]
+struct Upload {
+    name: BackupName,
+    size: u64,
+    why: &'static str,
+    seen: Seen,
+}
+
+/// Upload over the connections given: several streams for a large file, else the first.
+fn upload_over(
+    remotes: &mut [&mut (dyn Remote + Send)],
+    file: &LocalFile,
+    upload: Upload,
+    because: &str,
+) -> Result<Copied> {
+    let Upload {
+        name,
+        size,
+        why,
+        seen,
+    } = upload;
+    let started = Instant::now();
+    let bar = progress::bar(size, &name.file_name());
+    let used = if remotes.len() > 1 && size >= transfer::PARALLEL_THRESHOLD {
+        remotes.len()
+    } else {
+        1
+    };
+    let done = if used > 1 {
+        log::info!("{name}: uploading {size} bytes over {used} streams ({why}; {because})");
+        transfer::upload_parallel(remotes, &file.path, name, seen, &bar)
+    } else {
+        log::info!("{name}: uploading {size} bytes ({why})");
+        transfer::upload(&mut *remotes[0], &file.path, name, seen, &bar)
+    };
+    bar.finish_and_clear();
+    Ok(Copied::Uploaded {
+        done: done?,
+        seconds: started.elapsed().as_secs_f64(),
+        streams: used,
+    })
+}
+
+/// The first attempt at a set's files when there are several connections: one listing,
+/// then every upload at once (the largest over the streams left once each other file has
+/// one), so the round trips of the small files hide behind the large one. What fails here
+/// (outcomes by index in `files`; a file missing was not tried) gets the usual retries,
+/// one file at a time.
+fn side_by_side(link: &mut Link, files: &[LocalFile]) -> HashMap<usize, Result<Copied>> {
+    let mut outcomes = HashMap::new();
+    let looked = (|| -> Result<Vec<(usize, CopyDecision, Seen)>> {
+        let remote = link.remote()?;
+        let listing = remote.list()?.unwrap_or_default();
+        files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| {
+                let decision = plan::decide(&gather_facts(remote, &listing, file)?);
+                Ok((index, decision, Seen::in_listing(&listing, file.name)))
+            })
+            .collect()
+    })();
+    let decisions = match looked {
+        Ok(decisions) => decisions,
+        Err(err) => {
+            if err.transient {
+                link.reset();
+            }
+            return outcomes;
+        }
+    };
+    let mut uploads = Vec::new();
+    for (index, decision, seen) in decisions {
+        match decision {
+            CopyDecision::AlreadyThere { digest, .. } => {
+                outcomes.insert(index, Ok(Copied::AlreadyThere { digest }));
+            }
+            CopyDecision::Upload { name, size, why } => uploads.push((
+                index,
+                Upload {
+                    name,
+                    size,
+                    why,
+                    seen,
+                },
+            )),
+        }
+    }
+    // The largest first: it takes the streams the others leave.
+    uploads.sort_by_key(|(_, upload)| std::cmp::Reverse(upload.size));
+    let (count, because) = link.streams.clone().unwrap_or((1, String::new()));
+    let mut remotes = match link.streams(count) {
+        Ok(remotes) if remotes.len() >= uploads.len() && !uploads.is_empty() => remotes,
+        _ => return outcomes,
+    };
+    let for_largest = remotes.len() - (uploads.len() - 1);
+    let (largest, others) = remotes.split_at_mut(for_largest);
+    let results: Vec<(usize, Result<Copied>)> = std::thread::scope(|scope| {
+        let because = because.as_str();
+        let (first, rest) = uploads.split_first().expect("not empty");
+        let mut workers = vec![(first.0, {
+            let (index, upload) = *first;
+            scope.spawn(move || upload_over(largest, &files[index], upload, because))
+        })];
+        for ((index, upload), remote) in rest.iter().copied().zip(others.iter_mut()) {
+            workers.push((
+                index,
+                scope.spawn(move || {
+                    upload_over(std::slice::from_mut(remote), &files[index], upload, because)
+                }),
+            ));
+        }
+        workers
+            .into_iter()
+            .map(|(index, worker)| {
+                let outcome = worker.join().unwrap_or_else(|_| {
+                    Err(Error::copy(format!(
+                        "the upload of {} crashed",
+                        files[index].name
+                    )))
+                });
+                (index, outcome)
+            })
+            .collect()
+    });
+    if results
+        .iter()
+        .any(|(_, outcome)| outcome.as_ref().is_err_and(|err| err.transient))
+    {
+        link.reset();
+    }
+    outcomes.extend(results);
+    outcomes
 }
 
 fn megabytes_per_second(bytes: u64, seconds: f64) -> f64 {

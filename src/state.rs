@@ -25,6 +25,9 @@ pub struct CopiedFile {
     pub seconds: Option<f64>,
     #[serde(default)]
     pub hash_seconds: Option<f64>,
+    /// Connections the upload went over.
+    #[serde(default)]
+    pub streams: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -208,6 +211,7 @@ mod tests {
                 sha256: None,
                 seconds: Some(1.5),
                 hash_seconds: Some(0.25),
+                streams: Some(6),
             }],
             errors: vec!["disk full".into()],
             ..RunRecord::default()

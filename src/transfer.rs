@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::names::{parse_sidecar, sidecar_line, BackupName};
-use crate::remote::Remote;
+use crate::remote::{Remote, RemoteEntry};
 use crate::signals;
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
@@ -125,12 +125,38 @@ fn check_unchanged(local: &Path, before: &LocalSnapshot, bytes: u64) -> Result<(
     )))
 }
 
+/// What a listing taken just before the upload showed of a file's names on the server, so
+/// the upload need not ask again (each question is a round trip on a WAN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// NAME or NAME.sha256 is there: both are removed before the new ones are renamed in.
+    pub finals: bool,
+    /// The size of the partial upload an earlier attempt left there.
+    pub partial: Option<u64>,
+}
+
+impl Seen {
+    pub fn in_listing(listing: &[RemoteEntry], name: BackupName) -> Seen {
+        let size = |wanted: &str| {
+            listing
+                .iter()
+                .find(|entry| entry.name == wanted)
+                .map(|entry| entry.size)
+        };
+        Seen {
+            finals: size(&name.file_name()).is_some() || size(&name.sidecar_name()).is_some(),
+            partial: size(&name.partial_name()),
+        }
+    }
+}
+
 /// Upload `local` as `name`, resuming a partial upload an earlier attempt left on the server
 /// (then reading the whole remote file back to verify it), and publish it.
 pub fn upload(
     remote: &mut dyn Remote,
     local: &Path,
     name: BackupName,
+    seen: Seen,
     progress: &ProgressBar,
 ) -> Result<Uploaded> {
     let label = remote.describe();
@@ -138,7 +164,7 @@ pub fn upload(
     let expected = snapshot.size;
     let partial = name.partial_name();
 
-    let resume_at = match remote.size_of(&partial)? {
+    let resume_at = match seen.partial {
         Some(size) if size > 0 && size <= expected => size,
         _ => 0,
     };
@@ -164,6 +190,7 @@ pub fn upload(
             &snapshot.file,
             local,
             resume_at..u64::MAX,
+            IN_FLIGHT,
             &watch,
         )?;
         sink.flush()
@@ -185,7 +212,7 @@ pub fn upload(
         }
         log::info!("{name}: resumed upload verified by reading it back (sha256 {digest})");
     }
-    publish(remote, name, &partial, &digest)?;
+    publish(remote, name, &partial, &digest, seen.finals)?;
     Ok(Uploaded {
         digest,
         bytes,
@@ -197,25 +224,127 @@ pub fn upload(
 /// window/RTT on a WAN); smaller ones are not worth the extra connections.
 pub const PARALLEL_THRESHOLD: u64 = 64 * 1024 * 1024;
 
-/// Bytes a stream keeps unacknowledged: OpenSSH's channel window. libssh2 wants the
-/// unacknowledged bytes passed again on every write call and returns as soon as some are
-/// acknowledged, so a window over contiguous data slides and never drains.
-const IN_FLIGHT: usize = 2 * 1024 * 1024;
+/// Bytes a stream keeps unacknowledged: OpenSSH's channel window (more would only wait).
+/// libssh2 wants the unacknowledged bytes offered again on every write call and returns as
+/// soon as some are acknowledged, so a window over contiguous data slides and never drains.
+pub const IN_FLIGHT: usize = 2 * 1024 * 1024;
 
-/// Read granularity of a stream: its buffer holds IN_FLIGHT + READ_AHEAD bytes, and the
-/// acknowledged ones are dropped once READ_AHEAD of them have piled up (each byte is moved
-/// at most twice).
-const READ_AHEAD: usize = 1024 * 1024;
+/// What all the streams of one file keep in flight together, at most: libssh2 holds a copy
+/// of every unacknowledged byte, so this bounds the memory a copy takes whatever the
+/// number of streams (10 full windows: 200 MB/s at 100 ms).
+pub const IN_FLIGHT_BUDGET: usize = 20 * 1024 * 1024;
+
+/// What `streams = auto` plans for: enough windows in flight for 250 MB/s (a 1 Gbit/s link
+/// and then some, since a window is never full all the time).
+const AUTO_TARGET_BYTES_PER_SECOND: f64 = 250e6;
+
+/// `streams = auto`: the number of connections for a large file, from the round-trip time
+/// measured at connect, and why (for `-v`, the summary and `check`). A LAN gets one stream
+/// (more would only fight the server for CPU); a long fat pipe gets enough full windows in
+/// flight, up to what the memory budget holds at a full window each.
+pub fn auto_streams(round_trip: Duration) -> (usize, String) {
+    auto_streams_of(round_trip, IN_FLIGHT)
+}
+
+/// The same for `fetch`, whose streams each keep READ_WINDOW of requests in flight (the
+/// answers are taken as they come: memory is a read buffer per stream, not the window).
+pub fn auto_fetch_streams(round_trip: Duration) -> (usize, String) {
+    auto_streams_of(round_trip, READ_WINDOW)
+}
+
+fn auto_streams_of(round_trip: Duration, window: usize) -> (usize, String) {
+    let ms = round_trip.as_secs_f64() * 1000.0;
+    let mib = window / (1024 * 1024);
+    let most = IN_FLIGHT_BUDGET / IN_FLIGHT;
+    let needed = (round_trip.as_secs_f64() * AUTO_TARGET_BYTES_PER_SECOND / window as f64)
+        .ceil()
+        .max(1.0) as usize;
+    let streams = needed.min(most);
+    let why = if streams == 1 {
+        format!("streams = auto: {ms:.1} ms round trip, one {mib} MiB window keeps up")
+    } else {
+        format!(
+            "streams = auto: {ms:.0} ms round trip, {streams} windows of {mib} MiB in flight{}",
+            if needed > most {
+                " (the most the memory budget holds)"
+            } else {
+                ""
+            }
+        )
+    };
+    (streams, why)
+}
+
+/// New bytes handed to libssh2 per write call, read from the page cache at that moment.
+const HAND_OVER: usize = 128 * 1024;
+
+/// The window each of `streams` streams keeps: a full channel window while the budget
+/// allows, else an equal share of it.
+pub fn window_per_stream(streams: usize) -> usize {
+    (IN_FLIGHT_BUDGET / streams.max(1)).clamp(256 * 1024, IN_FLIGHT)
+}
+
+/// Anonymous memory that takes no RAM until a page of it is written (a large `Vec` may be
+/// zeroed by the allocator, which would touch every page).
+struct LazyBuffer {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl LazyBuffer {
+    fn new(len: usize) -> std::io::Result<LazyBuffer> {
+        // SAFETY: a fresh private anonymous mapping, owned by this value until Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(LazyBuffer {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable, zero-filled by the
+        // kernel, and only reachable through this value.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for LazyBuffer {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
 
 /// Send `range` of `source` (reading stops early at the file's end) through `sink`, already
-/// positioned at `range.start`, keeping IN_FLIGHT bytes on the wire. Stops early, without
-/// error, when `abandon` is set:
-/// another stream failed and its error is the one to report. Returns the bytes sent.
+/// positioned at `range.start`, keeping up to `window` bytes on the wire. Stops early,
+/// without error, when `abandon` is set: another stream failed and its error is the one to
+/// report. Returns the bytes sent.
+///
+/// libssh2's `sftp_write` copies the bytes it is given into its packets at once, and on the
+/// next call skips, unread, the unacknowledged ones it wants offered again (`already` in
+/// libssh2 1.11's sftp.c). So the offered slice is `window` bytes of a buffer that are never
+/// written (and so take no memory) followed by the new bytes: only HAND_OVER bytes per
+/// stream are ever resident here, and libssh2 keeps the one copy of what is in flight.
 fn send_range(
     sink: &mut dyn Write,
     source: &std::fs::File,
     local: &Path,
     range: Range<u64>,
+    window: usize,
     watch: &Watch,
 ) -> Result<u64> {
     let Watch {
@@ -223,8 +352,11 @@ fn send_range(
         progress,
         what,
     } = *watch;
-    let mut buf = vec![0u8; IN_FLIGHT + READ_AHEAD];
-    let (mut head, mut tail) = (0usize, 0usize);
+    let mut lazy = LazyBuffer::new(window + HAND_OVER)
+        .map_err(|err| Error::copy(format!("{what}: cannot reserve a buffer: {err}")))?;
+    let buf = lazy.as_mut_slice();
+    // Handed to libssh2 and not acknowledged yet: the length of the offered prefix.
+    let mut queued = 0usize;
     let mut read_at = range.start;
     let mut at_eof = false;
     let mut sent = 0u64;
@@ -233,38 +365,40 @@ fn send_range(
         if abandon.load(Ordering::Relaxed) {
             return Ok(sent);
         }
-        if head >= READ_AHEAD {
-            buf.copy_within(head..tail, 0);
-            tail -= head;
-            head = 0;
-        }
-        while !at_eof && tail < buf.len() && read_at < range.end {
+        let room = (window - queued).min(HAND_OVER);
+        let mut fresh = 0usize;
+        while !at_eof && fresh < room && read_at < range.end {
             let want = usize::try_from(range.end - read_at)
                 .unwrap_or(usize::MAX)
-                .min(buf.len() - tail);
+                .min(room - fresh);
             let n = source
-                .read_at(&mut buf[tail..tail + want], read_at)
+                .read_at(&mut buf[window + fresh..window + fresh + want], read_at)
                 .map_err(read_error(local))?;
             if n == 0 {
                 at_eof = true;
             }
-            tail += n;
+            fresh += n;
             read_at += n as u64;
         }
-        if head == tail {
+        if queued + fresh == 0 {
             return Ok(sent);
         }
-        let end = tail.min(head + IN_FLIGHT);
         let position = range.start + sent;
-        match sink.write(&buf[head..end]) {
+        match sink.write(&buf[window - queued..window + fresh]) {
             Ok(0) => {
                 return Err(write_error(
                     std::io::ErrorKind::WriteZero.into(),
                     format!("{what}: the server accepted nothing at {position}"),
                 ))
             }
+            Ok(n) if n > queued + fresh => {
+                return Err(Error::copy(format!(
+                    "{what}: the SFTP layer acknowledged {n} bytes of {} offered at {position}",
+                    queued + fresh
+                )))
+            }
             Ok(n) => {
-                head += n;
+                queued = queued + fresh - n;
                 sent += n as u64;
                 progress.inc(n as u64);
             }
@@ -283,21 +417,43 @@ struct Watch<'a> {
     what: &'a str,
 }
 
-/// `size` bytes as `streams` contiguous ranges of whole MiBs (the last one takes the rest);
-/// fewer when the file is too small to give every stream a MiB.
-fn split_ranges(size: u64, streams: usize) -> Vec<Range<u64>> {
-    const ALIGN: u64 = 1024 * 1024;
-    let streams = streams.max(1) as u64;
-    let per_stream = size.div_ceil(streams).div_ceil(ALIGN).max(1) * ALIGN;
-    (0..streams)
-        .map(|i| (i * per_stream).min(size)..((i + 1) * per_stream).min(size))
-        .filter(|range| !range.is_empty())
-        .collect()
+/// The next piece a free stream takes, with `remaining` bytes not yet handed out: big while
+/// much is left, smaller towards the end (guided scheduling), so the streams finish together
+/// and no single stream is left carrying the end of the file alone.
+fn piece_len(remaining: u64, streams: usize) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let share = remaining / (2 * streams.max(1) as u64);
+    (share.div_ceil(MIB) * MIB)
+        .clamp(4 * MIB, 64 * MIB)
+        .min(remaining)
 }
 
-/// Upload `local` over several connections at once, each sending its own contiguous range
-/// into the same temporary file with a full window in flight, while one more thread hashes
-/// the file in order (from the page cache: cvpi has just written it). A failed stream fails
+/// The file being handed out in pieces to whichever stream is free.
+struct Pieces {
+    handed_out: std::sync::Mutex<u64>,
+    size: u64,
+    streams: usize,
+}
+
+impl Pieces {
+    fn take(&self) -> Option<Range<u64>> {
+        let mut next = self
+            .handed_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = *next;
+        if start >= self.size {
+            return None;
+        }
+        *next = start + piece_len(self.size - start, self.streams);
+        Some(start..*next)
+    }
+}
+
+/// Upload `local` over several connections at once, each taking the next piece of the file
+/// as it is free and writing it at its offset into the same temporary file with its window in
+/// flight, while one more thread hashes the file in order (from the page cache: cvpi has just
+/// written it). A failed stream fails
 /// the whole file: the caller retries it from the start (a parallel partial may have holes,
 /// so it is never resumed), and no final name is written unless every byte arrived, the
 /// local file did not change meanwhile, and the size on the server checks out.
@@ -305,6 +461,7 @@ pub fn upload_parallel(
     remotes: &mut [&mut (dyn Remote + Send)],
     local: &Path,
     name: BackupName,
+    seen: Seen,
     progress: &ProgressBar,
 ) -> Result<Uploaded> {
     let streams = remotes.len();
@@ -312,16 +469,20 @@ pub fn upload_parallel(
     let snapshot = open_local(local)?;
     let partial = name.partial_name();
     drop(remotes[0].create(&partial)?);
-    let ranges = split_ranges(snapshot.size, streams);
+    let pieces = Pieces {
+        handed_out: std::sync::Mutex::new(0),
+        size: snapshot.size,
+        streams,
+    };
+    let window = window_per_stream(streams);
     let during = format!("the copy of {name}");
     let (sent, hashed) = beside_hash(&snapshot.file, local, &during, |abandon| {
         std::thread::scope(|scope| {
             let workers: Vec<_> = remotes
                 .iter_mut()
-                .zip(ranges)
                 .enumerate()
-                .map(|(index, (remote, range))| {
-                    let (partial, label, during) = (&partial, &label, &during);
+                .map(|(index, remote)| {
+                    let (partial, label, during, pieces) = (&partial, &label, &during, &pieces);
                     let source = &snapshot.file;
                     scope.spawn(move || {
                         let watch = Watch {
@@ -329,16 +490,23 @@ pub fn upload_parallel(
                             progress,
                             what: during,
                         };
-                        let outcome =
-                            send_stream(&mut **remote, partial, source, local, range, &watch)
-                                .map_err(|err| Error {
-                                    message: format!(
-                                        "stream {} of {streams} to {label}: {}",
-                                        index + 1,
-                                        err.message
-                                    ),
-                                    ..err
-                                });
+                        let outcome = send_stream(
+                            &mut **remote,
+                            partial,
+                            source,
+                            local,
+                            pieces,
+                            window,
+                            &watch,
+                        )
+                        .map_err(|err| Error {
+                            message: format!(
+                                "stream {} of {streams} to {label}: {}",
+                                index + 1,
+                                err.message
+                            ),
+                            ..err
+                        });
                         if outcome.is_err() {
                             abandon.store(true, Ordering::Relaxed);
                         }
@@ -369,7 +537,7 @@ pub fn upload_parallel(
     let via = format!(" over {streams} streams");
     check_unchanged(local, &snapshot, hashed.bytes)?;
     check_sent(remote, local, &snapshot, name, sent, &via)?;
-    publish(remote, name, &partial, &digest)?;
+    publish(remote, name, &partial, &digest, seen.finals)?;
     Ok(Uploaded {
         digest,
         bytes: sent,
@@ -377,33 +545,274 @@ pub fn upload_parallel(
     })
 }
 
-/// One stream: its own remote handle, reading the file opened once (positioned reads), its
-/// range, sync.
+/// One stream: its own remote handle, reading the file opened once (positioned reads),
+/// piece after piece until none is left, then sync.
 fn send_stream(
     remote: &mut dyn Remote,
     partial: &str,
     source: &std::fs::File,
     local: &Path,
-    range: Range<u64>,
+    pieces: &Pieces,
+    window: usize,
     watch: &Watch,
 ) -> Result<u64> {
-    let mut sink = remote.open_at(partial, range.start)?;
+    let label = remote.describe();
+    let mut sink = remote.open_at(partial, 0)?;
     let what = format!("{}: writing {partial}", watch.what);
-    let sent = send_range(
-        &mut *sink,
-        source,
-        local,
-        range,
-        &Watch {
-            what: &what,
-            ..*watch
-        },
-    )?;
+    let watch = Watch {
+        what: &what,
+        ..*watch
+    };
+    let mut sent = 0u64;
+    while let Some(piece) = pieces.take() {
+        if watch.abandon.load(Ordering::Relaxed) {
+            break;
+        }
+        sink.seek(std::io::SeekFrom::Start(piece.start))
+            .map_err(|err| write_error(err, format!("{what}: seeking on {label}")))?;
+        let length = piece.end - piece.start;
+        let piece_sent = send_range(&mut *sink, source, local, piece, window, &watch)?;
+        sent += piece_sent;
+        if piece_sent < length {
+            // The file ended early (it changed) or another stream failed: the caller's
+            // checks say which.
+            break;
+        }
+    }
     if !watch.abandon.load(Ordering::Relaxed) {
         sink.flush()
             .map_err(|err| write_error(err, format!("syncing {partial}")))?;
     }
     Ok(sent)
+}
+
+/// libssh2 keeps up to 4 read buffers of requests in flight, at most 8 MiB: a download
+/// stream's window.
+pub const READ_WINDOW: usize = 8 * 1024 * 1024;
+
+/// The buffer a download stream reads into: a quarter of its window.
+const READ_BUFFER: usize = READ_WINDOW / 4;
+
+/// Download `name` (`size` bytes) over the connections given into `out` at the offsets
+/// the pieces say, each stream taking the next piece as it is free, while one more thread
+/// hashes `out` (through `read_back`, the same file opened for reading) in order as far as
+/// every byte below has arrived. The digest of all `size` bytes, once every one is there.
+pub fn download_parallel(
+    remotes: &mut [&mut (dyn Remote + Send)],
+    name: &str,
+    size: u64,
+    out: &std::fs::File,
+    read_back: &std::fs::File,
+    local: &Path,
+    progress: &ProgressBar,
+) -> Result<String> {
+    let streams = remotes.len().max(1);
+    let label = remotes[0].describe();
+    let arrived = Arrived {
+        state: std::sync::Mutex::new(ArrivedState {
+            handed_out: 0,
+            active: std::collections::BTreeMap::new(),
+        }),
+        size,
+        streams,
+    };
+    let abandon = AtomicBool::new(false);
+    let during = format!("the fetch of {name}");
+    std::thread::scope(|scope| {
+        let (arrived, abandon, during) = (&arrived, &abandon, &during);
+        let hasher =
+            scope.spawn(move || hash_as_it_arrives(read_back, local, arrived, abandon, during));
+        let workers: Vec<_> = remotes
+            .iter_mut()
+            .enumerate()
+            .map(|(index, remote)| {
+                let label = &label;
+                scope.spawn(move || {
+                    let outcome = receive_pieces(
+                        &mut **remote,
+                        name,
+                        out,
+                        local,
+                        arrived,
+                        abandon,
+                        during,
+                        progress,
+                    )
+                    .map_err(|err| Error {
+                        message: format!(
+                            "stream {} of {streams} from {label}: {}",
+                            index + 1,
+                            err.message
+                        ),
+                        ..err
+                    });
+                    if outcome.is_err() {
+                        abandon.store(true, Ordering::Relaxed);
+                    }
+                    outcome
+                })
+            })
+            .collect();
+        let mut failure = None;
+        for worker in workers {
+            match worker.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    failure.get_or_insert(err);
+                }
+                Err(_) => {
+                    failure.get_or_insert(Error::copy(format!("a stream fetching {name} crashed")));
+                }
+            }
+        }
+        if failure.is_some() {
+            abandon.store(true, Ordering::Relaxed);
+        }
+        let hashed = hasher
+            .join()
+            .unwrap_or_else(|_| Err(Error::copy(format!("hashing crashed during {during}"))));
+        match failure {
+            Some(err) => Err(err),
+            None => hashed,
+        }
+    })
+}
+
+/// Which bytes of a parallel download have arrived: the pieces handed out, and for each
+/// piece still arriving, how far it has come.
+struct ArrivedState {
+    handed_out: u64,
+    /// piece start -> bytes below this offset of that piece have arrived
+    active: std::collections::BTreeMap<u64, u64>,
+}
+
+struct Arrived {
+    state: std::sync::Mutex<ArrivedState>,
+    size: u64,
+    streams: usize,
+}
+
+impl Arrived {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ArrivedState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Option<Range<u64>> {
+        let mut state = self.lock();
+        let start = state.handed_out;
+        if start >= self.size {
+            return None;
+        }
+        let end = start + piece_len(self.size - start, self.streams);
+        state.handed_out = end;
+        state.active.insert(start, start);
+        Some(start..end)
+    }
+
+    fn advance(&self, piece: u64, up_to: u64, done: bool) {
+        let mut state = self.lock();
+        if done {
+            state.active.remove(&piece);
+        } else {
+            state.active.insert(piece, up_to);
+        }
+    }
+
+    /// Every byte below this offset has arrived.
+    fn contiguous(&self) -> u64 {
+        let state = self.lock();
+        state
+            .active
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(state.handed_out)
+    }
+}
+
+/// One download stream: piece after piece, each read from its offset and written at it.
+#[allow(clippy::too_many_arguments)]
+fn receive_pieces(
+    remote: &mut dyn Remote,
+    name: &str,
+    out: &std::fs::File,
+    local: &Path,
+    arrived: &Arrived,
+    abandon: &AtomicBool,
+    during: &str,
+    progress: &ProgressBar,
+) -> Result<()> {
+    let label = remote.describe();
+    let mut buf = vec![0u8; READ_BUFFER];
+    while let Some(piece) = arrived.take() {
+        let mut reader = remote.open_read_at(name, piece.start)?;
+        let mut at = piece.start;
+        while at < piece.end {
+            signals::check(during)?;
+            if abandon.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            // Never ask past the piece: libssh2 asks 4 buffers ahead, and what it asks
+            // for beyond the piece would cross the link for nothing.
+            let left = usize::try_from(piece.end - at).unwrap_or(usize::MAX);
+            let want = (left / 4).clamp(1, READ_BUFFER).min(left);
+            let n = reader
+                .read(&mut buf[..want])
+                .map_err(|err| write_error(err, format!("reading {name} from {label} at {at}")))?;
+            if n == 0 {
+                return Err(Error::transient(format!(
+                    "{name} on {label} ended at {at}, before the {} bytes listed: it changed on \
+                     the server",
+                    arrived.size
+                )));
+            }
+            out.write_all_at(&buf[..n], at)
+                .map_err(|err| Error::copy(format!("cannot write {}: {err}", local.display())))?;
+            at += n as u64;
+            progress.inc(n as u64);
+            arrived.advance(piece.start, at, at >= piece.end);
+        }
+    }
+    Ok(())
+}
+
+/// Hash the download in order, as far as it has arrived, until all of it is hashed.
+fn hash_as_it_arrives(
+    read_back: &std::fs::File,
+    local: &Path,
+    arrived: &Arrived,
+    abandon: &AtomicBool,
+    during: &str,
+) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut hashed = 0u64;
+    while hashed < arrived.size {
+        signals::check(during)?;
+        if abandon.load(Ordering::Relaxed) {
+            return Err(Error::copy(format!("{during} stopped")));
+        }
+        let ready = arrived.contiguous();
+        if ready <= hashed {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let want = usize::try_from(ready - hashed).unwrap_or(CHUNK).min(CHUNK);
+        let n = read_back
+            .read_at(&mut buf[..want], hashed)
+            .map_err(read_error(local))?;
+        if n == 0 {
+            return Err(Error::copy(format!(
+                "{} is shorter than what arrived: something else writes it",
+                local.display()
+            )));
+        }
+        hasher.update(&buf[..n]);
+        hashed += n as u64;
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 /// The whole file hashed in order, and what hashing cost the copy.
@@ -493,29 +902,50 @@ fn sha256_remote(remote: &mut dyn Remote, name: &str) -> Result<String> {
 }
 
 /// A stale final file goes first, then the sidecar lands, then the data is renamed into
-/// place: at no moment does a final name hold a file its sidecar does not describe.
-fn publish(remote: &mut dyn Remote, name: BackupName, partial: &str, digest: &str) -> Result<()> {
-    remote.remove(&name.file_name())?;
+/// place: at no moment does a final name hold a file its sidecar does not describe. When
+/// the listing just showed neither final name (`replacing` false), there is nothing to
+/// remove, and a rename that finds one after all fails rather than replace it.
+fn publish(
+    remote: &mut dyn Remote,
+    name: BackupName,
+    partial: &str,
+    digest: &str,
+    replacing: bool,
+) -> Result<()> {
+    if replacing {
+        remote.remove(&name.file_name())?;
+    }
     let sidecar_partial = name.sidecar_partial_name();
     write_small(
         remote,
         &sidecar_partial,
         sidecar_line(digest, &name.file_name()).as_bytes(),
     )?;
-    remote.rename_replace(&sidecar_partial, &name.sidecar_name())?;
-    remote.rename_replace(partial, &name.file_name())
+    if replacing {
+        remote.rename_replace(&sidecar_partial, &name.sidecar_name())?;
+        remote.rename_replace(partial, &name.file_name())
+    } else {
+        remote.rename_new(&sidecar_partial, &name.sidecar_name())?;
+        remote.rename_new(partial, &name.file_name())
+    }
 }
 
 /// The set's manifest beside its data file, written under a partial name and renamed, once
 /// every member is verified on the server. False when the server already has this text.
 pub fn publish_manifest(remote: &mut dyn Remote, data: BackupName, text: &str) -> Result<bool> {
     let name = data.manifest_name();
-    if remote.read_small(&name, 64 * 1024)?.as_deref() == Some(text.as_bytes()) {
+    // One round trip to see it is not there (the usual night); reading it takes four.
+    let there = remote.size_of(&name)?.is_some();
+    if there && remote.read_small(&name, 64 * 1024)?.as_deref() == Some(text.as_bytes()) {
         return Ok(false);
     }
     let partial = data.manifest_partial_name();
     write_small(remote, &partial, text.as_bytes())?;
-    remote.rename_replace(&partial, &name)?;
+    if there {
+        remote.rename_replace(&partial, &name)?;
+    } else {
+        remote.rename_new(&partial, &name)?;
+    }
     Ok(true)
 }
 
@@ -533,52 +963,112 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(clippy::single_range_in_vec_init)] // one range is a real answer here
-    fn ranges_cover_the_file_in_whole_mibs() {
-        const MIB: u64 = 1024 * 1024;
-        // (size, streams) -> ranges
-        let table: &[(u64, usize, &[Range<u64>])] = &[
-            (0, 4, &[]),
-            (10, 4, &[0..10]),
-            (
-                4 * MIB,
-                4,
-                &[0..MIB, MIB..2 * MIB, 2 * MIB..3 * MIB, 3 * MIB..4 * MIB],
-            ),
-            (
-                4 * MIB + 1,
-                4,
-                &[0..2 * MIB, 2 * MIB..4 * MIB, 4 * MIB..4 * MIB + 1],
-            ),
-            (70 * MIB + 12_345, 1, &[0..70 * MIB + 12_345]),
-            (
-                70 * MIB + 12_345,
-                3,
-                &[0..24 * MIB, 24 * MIB..48 * MIB, 48 * MIB..70 * MIB + 12_345],
-            ),
-        ];
-        for (size, streams, expected) in table {
-            assert_eq!(
-                &split_ranges(*size, *streams),
-                expected,
-                "{size} over {streams}"
-            );
+    fn auto_fetch_streams_need_a_quarter_as_many() {
+        // (round trip in ms) -> streams
+        let table: &[(u64, usize)] = &[(1, 1), (30, 1), (50, 2), (100, 3), (400, 10)];
+        for (ms, expected) in table {
+            let (streams, why) = auto_fetch_streams(Duration::from_millis(*ms));
+            assert_eq!(streams, *expected, "{ms} ms: {why}");
         }
     }
 
-    /// Answers like libssh2's sftp_write: takes what is offered, acknowledges part of it,
-    /// and expects the unacknowledged rest offered again.
+    #[test]
+    fn auto_streams_follow_the_round_trip() {
+        // (round trip in ms) -> streams
+        let table: &[(u64, usize)] = &[
+            (0, 1),
+            (1, 1),
+            (8, 1),
+            (10, 2),
+            (50, 6),
+            (100, 10),
+            (600, 10),
+        ];
+        for (ms, expected) in table {
+            let (streams, why) = auto_streams(Duration::from_millis(*ms));
+            assert_eq!(streams, *expected, "{ms} ms: {why}");
+            assert!(why.starts_with("streams = auto: "), "{why}");
+        }
+    }
+
+    #[test]
+    fn the_window_is_shared_out_within_the_budget() {
+        assert_eq!(window_per_stream(1), IN_FLIGHT);
+        assert_eq!(window_per_stream(10), IN_FLIGHT);
+        assert_eq!(window_per_stream(16), IN_FLIGHT_BUDGET / 16);
+        for streams in 1..=16 {
+            assert!(window_per_stream(streams) * streams <= IN_FLIGHT_BUDGET);
+        }
+    }
+
+    #[test]
+    fn pieces_shrink_towards_the_end_and_cover_the_file() {
+        const MIB: u64 = 1024 * 1024;
+        // (remaining, streams) -> the next piece
+        let table: &[(u64, usize, u64)] = &[
+            (2048 * MIB, 10, 64 * MIB),
+            (400 * MIB, 10, 20 * MIB),
+            (100 * MIB, 10, 5 * MIB),
+            (30 * MIB, 10, 4 * MIB),
+            (3 * MIB + 7, 10, 3 * MIB + 7),
+            (2048 * MIB, 1, 64 * MIB),
+            (0, 4, 0),
+        ];
+        for (remaining, streams, expected) in table {
+            assert_eq!(
+                piece_len(*remaining, *streams),
+                *expected,
+                "{remaining} over {streams}"
+            );
+        }
+        for (size, streams) in [(0, 3), (1, 3), (2048 * MIB + 12_345, 10), (70 * MIB, 1)] {
+            let pieces = Pieces {
+                handed_out: std::sync::Mutex::new(0),
+                size,
+                streams,
+            };
+            let mut covered = 0;
+            while let Some(piece) = pieces.take() {
+                assert_eq!(piece.start, covered, "pieces are contiguous");
+                assert!(piece.end > piece.start);
+                covered = piece.end;
+            }
+            assert_eq!(covered, size);
+        }
+    }
+
+    /// Answers like libssh2's sftp_write: expects the unacknowledged bytes offered again
+    /// and skips them unread, queues the new ones, acknowledges part of the queue.
     struct AckingSink {
+        queue: Vec<u8>,
         received: Vec<u8>,
         ack_size: usize,
-        largest_offer: usize,
+        largest_queue: usize,
+    }
+
+    impl AckingSink {
+        fn new(ack_size: usize) -> AckingSink {
+            AckingSink {
+                queue: Vec::new(),
+                received: Vec::new(),
+                ack_size,
+                largest_queue: 0,
+            }
+        }
     }
 
     impl Write for AckingSink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.largest_offer = self.largest_offer.max(buf.len());
-            let n = buf.len().min(self.ack_size);
-            self.received.extend_from_slice(&buf[..n]);
+            assert!(
+                buf.len() >= self.queue.len(),
+                "offered {} bytes, {} are queued",
+                buf.len(),
+                self.queue.len()
+            );
+            self.queue.extend_from_slice(&buf[self.queue.len()..]);
+            self.largest_queue = self.largest_queue.max(self.queue.len());
+            let n = self.queue.len().min(self.ack_size);
+            self.received.extend(self.queue.drain(..n));
             Ok(n)
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -595,20 +1085,18 @@ mod tests {
             .collect();
         std::fs::write(&path, &data).expect("write");
         let source = std::fs::File::open(&path).expect("open");
-        for (range, ack_size) in [
-            (0..u64::MAX, 30_000),
-            (1000..3 * IN_FLIGHT as u64 + 5, 4096),
+        for (range, ack_size, window) in [
+            (0..u64::MAX, 30_000, IN_FLIGHT),
+            (1000..3 * IN_FLIGHT as u64 + 5, 4096, IN_FLIGHT),
+            (0..u64::MAX, 300_000, window_per_stream(16)),
         ] {
-            let mut sink = AckingSink {
-                received: Vec::new(),
-                ack_size,
-                largest_offer: 0,
-            };
+            let mut sink = AckingSink::new(ack_size);
             let sent = send_range(
                 &mut sink,
                 &source,
                 &path,
                 range.clone(),
+                window,
                 &Watch {
                     abandon: &AtomicBool::new(false),
                     progress: &ProgressBar::hidden(),
@@ -621,9 +1109,9 @@ mod tests {
             assert_eq!(sent, expected.len() as u64);
             assert!(sink.received == expected, "bytes differ for {range:?}");
             assert!(
-                sink.largest_offer <= IN_FLIGHT,
-                "offered {}",
-                sink.largest_offer
+                sink.largest_queue <= window,
+                "{} bytes in flight, the window is {window}",
+                sink.largest_queue
             );
         }
     }
@@ -634,16 +1122,13 @@ mod tests {
         let path = dir.path().join("data");
         std::fs::write(&path, vec![1u8; 3 * IN_FLIGHT]).expect("write");
         let source = std::fs::File::open(&path).expect("open");
-        let mut sink = AckingSink {
-            received: Vec::new(),
-            ack_size: 1024,
-            largest_offer: 0,
-        };
+        let mut sink = AckingSink::new(1024);
         let sent = send_range(
             &mut sink,
             &source,
             &path,
             0..u64::MAX,
+            IN_FLIGHT,
             &Watch {
                 abandon: &AtomicBool::new(true),
                 progress: &ProgressBar::hidden(),

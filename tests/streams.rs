@@ -35,6 +35,65 @@ fn ranges_from_four_streams_reassemble_byte_identically() {
     fx.assert_remote_checksums_verify();
 }
 
+fn fetch_to(fx: &Fixture, to: &std::path::Path) -> Run {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["fetch", "--ini"])
+        .arg(&fx.ini)
+        .args(["latest", "--to"])
+        .arg(to)
+        .env_remove("CVP_BACKUP_COPY_INI");
+    run_captured(&mut cmd, fx.root.path())
+}
+
+#[test]
+fn fetch_brings_a_large_file_back_over_several_streams_byte_identically() {
+    let (fx, proxy, bytes) = big_fixture("streams = 3");
+    fx.seed("cvp.eosimages.20240101020010.tgz", 4096);
+    let run = fx.run(&["--no-backup"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let before = proxy.connections.load(Ordering::SeqCst);
+    let back = fx.root.path().join("back");
+    let fetched = fetch_to(&fx, &back);
+    assert_eq!(fetched.code, 0, "{}", fetched.all_output());
+    assert!(
+        fetched.stdout.contains("over 3 streams"),
+        "{}",
+        fetched.stdout
+    );
+    assert_eq!(proxy.connections.load(Ordering::SeqCst) - before, 3);
+    assert!(std::fs::read(back.join(BIG)).expect("fetched") == bytes);
+}
+
+#[test]
+fn a_fetch_stream_cut_midway_leaves_no_file_under_its_final_name() {
+    let (fx, proxy, _) = big_fixture("streams = 3");
+    fx.seed("cvp.eosimages.20240101020010.tgz", 4096);
+    let run = fx.run(&["--no-backup"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    // The fetch's main connection passes; one of its extra streams is cut once it has
+    // asked for some of the file (read requests are all a download sends).
+    proxy.then(Fault::Pass);
+    proxy.then(Fault::CutAfter(40_000));
+    let back = fx.root.path().join("back");
+    let fetched = fetch_to(&fx, &back);
+    assert_eq!(fetched.code, 5, "{}", fetched.all_output());
+    assert!(
+        fetched.stderr.contains("stream 2 of 3") || fetched.stderr.contains("stream 3 of 3"),
+        "{}",
+        fetched.stderr
+    );
+    assert!(
+        !back.join(BIG).exists(),
+        "nothing under the final name: {:?}",
+        file_names(&back)
+    );
+    assert!(
+        file_names(&back).iter().all(|name| !name.contains(BIG)),
+        "no partial left either: {:?}",
+        file_names(&back)
+    );
+}
+
 #[test]
 fn a_failing_stream_fails_the_file_without_a_final_name_and_a_retry_heals_it() {
     let (fx, proxy, bytes) = big_fixture("streams = 3\nretries = 0");

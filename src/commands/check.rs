@@ -3,7 +3,7 @@
 
 use crate::backup;
 use crate::claim;
-use crate::config::Config;
+use crate::config::{Config, Streams};
 use crate::error::Error;
 use crate::exit_codes::ExitCode;
 use crate::lock;
@@ -417,13 +417,27 @@ fn check_server(config: &Config, password: &Password, report: &mut Report) {
         ),
         Err(err) => report.fail("destination owner", err),
     }
-    check_streams(config, password, report);
+    let round_trip = connected.remote.measure_round_trip();
+    check_streams(config, password, round_trip, report);
 }
 
-/// Large files go over `streams` connections at once: does the server take them all?
-fn check_streams(config: &Config, password: Option<&Secret>, report: &mut Report) {
-    let wanted = config.server.streams;
+/// Large files go over several connections at once: how many (for `auto`, from the round
+/// trip just measured), and does the server take them all?
+fn check_streams(
+    config: &Config,
+    password: Option<&Secret>,
+    round_trip: std::time::Duration,
+    report: &mut Report,
+) {
+    let (wanted, why) = match config.server.streams {
+        Streams::Auto => crate::transfer::auto_streams(round_trip),
+        Streams::Fixed(n) => (n, format!("streams = {n}")),
+    };
     if wanted < 2 {
+        report.line(
+            "streams",
+            Outcome::Pass(format!("large files go over 1 connection ({why})")),
+        );
         return;
     }
     let options = ConnectOptions {
@@ -444,15 +458,15 @@ fn check_streams(config: &Config, password: Option<&Secret>, report: &mut Report
         (opened, None) => report.line(
             "streams",
             Outcome::Pass(format!(
-                "the server accepts {opened} connections at once (streams = {wanted})"
+                "the server accepts {opened} connections at once ({why})"
             )),
         ),
-        (opened, Some(why)) => report.line(
+        (opened, Some(refused)) => report.line(
             "streams",
             Outcome::Warn(format!(
-                "the server accepted {opened} of {wanted} connections at once ({why}): large \
-                 files will go over {opened}; set streams = {opened}, or raise the server's \
-                 MaxStartups / per-user limits"
+                "the server accepted {opened} of {wanted} connections at once ({refused}): \
+                 large files will go over {opened}; set streams = {opened}, or raise the \
+                 server's MaxStartups / per-user limits"
             )),
         ),
     }

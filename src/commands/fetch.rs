@@ -4,20 +4,19 @@
 
 use super::{connect, human_size, split_listing};
 use crate::backup;
-use crate::config::Config;
+use crate::config::{Config, Streams};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::inventory::{self, Wanted};
 use crate::lock;
 use crate::names::{BackupName, Stamp};
 use crate::progress;
+use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
 use crate::remote::Remote;
+use crate::run;
 use crate::safe_fs::Dir;
 use crate::sets;
-use crate::signals;
 use crate::transfer;
-use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub struct FetchOptions {
@@ -25,9 +24,6 @@ pub struct FetchOptions {
     pub wanted: String,
     pub to: Option<PathBuf>,
 }
-
-/// libssh2 keeps read requests in flight for the whole buffer it is given.
-const READ_BUFFER: usize = 2 * 1024 * 1024;
 
 pub fn fetch(options: &FetchOptions) -> Result<()> {
     let wanted = Wanted::parse(&options.wanted).ok_or_else(|| {
@@ -129,11 +125,25 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
             String::new()
         }
     );
+    let mut extras = extra_streams(
+        &config,
+        &mut connected.remote,
+        set.files().iter().filter_map(size_of).max(),
+    );
+    let mut remotes: Vec<&mut (dyn Remote + Send)> = vec![&mut connected.remote];
+    remotes.extend(extras.iter_mut().map(|r| r as &mut (dyn Remote + Send)));
     for name in set.files() {
-        let expected = expected_digest(remote, name, manifest.as_deref())?;
-        let outcome = fetch_one(remote, name, size_of(&name).unwrap_or(0), &dir, &expected)?;
+        let expected = expected_digest(&mut *remotes[0], name, manifest.as_deref())?;
+        let outcome = fetch_one(
+            &mut remotes,
+            name,
+            size_of(&name).unwrap_or(0),
+            &dir,
+            &expected,
+        )?;
         println!("  {name}: {outcome}");
     }
+    drop(remotes);
     warn_unless_readable(&config, &dir, &set.files());
     let Some(images) = set.images else {
         return Err(Error::copy(format!(
@@ -147,6 +157,52 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
         restore_command(&config, dir.path(), set.data, images)
     );
     Ok(())
+}
+
+/// The connections beyond the first that a large file is fetched over (`streams`; for
+/// `auto`, from the round trip measured on the first): none for a set of small files, and
+/// fewer when the server refuses some.
+fn extra_streams(
+    config: &Config,
+    remote: &mut SftpRemote,
+    largest: Option<u64>,
+) -> Vec<SftpRemote> {
+    if largest.unwrap_or(0) < transfer::PARALLEL_THRESHOLD {
+        return Vec::new();
+    }
+    let (streams, why) = match config.server.streams {
+        Streams::Auto => transfer::auto_fetch_streams(remote.measure_round_trip()),
+        Streams::Fixed(n) => (n, format!("streams = {n}")),
+    };
+    if streams < 2 {
+        println!("large files come over 1 stream ({why})");
+        return Vec::new();
+    }
+    let password = run::credentials(config).ok().flatten();
+    let options = ConnectOptions {
+        server: &config.server,
+        password: password.as_ref(),
+        record_host_key: false,
+    };
+    let mut extras = Vec::new();
+    let mut refused = None;
+    for outcome in sftp::connect_several(options, streams - 1) {
+        match outcome {
+            Ok(remote) => extras.push(remote),
+            Err(err) => {
+                refused.get_or_insert(err.message);
+            }
+        }
+    }
+    println!("large files come over {} streams ({why})", extras.len() + 1);
+    if let Some(refused) = refused {
+        log::warn!(
+            "the server accepted {} of {} extra connections ({refused}): fetching over fewer streams",
+            extras.len(),
+            streams - 1
+        );
+    }
+    extras
 }
 
 /// The sha256 a member must have: the manifest's, when there is one (and then the sidecar,
@@ -217,7 +273,7 @@ fn warn_unless_readable(config: &Config, dir: &Dir, names: &[BackupName]) {
 }
 
 fn fetch_one(
-    remote: &mut dyn Remote,
+    remotes: &mut [&mut (dyn Remote + Send)],
     name: BackupName,
     size: u64,
     dir: &Dir,
@@ -241,7 +297,7 @@ fn fetch_one(
         Err(err) => log::warn!("{}; it is replaced", read_error(err)),
     }
     let partial = name.partial_name();
-    let outcome = download(remote, name, size, dir, &partial, expected);
+    let outcome = download(remotes, name, size, dir, &partial, expected);
     if outcome.is_err() {
         let _ = dir.remove(&partial);
     }
@@ -261,49 +317,48 @@ fn fetch_one(
 }
 
 /// Download into a fresh `partial` (whatever had that name is removed first, never
-/// followed), hashing as it arrives; an error unless every byte is there and the sha256 is
-/// the expected one.
+/// followed), over several streams when it is large, hashing in order as it arrives; an
+/// error unless every byte is there and the sha256 is the expected one.
 fn download(
-    remote: &mut dyn Remote,
+    remotes: &mut [&mut (dyn Remote + Send)],
     name: BackupName,
     size: u64,
     dir: &Dir,
     partial: &str,
     expected: &str,
 ) -> Result<()> {
-    let label = remote.describe();
+    let label = remotes[0].describe();
     let partial_path = dir.join(partial);
     let local_error = |err: std::io::Error| {
         Error::copy(format!("cannot write {}: {err}", partial_path.display()))
     };
     dir.remove(partial).map_err(local_error)?;
-    let mut out = dir.create_new(partial, 0o640).map_err(local_error)?;
+    let out = dir.create_new(partial, 0o640).map_err(local_error)?;
+    let read_back = dir
+        .open_existing(partial, false)
+        .map_err(local_error)?
+        .ok_or_else(|| local_error(std::io::ErrorKind::NotFound.into()))?;
+    let streams = if size >= transfer::PARALLEL_THRESHOLD {
+        remotes.len()
+    } else {
+        1
+    };
     let bar = progress::bar(size, &name.file_name());
-    let mut reader = remote.open_read(&name.file_name())?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; READ_BUFFER];
-    let mut bytes = 0u64;
-    loop {
-        signals::check(&format!("the fetch of {name}"))?;
-        let n = reader.read(&mut buf).map_err(|err| {
-            Error::copy(format!(
-                "reading {name} from {label} failed after {bytes} bytes: {err}"
-            ))
-        })?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(local_error)?;
-        bytes += n as u64;
-        bar.inc(n as u64);
-    }
+    let digest = transfer::download_parallel(
+        &mut remotes[..streams],
+        &name.file_name(),
+        size,
+        &out,
+        &read_back,
+        &partial_path,
+        &bar,
+    );
     bar.finish_and_clear();
+    let digest = digest?;
     out.sync_all().map_err(local_error)?;
-    let digest = transfer::hex(&hasher.finalize());
     if digest != expected {
         return Err(Error::copy(format!(
-            "{name} on {label} is corrupted: its sha256 is {digest} ({bytes} bytes) but {} says \
+            "{name} on {label} is corrupted: its sha256 is {digest} ({size} bytes) but {} says \
              {expected}; not fetched. Fetch an older set (`cvp-backup-copy list`) and check the \
              backup server's disk",
             name.sidecar_name()

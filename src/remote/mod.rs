@@ -32,13 +32,22 @@ pub trait Remote {
     /// Create `name` only if nothing has that name yet; None when something does.
     fn create_exclusive(&mut self, name: &str) -> Result<Option<Box<dyn Write + '_>>>;
     /// Write into an existing `name` from `offset` on (resuming an upload, or one range of
-    /// a parallel upload; seek to write elsewhere).
+    /// a parallel upload; seek to write elsewhere). The writer follows libssh2's contract:
+    /// a write may take fewer bytes than offered, and the bytes offered but not taken are
+    /// offered again, first, on the next call (the transfer may leave them unread).
     fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn SeekWrite + '_>>;
-    /// Read `name` from the start (verifying a resumed upload).
-    fn open_read(&mut self, name: &str) -> Result<Box<dyn Read + '_>>;
+    /// Read `name` from the start (verifying a resumed upload), or from `offset` on (a
+    /// piece of a parallel download). Reads ask for up to 4 times the buffer given ahead.
+    fn open_read(&mut self, name: &str) -> Result<Box<dyn Read + '_>> {
+        self.open_read_at(name, 0)
+    }
+    fn open_read_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn Read + '_>>;
     fn size_of(&mut self, name: &str) -> Result<Option<u64>>;
     /// Rename, replacing `to` if it exists.
     fn rename_replace(&mut self, from: &str, to: &str) -> Result<()>;
+    /// Rename onto a name nothing has (fails if something does): one round trip fewer
+    /// than `rename_replace` when a listing just showed the name free.
+    fn rename_new(&mut self, from: &str, to: &str) -> Result<()>;
     /// Remove a file; Ok when it was already gone.
     fn remove(&mut self, name: &str) -> Result<()>;
 }

@@ -335,6 +335,14 @@ fn sftp_code(err: &ssh2::Error) -> Option<i32> {
 }
 
 impl SftpRemote {
+    /// The link's round-trip time: one SFTP request the server answers at once (a `stat`
+    /// of the destination; starting SFTP is no measure, the server starts a process).
+    pub fn measure_round_trip(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let _ = self.sftp.stat(&self.destination);
+        started.elapsed()
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.destination.join(name)
     }
@@ -488,15 +496,25 @@ impl Remote for SftpRemote {
         Ok(Box::new(self.writer(file)))
     }
 
-    fn open_read(&mut self, name: &str) -> Result<Box<dyn Read + '_>> {
+    fn open_read_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn Read + '_>> {
         let path = self.path(name);
-        match self.sftp.open(&path) {
-            Ok(file) => Ok(Box::new(ClassifyingReader {
-                file,
-                session: self.session.clone(),
-            })),
-            Err(err) => Err(self.fail("cannot open", &path, &err)),
+        let mut file = self
+            .sftp
+            .open(&path)
+            .map_err(|err| self.fail("cannot open", &path, &err))?;
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset)).map_err(|err| {
+                Error::transient(format!(
+                    "cannot read {} on {} from {offset}: {err}",
+                    path.display(),
+                    self.label
+                ))
+            })?;
         }
+        Ok(Box::new(ClassifyingReader {
+            file,
+            session: self.session.clone(),
+        }))
     }
 
     fn size_of(&mut self, name: &str) -> Result<Option<u64>> {
@@ -511,6 +529,10 @@ impl Remote for SftpRemote {
     fn rename_replace(&mut self, from: &str, to: &str) -> Result<()> {
         // SFTP v3 rename fails when the target exists (OpenSSH uses link+unlink).
         self.remove(to)?;
+        self.rename_new(from, to)
+    }
+
+    fn rename_new(&mut self, from: &str, to: &str) -> Result<()> {
         let (source, target) = (self.path(from), self.path(to));
         self.sftp.rename(&source, &target, None).map_err(|err| {
             self.fail(

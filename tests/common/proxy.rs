@@ -1,12 +1,13 @@
 //! A TCP proxy between the tool and sshd that injects network faults: cut a connection after
-//! N bytes from the client, stall it (stop forwarding, keep it open), or delay every chunk.
+//! N bytes from the client, stall it (stop forwarding, keep it open), delay every chunk, or
+//! make a WAN link: a fixed one-way latency and a capacity all connections share.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fault {
@@ -20,6 +21,30 @@ pub enum Fault {
     /// Deliver every chunk this long after it was sent, both ways, without limiting
     /// throughput: a WAN's one-way latency (25 ms each way = 50 ms RTT).
     Latency(Duration),
+    /// A WAN link: `Latency`, and at most `bytes_per_second` each way, shared by every
+    /// connection through this proxy (so more streams share one pipe, as on a real link).
+    Link {
+        latency: Duration,
+        bytes_per_second: u64,
+    },
+}
+
+/// One direction of the shared link: when it is next free to put a byte on the wire.
+#[derive(Default)]
+struct Wire {
+    free_at: Mutex<Option<Instant>>,
+}
+
+impl Wire {
+    /// Reserve the wire for `bytes`; the instant their last byte has left.
+    fn send(&self, bytes: usize, bytes_per_second: u64) -> Instant {
+        let mut free_at = self.free_at.lock().expect("wire");
+        let now = Instant::now();
+        let start = free_at.map_or(now, |at| at.max(now));
+        let done = start + Duration::from_secs_f64(bytes as f64 / bytes_per_second.max(1) as f64);
+        *free_at = Some(done);
+        done
+    }
 }
 
 struct Plan {
@@ -33,6 +58,9 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     pub connections: Arc<AtomicUsize>,
 }
+
+/// The link's two directions, shared by all connections: client to server, and back.
+type Wires = Arc<[Wire; 2]>;
 
 impl Proxy {
     pub fn start(upstream: u16, default: Fault) -> Proxy {
@@ -49,6 +77,7 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicUsize::new(0));
         let (plan_, stop_, count) = (plan.clone(), stop.clone(), connections.clone());
+        let wires: Wires = Arc::new([Wire::default(), Wire::default()]);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if stop_.load(Ordering::SeqCst) {
@@ -61,8 +90,8 @@ impl Proxy {
                     let default = plan.default;
                     plan.next.pop_front().unwrap_or(default)
                 };
-                let stop = stop_.clone();
-                std::thread::spawn(move || serve(client, upstream, fault, stop));
+                let (stop, wires) = (stop_.clone(), wires.clone());
+                std::thread::spawn(move || serve(client, upstream, fault, stop, wires));
             }
         });
         Proxy {
@@ -90,18 +119,29 @@ impl Drop for Proxy {
     }
 }
 
-fn serve(client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>) {
+fn serve(client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>, wires: Wires) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    if let Fault::Latency(latency) = fault {
+    let link = match fault {
+        Fault::Latency(latency) => Some((latency, None)),
+        Fault::Link {
+            latency,
+            bytes_per_second,
+        } => Some((latency, Some(bytes_per_second))),
+        _ => None,
+    };
+    if let Some((latency, rate)) = link {
         let (Ok(client_in), Ok(server_in)) = (client.try_clone(), server.try_clone()) else {
             return;
         };
-        let back = std::thread::spawn(move || delayed(server_in, client, latency));
-        delayed(client_in, server, latency);
+        let wires_ = wires.clone();
+        let back = std::thread::spawn(move || {
+            delayed(server_in, client, latency, rate.map(|r| (&wires_[1], r)))
+        });
+        delayed(client_in, server, latency, rate.map(|r| (&wires[0], r)));
         let _ = back.join();
         return;
     }
@@ -116,9 +156,11 @@ fn serve(client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>) 
     let _ = back.join();
 }
 
-/// Copy `from` to `to`, each chunk delivered `latency` after it was read: a reader queues
-/// (deadline, bytes), a writer sends when the deadline comes. At most 1024 chunks in flight.
-fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration) {
+/// Copy `from` to `to`, each chunk delivered `latency` after it was read (after it has
+/// crossed the shared `wire`, when there is one): a reader queues (deadline, bytes), a
+/// writer sends when the deadline comes. At most 1024 chunks in flight. The reader waits
+/// for the wire like a router's queue: the sender feels the link's capacity.
+fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration, wire: Option<(&Wire, u64)>) {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(std::time::Instant, Vec<u8>)>(1024);
     let writer = std::thread::spawn(move || {
         for (due, chunk) in rx {
@@ -132,16 +174,25 @@ fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration) {
         }
         let _ = to.shutdown(Shutdown::Write);
     });
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small reads on a paced link: a chunk holds the wire for its whole length.
+    let mut buf = vec![0u8; if wire.is_some() { 16 * 1024 } else { 64 * 1024 }];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if tx
-            .send((std::time::Instant::now() + latency, buf[..n].to_vec()))
-            .is_err()
-        {
+        let sent = match wire {
+            Some((wire, bytes_per_second)) => {
+                let sent = wire.send(n, bytes_per_second);
+                let now = Instant::now();
+                if sent > now {
+                    std::thread::sleep(sent - now);
+                }
+                sent
+            }
+            None => Instant::now(),
+        };
+        if tx.send((sent + latency, buf[..n].to_vec())).is_err() {
             break;
         }
     }
