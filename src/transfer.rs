@@ -498,19 +498,8 @@ pub fn upload_parallel(
                             pieces,
                             window,
                             &watch,
-                        )
-                        .map_err(|err| Error {
-                            message: format!(
-                                "stream {} of {streams} to {label}: {}",
-                                index + 1,
-                                err.message
-                            ),
-                            ..err
-                        });
-                        if outcome.is_err() {
-                            abandon.store(true, Ordering::Relaxed);
-                        }
-                        outcome
+                        );
+                        stream_outcome(outcome, index, streams, &format!("to {label}"), abandon)
                     })
                 })
                 .collect();
@@ -542,6 +531,23 @@ pub fn upload_parallel(
         digest,
         bytes: sent,
         hash_seconds: hashed.lag.as_secs_f64(),
+    })
+}
+
+/// A stream's outcome, its error naming the stream; a failed stream tells the others to stop.
+fn stream_outcome<T>(
+    outcome: Result<T>,
+    index: usize,
+    streams: usize,
+    peer: &str,
+    abandon: &AtomicBool,
+) -> Result<T> {
+    outcome.map_err(|err| {
+        abandon.store(true, Ordering::Relaxed);
+        Error {
+            message: format!("stream {} of {streams} {peer}: {}", index + 1, err.message),
+            ..err
+        }
     })
 }
 
@@ -637,19 +643,8 @@ pub fn download_parallel(
                         abandon,
                         during,
                         progress,
-                    )
-                    .map_err(|err| Error {
-                        message: format!(
-                            "stream {} of {streams} from {label}: {}",
-                            index + 1,
-                            err.message
-                        ),
-                        ..err
-                    });
-                    if outcome.is_err() {
-                        abandon.store(true, Ordering::Relaxed);
-                    }
-                    outcome
+                    );
+                    stream_outcome(outcome, index, streams, &format!("from {label}"), abandon)
                 })
             })
             .collect();
