@@ -3,7 +3,9 @@
 # default settings: on loopback, and through a 1 Gbit/s link (benches/netem_proxy, the test
 # harness's proxy: a capacity all connections share, and a fixed delay) at 50 and 100 ms RTT,
 # both ways (the nightly copy and `fetch`). Prints a table and writes benches/RESULTS.md.
-# BENCH_MIB sets the size of the set (default 2048). Needs root.
+# BENCH_MIB sets the size of the set (default 2048). For quick looks while tuning (the table
+# then lacks rows, so keep RESULTS.md from a full run): BENCH_RTTS="100" picks the links,
+# BENCH_ONLY=tool skips scp and rclone, BENCH_STREAMS=N pins the tool's streams. Needs root.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +48,8 @@ cp "$work/id.pub" "$work/authorized/$user"
 start_sshd "$work" "$user" key
 port=$sshd_port
 declare -A link_port
-for rtt in 50 100; do
+rtts=${BENCH_RTTS:-50 100}
+for rtt in $rtts; do
     link_port[$rtt]=$(free_port)
     "$proxy_bin" "${link_port[$rtt]}" "$port" $((rtt / 2)) "$link_mbit" &
     proxy_pids+=($!)
@@ -72,6 +75,7 @@ port = $1
 identity_file = $work/id
 known_hosts = $work/known_hosts
 destination = $work/fs/dest
+${BENCH_STREAMS:+streams = $BENCH_STREAMS}
 [Backup_Settings]
 backup_user = root
 backup_dir = $work/fs/src
@@ -144,21 +148,25 @@ rclone_copy() { # PORT NETWORK
 
 : > "$work/rclone.conf"
 ssh -p "$port" "${ssh_opts[@]}" "$user@127.0.0.1" true # record the host key
-for rtt in 50 100; do
+for rtt in $rtts; do
     # The same key under the proxy's port, for every tool.
     ssh -p "${link_port[$rtt]}" "${ssh_opts[@]}" "$user@127.0.0.1" true
 done
 
+others=true
+[ "${BENCH_ONLY:-}" = tool ] && others=false
 echo "bench: loopback"
-scp_copy "$port" loopback
+$others && scp_copy "$port" loopback
 tool_copy "$port" loopback
-for rtt in 50 100; do
+$others && scp_fetch "$port" loopback
+tool_fetch "$port" loopback
+for rtt in $rtts; do
     network="$rtt ms"
     echo "bench: 1 Gbit/s link, $rtt ms RTT"
-    scp_copy "${link_port[$rtt]}" "$network"
-    rclone_copy "${link_port[$rtt]}" "$network"
+    $others && scp_copy "${link_port[$rtt]}" "$network"
+    $others && rclone_copy "${link_port[$rtt]}" "$network"
     tool_copy "${link_port[$rtt]}" "$network"
-    scp_fetch "${link_port[$rtt]}" "$network"
+    $others && scp_fetch "${link_port[$rtt]}" "$network"
     tool_fetch "${link_port[$rtt]}" "$network"
 done
 
@@ -198,8 +206,9 @@ authenticates with the same ed25519 key against the same OpenSSH sshd on 127.0.0
 default settings; every copy is compared byte for byte. Times are whole commands: connect
 to exit (the tool's include its checks, sidecars, manifest and pruning; fetch's include
 verifying every file). The "ms" rows go through \`benches/netem_proxy\` (the test harness's
-proxy): a 1 Gbit/s link (125 MB/s each way, shared by all connections) with half the RTT
-of delay each way. "share of the link" is the set's bytes over (seconds x 125 MB/s).
+proxy): a 1 Gbit/s link (125 MB/s each way, shared by all connections, a 2 ms router
+queue, at most 6 MiB in flight per connection and direction as Linux TCP buffers allow) with
+half the RTT of delay each way. "share of the link" is the set's bytes over (seconds x 125 MB/s).
 
 $table
 
@@ -208,6 +217,10 @@ MD
 )
 echo
 echo "$report"
-echo "$report" > "$here/RESULTS.md"
-echo
-echo "bench: written to benches/RESULTS.md"
+if [ -n "${BENCH_ONLY:-}${BENCH_RTTS:-}${BENCH_STREAMS:-}" ]; then
+    echo "bench: a partial run (BENCH_ONLY/BENCH_RTTS/BENCH_STREAMS): benches/RESULTS.md left as it was"
+else
+    echo "$report" > "$here/RESULTS.md"
+    echo
+    echo "bench: written to benches/RESULTS.md"
+fi

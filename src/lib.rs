@@ -12,6 +12,7 @@ pub mod exit_codes;
 pub mod ini_edit;
 pub mod inventory;
 pub mod keygen;
+pub mod lanes;
 pub mod lock;
 pub mod logging;
 pub mod names;

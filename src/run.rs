@@ -269,6 +269,7 @@ impl Job<'_> {
             parallel,
             streams: None,
             wanted_extra: 0,
+            releasing: None,
         };
         let all_copied = self.copy_files(&mut link, &files, selection.set.as_ref());
         if let (true, Some(set)) = (all_copied, &selection.set) {
@@ -567,6 +568,7 @@ impl Job<'_> {
                 }
             }
         }
+        link.release_extras();
         if let (true, Some(set)) = (all_ok, set) {
             let members: Vec<Member> = set
                 .files()
@@ -742,6 +744,16 @@ struct Link {
     streams: Option<(usize, String)>,
     /// How many extra connections a large file will want.
     wanted_extra: usize,
+    /// The extra connections closing in the background once the set's files are done.
+    releasing: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(releasing) = self.releasing.take() {
+            let _ = releasing.join();
+        }
+    }
 }
 
 impl Link {
@@ -862,6 +874,16 @@ impl Link {
             all.push(remote);
         }
         Ok(all)
+    }
+
+    /// The set's files are done: close the extra connections in the background while the
+    /// main one writes the manifest and prunes.
+    fn release_extras(&mut self) {
+        self.finish_connecting();
+        self.wanted_extra = 0;
+        if !self.extra.is_empty() && self.releasing.is_none() {
+            self.releasing = Some(sftp::release_all(std::mem::take(&mut self.extra)));
+        }
     }
 
     fn reset(&mut self) {

@@ -3,6 +3,7 @@
 //! write the `sha256sum` sidecar, then rename into place.
 
 use crate::error::{Error, Result};
+use crate::lanes::Lanes;
 use crate::names::{parse_sidecar, sidecar_line, BackupName};
 use crate::remote::{Remote, RemoteEntry};
 use crate::signals;
@@ -189,7 +190,7 @@ pub fn upload(
             &mut *sink,
             &snapshot.file,
             local,
-            resume_at..u64::MAX,
+            &mut cursor(resume_at..u64::MAX),
             IN_FLIGHT,
             &watch,
         )?;
@@ -329,10 +330,12 @@ impl Drop for LazyBuffer {
     }
 }
 
-/// Send `range` of `source` (reading stops early at the file's end) through `sink`, already
-/// positioned at `range.start`, keeping up to `window` bytes on the wire. Stops early,
-/// without error, when `abandon` is set: another stream failed and its error is the one to
-/// report. Returns the bytes sent.
+/// Send the bytes `next` hands out (each call: at most the number asked for, right after
+/// the last; empty when there are no more) of `source` (reading stops early at the file's
+/// end) through `sink`, already positioned at the first of them, keeping up to `window`
+/// bytes on the wire, until every byte handed out is acknowledged. Stops early, without
+/// error, when `abandon` is set: another stream failed and its error is the one to report.
+/// Returns the bytes sent.
 ///
 /// libssh2's `sftp_write` copies the bytes it is given into its packets at once, and on the
 /// next call skips, unread, the unacknowledged ones it wants offered again (`already` in
@@ -343,7 +346,7 @@ fn send_range(
     sink: &mut dyn Write,
     source: &std::fs::File,
     local: &Path,
-    range: Range<u64>,
+    next: &mut dyn FnMut(u64) -> Range<u64>,
     window: usize,
     watch: &Watch,
 ) -> Result<u64> {
@@ -357,7 +360,7 @@ fn send_range(
     let buf = lazy.as_mut_slice();
     // Handed to libssh2 and not acknowledged yet: the length of the offered prefix.
     let mut queued = 0usize;
-    let mut read_at = range.start;
+    let mut first = None;
     let mut at_eof = false;
     let mut sent = 0u64;
     loop {
@@ -367,23 +370,31 @@ fn send_range(
         }
         let room = (window - queued).min(HAND_OVER);
         let mut fresh = 0usize;
-        while !at_eof && fresh < room && read_at < range.end {
-            let want = usize::try_from(range.end - read_at)
-                .unwrap_or(usize::MAX)
-                .min(room - fresh);
-            let n = source
-                .read_at(&mut buf[window + fresh..window + fresh + want], read_at)
-                .map_err(read_error(local))?;
-            if n == 0 {
-                at_eof = true;
+        while !at_eof && fresh < room {
+            let bytes = next((room - fresh) as u64);
+            if bytes.is_empty() {
+                break;
             }
-            fresh += n;
-            read_at += n as u64;
+            first.get_or_insert(bytes.start);
+            let mut read_at = bytes.start;
+            while read_at < bytes.end {
+                let want = usize::try_from(bytes.end - read_at).unwrap_or(usize::MAX);
+                let n = source
+                    .read_at(&mut buf[window + fresh..window + fresh + want], read_at)
+                    .map_err(read_error(local))?;
+                if n == 0 {
+                    // Shorter than when it was listed: the caller's checks say so.
+                    at_eof = true;
+                    break;
+                }
+                fresh += n;
+                read_at += n as u64;
+            }
         }
         if queued + fresh == 0 {
             return Ok(sent);
         }
-        let position = range.start + sent;
+        let position = first.unwrap_or(0) + sent;
         match sink.write(&buf[window - queued..window + fresh]) {
             Ok(0) => {
                 return Err(write_error(
@@ -407,6 +418,16 @@ fn send_range(
     }
 }
 
+/// Hands out `range` in order, as `send_range` asks for it.
+fn cursor(range: Range<u64>) -> impl FnMut(u64) -> Range<u64> {
+    let mut at = range.start;
+    move |most| {
+        let start = at;
+        at = range.end.min(start.saturating_add(most));
+        start..at
+    }
+}
+
 /// What a sending loop watches besides its data.
 #[derive(Clone, Copy)]
 struct Watch<'a> {
@@ -417,43 +438,10 @@ struct Watch<'a> {
     what: &'a str,
 }
 
-/// The next piece a free stream takes, with `remaining` bytes not yet handed out: big while
-/// much is left, smaller towards the end (guided scheduling), so the streams finish together
-/// and no single stream is left carrying the end of the file alone.
-fn piece_len(remaining: u64, streams: usize) -> u64 {
-    const MIB: u64 = 1024 * 1024;
-    let share = remaining / (2 * streams.max(1) as u64);
-    (share.div_ceil(MIB) * MIB)
-        .clamp(4 * MIB, 64 * MIB)
-        .min(remaining)
-}
-
-/// The file being handed out in pieces to whichever stream is free.
-struct Pieces {
-    handed_out: std::sync::Mutex<u64>,
-    size: u64,
-    streams: usize,
-}
-
-impl Pieces {
-    fn take(&self) -> Option<Range<u64>> {
-        let mut next = self
-            .handed_out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let start = *next;
-        if start >= self.size {
-            return None;
-        }
-        *next = start + piece_len(self.size - start, self.streams);
-        Some(start..*next)
-    }
-}
-
-/// Upload `local` over several connections at once, each taking the next piece of the file
-/// as it is free and writing it at its offset into the same temporary file with its window in
-/// flight, while one more thread hashes the file in order (from the page cache: cvpi has just
-/// written it). A failed stream fails
+/// Upload `local` over several connections at once, each carrying its lane of the file (see
+/// `lanes`) at its offsets into the same temporary file with its window in flight, while one
+/// more thread hashes the file in order (from the page cache: cvpi has just written it). A
+/// failed stream fails
 /// the whole file: the caller retries it from the start (a parallel partial may have holes,
 /// so it is never resumed), and no final name is written unless every byte arrived, the
 /// local file did not change meanwhile, and the size on the server checks out.
@@ -469,11 +457,7 @@ pub fn upload_parallel(
     let snapshot = open_local(local)?;
     let partial = name.partial_name();
     drop(remotes[0].create(&partial)?);
-    let pieces = Pieces {
-        handed_out: std::sync::Mutex::new(0),
-        size: snapshot.size,
-        streams,
-    };
+    let lanes = Lanes::new(snapshot.size, streams);
     let window = window_per_stream(streams);
     let during = format!("the copy of {name}");
     let (sent, hashed) = beside_hash(&snapshot.file, local, &during, |abandon| {
@@ -482,7 +466,7 @@ pub fn upload_parallel(
                 .iter_mut()
                 .enumerate()
                 .map(|(index, remote)| {
-                    let (partial, label, during, pieces) = (&partial, &label, &during, &pieces);
+                    let (partial, label, during, lanes) = (&partial, &label, &during, &lanes);
                     let source = &snapshot.file;
                     scope.spawn(move || {
                         let watch = Watch {
@@ -495,7 +479,7 @@ pub fn upload_parallel(
                             partial,
                             source,
                             local,
-                            pieces,
+                            (lanes, index),
                             window,
                             &watch,
                         );
@@ -552,13 +536,14 @@ fn stream_outcome<T>(
 }
 
 /// One stream: its own remote handle, reading the file opened once (positioned reads),
-/// piece after piece until none is left, then sync.
+/// along its lane and then along the parts it takes over from others until none is left,
+/// then sync.
 fn send_stream(
     remote: &mut dyn Remote,
     partial: &str,
     source: &std::fs::File,
     local: &Path,
-    pieces: &Pieces,
+    (lanes, lane): (&Lanes, usize),
     window: usize,
     watch: &Watch,
 ) -> Result<u64> {
@@ -570,19 +555,35 @@ fn send_stream(
         ..*watch
     };
     let mut sent = 0u64;
-    while let Some(piece) = pieces.take() {
-        if watch.abandon.load(Ordering::Relaxed) {
-            break;
-        }
-        sink.seek(std::io::SeekFrom::Start(piece.start))
+    let mut start = lanes.start(lane);
+    while !watch.abandon.load(Ordering::Relaxed) {
+        sink.seek(std::io::SeekFrom::Start(start))
             .map_err(|err| write_error(err, format!("{what}: seeking on {label}")))?;
-        let length = piece.end - piece.start;
-        let piece_sent = send_range(&mut *sink, source, local, piece, window, &watch)?;
-        sent += piece_sent;
-        if piece_sent < length {
+        let mut claimed = 0u64;
+        let mut next = |most| {
+            let bytes = lanes.claim(lane, most);
+            claimed += bytes.end - bytes.start;
+            bytes
+        };
+        let lane_sent = send_range(&mut *sink, source, local, &mut next, window, &watch)?;
+        sent += lane_sent;
+        if lane_sent < claimed {
             // The file ended early (it changed) or another stream failed: the caller's
             // checks say which.
             break;
+        }
+        lanes.done(lane, start + lane_sent);
+        match lanes.steal(lane) {
+            Some(taken) => {
+                log::debug!(
+                    "{what}: stream {} takes over bytes {}..{} from a slower stream",
+                    lane + 1,
+                    taken.start,
+                    taken.end
+                );
+                start = taken.start;
+            }
+            None => break,
         }
     }
     if !watch.abandon.load(Ordering::Relaxed) {
@@ -599,8 +600,8 @@ pub const READ_WINDOW: usize = 8 * 1024 * 1024;
 /// The buffer a download stream reads into: a quarter of its window.
 const READ_BUFFER: usize = READ_WINDOW / 4;
 
-/// Download `name` (`size` bytes) over the connections given into `out` at the offsets
-/// the pieces say, each stream taking the next piece as it is free, while one more thread
+/// Download `name` (`size` bytes) over the connections given into `out`, each stream
+/// carrying its lane (see `lanes`) and writing at the offsets it reads, while one more thread
 /// hashes `out` (through `read_back`, the same file opened for reading) in order as far as
 /// every byte below has arrived. The digest of all `size` bytes, once every one is there.
 pub fn download_parallel(
@@ -614,32 +615,25 @@ pub fn download_parallel(
 ) -> Result<String> {
     let streams = remotes.len().max(1);
     let label = remotes[0].describe();
-    let arrived = Arrived {
-        state: std::sync::Mutex::new(ArrivedState {
-            handed_out: 0,
-            active: std::collections::BTreeMap::new(),
-        }),
-        size,
-        streams,
-    };
+    let lanes = Lanes::new(size, streams);
     let abandon = AtomicBool::new(false);
     let during = format!("the fetch of {name}");
     std::thread::scope(|scope| {
-        let (arrived, abandon, during) = (&arrived, &abandon, &during);
+        let (lanes, abandon, during) = (&lanes, &abandon, &during);
         let hasher =
-            scope.spawn(move || hash_as_it_arrives(read_back, local, arrived, abandon, during));
+            scope.spawn(move || hash_as_it_arrives(read_back, local, lanes, abandon, during));
         let workers: Vec<_> = remotes
             .iter_mut()
             .enumerate()
             .map(|(index, remote)| {
                 let label = &label;
                 scope.spawn(move || {
-                    let outcome = receive_pieces(
+                    let outcome = receive_lane(
                         &mut **remote,
                         name,
                         out,
                         local,
-                        arrived,
+                        (lanes, index),
                         abandon,
                         during,
                         progress,
@@ -673,85 +667,43 @@ pub fn download_parallel(
     })
 }
 
-/// Which bytes of a parallel download have arrived: the pieces handed out, and for each
-/// piece still arriving, how far it has come.
-struct ArrivedState {
-    handed_out: u64,
-    /// piece start -> bytes below this offset of that piece have arrived
-    active: std::collections::BTreeMap<u64, u64>,
-}
-
-struct Arrived {
-    state: std::sync::Mutex<ArrivedState>,
-    size: u64,
-    streams: usize,
-}
-
-impl Arrived {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ArrivedState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn take(&self) -> Option<Range<u64>> {
-        let mut state = self.lock();
-        let start = state.handed_out;
-        if start >= self.size {
-            return None;
-        }
-        let end = start + piece_len(self.size - start, self.streams);
-        state.handed_out = end;
-        state.active.insert(start, start);
-        Some(start..end)
-    }
-
-    fn advance(&self, piece: u64, up_to: u64, done: bool) {
-        let mut state = self.lock();
-        if done {
-            state.active.remove(&piece);
-        } else {
-            state.active.insert(piece, up_to);
-        }
-    }
-
-    /// Every byte below this offset has arrived.
-    fn contiguous(&self) -> u64 {
-        let state = self.lock();
-        state
-            .active
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(state.handed_out)
-    }
-}
-
-/// One download stream: piece after piece, each read from its offset and written at it.
+/// One download stream: its lane, then the parts it takes over from others, each read in
+/// order through one handle and written at its offsets.
 #[allow(clippy::too_many_arguments)]
-fn receive_pieces(
+fn receive_lane(
     remote: &mut dyn Remote,
     name: &str,
     out: &std::fs::File,
     local: &Path,
-    arrived: &Arrived,
+    (lanes, lane): (&Lanes, usize),
     abandon: &AtomicBool,
     during: &str,
     progress: &ProgressBar,
 ) -> Result<()> {
     let label = remote.describe();
     let mut buf = vec![0u8; READ_BUFFER];
-    while let Some(piece) = arrived.take() {
-        let mut reader = remote.open_read_at(name, piece.start)?;
-        let mut at = piece.start;
-        while at < piece.end {
+    let mut at = lanes.start(lane);
+    let mut reader = remote.open_read_at(name, at)?;
+    loop {
+        // What libssh2 may ask for is claimed first: up to READ_WINDOW ahead.
+        let mut claimed_to = at;
+        loop {
             signals::check(during)?;
             if abandon.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            // Never ask past the piece: libssh2 asks 4 buffers ahead, and what it asks
-            // for beyond the piece would cross the link for nothing.
-            let left = usize::try_from(piece.end - at).unwrap_or(usize::MAX);
+            let more = lanes.claim(
+                lane,
+                at.saturating_add(READ_WINDOW as u64)
+                    .saturating_sub(claimed_to),
+            );
+            claimed_to = claimed_to.max(more.end);
+            if at >= claimed_to {
+                break;
+            }
+            // libssh2 asks 4 buffers ahead: never ask past what this lane claimed, or
+            // bytes another stream carries would cross the link twice.
+            let left = usize::try_from(claimed_to - at).unwrap_or(usize::MAX);
             let want = (left / 4).clamp(1, READ_BUFFER).min(left);
             let n = reader
                 .read(&mut buf[..want])
@@ -760,36 +712,49 @@ fn receive_pieces(
                 return Err(Error::transient(format!(
                     "{name} on {label} ended at {at}, before the {} bytes listed: it changed on \
                      the server",
-                    arrived.size
+                    lanes.size()
                 )));
             }
             out.write_all_at(&buf[..n], at)
                 .map_err(|err| Error::copy(format!("cannot write {}: {err}", local.display())))?;
             at += n as u64;
             progress.inc(n as u64);
-            arrived.advance(piece.start, at, at >= piece.end);
+            lanes.done(lane, at);
+        }
+        match lanes.steal(lane) {
+            Some(taken) => {
+                log::debug!(
+                    "{during}: stream {} takes over bytes {}..{} from a slower stream",
+                    lane + 1,
+                    taken.start,
+                    taken.end
+                );
+                at = taken.start;
+                drop(reader);
+                reader = remote.open_read_at(name, at)?;
+            }
+            None => return Ok(()),
         }
     }
-    Ok(())
 }
 
 /// Hash the download in order, as far as it has arrived, until all of it is hashed.
 fn hash_as_it_arrives(
     read_back: &std::fs::File,
     local: &Path,
-    arrived: &Arrived,
+    lanes: &Lanes,
     abandon: &AtomicBool,
     during: &str,
 ) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut hashed = 0u64;
-    while hashed < arrived.size {
+    while hashed < lanes.size() {
         signals::check(during)?;
         if abandon.load(Ordering::Relaxed) {
             return Err(Error::copy(format!("{during} stopped")));
         }
-        let ready = arrived.contiguous();
+        let ready = lanes.contiguous();
         if ready <= hashed {
             std::thread::sleep(Duration::from_millis(2));
             continue;
@@ -996,42 +961,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pieces_shrink_towards_the_end_and_cover_the_file() {
-        const MIB: u64 = 1024 * 1024;
-        // (remaining, streams) -> the next piece
-        let table: &[(u64, usize, u64)] = &[
-            (2048 * MIB, 10, 64 * MIB),
-            (400 * MIB, 10, 20 * MIB),
-            (100 * MIB, 10, 5 * MIB),
-            (30 * MIB, 10, 4 * MIB),
-            (3 * MIB + 7, 10, 3 * MIB + 7),
-            (2048 * MIB, 1, 64 * MIB),
-            (0, 4, 0),
-        ];
-        for (remaining, streams, expected) in table {
-            assert_eq!(
-                piece_len(*remaining, *streams),
-                *expected,
-                "{remaining} over {streams}"
-            );
-        }
-        for (size, streams) in [(0, 3), (1, 3), (2048 * MIB + 12_345, 10), (70 * MIB, 1)] {
-            let pieces = Pieces {
-                handed_out: std::sync::Mutex::new(0),
-                size,
-                streams,
-            };
-            let mut covered = 0;
-            while let Some(piece) = pieces.take() {
-                assert_eq!(piece.start, covered, "pieces are contiguous");
-                assert!(piece.end > piece.start);
-                covered = piece.end;
-            }
-            assert_eq!(covered, size);
-        }
-    }
-
     /// Answers like libssh2's sftp_write: expects the unacknowledged bytes offered again
     /// and skips them unread, queues the new ones, acknowledges part of the queue.
     struct AckingSink {
@@ -1090,7 +1019,7 @@ mod tests {
                 &mut sink,
                 &source,
                 &path,
-                range.clone(),
+                &mut cursor(range.clone()),
                 window,
                 &Watch {
                     abandon: &AtomicBool::new(false),
@@ -1122,7 +1051,7 @@ mod tests {
             &mut sink,
             &source,
             &path,
-            0..u64::MAX,
+            &mut cursor(0..u64::MAX),
             IN_FLIGHT,
             &Watch {
                 abandon: &AtomicBool::new(true),

@@ -51,7 +51,41 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
     // The nightly job prunes this directory: never both at once.
     let _lock = lock::acquire(&config.backup.state_dir)?;
     let mut connected = connect(&config, true)?;
-    let remote: &mut dyn Remote = &mut connected.remote;
+    // The extra connections (if any) are made while this one looks for the set: their
+    // handshakes cost no time of their own.
+    let (streams, why) = planned_streams(&config, &mut connected.remote);
+    std::thread::scope(|scope| {
+        let pending = (streams > 1).then(|| scope.spawn(|| connect_extras(&config, streams - 1)));
+        let mut pending = Some(pending);
+        let mut extras = |wanted: bool| -> Vec<SftpRemote> {
+            let extras = pending
+                .take()
+                .flatten()
+                .map(|handle| handle.join().unwrap_or_default())
+                .unwrap_or_default();
+            if !wanted {
+                return Vec::new();
+            }
+            let streams = extras.len() + 1;
+            let plural = if streams == 1 { "" } else { "s" };
+            println!("large files come over {streams} stream{plural} ({why})");
+            extras
+        };
+        fetch_set(&config, &dir, &mut connected.remote, wanted, &mut extras)
+    })
+}
+
+/// Everything after connecting: find the set, fetch and verify its members, say how to
+/// restore it. `extras(true)` gives the extra connections for a large file (false: they
+/// are not needed).
+fn fetch_set(
+    config: &Config,
+    dir: &Dir,
+    first: &mut SftpRemote,
+    wanted: Wanted,
+    extras: &mut dyn FnMut(bool) -> Vec<SftpRemote>,
+) -> Result<()> {
+    let remote: &mut dyn Remote = &mut *first;
     let label = remote.describe();
     let listing = remote
         .list()?
@@ -103,7 +137,18 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
             }
         )));
     }
-    let total: u64 = set.files().iter().filter_map(size_of).sum();
+    // Checked: a hostile server's sizes could wrap the sum past the free-space check.
+    let total = set
+        .files()
+        .iter()
+        .filter_map(size_of)
+        .try_fold(0u64, u64::checked_add)
+        .ok_or_else(|| {
+            Error::copy(format!(
+                "{label} lists sizes for this set that add up to more than any disk holds: \
+                 check the backup server"
+            ))
+        })?;
     if let Some(free) = backup::free_bytes(dir.path()) {
         if free < total {
             return Err(Error::copy(format!(
@@ -125,26 +170,21 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
             String::new()
         }
     );
-    let mut extras = extra_streams(
-        &config,
-        &mut connected.remote,
-        set.files().iter().filter_map(size_of).max(),
-    );
-    let mut remotes: Vec<&mut (dyn Remote + Send)> = vec![&mut connected.remote];
+    let large =
+        set.files().iter().filter_map(size_of).max().unwrap_or(0) >= transfer::PARALLEL_THRESHOLD;
+    let mut extras = extras(large);
+    let mut remotes: Vec<&mut (dyn Remote + Send)> = vec![&mut *first];
     remotes.extend(extras.iter_mut().map(|r| r as &mut (dyn Remote + Send)));
-    for name in set.files() {
-        let expected = expected_digest(&mut *remotes[0], name, manifest.as_deref())?;
-        let outcome = fetch_one(
-            &mut remotes,
-            name,
-            size_of(&name).unwrap_or(0),
-            &dir,
-            &expected,
-        )?;
-        println!("  {name}: {outcome}");
-    }
+    let members: Vec<(BackupName, u64)> = set
+        .files()
+        .into_iter()
+        .map(|name| (name, size_of(&name).unwrap_or(0)))
+        .collect();
+    let fetched = fetch_members(&mut remotes, &members, dir, manifest.as_deref());
     drop(remotes);
-    warn_unless_readable(&config, &dir, &set.files());
+    let releasing = sftp::release_all(extras);
+    fetched?;
+    warn_unless_readable(config, dir, &set.files());
     let Some(images) = set.images else {
         return Err(Error::copy(format!(
             "the server has no EOS images file (cvp.eosimages.*.tgz) as old as {}: the data \
@@ -154,30 +194,34 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
     };
     println!(
         "every file matches its sha256. To restore CVP from this set, run on this node:\n  {}",
-        restore_command(&config, dir.path(), set.data, images)
+        restore_command(config, dir.path(), set.data, images)
     );
+    let _ = releasing.join();
     Ok(())
 }
 
-/// The connections beyond the first that a large file is fetched over (`streams`; for
-/// `auto`, from the round trip measured on the first): none for a set of small files, and
-/// fewer when the server refuses some.
-fn extra_streams(
-    config: &Config,
-    remote: &mut SftpRemote,
-    largest: Option<u64>,
-) -> Vec<SftpRemote> {
-    if largest.unwrap_or(0) < transfer::PARALLEL_THRESHOLD {
-        return Vec::new();
-    }
-    let (streams, why) = match config.server.streams {
-        Streams::Auto => transfer::auto_fetch_streams(remote.measure_round_trip()),
+/// How many connections a large file is fetched over, and why: `streams`, or for `auto`
+/// enough for the round trip measured on the first connection, plus one for each of the
+/// set's two other members (images, log) so they come alongside when the round trip counts.
+fn planned_streams(config: &Config, remote: &mut SftpRemote) -> (usize, String) {
+    const OTHER_MEMBERS: usize = 2;
+    match config.server.streams {
+        Streams::Auto => match transfer::auto_fetch_streams(remote.measure_round_trip()) {
+            (1, why) => (1, why),
+            // At most 10 in all: OpenSSH's MaxStartups starts refusing beyond that.
+            (large, why) => (
+                (large + OTHER_MEMBERS).min(10),
+                format!(
+                    "{why}; {large} for the largest file, the set's other files one each alongside"
+                ),
+            ),
+        },
         Streams::Fixed(n) => (n, format!("streams = {n}")),
-    };
-    if streams < 2 {
-        println!("large files come over 1 stream ({why})");
-        return Vec::new();
     }
+}
+
+/// `count` more connections, fewer when the server refuses some (a warning says so).
+fn connect_extras(config: &Config, count: usize) -> Vec<SftpRemote> {
     let password = run::credentials(config).ok().flatten();
     let options = ConnectOptions {
         server: &config.server,
@@ -186,7 +230,7 @@ fn extra_streams(
     };
     let mut extras = Vec::new();
     let mut refused = None;
-    for outcome in sftp::connect_several(options, streams - 1) {
+    for outcome in sftp::connect_several(options, count) {
         match outcome {
             Ok(remote) => extras.push(remote),
             Err(err) => {
@@ -194,15 +238,79 @@ fn extra_streams(
             }
         }
     }
-    println!("large files come over {} streams ({why})", extras.len() + 1);
     if let Some(refused) = refused {
         log::warn!(
-            "the server accepted {} of {} extra connections ({refused}): fetching over fewer streams",
+            "the server accepted {} of {count} extra connections ({refused}): fetching over \
+             fewer streams",
             extras.len(),
-            streams - 1
         );
     }
     extras
+}
+
+/// Fetch every member of the set, printing each outcome in the set's order. With a
+/// connection for each small member besides the largest one, all of them come at once
+/// (the small ones one connection each, the largest over the rest): the set costs the
+/// round trips of its largest member, not the sum of all. Else one after the other over
+/// every connection. The first failure, in the set's order, is the error; members fetched
+/// and verified before it stay.
+fn fetch_members(
+    remotes: &mut [&mut (dyn Remote + Send)],
+    members: &[(BackupName, u64)],
+    dir: &Dir,
+    manifest: Option<&str>,
+) -> Result<()> {
+    let one = |remotes: &mut [&mut (dyn Remote + Send)], (name, size): (BackupName, u64)| {
+        let expected = expected_digest(&mut *remotes[0], name, manifest)?;
+        fetch_one(remotes, name, size, dir, &expected)
+    };
+    let largest = members
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, (_, size))| *size)
+        .map(|(index, _)| index);
+    let Some(largest) = largest.filter(|_| remotes.len() > members.len()) else {
+        for member in members {
+            let outcome = one(remotes, *member)?;
+            println!("  {}: {outcome}", member.0);
+        }
+        return Ok(());
+    };
+    let (for_largest, for_others) = remotes.split_at_mut(remotes.len() - (members.len() - 1));
+    let outcomes: Vec<Result<String>> = std::thread::scope(|scope| {
+        let mut others = for_others.iter_mut();
+        let mut for_largest = Some(for_largest);
+        let workers: Vec<_> = members
+            .iter()
+            .enumerate()
+            .map(|(index, member)| {
+                let connections: &mut [&mut (dyn Remote + Send)] = if index == largest {
+                    for_largest.take().unwrap_or_default()
+                } else {
+                    others.next().map(std::slice::from_mut).unwrap_or_default()
+                };
+                let one = &one;
+                scope.spawn(move || {
+                    if connections.is_empty() {
+                        return Err(Error::copy("no connection left for a member".to_string()));
+                    }
+                    one(connections, *member)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::copy("fetching a member crashed".to_string())))
+            })
+            .collect()
+    });
+    for ((name, _), outcome) in members.iter().zip(outcomes) {
+        println!("  {name}: {}", outcome?);
+    }
+    Ok(())
 }
 
 /// The sha256 a member must have: the manifest's, when there is one (and then the sidecar,

@@ -37,7 +37,7 @@ pub trait Remote {
     /// offered again, first, on the next call (the transfer may leave them unread).
     fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn SeekWrite + '_>>;
     /// Read `name` from the start (verifying a resumed upload), or from `offset` on (a
-    /// piece of a parallel download). Reads ask for up to 4 times the buffer given ahead.
+    /// lane of a parallel download). Reads ask for up to 4 times the buffer given ahead.
     fn open_read(&mut self, name: &str) -> Result<Box<dyn Read + '_>> {
         self.open_read_at(name, 0)
     }

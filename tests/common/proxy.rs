@@ -156,19 +156,33 @@ fn serve(client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>, 
     let _ = back.join();
 }
 
+/// Bytes one direction of one connection may have in the delay line: what a Linux TCP
+/// connection can have unacknowledged on a long link (tcp_wmem's 4 MiB send buffer and the
+/// receiver's window, up to tcp_rmem's 6 MiB), so one connection through the proxy is
+/// limited as on a real WAN, not by how the bytes happened to be split into reads.
+const IN_FLIGHT_PER_CONNECTION: usize = 6 * 1024 * 1024;
+
+/// How much of the link's time the bytes waiting for the wire may hold (a router's buffer).
+const ROUTER_QUEUE: Duration = Duration::from_millis(2);
+
 /// Copy `from` to `to`, each chunk delivered `latency` after it was read (after it has
 /// crossed the shared `wire`, when there is one): a reader queues (deadline, bytes), a
-/// writer sends when the deadline comes. At most 1024 chunks in flight. The reader waits
-/// for the wire like a router's queue: the sender feels the link's capacity.
+/// writer sends when the deadline comes. The reader waits while IN_FLIGHT_PER_CONNECTION
+/// bytes are in the line, and for the wire like a router's queue: the sender feels the
+/// link's capacity.
 fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration, wire: Option<(&Wire, u64)>) {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(std::time::Instant, Vec<u8>)>(1024);
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let queued_ = queued.clone();
     let writer = std::thread::spawn(move || {
         for (due, chunk) in rx {
             let now = std::time::Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
-            if to.write_all(&chunk).is_err() {
+            let written = to.write_all(&chunk);
+            queued_.fetch_sub(chunk.len(), Ordering::SeqCst);
+            if written.is_err() {
                 break;
             }
         }
@@ -177,6 +191,12 @@ fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration, wire: Opti
     // Small reads on a paced link: a chunk holds the wire for its whole length.
     let mut buf = vec![0u8; if wire.is_some() { 16 * 1024 } else { 64 * 1024 }];
     loop {
+        while queued.load(Ordering::SeqCst) >= IN_FLIGHT_PER_CONNECTION {
+            if writer.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
@@ -184,14 +204,18 @@ fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration, wire: Opti
         let sent = match wire {
             Some((wire, bytes_per_second)) => {
                 let sent = wire.send(n, bytes_per_second);
-                let now = Instant::now();
-                if sent > now {
-                    std::thread::sleep(sent - now);
+                // The sender waits only when the router's queue is full: sleeping until
+                // every chunk had left (131 µs for 16 KiB at 1 Gbit/s) overshoots by the
+                // timer's slack each time and slowed each connection to about 45 MB/s.
+                let queue_full_at = Instant::now() + ROUTER_QUEUE;
+                if sent > queue_full_at {
+                    std::thread::sleep(sent - queue_full_at);
                 }
                 sent
             }
             None => Instant::now(),
         };
+        queued.fetch_add(n, Ordering::SeqCst);
         if tx.send((sent + latency, buf[..n].to_vec())).is_err() {
             break;
         }
