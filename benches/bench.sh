@@ -38,8 +38,9 @@ id "$user" >/dev/null 2>&1 || useradd -m -s /bin/sh "$user"
 usermod -p "*" "$user"
 chmod 755 "$work"
 mkdir -p "$work/fs"
-# Source and destinations in RAM: the disks are not what is measured.
-mount -t tmpfs -o "size=$((set_mib * 3 + 512))m,mode=0755" tmpfs "$work/fs"
+# Source and destinations in RAM: the disks are not what is measured (4 sets: source, upload,
+# and a fetch decrypting beside its download).
+mount -t tmpfs -o "size=$((set_mib * 4 + 512))m,mode=0755" tmpfs "$work/fs"
 mkdir -p "$work/fs/src/logs" "$work/fs/dest" "$work/fs/back" "$work/keys" "$work/state"
 chown "$user" "$work/fs/dest"
 ssh-keygen -q -t ed25519 -N '' -f "$work/id"
@@ -66,7 +67,7 @@ set_bytes=$(du -cb "$work/fs/src/${files[0]}" "$work/fs/src/${files[1]}" "$work/
 sources=("$work/fs/src/${files[0]}" "$work/fs/src/${files[1]}" "$work/fs/src/logs/${files[2]}")
 ssh_opts=(-i "$work/id" -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=accept-new -o BatchMode=yes)
 
-write_ini() { # port
+write_ini() { # PORT [EXTRA SERVER LINE]
     cat > "$work/backup.ini" <<INI
 [Server_Settings]
 user = $user
@@ -76,6 +77,7 @@ identity_file = $work/id
 known_hosts = $work/known_hosts
 destination = $work/fs/dest
 ${BENCH_STREAMS:+streams = $BENCH_STREAMS}
+${2:-}
 [Backup_Settings]
 backup_user = root
 backup_dir = $work/fs/src
@@ -85,8 +87,9 @@ INI
 }
 
 results=()
-same_files() { # DIR: the set, byte for byte
+same_files() { # DIR: the set, byte for byte (-: checked by the fetch that follows)
     local f
+    [ "$1" = - ] && return 0
     for f in "${sources[@]}"; do
         cmp -s "$f" "$1/$(basename "$f")" || { echo "bench: $(basename "$f") differs in $1" >&2; return 1; }
     done
@@ -121,6 +124,20 @@ tool_fetch() { # PORT NETWORK (the set is on the server from tool_copy)
     write_ini "$1"
     empty_back
     measure "cvp-backup-copy fetch (default settings)" "$2" "$work/fs/back" "$bin" fetch --ini "$work/backup.ini" latest --to "$work/fs/back"
+}
+# Encrypted to an identity made by the tool (age X25519): the copy, then the fetch that
+# decrypts it (which checks the upload byte for byte).
+"$bin" keygen --age-identity "$work/identity.txt" > "$work/recipient" 2>/dev/null
+sealed_line=$(cat "$work/recipient")
+tool_copy_sealed() { # PORT NETWORK
+    write_ini "$1" "$sealed_line"
+    empty_dest
+    measure "cvp-backup-copy, encrypt_to (age)" "$2" - "$bin" -v --ini "$work/backup.ini" --no-backup
+}
+tool_fetch_sealed() { # PORT NETWORK
+    write_ini "$1" "$sealed_line"
+    empty_back
+    measure "cvp-backup-copy fetch --identity (age)" "$2" "$work/fs/back" "$bin" fetch --ini "$work/backup.ini" latest --identity "$work/identity.txt" --to "$work/fs/back"
 }
 scp_copy() { # PORT NETWORK
     empty_dest
@@ -160,6 +177,8 @@ $others && scp_copy "$port" loopback
 tool_copy "$port" loopback
 $others && scp_fetch "$port" loopback
 tool_fetch "$port" loopback
+tool_copy_sealed "$port" loopback
+tool_fetch_sealed "$port" loopback
 for rtt in $rtts; do
     network="$rtt ms"
     echo "bench: 1 Gbit/s link, $rtt ms RTT"
@@ -168,6 +187,8 @@ for rtt in $rtts; do
     tool_copy "${link_port[$rtt]}" "$network"
     $others && scp_fetch "${link_port[$rtt]}" "$network"
     tool_fetch "${link_port[$rtt]}" "$network"
+    tool_copy_sealed "${link_port[$rtt]}" "$network"
+    tool_fetch_sealed "${link_port[$rtt]}" "$network"
 done
 
 # The table: MB/s, share of the link, and the ratio to scp on the same network and direction.
@@ -193,6 +214,19 @@ table=$(
             }'
     done
 )
+# What encryption costs: the encrypted run's time over the plain run's, same network, same run.
+cost=$(
+    echo "| network | copy: plain s | copy: encrypted s | encryption adds | fetch: plain s | fetch: decrypting s | decryption adds |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for network in loopback $(for r in $rtts; do echo "${r}_ms"; done); do
+        n=${network/_/ }
+        awk -v n="$n" -v a="$(lookup "cvp-backup-copy (default settings)" "$n")" \
+            -v b="$(lookup "cvp-backup-copy, encrypt_to (age)" "$n")" \
+            -v c="$(lookup "cvp-backup-copy fetch (default settings)" "$n")" \
+            -v d="$(lookup "cvp-backup-copy fetch --identity (age)" "$n")" \
+            'BEGIN { printf "| %s | %.2f | %.2f | %+.0f %% | %.2f | %.2f | %+.0f %% |\n", n, a, b, 100 * (b / a - 1), c, d, 100 * (d / c - 1) }'
+    done
+)
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(ssh -V 2>&1), $(rclone version | head -1)"
 report=$(cat <<MD
 # Benchmark results
@@ -211,6 +245,10 @@ queue, at most 6 MiB in flight per connection and direction as Linux TCP buffers
 half the RTT of delay each way. "share of the link" is the set's bytes over (seconds x 125 MB/s).
 
 $table
+
+Encryption at rest (\`encrypt_to\`, one age X25519 recipient), beside the plain rows above:
+
+$cost
 
 On loopback the server, the client and the proxy share the same $(nproc) cores.
 MD

@@ -125,6 +125,16 @@ pub struct FetchArgs {
     /// Where to put the files (default: the INI's backup_dir)
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
+
+    /// Decrypt an encrypted set (`encrypt_to`) with this age identity file or SSH private
+    /// key (repeat for several)
+    #[arg(long, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+
+    /// Accept members stored unencrypted although the set is fetched with --identity or the
+    /// INI sets encrypt_to (sets from before encryption was turned on)
+    #[arg(long)]
+    pub allow_plain: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -168,6 +178,11 @@ pub struct KeygenArgs {
     /// Only create the key file if it is missing; touch nothing else
     #[arg(long)]
     pub key_only: bool,
+
+    /// Instead: write a new age identity to FILE (0600, never over an existing file) for
+    /// `encrypt_to`, and print its recipient line. Keep it off this node
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_file", "password_stdin", "key_only"])]
+    pub age_identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -30,6 +30,7 @@ const SERVER_OPTIONS: &[&str] = &[
     "streams",
     "ciphers",
     "sync_timeout",
+    "encrypt_to",
 ];
 const BACKUP_OPTIONS: &[&str] = &[
     "limit",
@@ -178,6 +179,10 @@ pub fn check_value(
         "keyfile" => crate::secret::load_key(&path(value))
             .map(drop)
             .map_err(|e| e.message),
+        "encrypt_to" => {
+            let base = ini.parent().unwrap_or(Path::new("."));
+            crate::seal::Recipients::parse(value, Some(base)).map(drop)
+        }
         "identity_file" if !path(value).is_file() => {
             Err(format!("{} does not exist", path(value).display()))
         }
@@ -219,6 +224,8 @@ pub struct ServerConfig {
     pub sync_timeout: u64,
     /// Cipher preference (OpenSSH names, comma-separated); None: AES-GCM first with AES-NI.
     pub ciphers: Option<String>,
+    /// Who the files on the server are encrypted to (age); None: they are stored as they are.
+    pub encrypt_to: Option<std::sync::Arc<crate::seal::Recipients>>,
 }
 
 /// How many connections a large file goes over.
@@ -349,6 +356,13 @@ impl Config {
         };
         let sync_timeout = number_or_default("sync_timeout", 1, 86_400)?;
         let ciphers = reader.optional(server, SERVER, "ciphers")?;
+        let encrypt_to = match reader.optional(server, SERVER, "encrypt_to")? {
+            None => None,
+            Some(text) => Some(std::sync::Arc::new(
+                crate::seal::Recipients::parse(&text, Some(&reader.base))
+                    .map_err(|why| reader.bad(SERVER, "encrypt_to", &why))?,
+            )),
+        };
 
         let backup = ini.section(Some(BACKUP));
         let limit = match backup {
@@ -418,6 +432,7 @@ impl Config {
                 streams,
                 ciphers,
                 sync_timeout,
+                encrypt_to,
             },
             backup,
             warnings,

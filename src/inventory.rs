@@ -1,7 +1,7 @@
 //! Which backup sets exist, and where: a pure function of the local and remote listings,
 //! shared by `list` and `fetch`.
 
-use crate::names::{BackupName, Kind, Stamp};
+use crate::names::{BackupName, Kind, RemoteFile, Stamp};
 use crate::sets::{self, RestoreSet};
 use std::collections::HashMap;
 
@@ -11,8 +11,18 @@ pub struct Entry {
     pub name: BackupName,
     pub local_size: Option<u64>,
     pub remote_size: Option<u64>,
-    /// `NAME.sha256` is on the remote.
+    /// The checksum file of the remote copy is there.
     pub remote_sidecar: bool,
+    /// The remote copy is `NAME.age` (encrypted).
+    pub remote_sealed: bool,
+}
+
+impl Entry {
+    /// The remote copy, when there is one.
+    pub fn remote_file(&self) -> Option<RemoteFile> {
+        self.remote_size
+            .map(|_| RemoteFile::new(self.name, self.remote_sealed))
+    }
 }
 
 /// A data backup with the images file it needs and its log (each where it was found).
@@ -34,25 +44,27 @@ impl BackupSet {
 /// Every data backup on either side, newest first. A set's images file and log are those
 /// recorded for it (`known`) or `sets` assigns it, looked for on either side (a restore
 /// needs them, wherever they are).
+///
+/// A file on the server both as NAME and NAME.age (encryption turned on while a copy was
+/// there) counts once: the copy with a checksum file, the plain one if both have one.
 pub fn sets(
     local: &[(BackupName, u64)],
-    remote: &[(BackupName, u64)],
-    remote_sidecars: &[BackupName],
+    remote: &[(RemoteFile, u64)],
+    remote_sidecars: &[RemoteFile],
     known: &[RestoreSet],
 ) -> Vec<BackupSet> {
     let mut seen: HashMap<BackupName, Entry> = HashMap::new();
     for (name, size) in local {
         seen.entry(*name).or_insert_with(|| blank(*name)).local_size = Some(*size);
     }
-    for (name, size) in remote {
-        seen.entry(*name)
-            .or_insert_with(|| blank(*name))
-            .remote_size = Some(*size);
-    }
-    for name in remote_sidecars {
-        if let Some(entry) = seen.get_mut(name) {
-            entry.remote_sidecar = true;
-        }
+    for (file, _) in remote {
+        let Some((copy, size)) = remote_copy(remote, remote_sidecars, file.name) else {
+            continue;
+        };
+        let entry = seen.entry(file.name).or_insert_with(|| blank(file.name));
+        entry.remote_size = Some(size);
+        entry.remote_sidecar = remote_sidecars.contains(&copy);
+        entry.remote_sealed = copy.sealed;
     }
     let names: Vec<BackupName> = seen.keys().copied().collect();
     let mut data: Vec<BackupName> = names
@@ -74,12 +86,28 @@ pub fn sets(
         .collect()
 }
 
+/// The copy of `name` on the server that counts when it is there twice (NAME and NAME.age:
+/// encryption turned on or off while a copy was there): one with a checksum file, the plain
+/// one when both have one.
+pub fn remote_copy(
+    remote: &[(RemoteFile, u64)],
+    sidecars: &[RemoteFile],
+    name: BackupName,
+) -> Option<(RemoteFile, u64)> {
+    remote
+        .iter()
+        .filter(|(file, _)| file.name == name)
+        .min_by_key(|(file, _)| (!sidecars.contains(file), file.sealed))
+        .copied()
+}
+
 fn blank(name: BackupName) -> Entry {
     Entry {
         name,
         local_size: None,
         remote_size: None,
         remote_sidecar: false,
+        remote_sealed: false,
     }
 }
 
@@ -136,6 +164,50 @@ mod tests {
         names.iter().map(|s| (n(s), 10)).collect()
     }
 
+    fn remote_sized(names: &[&str]) -> Vec<(RemoteFile, u64)> {
+        names
+            .iter()
+            .map(|s| (RemoteFile::parse(s).expect("a remote name"), 10))
+            .collect()
+    }
+
+    #[test]
+    fn a_file_there_plain_and_encrypted_counts_once_by_its_checksum() {
+        let local = sized(&[]);
+        let remote = remote_sized(&[
+            "cvp.20240101020010.tgz",
+            "cvp.20240101020010.tgz.age",
+            "cvp.20240102020010.tgz.age",
+            "cvp.20240103020010.tgz",
+            "cvp.20240103020010.tgz.age",
+        ]);
+        let sidecars: Vec<RemoteFile> = [
+            "cvp.20240101020010.tgz.age",
+            "cvp.20240102020010.tgz.age",
+            "cvp.20240103020010.tgz",
+            "cvp.20240103020010.tgz.age",
+        ]
+        .iter()
+        .map(|s| RemoteFile::parse(s).expect("name"))
+        .collect();
+        let found = sets(&local, &remote, &sidecars, &[]);
+        let forms: Vec<(String, bool)> = found
+            .iter()
+            .map(|s| {
+                let file = s.data.remote_file().expect("remote");
+                (file.file_name(), s.data.remote_sidecar)
+            })
+            .collect();
+        assert_eq!(
+            forms,
+            [
+                ("cvp.20240103020010.tgz".to_string(), true),
+                ("cvp.20240102020010.tgz.age".to_string(), true),
+                ("cvp.20240101020010.tgz.age".to_string(), true),
+            ]
+        );
+    }
+
     #[test]
     fn sets_are_newest_first_with_what_each_needs_and_where_it_is() {
         let local = sized(&[
@@ -143,13 +215,13 @@ mod tests {
             "backup_cvp.20240103020003.log",
             "cvp.eosimages.20240102020005.tgz",
         ]);
-        let remote = sized(&[
+        let remote = remote_sized(&[
             "cvp.20240101020010.tgz",
             "backup_cvp.20240101020003.log",
             "cvp.eosimages.20231201020005.tgz",
             "cvp.eosimages.20240102020005.tgz",
         ]);
-        let sidecars = [n("cvp.20240101020010.tgz")];
+        let sidecars = [RemoteFile::plain(n("cvp.20240101020010.tgz"))];
         let found = sets(&local, &remote, &sidecars, &[]);
         // (data, images, log, data is local, data is remote, data has a sidecar)
         type Row = (String, Option<String>, Option<String>, bool, bool, bool);

@@ -25,6 +25,7 @@ pub mod restore_set;
 pub mod retention;
 pub mod run;
 pub mod safe_fs;
+pub mod seal;
 pub mod secret;
 pub mod sets;
 pub mod signals;

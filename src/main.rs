@@ -1,8 +1,10 @@
 //! cvp-backup-copy: back up CloudVision Portal and copy a verified restore set off the node.
 
 use clap::Parser;
+use cvp_backup_copy::cli::KeygenArgs;
 use cvp_backup_copy::commands::{check, fetch, list, status};
 use cvp_backup_copy::exit_codes::ExitCode;
+use cvp_backup_copy::seal::open::Identities;
 use cvp_backup_copy::{cli, edit, error, keygen, logging, privilege, run, signals};
 use std::path::{Path, PathBuf};
 
@@ -77,15 +79,28 @@ fn main() -> std::process::ExitCode {
             signals::install();
             let ini = absolute(&args.ini);
             let to = args.to.as_deref().map(absolute);
-            if let Err(code) = as_ini_owner(&ini) {
-                return code;
+            // Read as the one who runs fetch, before acting as the INI's owner: the identity
+            // is theirs (kept off the node, brought for the restore), not the cvp account's.
+            let identity: Vec<PathBuf> = args.identity.iter().map(|p| absolute(p)).collect();
+            match (!identity.is_empty())
+                .then(|| Identities::load(&identity))
+                .transpose()
+            {
+                Err(why) => Err(error::Error::new(ExitCode::Config, why)),
+                Ok(identities) => {
+                    if let Err(code) = as_ini_owner(&ini) {
+                        return code;
+                    }
+                    fetch::fetch(&fetch::FetchOptions {
+                        ini,
+                        wanted: args.wanted,
+                        to,
+                        identities,
+                        allow_plain: args.allow_plain,
+                    })
+                    .map(success)
+                }
             }
-            fetch::fetch(&fetch::FetchOptions {
-                ini,
-                wanted: args.wanted,
-                to,
-            })
-            .map(success)
         }
         // The verdict is printed; the exit code tells monitoring whether to worry.
         Some(cli::Command::Status(args)) => {
@@ -103,6 +118,24 @@ fn main() -> std::process::ExitCode {
                 state_dir: args.state_dir,
             })
         }
+        Some(cli::Command::Keygen(KeygenArgs {
+            age_identity: Some(path),
+            ..
+        })) => match cvp_backup_copy::seal::identity::write_new(&path) {
+            Ok(recipient) => {
+                println!("encrypt_to = {recipient}");
+                eprintln!(
+                    "wrote a new age identity to {}. Put the line above in [Server_Settings] \
+                     (or add the recipient to encrypt_to). Keep the identity OFF this node, in \
+                     at least two safe places: losing it loses every backup encrypted to it; \
+                     `fetch --identity {}` restores with it.",
+                    path.display(),
+                    path.display()
+                );
+                Ok(ExitCode::Success)
+            }
+            Err(why) => Err(error::Error::new(ExitCode::Usage, why)),
+        },
         Some(cli::Command::Keygen(args)) => keygen::keygen(&keygen::KeygenOptions {
             ini: args.ini,
             key_file: args.key_file.as_deref().map(absolute),

@@ -88,22 +88,6 @@ impl BackupName {
         }
     }
 
-    /// The checksum file written beside each copied file, in `sha256sum` format.
-    pub fn sidecar_name(&self) -> String {
-        format!("{}.sha256", self.file_name())
-    }
-
-    /// Where an upload is written before it is complete. It starts with a dot and ends in our
-    /// own suffix, so it never matches a CVP name and never counts as a backup.
-    pub fn partial_name(&self) -> String {
-        format!(".{}.cvpbc-part", self.file_name())
-    }
-
-    /// Where the checksum file is written before it is renamed into place.
-    pub fn sidecar_partial_name(&self) -> String {
-        format!(".{}.cvpbc-part", self.sidecar_name())
-    }
-
     /// What a data or images file of a failed backup is renamed to: no longer a CVP name,
     /// so nothing (this tool, cvpi, an operator's glob of `cvp.*.tgz`) takes it for a backup.
     pub fn failed_name(&self) -> String {
@@ -138,12 +122,70 @@ impl fmt::Display for BackupName {
     }
 }
 
+/// A backup file as the server holds it: NAME, or NAME.age when encrypted (`seal`). Its
+/// checksum file and partial upload are named after it, so `sha256sum -c` on the server
+/// checks exactly the bytes there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RemoteFile {
+    pub name: BackupName,
+    pub sealed: bool,
+}
+
+impl RemoteFile {
+    pub fn new(name: BackupName, sealed: bool) -> RemoteFile {
+        RemoteFile { name, sealed }
+    }
+
+    pub fn plain(name: BackupName) -> RemoteFile {
+        RemoteFile::new(name, false)
+    }
+
+    /// NAME or NAME.age.
+    pub fn parse(file: &str) -> Option<RemoteFile> {
+        match file.strip_suffix(crate::seal::SUFFIX) {
+            Some(inner) => BackupName::parse(inner).map(|n| RemoteFile::new(n, true)),
+            None => BackupName::parse(file).map(RemoteFile::plain),
+        }
+    }
+
+    pub fn file_name(&self) -> String {
+        if self.sealed {
+            format!("{}{}", self.name.file_name(), crate::seal::SUFFIX)
+        } else {
+            self.name.file_name()
+        }
+    }
+
+    /// The checksum file written beside each copied file, in `sha256sum` format.
+    pub fn sidecar_name(&self) -> String {
+        format!("{}.sha256", self.file_name())
+    }
+
+    /// Where an upload is written before it is complete. It starts with a dot and ends in our
+    /// own suffix, so it never matches a CVP name and never counts as a backup.
+    pub fn partial_name(&self) -> String {
+        format!(".{}{PARTIAL_SUFFIX}", self.file_name())
+    }
+
+    /// Where the checksum file is written before it is renamed into place.
+    pub fn sidecar_partial_name(&self) -> String {
+        format!(".{}{PARTIAL_SUFFIX}", self.sidecar_name())
+    }
+}
+
+impl fmt::Display for RemoteFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file_name())
+    }
+}
+
 /// What a name in a remote destination is, as far as we are concerned. Anything else is not
 /// ours and is never touched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteName {
-    Backup(BackupName),
-    Sidecar(BackupName),
+    Backup(RemoteFile),
+    /// `X.sha256`, of the file X.
+    Sidecar(RemoteFile),
     /// `cvp.<ts>.set.sha256`, of the data file with that stamp.
     Manifest(BackupName),
     /// `.X.cvpbc-part`: an upload of X (a backup, its sidecar or a manifest) not yet
@@ -158,9 +200,8 @@ impl RemoteName {
             .and_then(|n| n.strip_suffix(PARTIAL_SUFFIX))
         {
             return match RemoteName::parse(inner)? {
-                RemoteName::Backup(n) | RemoteName::Sidecar(n) | RemoteName::Manifest(n) => {
-                    Some(RemoteName::Partial(n))
-                }
+                RemoteName::Backup(f) | RemoteName::Sidecar(f) => Some(RemoteName::Partial(f.name)),
+                RemoteName::Manifest(n) => Some(RemoteName::Partial(n)),
                 RemoteName::Partial(_) => None,
             };
         }
@@ -172,9 +213,9 @@ impl RemoteName {
                 .map(|s| RemoteName::Manifest(BackupName::new(Kind::Data, s)));
         }
         if let Some(target) = name.strip_suffix(".sha256") {
-            return BackupName::parse(target).map(RemoteName::Sidecar);
+            return RemoteFile::parse(target).map(RemoteName::Sidecar);
         }
-        BackupName::parse(name).map(RemoteName::Backup)
+        RemoteFile::parse(name).map(RemoteName::Backup)
     }
 }
 
@@ -245,17 +286,55 @@ mod tests {
     #[test]
     fn partial_and_sidecar_names_are_never_backups() {
         let name = BackupName::parse("cvp.20210715101112.tgz").unwrap();
-        assert_eq!(BackupName::parse(&name.partial_name()), None);
-        assert_eq!(
-            RemoteName::parse(&name.partial_name()),
-            Some(RemoteName::Partial(name))
-        );
-        assert_eq!(BackupName::parse(&name.sidecar_name()), None);
-        assert_eq!(
-            RemoteName::parse(&name.sidecar_name()),
-            Some(RemoteName::Sidecar(name))
-        );
+        for file in [RemoteFile::plain(name), RemoteFile::new(name, true)] {
+            assert_eq!(BackupName::parse(&file.partial_name()), None);
+            assert_eq!(
+                RemoteName::parse(&file.partial_name()),
+                Some(RemoteName::Partial(name))
+            );
+            assert_eq!(
+                RemoteName::parse(&file.sidecar_partial_name()),
+                Some(RemoteName::Partial(name))
+            );
+            assert_eq!(BackupName::parse(&file.sidecar_name()), None);
+            assert_eq!(
+                RemoteName::parse(&file.sidecar_name()),
+                Some(RemoteName::Sidecar(file))
+            );
+            assert_eq!(
+                RemoteName::parse(&file.file_name()),
+                Some(RemoteName::Backup(file))
+            );
+        }
         assert_eq!(RemoteName::parse("notes.txt.sha256"), None);
+    }
+
+    #[test]
+    fn encrypted_files_are_the_backup_they_hold() {
+        let name = BackupName::parse("cvp.eosimages.20210715101112.tgz").unwrap();
+        let table = [
+            (
+                "cvp.eosimages.20210715101112.tgz.age",
+                Some(RemoteFile::new(name, true)),
+            ),
+            (
+                "cvp.eosimages.20210715101112.tgz",
+                Some(RemoteFile::plain(name)),
+            ),
+            ("cvp.eosimages.20210715101112.tgz.age.age", None),
+            ("cvp.eosimages.20210715101112.age", None),
+            ("notes.age", None),
+        ];
+        for (text, expected) in table {
+            assert_eq!(RemoteFile::parse(text), expected, "{text}");
+            if let Some(file) = expected {
+                assert_eq!(file.file_name(), text);
+            }
+        }
+        assert_eq!(
+            RemoteFile::new(name, true).sidecar_name(),
+            "cvp.eosimages.20210715101112.tgz.age.sha256"
+        );
     }
 
     #[test]

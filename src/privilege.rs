@@ -84,6 +84,15 @@ pub fn authority(ini: &Path) -> Result<Option<User>> {
 
 /// The first thing on `path` (each leading folder, symlinks not followed, then the file)
 /// that an account other than root could change.
+/// Whether an account other than `me` and root could change the file or folder `meta`
+/// describes: owned by another account, or writable by group or others (a sticky folder such
+/// as /tmp excepted: there only owners replace their own entries).
+pub fn others_may_change(meta: &std::fs::Metadata, me: u32) -> bool {
+    let mode = meta.mode();
+    let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
+    (meta.uid() != me && meta.uid() != 0) || (mode & 0o022 != 0 && !sticky_dir)
+}
+
 fn untrusted(path: &Path) -> Option<String> {
     let mut prefix = std::path::PathBuf::new();
     for component in path.components() {

@@ -4,7 +4,7 @@
 //! local backup directory and the remote. The set a run has just verified on the server is
 //! protected: it is kept whatever the stamps around it say.
 
-use crate::names::{BackupName, Kind, RemoteName, Stamp};
+use crate::names::{BackupName, Kind, RemoteFile, RemoteName, Stamp};
 use crate::sets::{self, RestoreSet};
 use std::collections::HashSet;
 use std::fmt;
@@ -166,17 +166,19 @@ pub fn remote_leftovers(
     removed: &[BackupName],
     current: &[BackupName],
 ) -> Vec<String> {
-    let present: HashSet<BackupName> = listing
+    // Exact forms: NAME.sha256 serves NAME, not NAME.age.
+    let present: HashSet<RemoteFile> = listing
         .iter()
         .filter_map(|name| match RemoteName::parse(name) {
-            Some(RemoteName::Backup(b)) if !removed.contains(&b) => Some(b),
+            Some(RemoteName::Backup(f)) if !removed.contains(&f.name) => Some(f),
             _ => None,
         })
         .collect();
     let mut leftovers: Vec<String> = listing
         .iter()
         .filter(|name| match RemoteName::parse(name) {
-            Some(RemoteName::Sidecar(b)) | Some(RemoteName::Manifest(b)) => !present.contains(&b),
+            Some(RemoteName::Sidecar(f)) => !present.contains(&f),
+            Some(RemoteName::Manifest(b)) => !present.iter().any(|f| f.name == b),
             Some(RemoteName::Partial(b)) => !current.contains(&b),
             Some(RemoteName::Backup(_)) | None => false,
         })
@@ -480,20 +482,32 @@ mod tests {
             "notes.txt",
             "notes.txt.sha256",
             ".cvp-backup-copy-owner",
+            // Encrypted: kept with their file, gone with it, never mistaken for the plain one.
+            "cvp.20240103020010.tgz.age",
+            "cvp.20240103020010.tgz.age.sha256",
+            "cvp.20240103020010.tgz.sha256",
+            "cvp.20240103020010.set.sha256",
+            "cvp.20231230020010.tgz.age",
+            "cvp.20231230020010.tgz.age.sha256",
+            ".cvp.20231102020010.tgz.age.cvpbc-part",
+            "notes.age",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let removed = parse_all(&["cvp.20231231020010.tgz"]);
+        let removed = parse_all(&["cvp.20231231020010.tgz", "cvp.20231230020010.tgz"]);
         let current = parse_all(&["cvp.20240102020010.tgz"]);
         assert_eq!(
             remote_leftovers(&listing, &removed, &current),
             [
                 ".cvp.20231101020010.tgz.cvpbc-part",
                 ".cvp.20231101020010.tgz.sha256.cvpbc-part",
+                ".cvp.20231102020010.tgz.age.cvpbc-part",
                 "cvp.20231201020010.set.sha256",
                 "cvp.20231201020010.tgz.sha256",
+                "cvp.20231230020010.tgz.age.sha256",
                 "cvp.20231231020010.tgz.sha256",
+                "cvp.20240103020010.tgz.sha256",
             ]
         );
     }

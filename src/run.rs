@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::lock;
 use crate::logging;
-use crate::names::{BackupName, Kind, RemoteName, Stamp};
-use crate::plan::{self, CopyDecision, FileFacts, Plan};
+use crate::names::{BackupName, Kind, RemoteFile, RemoteName, Stamp};
+use crate::plan::{self, CopyDecision, FileFacts, Plan, SealedCopy};
 use crate::progress;
 use crate::remote::known_hosts::Verified;
 use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
@@ -16,10 +16,11 @@ use crate::remote::{Remote, RemoteEntry};
 use crate::restore_set::{self, RestoreSet, Selection, Tonight};
 use crate::retention::{self, Decision, Policy};
 use crate::safe_fs::Dir;
+use crate::seal::Recipients;
 use crate::secret::{self, Secret};
 use crate::sets::{self, Member};
 use crate::signals;
-use crate::state::{self, CopiedFile, History, RunRecord};
+use crate::state::{self, CopiedFile, History, RunRecord, SealedUpload};
 use crate::transfer::{self, Seen};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -270,6 +271,7 @@ impl Job<'_> {
             streams: None,
             wanted_extra: 0,
             releasing: None,
+            sealed_sent: self.history.sealed.clone(),
         };
         let all_copied = self.copy_files(&mut link, &files, selection.set.as_ref());
         if let (true, Some(set)) = (all_copied, &selection.set) {
@@ -504,7 +506,9 @@ impl Job<'_> {
                 return false;
             }
         }
-        let mut digests: HashMap<BackupName, String> = HashMap::new();
+        // What the server holds of each file (NAME or NAME.age), and its sha256.
+        let mut digests: HashMap<BackupName, (RemoteFile, String)> = HashMap::new();
+
         let mut all_ok = true;
         let mut first_attempts = if link.wanted_extra > 0 && files.len() > 1 {
             side_by_side(link, files)
@@ -521,11 +525,21 @@ impl Job<'_> {
                 None => retry(&policy, link, |link| copy_one(link, file)),
             };
             match outcome {
-                Ok(Copied::AlreadyThere { digest }) => {
-                    log::info!("{}: already on the remote, checksum matches", file.name);
-                    digests.insert(file.name, digest.clone());
+                Ok(Copied::AlreadyThere {
+                    file: there,
+                    digest,
+                }) => {
+                    if there.sealed {
+                        log::info!(
+                            "{}: already on the remote as {there}, with its checksum file",
+                            file.name
+                        );
+                    } else {
+                        log::info!("{}: already on the remote, checksum matches", file.name);
+                    }
+                    digests.insert(file.name, (there, digest.clone()));
                     self.record.files.push(CopiedFile {
-                        name: file.name.file_name(),
+                        name: there.file_name(),
                         bytes: file.size,
                         uploaded: false,
                         sha256: Some(digest),
@@ -533,14 +547,23 @@ impl Job<'_> {
                     });
                 }
                 Ok(Copied::Uploaded {
+                    file: sent,
+                    replaced,
                     done,
                     seconds,
                     streams,
                 }) => {
+                    if replaced {
+                        // Saved at once: other sets' manifests still list the old sha256.
+                        let name = sent.file_name();
+                        self.history.restate.retain(|(n, _)| *n != name);
+                        self.history.restate.push((name, done.digest.clone()));
+                        self.save_history();
+                    }
                     log::info!(
                         "{}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s over \
                          {streams} stream{}; hashing added {:.2} s), sha256 {}",
-                        file.name,
+                        sent,
                         done.bytes,
                         megabytes_per_second(done.bytes, seconds),
                         if streams == 1 { "" } else { "s" },
@@ -548,9 +571,23 @@ impl Job<'_> {
                         done.digest
                     );
                     self.record.bytes_uploaded += done.bytes;
-                    digests.insert(file.name, done.digest.clone());
+                    digests.insert(file.name, (sent, done.digest.clone()));
+                    if let (true, Some(recipients)) = (sent.sealed, &self.config.server.encrypt_to)
+                    {
+                        let upload = SealedUpload {
+                            name: sent.file_name(),
+                            sha256: done.digest.clone(),
+                            bytes: done.bytes,
+                            local_bytes: file.size,
+                            recipients: recipients.fingerprint.clone(),
+                        };
+                        link.sealed_sent.retain(|u| u.name != upload.name);
+                        link.sealed_sent.push(upload.clone());
+                        self.history.record_sealed(upload);
+                        self.save_history();
+                    }
                     self.record.files.push(CopiedFile {
-                        name: file.name.file_name(),
+                        name: sent.file_name(),
                         bytes: done.bytes,
                         uploaded: true,
                         sha256: Some(done.digest),
@@ -574,10 +611,8 @@ impl Job<'_> {
                 .files()
                 .into_iter()
                 .filter_map(|name| {
-                    Some(Member {
-                        name,
-                        sha256: digests.get(&name)?.clone(),
-                    })
+                    let (file, sha256) = digests.get(&name)?.clone();
+                    Some(Member { file, sha256 })
                 })
                 .collect();
             let text = sets::render_manifest(&members);
@@ -593,6 +628,38 @@ impl Job<'_> {
                     self.fail(err);
                     all_ok = false;
                 }
+            }
+        }
+        // Files that replaced one of the same name (a new encryption of a shared images file),
+        // tonight or on a night stopped before the older manifests were updated.
+        let replaced_files: Vec<(RemoteFile, String)> = self
+            .history
+            .restate
+            .iter()
+            .filter_map(|(name, digest)| Some((RemoteFile::parse(name)?, digest.clone())))
+            .collect();
+        if !replaced_files.is_empty() && signals::received().is_none() {
+            let except = set.map(|s| s.data);
+            match retry(&policy, link, |link| {
+                restate_manifests(link.remote()?, &replaced_files, except)
+            }) {
+                Ok(restated) => {
+                    for data in restated {
+                        log::info!(
+                            "{}: now lists the new sha256 of {}",
+                            data.manifest_name(),
+                            describe_files(&replaced_files)
+                        );
+                    }
+                    self.history.restate.clear();
+                    self.save_history();
+                }
+                // Those sets' members are all there; only their manifest disagrees.
+                Err(err) => log::warn!(
+                    "cannot update older sets' manifests for {}: {err}; fetching those sets \
+                     reports the mismatch",
+                    describe_files(&replaced_files)
+                ),
             }
         }
         self.copy_seconds = clock.elapsed().as_secs_f64();
@@ -665,13 +732,27 @@ impl Job<'_> {
         log_keeps("remote", &decision);
         let mut removed = Vec::new();
         for name in &decision.remove {
-            match remote.remove(&name.file_name()) {
-                Ok(()) => {
-                    log::info!("pruned remote {name}");
-                    self.record.pruned_remote += 1;
-                    removed.push(*name);
+            // Every form it is there in: NAME and NAME.age (encryption turned on meanwhile).
+            let forms: Vec<RemoteFile> = listing
+                .iter()
+                .filter_map(|e| match RemoteName::parse(&e.name) {
+                    Some(RemoteName::Backup(file)) if file.name == *name => Some(file),
+                    _ => None,
+                })
+                .collect();
+            let mut all_gone = true;
+            for file in forms {
+                match remote.remove(&file.file_name()) {
+                    Ok(()) => log::info!("pruned remote {file}"),
+                    Err(err) => {
+                        all_gone = false;
+                        log::warn!("cannot prune remote {file}: {err}");
+                    }
                 }
-                Err(err) => log::warn!("cannot prune remote {name}: {err}"),
+            }
+            if all_gone {
+                self.record.pruned_remote += 1;
+                removed.push(*name);
             }
         }
         let names: Vec<String> = listing.iter().map(|e| e.name.clone()).collect();
@@ -746,6 +827,8 @@ struct Link {
     wanted_extra: usize,
     /// The extra connections closing in the background once the set's files are done.
     releasing: Option<std::thread::JoinHandle<()>>,
+    /// The encrypted copies this node sent (`state::History::sealed`), this run's included.
+    sealed_sent: Vec<SealedUpload>,
 }
 
 impl Drop for Link {
@@ -941,9 +1024,13 @@ fn retry<T>(
 
 enum Copied {
     AlreadyThere {
+        file: RemoteFile,
         digest: String,
     },
     Uploaded {
+        file: RemoteFile,
+        /// A file of that name was there before: other sets' manifests may list its old sha256.
+        replaced: bool,
         done: transfer::Uploaded,
         seconds: f64,
         /// Connections it went over.
@@ -954,12 +1041,29 @@ enum Copied {
 /// One file, as one retryable unit: look at the remote, decide, upload if needed (over
 /// several streams when it is large).
 fn copy_one(link: &mut Link, file: &LocalFile) -> Result<Copied> {
-    let remote = link.remote()?;
-    let listing = remote.list()?.unwrap_or_default();
-    match plan::decide(&gather_facts(remote, &listing, file)?) {
-        CopyDecision::AlreadyThere { digest, .. } => Ok(Copied::AlreadyThere { digest }),
-        CopyDecision::Upload { name, size, why } => {
-            let seen = Seen::in_listing(&listing, name);
+    let recipients = link.server.encrypt_to.clone();
+    let sent = std::mem::take(&mut link.sealed_sent);
+    let encryption = recipients
+        .as_deref()
+        .map(|r| (r.fingerprint.as_str(), &sent[..]));
+    let facts = (|| {
+        let remote = link.remote()?;
+        let listing = remote.list()?.unwrap_or_default();
+        let facts = gather_facts(remote, &listing, file, encryption)?;
+        Ok::<_, Error>((facts, listing))
+    })();
+    link.sealed_sent = sent;
+    let (facts, listing) = facts?;
+    match plan::decide(&facts) {
+        CopyDecision::AlreadyThere { file, digest, .. } => {
+            Ok(Copied::AlreadyThere { file, digest })
+        }
+        CopyDecision::Upload {
+            file: target,
+            size,
+            why,
+        } => {
+            let seen = Seen::in_listing(&listing, target);
             let (streams, because) = link.streams.clone().unwrap_or((1, String::new()));
             let mut remotes = if streams > 1 && size >= transfer::PARALLEL_THRESHOLD {
                 link.streams(streams)?
@@ -971,12 +1075,12 @@ fn copy_one(link: &mut Link, file: &LocalFile) -> Result<Copied> {
                 &mut remotes,
                 file,
                 Upload {
-                    name,
+                    target,
                     size,
                     why,
                     seen,
                 },
-                &because,
+                (&because, recipients.as_deref()),
             )
         }
     }
@@ -985,7 +1089,8 @@ fn copy_one(link: &mut Link, file: &LocalFile) -> Result<Copied> {
 /// A file to upload, as the listing and the plan saw it.
 #[derive(Clone, Copy)]
 struct Upload {
-    name: BackupName,
+    /// NAME, or NAME.age when the run encrypts.
+    target: RemoteFile,
     size: u64,
     why: &'static str,
     seen: Seen,
@@ -996,14 +1101,15 @@ fn upload_over(
     remotes: &mut [&mut (dyn Remote + Send)],
     file: &LocalFile,
     upload: Upload,
-    because: &str,
+    (because, recipients): (&str, Option<&Recipients>),
 ) -> Result<Copied> {
     let Upload {
-        name,
+        target,
         size,
         why,
         seen,
     } = upload;
+    let name = target;
     let started = Instant::now();
     let bar = progress::bar(size, &name.file_name());
     let used = if remotes.len() > 1 && size >= transfer::PARALLEL_THRESHOLD {
@@ -1013,13 +1119,15 @@ fn upload_over(
     };
     let done = if used > 1 {
         log::info!("{name}: uploading {size} bytes over {used} streams ({why}; {because})");
-        transfer::upload_parallel(remotes, &file.path, name, seen, &bar)
+        transfer::upload_parallel(remotes, &file.path, (name, recipients), seen, &bar)
     } else {
         log::info!("{name}: uploading {size} bytes ({why})");
-        transfer::upload(&mut *remotes[0], &file.path, name, seen, &bar)
+        transfer::upload(&mut *remotes[0], &file.path, (name, recipients), seen, &bar)
     };
     bar.finish_and_clear();
     Ok(Copied::Uploaded {
+        file: target,
+        replaced: seen.finals,
         done: done?,
         seconds: started.elapsed().as_secs_f64(),
         streams: used,
@@ -1033,6 +1141,9 @@ fn upload_over(
 /// one file at a time.
 fn side_by_side(link: &mut Link, files: &[LocalFile]) -> HashMap<usize, Result<Copied>> {
     let mut outcomes = HashMap::new();
+    let recipients = link.server.encrypt_to.clone();
+    let recipients = recipients.as_deref();
+    let sent = std::mem::take(&mut link.sealed_sent);
     let looked = (|| -> Result<Vec<(usize, CopyDecision, Seen)>> {
         let remote = link.remote()?;
         let listing = remote.list()?.unwrap_or_default();
@@ -1040,11 +1151,18 @@ fn side_by_side(link: &mut Link, files: &[LocalFile]) -> HashMap<usize, Result<C
             .iter()
             .enumerate()
             .map(|(index, file)| {
-                let decision = plan::decide(&gather_facts(remote, &listing, file)?);
-                Ok((index, decision, Seen::in_listing(&listing, file.name)))
+                let encryption = recipients.map(|r| (r.fingerprint.as_str(), &sent[..]));
+                let decision = plan::decide(&gather_facts(remote, &listing, file, encryption)?);
+                let target = match &decision {
+                    CopyDecision::Upload { file, .. } | CopyDecision::AlreadyThere { file, .. } => {
+                        *file
+                    }
+                };
+                Ok((index, decision, Seen::in_listing(&listing, target)))
             })
             .collect()
     })();
+    link.sealed_sent = sent;
     let decisions = match looked {
         Ok(decisions) => decisions,
         Err(err) => {
@@ -1057,13 +1175,17 @@ fn side_by_side(link: &mut Link, files: &[LocalFile]) -> HashMap<usize, Result<C
     let mut uploads = Vec::new();
     for (index, decision, seen) in decisions {
         match decision {
-            CopyDecision::AlreadyThere { digest, .. } => {
-                outcomes.insert(index, Ok(Copied::AlreadyThere { digest }));
+            CopyDecision::AlreadyThere { file, digest, .. } => {
+                outcomes.insert(index, Ok(Copied::AlreadyThere { file, digest }));
             }
-            CopyDecision::Upload { name, size, why } => uploads.push((
+            CopyDecision::Upload {
+                file: target,
+                size,
+                why,
+            } => uploads.push((
                 index,
                 Upload {
-                    name,
+                    target,
                     size,
                     why,
                     seen,
@@ -1085,13 +1207,14 @@ fn side_by_side(link: &mut Link, files: &[LocalFile]) -> HashMap<usize, Result<C
         let (first, rest) = uploads.split_first().expect("not empty");
         let mut workers = vec![(first.0, {
             let (index, upload) = *first;
-            scope.spawn(move || upload_over(largest, &files[index], upload, because))
+            scope.spawn(move || upload_over(largest, &files[index], upload, (because, recipients)))
         })];
         for ((index, upload), remote) in rest.iter().copied().zip(others.iter_mut()) {
             workers.push((
                 index,
                 scope.spawn(move || {
-                    upload_over(std::slice::from_mut(remote), &files[index], upload, because)
+                    let remote = std::slice::from_mut(remote);
+                    upload_over(remote, &files[index], upload, (because, recipients))
                 }),
             ));
         }
@@ -1116,6 +1239,47 @@ fn side_by_side(link: &mut Link, files: &[LocalFile]) -> HashMap<usize, Result<C
     }
     outcomes.extend(results);
     outcomes
+}
+
+/// Other sets' manifests on the server that list a file just replaced (a shared images file
+/// encrypted anew): their line for it is rewritten with its new sha256, so those sets still
+/// verify as they are. The data files whose manifests changed.
+fn restate_manifests(
+    remote: &mut dyn Remote,
+    replaced: &[(RemoteFile, String)],
+    except: Option<BackupName>,
+) -> Result<Vec<BackupName>> {
+    let listing = remote.list()?.unwrap_or_default();
+    let mut restated = Vec::new();
+    for entry in &listing {
+        let Some(RemoteName::Manifest(data)) = RemoteName::parse(&entry.name) else {
+            continue;
+        };
+        if Some(data) == except {
+            continue;
+        }
+        let Some(bytes) = remote.read_small(&entry.name, 64 * 1024)? else {
+            continue;
+        };
+        let mut text = String::from_utf8_lossy(&bytes).into_owned();
+        let mut changed = false;
+        for (file, digest) in replaced {
+            if let Some(new) = sets::restate_manifest(&text, *file, digest) {
+                text = new;
+                changed = true;
+            }
+        }
+        if changed {
+            transfer::publish_manifest(remote, data, &text)?;
+            restated.push(data);
+        }
+    }
+    Ok(restated)
+}
+
+fn describe_files(files: &[(RemoteFile, String)]) -> String {
+    let names: Vec<String> = files.iter().map(|(f, _)| f.file_name()).collect();
+    names.join(", ")
 }
 
 fn megabytes_per_second(bytes: u64, seconds: f64) -> f64 {
@@ -1308,21 +1472,53 @@ fn scan(
     Ok(files)
 }
 
+/// What the run encrypts to (the recipients' fingerprint) and the encrypted copies this node
+/// sent before; None: the run does not encrypt.
+type Encryption<'a> = Option<(&'a str, &'a [SealedUpload])>;
+
 fn gather_facts(
     remote: &mut dyn Remote,
     listing: &[RemoteEntry],
     file: &LocalFile,
+    encryption: Encryption,
 ) -> Result<FileFacts> {
-    let file_name = file.name.file_name();
+    let plain = RemoteFile::plain(file.name);
+    let sealed = RemoteFile::new(file.name, true);
+    let size_of = |form: RemoteFile| {
+        let name = form.file_name();
+        listing.iter().find(|e| e.name == name).map(|e| e.size)
+    };
     let mut facts = FileFacts {
         name: file.name,
         local_size: file.size,
-        remote_size: listing.iter().find(|e| e.name == file_name).map(|e| e.size),
+        remote_size: size_of(plain),
         remote_digest: None,
         local_digest: None,
+        sealed_copy: None,
+        encrypt: encryption.is_some(),
     };
     if facts.remote_size == Some(file.size) {
-        facts.remote_digest = transfer::read_sidecar(remote, file.name)?;
+        facts.remote_digest = transfer::read_sidecar(remote, plain)?;
+    }
+    if let Some(size) = size_of(sealed) {
+        let sent = encryption.and_then(|(recipients, uploads)| {
+            uploads
+                .iter()
+                .find(|u| {
+                    u.name == sealed.file_name()
+                        && u.recipients == recipients
+                        && u.local_bytes == file.size
+                })
+                .map(|u| (u.bytes, u.sha256.clone()))
+        });
+        let listed = listing.iter().any(|e| e.name == sealed.sidecar_name());
+        // One round trip less when it could not count anyway.
+        let digest = if listed && sent.is_some() {
+            transfer::read_sidecar(remote, sealed)?
+        } else {
+            None
+        };
+        facts.sealed_copy = Some(SealedCopy { size, digest, sent });
     }
     if plan::needs_local_digest(&facts) {
         facts.local_digest = Some(transfer::sha256_file(&file.path)?);
@@ -1342,7 +1538,7 @@ fn remote_retention(
     let backups: Vec<BackupName> = listing
         .iter()
         .filter_map(|e| match RemoteName::parse(&e.name) {
-            Some(RemoteName::Backup(name)) => Some(name),
+            Some(RemoteName::Backup(file)) => Some(file.name),
             _ => None,
         })
         .collect();
@@ -1444,12 +1640,19 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         let Some(file) = local.iter().find(|f| f.name == name) else {
             continue;
         };
-        let decision = plan::decide(&gather_facts(remote, &listing, file)?);
-        if !after_copy.iter().any(|e| e.name == name.file_name()) {
-            after_copy.push(RemoteEntry {
-                name: name.file_name(),
-                size: file.size,
-            });
+        let encryption = config
+            .server
+            .encrypt_to
+            .as_deref()
+            .map(|r| (r.fingerprint.as_str(), &history.sealed[..]));
+        let decision = plan::decide(&gather_facts(remote, &listing, file, encryption)?);
+        if let CopyDecision::Upload { file: target, .. } = &decision {
+            if !after_copy.iter().any(|e| e.name == target.file_name()) {
+                after_copy.push(RemoteEntry {
+                    name: target.file_name(),
+                    size: file.size,
+                });
+            }
         }
         plan.copies.push(decision);
     }

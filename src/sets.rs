@@ -3,7 +3,7 @@
 //! the server exactly which files a run uploaded as one set. `run`, retention, `list` and
 //! `fetch` all ask here; none of them re-derives it.
 
-use crate::names::{parse_sidecar, sidecar_line, BackupName, Kind, Stamp};
+use crate::names::{parse_sidecar, sidecar_line, BackupName, Kind, RemoteFile, Stamp};
 
 /// cvpi may stamp the images file of a backup a little after its data file (it writes one
 /// after the other); backups are a night apart, so an hour cannot reach another night's.
@@ -128,7 +128,8 @@ pub fn data_by_recency(files: &[BackupName], now: Stamp) -> Vec<BackupName> {
 /// One member of an uploaded set with the sha256 it was verified with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    pub name: BackupName,
+    /// As the server holds it: NAME, or NAME.age.
+    pub file: RemoteFile,
     pub sha256: String,
 }
 
@@ -137,19 +138,20 @@ pub struct Member {
 pub fn render_manifest(members: &[Member]) -> String {
     members
         .iter()
-        .map(|m| sidecar_line(&m.sha256, &m.name.file_name()))
+        .map(|m| sidecar_line(&m.sha256, &m.file.file_name()))
         .collect()
 }
 
 /// The members a manifest lists; None unless every line is a well-formed `sha256sum` line
-/// for a CVP name, exactly one of them is `data`, and at most one images file and one log.
+/// for a CVP name (or its `.age`), exactly one of them is `data`, and at most one images
+/// file and one log.
 pub fn parse_manifest(text: &str, data: BackupName) -> Option<RestoreSet> {
     let mut members = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let name_part = line.get(66..)?.trim_start_matches('*');
-        let name = BackupName::parse(name_part)?;
-        parse_sidecar(line, &name.file_name())?;
-        members.push(name);
+        let file = RemoteFile::parse(name_part)?;
+        parse_sidecar(line, &file.file_name())?;
+        members.push(file.name);
     }
     let of = |kind: Kind| members.iter().filter(move |m| m.kind == kind);
     if of(Kind::Data).collect::<Vec<_>>() != [&data]
@@ -165,10 +167,33 @@ pub fn parse_manifest(text: &str, data: BackupName) -> Option<RestoreSet> {
     })
 }
 
-/// The digest a manifest gives for one member.
-pub fn manifest_digest(text: &str, name: BackupName) -> Option<String> {
-    text.lines()
-        .find_map(|line| parse_sidecar(line, &name.file_name()))
+/// `text` with the line for `file` giving `digest` instead; None when it lists no other
+/// digest for it.
+pub fn restate_manifest(text: &str, file: RemoteFile, digest: &str) -> Option<String> {
+    let name = file.file_name();
+    let mut changed = false;
+    let lines: String = text
+        .lines()
+        .map(|line| match parse_sidecar(line, &name) {
+            Some(old) if old != digest => {
+                changed = true;
+                sidecar_line(digest, &name)
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    changed.then_some(lines)
+}
+
+/// The form a manifest lists a member in (NAME or NAME.age) and its digest.
+pub fn manifest_entry(text: &str, name: BackupName) -> Option<(RemoteFile, String)> {
+    [RemoteFile::plain(name), RemoteFile::new(name, true)]
+        .into_iter()
+        .find_map(|file| {
+            text.lines()
+                .find_map(|line| parse_sidecar(line, &file.file_name()))
+                .map(|digest| (file, digest))
+        })
 }
 
 #[cfg(test)]
@@ -256,29 +281,35 @@ mod tests {
     #[test]
     fn manifests_round_trip_and_reject_anything_odd() {
         let data = n("cvp.20240102020010.tgz");
+        // An encrypted set, but for its log (encryption turned on between two files).
         let members = [
             Member {
-                name: n("cvp.eosimages.20240101020005.tgz"),
+                file: RemoteFile::new(n("cvp.eosimages.20240101020005.tgz"), true),
                 sha256: "a".repeat(64),
             },
             Member {
-                name: data,
+                file: RemoteFile::new(data, true),
                 sha256: "b".repeat(64),
             },
             Member {
-                name: n("backup_cvp.20240102020003.log"),
+                file: RemoteFile::plain(n("backup_cvp.20240102020003.log")),
                 sha256: "c".repeat(64),
             },
         ];
         let text = render_manifest(&members);
+        assert!(text.contains("  cvp.20240102020010.tgz.age\n"), "{text}");
         let set = parse_manifest(&text, data).expect("parses");
         assert_eq!(
             set.files(),
-            members.iter().map(|m| m.name).collect::<Vec<_>>()
+            members.iter().map(|m| m.file.name).collect::<Vec<_>>()
         );
         assert_eq!(
-            manifest_digest(&text, n("backup_cvp.20240102020003.log")),
-            Some("c".repeat(64))
+            manifest_entry(&text, n("backup_cvp.20240102020003.log")),
+            Some((members[2].file, "c".repeat(64)))
+        );
+        assert_eq!(
+            manifest_entry(&text, data),
+            Some((members[1].file, "b".repeat(64)))
         );
         let other = n("cvp.20240103020010.tgz");
         assert_eq!(parse_manifest(&text, other), None, "another data file");
@@ -289,5 +320,31 @@ mod tests {
         );
         assert_eq!(parse_manifest(&twice, data), None, "two images files");
         assert_eq!(parse_manifest("", data), None);
+    }
+
+    #[test]
+    fn a_replaced_member_is_restated_and_nothing_else() {
+        let images = RemoteFile::new(n("cvp.eosimages.20240101020005.tgz"), true);
+        let data = RemoteFile::new(n("cvp.20240102020010.tgz"), true);
+        let text = render_manifest(&[
+            Member {
+                file: images,
+                sha256: "a".repeat(64),
+            },
+            Member {
+                file: data,
+                sha256: "b".repeat(64),
+            },
+        ]);
+        let new = restate_manifest(&text, images, &"e".repeat(64)).expect("changed");
+        assert_eq!(
+            new,
+            text.replace(&"a".repeat(64), &"e".repeat(64)),
+            "only the images line"
+        );
+        assert_eq!(restate_manifest(&new, images, &"e".repeat(64)), None);
+        // The plain form is another file: not restated.
+        let plain = RemoteFile::plain(images.name);
+        assert_eq!(restate_manifest(&text, plain, &"e".repeat(64)), None);
     }
 }

@@ -107,6 +107,30 @@ pub struct History {
     /// the next run, it means the job died during a backup; what appeared since is failed.
     #[serde(default)]
     pub backup_started: Option<Vec<String>>,
+    /// The encrypted copies this node uploaded and verified. Nothing on the node can decrypt
+    /// one to compare it, so a NAME.age on the server counts as a copy of the local file only
+    /// when it is one of these: same recipients, same local size, and the server's checksum
+    /// file and size still those of what was sent.
+    #[serde(default)]
+    pub sealed: Vec<SealedUpload>,
+    /// Files that replaced one of the same name on the server (NAME, sha256 now), whose new
+    /// sha256 other sets' manifests may not list yet: kept until they are updated, so a
+    /// night stopped before that leaves the work to the next one.
+    #[serde(default)]
+    pub restate: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SealedUpload {
+    /// NAME.age
+    pub name: String,
+    /// The ciphertext's sha256 and size, as sent.
+    pub sha256: String,
+    pub bytes: u64,
+    /// The local file's size when it was encrypted.
+    pub local_bytes: u64,
+    /// `Recipients::fingerprint` of the recipients it was encrypted to.
+    pub recipients: String,
 }
 
 /// One set's members, by name.
@@ -136,6 +160,15 @@ impl History {
                 })
             })
             .collect()
+    }
+
+    /// Record an encrypted upload (replacing an older record of the same name), keeping only
+    /// the newest 200: more than any retention keeps.
+    pub fn record_sealed(&mut self, upload: SealedUpload) {
+        self.sealed.retain(|s| s.name != upload.name);
+        self.sealed.push(upload);
+        let excess = self.sealed.len().saturating_sub(200);
+        self.sealed.drain(..excess);
     }
 
     /// Record (or re-record) a set's members.

@@ -4,8 +4,9 @@
 
 use crate::error::{Error, Result};
 use crate::lanes::Lanes;
-use crate::names::{parse_sidecar, sidecar_line, BackupName};
+use crate::names::{parse_sidecar, sidecar_line, BackupName, RemoteFile};
 use crate::remote::{Remote, RemoteEntry};
+use crate::seal::{PlainReader, ReadAt, Recipients, Sealer};
 use crate::signals;
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
@@ -41,14 +42,20 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// sha256 of a file already opened (`path` names it in messages).
 pub fn sha256_open(file: &std::fs::File, path: &Path) -> Result<String> {
     let during = format!("hashing {}", path.display());
-    hash_in_order(file, path, &AtomicBool::new(false), &during).map(|(digest, _)| digest)
+    hash_in_order(
+        &mut PlainReader(file),
+        path,
+        &AtomicBool::new(false),
+        &during,
+    )
+    .map(|(digest, _)| digest)
 }
 
 /// The digest in the remote `NAME.sha256`, when it is there and names the file.
-pub fn read_sidecar(remote: &mut dyn Remote, name: BackupName) -> Result<Option<String>> {
+pub fn read_sidecar(remote: &mut dyn Remote, file: RemoteFile) -> Result<Option<String>> {
     Ok(remote
-        .read_small(&name.sidecar_name(), 4096)?
-        .and_then(|bytes| parse_sidecar(&String::from_utf8_lossy(&bytes), &name.file_name())))
+        .read_small(&file.sidecar_name(), 4096)?
+        .and_then(|bytes| parse_sidecar(&String::from_utf8_lossy(&bytes), &file.file_name())))
 }
 
 /// Broken or silent connections are worth another attempt; anything the server said
@@ -86,21 +93,54 @@ fn open_local(local: &Path) -> Result<LocalSnapshot> {
     })
 }
 
+/// What an upload sends of a local file: its bytes, or their age ciphertext (`seal`),
+/// sealed with a new file key for every attempt.
+struct Outgoing<'a> {
+    snapshot: &'a LocalSnapshot,
+    sealer: Option<Sealer>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(snapshot: &'a LocalSnapshot, recipients: Option<&Recipients>) -> Result<Self> {
+        let sealer = recipients
+            .map(Sealer::new)
+            .transpose()
+            .map_err(|err| Error::copy(format!("cannot encrypt: {err}")))?;
+        Ok(Outgoing { snapshot, sealer })
+    }
+
+    /// The bytes the server gets.
+    fn len(&self) -> u64 {
+        match &self.sealer {
+            Some(sealer) => sealer.sealed_len(self.snapshot.size),
+            None => self.snapshot.size,
+        }
+    }
+
+    /// A reader of those bytes for one thread.
+    fn reader(&self) -> Box<dyn ReadAt + '_> {
+        match &self.sealer {
+            Some(sealer) => Box::new(sealer.reader(&self.snapshot.file, self.snapshot.size)),
+            None => Box::new(PlainReader(&self.snapshot.file)),
+        }
+    }
+}
+
 /// After the bytes are sent: the local file must not have changed while it was read, and
 /// the server must hold exactly what was sent. Only then may the file be published.
 fn check_sent(
     remote: &mut dyn Remote,
     local: &Path,
-    before: &LocalSnapshot,
-    name: BackupName,
+    outgoing: &Outgoing,
+    file: RemoteFile,
     bytes: u64,
     via: &str,
 ) -> Result<()> {
-    check_unchanged(local, before, bytes)?;
-    match remote.size_of(&name.partial_name())? {
+    check_unchanged(local, outgoing, bytes)?;
+    match remote.size_of(&file.partial_name())? {
         Some(size) if size == bytes => Ok(()),
         other => Err(Error::transient(format!(
-            "verification failed for {name} on {}: sent {bytes} bytes{via}, the server has {}",
+            "verification failed for {file} on {}: sent {bytes} bytes{via}, the server has {}",
             remote.describe(),
             other
                 .map(|s| format!("{s} bytes"))
@@ -110,19 +150,21 @@ fn check_sent(
 }
 
 /// `bytes` were read (sent, or hashed) and the file still looks as it did at the start.
-fn check_unchanged(local: &Path, before: &LocalSnapshot, bytes: u64) -> Result<()> {
+fn check_unchanged(local: &Path, outgoing: &Outgoing, bytes: u64) -> Result<()> {
+    let before = outgoing.snapshot;
     let now = std::fs::metadata(local).ok();
     let unchanged = now
         .as_ref()
         .is_some_and(|now| now.len() == before.size && now.modified().ok() == before.modified);
-    if bytes == before.size && unchanged {
+    if bytes == outgoing.len() && unchanged {
         return Ok(());
     }
     Err(Error::copy(format!(
-        "{} changed while it was copied ({} bytes before, {bytes} read): not publishing it; \
-         the next run copies it again",
+        "{} changed while it was copied ({} bytes before, {bytes} of {} read): not \
+         publishing it; the next run copies it again",
         local.display(),
-        before.size
+        before.size,
+        outgoing.len()
     )))
 }
 
@@ -137,7 +179,7 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn in_listing(listing: &[RemoteEntry], name: BackupName) -> Seen {
+    pub fn in_listing(listing: &[RemoteEntry], name: RemoteFile) -> Seen {
         let size = |wanted: &str| {
             listing
                 .iter()
@@ -151,22 +193,24 @@ impl Seen {
     }
 }
 
-/// Upload `local` as `name`, resuming a partial upload an earlier attempt left on the server
-/// (then reading the whole remote file back to verify it), and publish it.
+/// Upload `local` as `name` (encrypted to `recipients` when given), resuming a partial
+/// upload an earlier attempt left on the server (then reading the whole remote file back to
+/// verify it), and publish it. An encrypted upload never resumes: each attempt has a new key.
 pub fn upload(
     remote: &mut dyn Remote,
     local: &Path,
-    name: BackupName,
+    (name, recipients): (RemoteFile, Option<&Recipients>),
     seen: Seen,
     progress: &ProgressBar,
 ) -> Result<Uploaded> {
     let label = remote.describe();
     let snapshot = open_local(local)?;
-    let expected = snapshot.size;
+    let outgoing = Outgoing::new(&snapshot, recipients)?;
+    let expected = outgoing.len();
     let partial = name.partial_name();
 
     let resume_at = match seen.partial {
-        Some(size) if size > 0 && size <= expected => size,
+        Some(size) if size > 0 && size <= expected && outgoing.sealer.is_none() => size,
         _ => 0,
     };
     if resume_at > 0 {
@@ -174,7 +218,7 @@ pub fn upload(
         progress.set_position(resume_at);
     }
     let during = format!("the copy of {name}");
-    let (bytes, hashed) = beside_hash(&snapshot.file, local, &during, |abandon| {
+    let (bytes, hashed) = beside_hash(&outgoing, local, &during, |abandon| {
         let mut sink = if resume_at > 0 {
             remote.open_at(&partial, resume_at)?
         } else {
@@ -188,7 +232,7 @@ pub fn upload(
         };
         let sent = send_range(
             &mut *sink,
-            &snapshot.file,
+            &mut *outgoing.reader(),
             local,
             &mut cursor(resume_at..u64::MAX),
             IN_FLIGHT,
@@ -199,8 +243,8 @@ pub fn upload(
         Ok(resume_at + sent)
     })?;
     let digest = hashed.digest;
-    check_unchanged(local, &snapshot, hashed.bytes)?;
-    check_sent(remote, local, &snapshot, name, bytes, "")?;
+    check_unchanged(local, &outgoing, hashed.bytes)?;
+    check_sent(remote, local, &outgoing, name, bytes, "")?;
     if resume_at > 0 {
         // Part of the file came from an earlier connection: check every byte that is there.
         let remote_digest = sha256_remote(remote, &partial)?;
@@ -344,7 +388,7 @@ impl Drop for LazyBuffer {
 /// stream are ever resident here, and libssh2 keeps the one copy of what is in flight.
 fn send_range(
     sink: &mut dyn Write,
-    source: &std::fs::File,
+    source: &mut dyn ReadAt,
     local: &Path,
     next: &mut dyn FnMut(u64) -> Range<u64>,
     window: usize,
@@ -448,26 +492,27 @@ struct Watch<'a> {
 pub fn upload_parallel(
     remotes: &mut [&mut (dyn Remote + Send)],
     local: &Path,
-    name: BackupName,
+    (name, recipients): (RemoteFile, Option<&Recipients>),
     seen: Seen,
     progress: &ProgressBar,
 ) -> Result<Uploaded> {
     let streams = remotes.len();
     let label = remotes[0].describe();
     let snapshot = open_local(local)?;
+    let outgoing = Outgoing::new(&snapshot, recipients)?;
     let partial = name.partial_name();
     drop(remotes[0].create(&partial)?);
-    let lanes = Lanes::new(snapshot.size, streams);
+    let lanes = Lanes::new(outgoing.len(), streams);
     let window = window_per_stream(streams);
     let during = format!("the copy of {name}");
-    let (sent, hashed) = beside_hash(&snapshot.file, local, &during, |abandon| {
+    let (sent, hashed) = beside_hash(&outgoing, local, &during, |abandon| {
         std::thread::scope(|scope| {
             let workers: Vec<_> = remotes
                 .iter_mut()
                 .enumerate()
                 .map(|(index, remote)| {
                     let (partial, label, during, lanes) = (&partial, &label, &during, &lanes);
-                    let source = &snapshot.file;
+                    let source = &outgoing;
                     scope.spawn(move || {
                         let watch = Watch {
                             abandon,
@@ -508,8 +553,8 @@ pub fn upload_parallel(
 
     let remote = &mut *remotes[0];
     let via = format!(" over {streams} streams");
-    check_unchanged(local, &snapshot, hashed.bytes)?;
-    check_sent(remote, local, &snapshot, name, sent, &via)?;
+    check_unchanged(local, &outgoing, hashed.bytes)?;
+    check_sent(remote, local, &outgoing, name, sent, &via)?;
     publish(remote, name, &partial, &digest, seen.finals)?;
     Ok(Uploaded {
         digest,
@@ -541,7 +586,7 @@ fn stream_outcome<T>(
 fn send_stream(
     remote: &mut dyn Remote,
     partial: &str,
-    source: &std::fs::File,
+    source: &Outgoing,
     local: &Path,
     (lanes, lane): (&Lanes, usize),
     window: usize,
@@ -555,6 +600,7 @@ fn send_stream(
         ..*watch
     };
     let mut sent = 0u64;
+    let mut reader = source.reader();
     let mut start = lanes.start(lane);
     while !watch.abandon.load(Ordering::Relaxed) {
         sink.seek(std::io::SeekFrom::Start(start))
@@ -565,7 +611,7 @@ fn send_stream(
             claimed += bytes.end - bytes.start;
             bytes
         };
-        let lane_sent = send_range(&mut *sink, source, local, &mut next, window, &watch)?;
+        let lane_sent = send_range(&mut *sink, &mut *reader, local, &mut next, window, &watch)?;
         sent += lane_sent;
         if lane_sent < claimed {
             // The file ended early (it changed) or another stream failed: the caller's
@@ -788,7 +834,7 @@ struct Hashed {
 /// When `send` fails, the hashing stops early; when the hashing fails, `send` is told to
 /// stop through the flag it is given.
 fn beside_hash<T: Send>(
-    file: &std::fs::File,
+    outgoing: &Outgoing,
     local: &Path,
     during: &str,
     send: impl FnOnce(&AtomicBool) -> Result<T>,
@@ -797,7 +843,7 @@ fn beside_hash<T: Send>(
     std::thread::scope(|scope| {
         let abandon = &abandon;
         let hasher = scope.spawn(move || {
-            let outcome = hash_in_order(file, local, abandon, during);
+            let outcome = hash_in_order(&mut *outgoing.reader(), local, abandon, during);
             if outcome.is_err() {
                 abandon.store(true, Ordering::Relaxed);
             }
@@ -821,7 +867,7 @@ fn beside_hash<T: Send>(
 
 /// The whole file's sha256, read in order beside the streams.
 fn hash_in_order(
-    source: &std::fs::File,
+    source: &mut dyn ReadAt,
     local: &Path,
     abandon: &AtomicBool,
     during: &str,
@@ -867,7 +913,7 @@ fn sha256_remote(remote: &mut dyn Remote, name: &str) -> Result<String> {
 /// remove, and a rename that finds one after all fails rather than replace it.
 fn publish(
     remote: &mut dyn Remote,
-    name: BackupName,
+    name: RemoteFile,
     partial: &str,
     digest: &str,
     replacing: bool,
@@ -1017,7 +1063,7 @@ mod tests {
             let mut sink = AckingSink::new(ack_size);
             let sent = send_range(
                 &mut sink,
-                &source,
+                &mut PlainReader(&source),
                 &path,
                 &mut cursor(range.clone()),
                 window,
@@ -1049,7 +1095,7 @@ mod tests {
         let mut sink = AckingSink::new(1024);
         let sent = send_range(
             &mut sink,
-            &source,
+            &mut PlainReader(&source),
             &path,
             &mut cursor(0..u64::MAX),
             IN_FLIGHT,
@@ -1070,14 +1116,34 @@ mod tests {
         let path = dir.path().join("data");
         let data: Vec<u8> = (0..3 * CHUNK + 5).map(|i| (i % 253) as u8).collect();
         std::fs::write(&path, &data).expect("write");
-        let file = std::fs::File::open(&path).expect("open");
-        let (sent, hashed) = beside_hash(&file, &path, "test", |_| Ok(7u64)).expect("hash");
+        let snapshot = open_local(&path).expect("open");
+        let plain = Outgoing::new(&snapshot, None).expect("plain");
+        let (sent, hashed) = beside_hash(&plain, &path, "test", |_| Ok(7u64)).expect("hash");
         let mut reference = Sha256::new();
         reference.update(&data);
         assert_eq!(sent, 7);
         assert_eq!(hashed.digest, hex(&reference.finalize()));
         assert_eq!(hashed.bytes, data.len() as u64);
-        let failed = beside_hash(&file, &path, "test", |_| -> Result<()> {
+        // Encrypted: the hash is of the ciphertext, all of it.
+        let identity = age::x25519::Identity::generate();
+        let recipients =
+            Recipients::parse(&identity.to_public().to_string(), None).expect("recipients");
+        let sealed = Outgoing::new(&snapshot, Some(&recipients)).expect("sealed");
+        let (_, hashed) = beside_hash(&sealed, &path, "test", |_| Ok(())).expect("hash");
+        assert_eq!(hashed.bytes, sealed.len());
+        assert!(sealed.len() > data.len() as u64);
+        let mut ciphertext = vec![0u8; sealed.len() as usize];
+        let mut reader = sealed.reader();
+        let mut at = 0;
+        while at < ciphertext.len() {
+            at += reader
+                .read_at(&mut ciphertext[at..], at as u64)
+                .expect("read");
+        }
+        let mut reference = Sha256::new();
+        reference.update(&ciphertext);
+        assert_eq!(hashed.digest, hex(&reference.finalize()));
+        let failed = beside_hash(&plain, &path, "test", |_| -> Result<()> {
             Err(Error::copy("the server went away"))
         });
         assert!(failed.is_err_and(|err| err.message == "the server went away"));

@@ -304,6 +304,7 @@ const AFTER_KEYFILE: &[&str] = &[
     "streams",
     "ciphers",
     "sync_timeout",
+    "encrypt_to",
     "limit",
     "backup_command",
     "backup_user",

@@ -13,6 +13,8 @@ command -v patch >/dev/null || missing+=(patch)
 # A static shell for the scratch root the RPM tests install into.
 [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
+# The stock age tool: the encryption tests check interoperability both ways with it.
+command -v age >/dev/null || missing+=(age)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "prereqs: missing ${missing[*]}; run as root (or install them) and retry" >&2

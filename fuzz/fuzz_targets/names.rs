@@ -2,7 +2,7 @@
 //! panic, and whatever it accepts must be exactly the name it would write.
 #![no_main]
 
-use cvp_backup_copy::names::{parse_sidecar, BackupName, RemoteName};
+use cvp_backup_copy::names::{parse_sidecar, BackupName, RemoteFile, RemoteName};
 use cvp_backup_copy::sets::parse_manifest;
 use libfuzzer_sys::fuzz_target;
 
@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(name) = std::str::from_utf8(data) else { return };
     if let Some(parsed) = BackupName::parse(name) {
         assert_eq!(parsed.file_name(), name);
-        assert!(BackupName::parse(&parsed.partial_name()).is_none());
+        for form in [RemoteFile::plain(parsed), RemoteFile::new(parsed, true)] {
+            assert!(BackupName::parse(&form.partial_name()).is_none());
+            assert_eq!(RemoteFile::parse(&form.file_name()), Some(form));
+        }
         assert!(BackupName::parse(&parsed.failed_name()).is_none());
     }
     if let Some(parsed) = BackupName::parse_failed(name) {
@@ -21,12 +24,11 @@ fuzz_target!(|data: &[u8]| {
         Some(RemoteName::Sidecar(parsed)) => assert_eq!(parsed.sidecar_name(), name),
         Some(RemoteName::Manifest(parsed)) => assert_eq!(parsed.manifest_name(), name),
         Some(RemoteName::Partial(parsed)) => assert!(
-            [
-                parsed.partial_name(),
-                parsed.sidecar_partial_name(),
-                parsed.manifest_partial_name()
-            ]
-            .contains(&name.to_string()),
+            [RemoteFile::plain(parsed), RemoteFile::new(parsed, true)]
+                .iter()
+                .flat_map(|f| [f.partial_name(), f.sidecar_partial_name()])
+                .chain([parsed.manifest_partial_name()])
+                .any(|n| n == name),
             "{name}"
         ),
         None => {}

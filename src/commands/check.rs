@@ -106,9 +106,45 @@ pub fn check(options: &CheckOptions) -> ExitCode {
     check_local_folders(&config, &mut report);
     check_state_dir(&config, &mut report);
     check_stamps(&config, &mut report);
+    check_encryption(&config, &mut report);
     check_server(&config, &password, &mut report);
     check_root_crontab(&options.root_crontab, &mut report);
     finish(report)
+}
+
+/// `encrypt_to` was parsed with the configuration (a bad recipient fails it): say who can
+/// read the backups, and warn about recipient files others may change.
+fn check_encryption(config: &Config, report: &mut Report) {
+    const WHAT: &str = "encryption at rest";
+    let Some(recipients) = &config.server.encrypt_to else {
+        report.line(
+            WHAT,
+            Outcome::Skip(
+                "encrypt_to is not set: the backup server holds the backups as they are".into(),
+            ),
+        );
+        return;
+    };
+    let count = recipients.described.len();
+    report.line(
+        WHAT,
+        Outcome::Pass(format!(
+            "every file on the server is encrypted (age) to {count} recipient{}: {}",
+            if count == 1 { "" } else { "s" },
+            recipients.described.join(", ")
+        )),
+    );
+    for file in &recipients.loose_files {
+        report.line(
+            WHAT,
+            Outcome::Warn(format!(
+                "{} can be written by other accounts: whoever can add a key of theirs there \
+                 reads every backup after; run `chmod go-w {}`",
+                file.display(),
+                crate::error::shell_word(file)
+            )),
+        );
+    }
 }
 
 fn finish(report: Report) -> ExitCode {

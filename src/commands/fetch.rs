@@ -9,12 +9,13 @@ use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::inventory::{self, Wanted};
 use crate::lock;
-use crate::names::{BackupName, Stamp};
+use crate::names::{BackupName, RemoteFile, Stamp};
 use crate::progress;
 use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
 use crate::remote::Remote;
 use crate::run;
 use crate::safe_fs::Dir;
+use crate::seal::open::Identities;
 use crate::sets;
 use crate::transfer;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,10 @@ pub struct FetchOptions {
     pub ini: PathBuf,
     pub wanted: String,
     pub to: Option<PathBuf>,
+    /// `--identity`, read before acting as the INI's owner.
+    pub identities: Option<Identities>,
+    /// `--allow-plain`: unencrypted members are expected (a set from before encrypt_to).
+    pub allow_plain: bool,
 }
 
 pub fn fetch(options: &FetchOptions) -> Result<()> {
@@ -71,26 +76,49 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
             println!("large files come over {streams} stream{plural} ({why})");
             extras
         };
-        fetch_set(&config, &dir, &mut connected.remote, wanted, &mut extras)
+        let identities = options.identities.as_ref();
+        // Encrypted copies are expected: a plain one might be a server's substitute.
+        let expect_sealed =
+            !options.allow_plain && (identities.is_some() || config.server.encrypt_to.is_some());
+        let asked = Asked {
+            wanted,
+            identities,
+            expect_sealed,
+        };
+        fetch_set(&config, &dir, &mut connected.remote, asked, &mut extras)
     })
 }
 
 /// Everything after connecting: find the set, fetch and verify its members, say how to
 /// restore it. `extras(true)` gives the extra connections for a large file (false: they
 /// are not needed).
+/// What the operator asked `fetch` for.
+struct Asked<'a> {
+    wanted: Wanted,
+    identities: Option<&'a Identities>,
+    /// Refuse unencrypted members (`--identity` or encrypt_to, without `--allow-plain`).
+    expect_sealed: bool,
+}
+
 fn fetch_set(
     config: &Config,
     dir: &Dir,
     first: &mut SftpRemote,
-    wanted: Wanted,
+    asked: Asked,
     extras: &mut dyn FnMut(bool) -> Vec<SftpRemote>,
 ) -> Result<()> {
+    let Asked {
+        wanted,
+        identities,
+        expect_sealed,
+    } = asked;
     let remote: &mut dyn Remote = &mut *first;
     let label = remote.describe();
     let listing = remote
         .list()?
         .ok_or_else(|| Error::copy(format!("{label} does not exist: nothing to fetch")))?;
-    let (files, _) = split_listing(&listing);
+    let (copies, sidecars) = split_listing(&listing);
+    let files: Vec<(BackupName, u64)> = copies.iter().map(|(f, size)| (f.name, *size)).collect();
     let by_rule = inventory::pick_remote(&files, wanted, Stamp::now()).ok_or_else(|| {
         let mut stamps: Vec<String> = files
             .iter()
@@ -125,7 +153,27 @@ fn fetch_set(
             ))
         })?,
     };
-    let size_of = |name: &BackupName| files.iter().find(|(n, _)| n == name).map(|(_, size)| *size);
+    // The copy of each member to fetch: as the manifest lists it (NAME or NAME.age), else
+    // as the listing shows it.
+    let copy_of = |name: &BackupName| -> Option<(RemoteFile, u64)> {
+        match manifest
+            .as_deref()
+            .and_then(|text| sets::manifest_entry(text, *name))
+        {
+            Some((listed, _)) => copies.iter().find(|(f, _)| *f == listed).copied(),
+            // The encrypted one first when an identity is given or encryption is expected.
+            None if expect_sealed || identities.is_some() => {
+                let sealed = RemoteFile::new(*name, true);
+                copies
+                    .iter()
+                    .find(|(f, _)| *f == sealed && sidecars.contains(f))
+                    .copied()
+                    .or_else(|| inventory::remote_copy(&copies, &sidecars, *name))
+            }
+            None => inventory::remote_copy(&copies, &sidecars, *name),
+        }
+    };
+    let size_of = |name: &BackupName| copy_of(name).map(|(_, size)| size);
     if let Some(missing) = set.files().into_iter().find(|n| size_of(n).is_none()) {
         return Err(Error::copy(format!(
             "{missing}, which {} lists, is not on {label}: this set cannot be restored from \
@@ -137,11 +185,40 @@ fn fetch_set(
             }
         )));
     }
-    // Checked: a hostile server's sizes could wrap the sum past the free-space check.
-    let total = set
-        .files()
+    let members: Vec<(RemoteFile, u64)> = set.files().iter().filter_map(copy_of).collect();
+    if let Some((plain, _)) = members.iter().find(|(f, _)| !f.sealed && expect_sealed) {
+        return Err(Error::new(
+            ExitCode::Config,
+            format!(
+                "{plain} on {label} is not encrypted, though {}: a server that swapped an \
+                 encrypted file for a plain one would look like this. If this set is from \
+                 before encrypt_to was set, fetch it with --allow-plain; nothing was fetched",
+                if identities.is_some() {
+                    "--identity was given"
+                } else {
+                    "the INI sets encrypt_to"
+                }
+            ),
+        ));
+    }
+    if let Some((sealed, _)) = members.iter().find(|(f, _)| f.sealed) {
+        if identities.is_none() {
+            return Err(Error::new(
+                ExitCode::Config,
+                format!(
+                    "{sealed} on {label} is encrypted (encrypt_to): fetch it with --identity \
+                     FILE, the age identity or SSH private key its recipient line came from \
+                     (kept off this node); nothing was fetched"
+                ),
+            ));
+        }
+    }
+    // Checked: a hostile server's sizes could wrap the sum past the free-space check. An
+    // encrypted file needs room twice for a moment: downloaded, then decrypted beside it.
+    let total = members
         .iter()
-        .filter_map(size_of)
+        .flat_map(|(f, size)| [Some(*size), f.sealed.then_some(*size)])
+        .flatten()
         .try_fold(0u64, u64::checked_add)
         .ok_or_else(|| {
             Error::copy(format!(
@@ -175,12 +252,12 @@ fn fetch_set(
     let mut extras = extras(large);
     let mut remotes: Vec<&mut (dyn Remote + Send)> = vec![&mut *first];
     remotes.extend(extras.iter_mut().map(|r| r as &mut (dyn Remote + Send)));
-    let members: Vec<(BackupName, u64)> = set
-        .files()
-        .into_iter()
-        .map(|name| (name, size_of(&name).unwrap_or(0)))
-        .collect();
-    let fetched = fetch_members(&mut remotes, &members, dir, manifest.as_deref());
+    let fetched = fetch_members(
+        &mut remotes,
+        &members,
+        dir,
+        (manifest.as_deref(), identities),
+    );
     drop(remotes);
     let releasing = sftp::release_all(extras);
     fetched?;
@@ -256,13 +333,13 @@ fn connect_extras(config: &Config, count: usize) -> Vec<SftpRemote> {
 /// and verified before it stay.
 fn fetch_members(
     remotes: &mut [&mut (dyn Remote + Send)],
-    members: &[(BackupName, u64)],
+    members: &[(RemoteFile, u64)],
     dir: &Dir,
-    manifest: Option<&str>,
+    (manifest, identities): (Option<&str>, Option<&Identities>),
 ) -> Result<()> {
-    let one = |remotes: &mut [&mut (dyn Remote + Send)], (name, size): (BackupName, u64)| {
-        let expected = expected_digest(&mut *remotes[0], name, manifest)?;
-        fetch_one(remotes, name, size, dir, &expected)
+    let one = |remotes: &mut [&mut (dyn Remote + Send)], (file, size): (RemoteFile, u64)| {
+        let expected = expected_digest(&mut *remotes[0], file, manifest)?;
+        fetch_one(remotes, (file, size), dir, &expected, identities)
     };
     let largest = members
         .iter()
@@ -317,12 +394,16 @@ fn fetch_members(
 /// when present, must agree), else the sidecar's.
 fn expected_digest(
     remote: &mut dyn Remote,
-    name: BackupName,
+    name: RemoteFile,
     manifest: Option<&str>,
 ) -> Result<String> {
     let label = remote.describe();
     let sidecar = transfer::read_sidecar(remote, name)?;
-    let listed = manifest.map(|text| sets::manifest_digest(text, name));
+    let listed = manifest.map(|text| {
+        sets::manifest_entry(text, name.name)
+            .filter(|(listed, _)| *listed == name)
+            .map(|(_, digest)| digest)
+    });
     match (listed, sidecar) {
         (Some(Some(listed)), Some(sidecar)) if listed != sidecar => Err(Error::copy(format!(
             "{name} on {label}: {} and {} disagree about its sha256; not fetched",
@@ -380,21 +461,27 @@ fn warn_unless_readable(config: &Config, dir: &Dir, names: &[BackupName]) {
     }
 }
 
+/// Fetch one member into its final name, which it gets only once verified (and for an
+/// encrypted one, decrypted with every chunk authenticated).
 fn fetch_one(
     remotes: &mut [&mut (dyn Remote + Send)],
-    name: BackupName,
-    size: u64,
+    (name, size): (RemoteFile, u64),
     dir: &Dir,
     expected: &str,
+    identities: Option<&Identities>,
 ) -> Result<String> {
-    let file_name = name.file_name();
+    let file_name = name.name.file_name();
     let read_error = |err: std::io::Error| {
         Error::copy(format!(
             "cannot read {}: {err}",
             dir.join(&file_name).display()
         ))
     };
-    match dir.open_existing(&file_name, false) {
+    // An encrypted copy's sha256 is of its ciphertext: a local file cannot be compared.
+    match dir
+        .open_existing(&file_name, false)
+        .map(|f| f.filter(|_| !name.sealed))
+    {
         Ok(Some(existing)) => {
             if transfer::sha256_open(&existing, &dir.join(&file_name))? == expected {
                 return Ok(format!("already here, sha256 matches ({expected})"));
@@ -405,23 +492,89 @@ fn fetch_one(
         Err(err) => log::warn!("{}; it is replaced", read_error(err)),
     }
     let partial = name.partial_name();
-    let outcome = download(remotes, name, size, dir, &partial, expected);
-    if outcome.is_err() {
+    let plain_partial = RemoteFile::plain(name.name).partial_name();
+    let outcome = download(remotes, name, size, dir, &partial, expected).and_then(|()| {
+        if !name.sealed {
+            return Ok(None);
+        }
+        let identities = identities.ok_or_else(|| {
+            Error::new(
+                ExitCode::Config,
+                format!("{name} needs --identity to decrypt"),
+            )
+        })?;
+        let plain = decrypt(dir, (&partial, &plain_partial), identities)
+            .map_err(|why| Error::copy(format!("{name}: {why}; not fetched")))?;
         let _ = dir.remove(&partial);
-    }
-    outcome?;
-    dir.rename(&partial, &file_name)
+        Ok(Some(plain))
+    });
+    let (ready, decrypted) = match outcome {
+        Ok(None) => (partial, None),
+        Ok(Some(bytes)) => (plain_partial, Some(bytes)),
+        Err(err) => {
+            let _ = dir.remove(&partial);
+            let _ = dir.remove(&plain_partial);
+            return Err(err);
+        }
+    };
+    dir.rename(&ready, &file_name)
         .and_then(|()| dir.sync())
         .map_err(|err| {
+            let _ = dir.remove(&ready);
             Error::copy(format!(
                 "cannot rename {}: {err}",
-                dir.join(&partial).display()
+                dir.join(&ready).display()
             ))
         })?;
-    Ok(format!(
-        "fetched, {} bytes, sha256 matches ({expected})",
-        size
-    ))
+    Ok(match decrypted {
+        None => format!("fetched, {size} bytes, sha256 matches ({expected})"),
+        Some(bytes) => format!(
+            "fetched, {size} bytes, sha256 matches ({expected}); decrypted into {file_name}, \
+             {bytes} bytes, every chunk authenticated"
+        ),
+    })
+}
+
+struct StopsOnSignal<'a> {
+    inner: &'a mut std::fs::File,
+    what: &'a str,
+}
+
+impl std::io::Write for StopsOnSignal<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::signals::check(self.what).map_err(|err| std::io::Error::other(err.message))?;
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Decrypt the verified download `sealed` into a fresh `plain` (synced); its size.
+fn decrypt(
+    dir: &Dir,
+    (sealed, plain): (&str, &str),
+    identities: &Identities,
+) -> std::result::Result<u64, String> {
+    let input = dir
+        .open_existing(sealed, false)
+        .map_err(|err| err.to_string())?
+        .ok_or_else(|| format!("{sealed} vanished"))?;
+    dir.remove(plain).map_err(|err| err.to_string())?;
+    let mut out = dir
+        .create_new(plain, 0o640)
+        .map_err(|err| format!("cannot write {}: {err}", dir.join(plain).display()))?;
+    // A stop asked for (SIGTERM, Ctrl-C) ends the decryption like it ends a download.
+    let mut out = StopsOnSignal {
+        inner: &mut out,
+        what: plain,
+    };
+    let bytes = identities.decrypt(input, &mut out)?;
+    let out = out.inner;
+    out.sync_all()
+        .map_err(|err| format!("cannot write {}: {err}", dir.join(plain).display()))?;
+    Ok(bytes)
 }
 
 /// Download into a fresh `partial` (whatever had that name is removed first, never
@@ -429,7 +582,7 @@ fn fetch_one(
 /// error unless every byte is there and the sha256 is the expected one.
 fn download(
     remotes: &mut [&mut (dyn Remote + Send)],
-    name: BackupName,
+    name: RemoteFile,
     size: u64,
     dir: &Dir,
     partial: &str,

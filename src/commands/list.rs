@@ -34,6 +34,9 @@ pub enum SidecarState {
     Differs,
     /// Remote only: the sidecar is there and well formed; `fetch` verifies the data.
     NotCompared,
+    /// Encrypted on the remote (`NAME.age`) with its checksum file: the ciphertext cannot be
+    /// compared with the local file; `fetch --identity` verifies and decrypts it.
+    Encrypted,
     /// On the remote without a usable `NAME.sha256`.
     Missing,
     /// Not on the remote at all.
@@ -96,7 +99,10 @@ fn set_row(set: &BackupSet, local: &[LocalFile], remote: &mut dyn Remote) -> Res
         let Some(entry) = entry else { continue };
         files.push(FileRow {
             role,
-            name: entry.name.file_name(),
+            name: entry
+                .remote_file()
+                .filter(|_| entry.local_size.is_none())
+                .map_or_else(|| entry.name.file_name(), |file| file.file_name()),
             size: entry.local_size.or(entry.remote_size).unwrap_or(0),
             location: match (entry.local_size, entry.remote_size) {
                 (Some(_), Some(_)) => Location::Both,
@@ -170,17 +176,20 @@ fn sidecar_state(
     local: &[LocalFile],
     remote: &mut dyn Remote,
 ) -> Result<SidecarState> {
-    let Some(remote_size) = entry.remote_size else {
+    let (Some(remote_size), Some(file)) = (entry.remote_size, entry.remote_file()) else {
         return Ok(SidecarState::NotOnRemote);
     };
     let digest = if entry.remote_sidecar {
-        transfer::read_sidecar(remote, entry.name)?
+        transfer::read_sidecar(remote, file)?
     } else {
         None
     };
     let Some(digest) = digest else {
         return Ok(SidecarState::Missing);
     };
+    if file.sealed {
+        return Ok(SidecarState::Encrypted);
+    }
     let Some(local_file) = local.iter().find(|f| f.name == entry.name) else {
         return Ok(SidecarState::NotCompared);
     };
@@ -228,6 +237,9 @@ fn render(rows: &[SetRow], destination: &str) -> String {
                 SidecarState::Matches => "sha256 matches",
                 SidecarState::Differs => "DIFFERS from local: the next run copies it again",
                 SidecarState::NotCompared => "sha256 file present (remote only; fetch verifies)",
+                SidecarState::Encrypted => {
+                    "encrypted (.age), sha256 file present; fetch --identity verifies"
+                }
                 SidecarState::Missing => "NO sha256 file: not verified",
                 SidecarState::NotOnRemote => "-",
             };

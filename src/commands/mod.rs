@@ -7,7 +7,7 @@ pub mod status;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::names::{BackupName, RemoteName};
+use crate::names::{RemoteFile, RemoteName};
 use crate::remote::sftp::{self, ConnectOptions, Connected};
 use crate::remote::RemoteEntry;
 use crate::run;
@@ -32,8 +32,8 @@ fn connect(config: &Config, record_host_key: bool) -> Result<Connected> {
     Ok(connected)
 }
 
-/// CVP files and the CVP files that have a checksum file, in a remote listing.
-fn split_listing(listing: &[RemoteEntry]) -> (Vec<(BackupName, u64)>, Vec<BackupName>) {
+/// CVP files (plain or encrypted) and those that have a checksum file, in a remote listing.
+fn split_listing(listing: &[RemoteEntry]) -> (Vec<(RemoteFile, u64)>, Vec<RemoteFile>) {
     let mut files = Vec::new();
     let mut sidecars = Vec::new();
     for entry in listing {
