@@ -155,6 +155,19 @@ pub struct StatusArgs {
     /// it); default: the INI's state_dir, or /var/lib/cvp-backup-copy
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// One line in the monitoring-plugins format (Nagios, Icinga, NRPE, Zabbix); exit 0 OK,
+    /// 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    #[arg(long, conflicts_with = "json")]
+    pub nagios: bool,
+
+    /// With --nagios: a last good copy older than this is WARNING
+    #[arg(long, value_name = "AGE", default_value = "26h", value_parser = humantime::parse_duration)]
+    pub warning: std::time::Duration,
+
+    /// With --nagios: a last good copy older than this is CRITICAL
+    #[arg(long, value_name = "AGE", default_value = "50h", value_parser = humantime::parse_duration)]
+    pub critical: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Args)]

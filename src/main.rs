@@ -111,12 +111,19 @@ fn main() -> std::process::ExitCode {
                     return code;
                 }
             }
-            status::status(&status::StatusOptions {
+            let options = status::StatusOptions {
                 ini,
                 json: args.json,
                 max_age: args.max_age,
                 state_dir: args.state_dir,
-            })
+            };
+            if args.nagios {
+                // The plugin format's own exit codes, not the tool's.
+                let (code, line) = status::nagios(&options, (args.warning, args.critical));
+                println!("{line}");
+                return std::process::ExitCode::from(code as u8);
+            }
+            status::status(&options)
         }
         Some(cli::Command::Keygen(KeygenArgs {
             age_identity: Some(path),

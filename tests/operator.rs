@@ -366,6 +366,81 @@ fn status_reflects_the_last_run() {
 }
 
 #[test]
+fn status_nagios_is_one_plugin_line_with_the_plugin_exit_codes_and_needs_no_ini() {
+    let mut fx = Fixture::new();
+    // As NRPE would run it: the record's folder given, no INI to read.
+    let state_dir = fx.state_dir.to_str().expect("utf-8").to_string();
+    let nagios = |fx: &Fixture, extra: &[&str]| {
+        let mut args = vec!["--nagios", "--state-dir", state_dir.as_str()];
+        args.extend_from_slice(extra);
+        let mut cmd = Command::new(bin());
+        cmd.arg("status")
+            .args(&args)
+            .arg("--ini")
+            .arg(fx.root.path().join("no-such.ini"));
+        run_captured(&mut cmd, fx.root.path())
+    };
+    let unknown = nagios(&fx, &[]);
+    assert_eq!(unknown.code, 3, "{}", unknown.all_output());
+    assert!(
+        unknown
+            .stdout
+            .starts_with("CVP_BACKUP_COPY UNKNOWN - no run recorded"),
+        "{}",
+        unknown.stdout
+    );
+
+    let (data, _) = after_a_good_night(&fx);
+    let ok = nagios(&fx, &[]);
+    assert_eq!(ok.code, 0, "{}", ok.all_output());
+    let stamp = &data["cvp.".len()..data.len() - ".tgz".len()];
+    let expected = format!("ago, set {stamp} on 127.0.0.1 | age=");
+    assert!(
+        ok.stdout
+            .starts_with("CVP_BACKUP_COPY OK - last good copy ")
+            && ok.stdout.contains(&expected)
+            && ok.stdout.contains(";93600;180000;0 bytes="),
+        "{}",
+        ok.stdout
+    );
+    assert_eq!(ok.stdout.lines().count(), 1, "one line: {}", ok.stdout);
+
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let warning = nagios(&fx, &["--warning", "1s"]);
+    assert_eq!(warning.code, 1, "{}", warning.all_output());
+    assert!(
+        warning.stdout.starts_with("CVP_BACKUP_COPY WARNING"),
+        "{}",
+        warning.stdout
+    );
+    let critical = nagios(&fx, &["--warning", "1s", "--critical", "1s"]);
+    assert_eq!(critical.code, 2, "{}", critical.all_output());
+    assert!(
+        critical.stdout.starts_with("CVP_BACKUP_COPY CRITICAL"),
+        "{}",
+        critical.stdout
+    );
+
+    // A failed night is CRITICAL, however recent.
+    fx.port = free_port();
+    fx.server_extra = "retries = 0".into();
+    fx.write_ini();
+    let failed_run = fx.run(&["--no-backup"]);
+    assert_eq!(failed_run.code, 4, "{}", failed_run.all_output());
+    let failed = nagios(&fx, &[]);
+    assert_eq!(failed.code, 2, "{}", failed.all_output());
+    assert!(
+        failed
+            .stdout
+            .starts_with("CVP_BACKUP_COPY CRITICAL - last run failed")
+            && failed.stdout.contains("(exit 4)")
+            && failed.stdout.contains("unreachable"),
+        "{}",
+        failed.stdout
+    );
+}
+
+#[test]
 fn list_shows_where_each_file_is_and_whether_the_sidecar_matches() {
     let fx = Fixture::new();
     let (data, log) = after_a_good_night(&fx);

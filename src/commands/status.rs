@@ -99,6 +99,133 @@ pub fn judge(
     }
 }
 
+/// The states of the monitoring-plugins format, as exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginState {
+    Ok = 0,
+    Warning = 1,
+    Critical = 2,
+    Unknown = 3,
+}
+
+/// `status --nagios`: the record judged as one monitoring-plugins line.
+pub fn nagios(options: &StatusOptions, limits: (Duration, Duration)) -> (PluginState, String) {
+    let state_dir = state_dir(options);
+    match state::load(&state_dir) {
+        Ok(record) => plugin_line(
+            record.as_ref(),
+            chrono::Local::now().fixed_offset(),
+            limits,
+            &state_dir,
+        ),
+        Err(err) => (
+            PluginState::Unknown,
+            format!(
+                "CVP_BACKUP_COPY UNKNOWN - cannot read the run record in {}: {}",
+                state_dir.display(),
+                one_line(&err.to_string())
+            ),
+        ),
+    }
+}
+
+/// The line and state for a record (pure). `limits`: the ages of the last good copy beyond
+/// which it is WARNING and CRITICAL.
+pub fn plugin_line(
+    record: Option<&RunRecord>,
+    now: chrono::DateTime<chrono::FixedOffset>,
+    (warning, critical): (Duration, Duration),
+    state_dir: &std::path::Path,
+) -> (PluginState, String) {
+    let Some(record) = record else {
+        return (
+            PluginState::Unknown,
+            format!(
+                "CVP_BACKUP_COPY UNKNOWN - no run recorded in {} yet",
+                state_dir.display()
+            ),
+        );
+    };
+    let Some(age) = chrono::DateTime::parse_from_rfc3339(&record.finished)
+        .ok()
+        .map(|finished| (now - finished).num_seconds().max(0))
+    else {
+        return (
+            PluginState::Unknown,
+            "CVP_BACKUP_COPY UNKNOWN - the run record has no valid finish time".into(),
+        );
+    };
+    let perfdata = format!(
+        "age={age}s;{};{};0 bytes={}B duration={:.0}s",
+        warning.as_secs(),
+        critical.as_secs(),
+        record.bytes_uploaded,
+        record.seconds
+    );
+    let (state, text) = if record.exit_code != 0 {
+        (
+            PluginState::Critical,
+            format!(
+                "last run failed {} ago (exit {}): {}",
+                short_age(age),
+                record.exit_code,
+                record
+                    .errors
+                    .first()
+                    .map(|e| one_line(e))
+                    .unwrap_or_else(|| "see syslog".into())
+            ),
+        )
+    } else {
+        let set = record
+            .restore_set
+            .as_deref()
+            .and_then(crate::names::BackupName::parse)
+            .map(|name| name.stamp.to_string())
+            .or_else(|| record.restore_set.clone())
+            .unwrap_or_else(|| "none".into());
+        let host = record
+            .destination
+            .split_once('@')
+            .map_or(record.destination.as_str(), |(_, rest)| rest);
+        let host = host.split(':').next().unwrap_or(host);
+        let text = format!("last good copy {} ago, set {set} on {host}", short_age(age));
+        let state = if age > critical.as_secs() as i64 {
+            PluginState::Critical
+        } else if age > warning.as_secs() as i64 {
+            PluginState::Warning
+        } else {
+            PluginState::Ok
+        };
+        (state, text)
+    };
+    let label = match state {
+        PluginState::Ok => "OK",
+        PluginState::Warning => "WARNING",
+        PluginState::Critical => "CRITICAL",
+        PluginState::Unknown => "UNKNOWN",
+    };
+    (
+        state,
+        format!("CVP_BACKUP_COPY {label} - {text} | {perfdata}"),
+    )
+}
+
+/// 45s, 12m, 5h, 3d: as people read an age at a glance.
+fn short_age(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Text for one plugin line: no line breaks, no `|` (it starts the performance data).
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ").replace('|', "/")
+}
+
 #[derive(Serialize)]
 struct StatusJson<'a> {
     #[serde(flatten)]
@@ -194,6 +321,72 @@ fn render(record: Option<&RunRecord>, verdict: &Verdict, path: &std::path::Path)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plugin_line_follows_the_monitoring_plugins_format() {
+        let now = at("2026-11-26T07:00:00+00:00");
+        let limits = (
+            Duration::from_secs(26 * 3600),
+            Duration::from_secs(50 * 3600),
+        );
+        let dir = std::path::Path::new("/var/lib/cvp-backup-copy");
+        let good = |finished: &str, exit_code: i32| RunRecord {
+            finished: finished.into(),
+            exit_code,
+            destination: "backup@backup.example.com:/srv/cvp".into(),
+            restore_set: Some("cvp.20261126020000.tgz".into()),
+            bytes_uploaded: 123,
+            seconds: 42.4,
+            errors: if exit_code == 0 {
+                vec![]
+            } else {
+                vec!["the server | went\naway".into()]
+            },
+            ..RunRecord::default()
+        };
+        let table = [
+            (
+                Some(good("2026-11-26T02:00:00+00:00", 0)),
+                PluginState::Ok,
+                "CVP_BACKUP_COPY OK - last good copy 5h ago, set 20261126020000 on \
+                 backup.example.com | age=18000s;93600;180000;0 bytes=123B duration=42s",
+            ),
+            (
+                Some(good("2026-11-25T02:00:00+00:00", 0)),
+                PluginState::Warning,
+                "CVP_BACKUP_COPY WARNING - last good copy 29h ago, set 20261126020000 on \
+                 backup.example.com | age=104400s;93600;180000;0 bytes=123B duration=42s",
+            ),
+            (
+                Some(good("2026-11-23T02:00:00+00:00", 0)),
+                PluginState::Critical,
+                "CVP_BACKUP_COPY CRITICAL - last good copy 3d ago, set 20261126020000 on \
+                 backup.example.com | age=277200s;93600;180000;0 bytes=123B duration=42s",
+            ),
+            (
+                Some(good("2026-11-26T06:59:30+00:00", 5)),
+                PluginState::Critical,
+                "CVP_BACKUP_COPY CRITICAL - last run failed 30s ago (exit 5): the server / \
+                 went away | age=30s;93600;180000;0 bytes=123B duration=42s",
+            ),
+            (
+                None,
+                PluginState::Unknown,
+                "CVP_BACKUP_COPY UNKNOWN - no run recorded in /var/lib/cvp-backup-copy yet",
+            ),
+            (
+                Some(good("yesterday", 0)),
+                PluginState::Unknown,
+                "CVP_BACKUP_COPY UNKNOWN - the run record has no valid finish time",
+            ),
+        ];
+        for (record, state, line) in table {
+            assert_eq!(
+                plugin_line(record.as_ref(), now.fixed_offset(), limits, dir),
+                (state, line.to_string())
+            );
+        }
+    }
 
     fn at(text: &str) -> chrono::DateTime<chrono::FixedOffset> {
         chrono::DateTime::parse_from_rfc3339(text).expect("time")
