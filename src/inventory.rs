@@ -58,7 +58,7 @@ pub fn sets(
         seen.entry(*name).or_insert_with(|| blank(*name)).local_size = Some(*size);
     }
     for (file, _) in remote {
-        let Some((copy, size)) = remote_copy(remote, remote_sidecars, file.name) else {
+        let Some((copy, size)) = remote_copy(remote, remote_sidecars, file.name, false) else {
             continue;
         };
         let entry = seen.entry(file.name).or_insert_with(|| blank(file.name));
@@ -87,17 +87,18 @@ pub fn sets(
 }
 
 /// The copy of `name` on the server that counts when it is there twice (NAME and NAME.age:
-/// encryption turned on or off while a copy was there): one with a checksum file, the plain
-/// one when both have one.
+/// encryption turned on or off while a copy was there): one with a checksum file, and of
+/// those the encrypted one when `prefer_sealed` (fetch with an identity), else the plain one.
 pub fn remote_copy(
     remote: &[(RemoteFile, u64)],
     sidecars: &[RemoteFile],
     name: BackupName,
+    prefer_sealed: bool,
 ) -> Option<(RemoteFile, u64)> {
     remote
         .iter()
         .filter(|(file, _)| file.name == name)
-        .min_by_key(|(file, _)| (!sidecars.contains(file), file.sealed))
+        .min_by_key(|(file, _)| (!sidecars.contains(file), file.sealed != prefer_sealed))
         .copied()
 }
 
@@ -206,6 +207,10 @@ mod tests {
                 ("cvp.20240101020010.tgz.age".to_string(), true),
             ]
         );
+        // fetch with an identity: the encrypted copy of the two with a checksum file.
+        let both = BackupName::parse("cvp.20240103020010.tgz").expect("name");
+        let picked = remote_copy(&remote, &sidecars, both, true).expect("a copy");
+        assert_eq!(picked.0.file_name(), "cvp.20240103020010.tgz.age");
     }
 
     #[test]

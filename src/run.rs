@@ -271,7 +271,6 @@ impl Job<'_> {
             streams: None,
             wanted_extra: 0,
             releasing: None,
-            sealed_sent: self.history.sealed.clone(),
         };
         let all_copied = self.copy_files(&mut link, &files, selection.set.as_ref());
         if let (true, Some(set)) = (all_copied, &selection.set) {
@@ -511,7 +510,7 @@ impl Job<'_> {
 
         let mut all_ok = true;
         let mut first_attempts = if link.wanted_extra > 0 && files.len() > 1 {
-            side_by_side(link, files)
+            side_by_side(link, files, &self.history.sealed)
         } else {
             HashMap::new()
         };
@@ -519,10 +518,14 @@ impl Job<'_> {
             let outcome = match first_attempts.remove(&index) {
                 Some(Err(err)) if err.transient && signals::received().is_none() => {
                     log::warn!("{err}; trying {} again on its own", file.name);
-                    retry(&policy, link, |link| copy_one(link, file))
+                    retry(&policy, link, |link| {
+                        copy_one(link, file, &self.history.sealed)
+                    })
                 }
                 Some(outcome) => outcome,
-                None => retry(&policy, link, |link| copy_one(link, file)),
+                None => retry(&policy, link, |link| {
+                    copy_one(link, file, &self.history.sealed)
+                }),
             };
             match outcome {
                 Ok(Copied::AlreadyThere {
@@ -581,8 +584,6 @@ impl Job<'_> {
                             local_bytes: file.size,
                             recipients: recipients.fingerprint.clone(),
                         };
-                        link.sealed_sent.retain(|u| u.name != upload.name);
-                        link.sealed_sent.push(upload.clone());
                         self.history.record_sealed(upload);
                         self.save_history();
                     }
@@ -827,8 +828,6 @@ struct Link {
     wanted_extra: usize,
     /// The extra connections closing in the background once the set's files are done.
     releasing: Option<std::thread::JoinHandle<()>>,
-    /// The encrypted copies this node sent (`state::History::sealed`), this run's included.
-    sealed_sent: Vec<SealedUpload>,
 }
 
 impl Drop for Link {
@@ -1039,22 +1038,16 @@ enum Copied {
 }
 
 /// One file, as one retryable unit: look at the remote, decide, upload if needed (over
-/// several streams when it is large).
-fn copy_one(link: &mut Link, file: &LocalFile) -> Result<Copied> {
+/// several streams when it is large). `sent`: the encrypted copies this node sent
+/// (`state::History::sealed`).
+fn copy_one(link: &mut Link, file: &LocalFile, sent: &[SealedUpload]) -> Result<Copied> {
     let recipients = link.server.encrypt_to.clone();
-    let sent = std::mem::take(&mut link.sealed_sent);
     let encryption = recipients
         .as_deref()
-        .map(|r| (r.fingerprint.as_str(), &sent[..]));
-    let facts = (|| {
-        let remote = link.remote()?;
-        let listing = remote.list()?.unwrap_or_default();
-        let facts = gather_facts(remote, &listing, file, encryption)?;
-        Ok::<_, Error>((facts, listing))
-    })();
-    link.sealed_sent = sent;
-    let (facts, listing) = facts?;
-    match plan::decide(&facts) {
+        .map(|r| (r.fingerprint.as_str(), sent));
+    let remote = link.remote()?;
+    let listing = remote.list()?.unwrap_or_default();
+    match plan::decide(&gather_facts(remote, &listing, file, encryption)?) {
         CopyDecision::AlreadyThere { file, digest, .. } => {
             Ok(Copied::AlreadyThere { file, digest })
         }
@@ -1109,20 +1102,25 @@ fn upload_over(
         why,
         seen,
     } = upload;
-    let name = target;
     let started = Instant::now();
-    let bar = progress::bar(size, &name.file_name());
+    let bar = progress::bar(size, &target.file_name());
     let used = if remotes.len() > 1 && size >= transfer::PARALLEL_THRESHOLD {
         remotes.len()
     } else {
         1
     };
     let done = if used > 1 {
-        log::info!("{name}: uploading {size} bytes over {used} streams ({why}; {because})");
-        transfer::upload_parallel(remotes, &file.path, (name, recipients), seen, &bar)
+        log::info!("{target}: uploading {size} bytes over {used} streams ({why}; {because})");
+        transfer::upload_parallel(remotes, &file.path, (target, recipients), seen, &bar)
     } else {
-        log::info!("{name}: uploading {size} bytes ({why})");
-        transfer::upload(&mut *remotes[0], &file.path, (name, recipients), seen, &bar)
+        log::info!("{target}: uploading {size} bytes ({why})");
+        transfer::upload(
+            &mut *remotes[0],
+            &file.path,
+            (target, recipients),
+            seen,
+            &bar,
+        )
     };
     bar.finish_and_clear();
     Ok(Copied::Uploaded {
@@ -1139,11 +1137,14 @@ fn upload_over(
 /// one), so the round trips of the small files hide behind the large one. What fails here
 /// (outcomes by index in `files`; a file missing was not tried) gets the usual retries,
 /// one file at a time.
-fn side_by_side(link: &mut Link, files: &[LocalFile]) -> HashMap<usize, Result<Copied>> {
+fn side_by_side(
+    link: &mut Link,
+    files: &[LocalFile],
+    sent: &[SealedUpload],
+) -> HashMap<usize, Result<Copied>> {
     let mut outcomes = HashMap::new();
     let recipients = link.server.encrypt_to.clone();
     let recipients = recipients.as_deref();
-    let sent = std::mem::take(&mut link.sealed_sent);
     let looked = (|| -> Result<Vec<(usize, CopyDecision, Seen)>> {
         let remote = link.remote()?;
         let listing = remote.list()?.unwrap_or_default();
@@ -1151,7 +1152,7 @@ fn side_by_side(link: &mut Link, files: &[LocalFile]) -> HashMap<usize, Result<C
             .iter()
             .enumerate()
             .map(|(index, file)| {
-                let encryption = recipients.map(|r| (r.fingerprint.as_str(), &sent[..]));
+                let encryption = recipients.map(|r| (r.fingerprint.as_str(), sent));
                 let decision = plan::decide(&gather_facts(remote, &listing, file, encryption)?);
                 let target = match &decision {
                     CopyDecision::Upload { file, .. } | CopyDecision::AlreadyThere { file, .. } => {
@@ -1162,7 +1163,6 @@ fn side_by_side(link: &mut Link, files: &[LocalFile]) -> HashMap<usize, Result<C
             })
             .collect()
     })();
-    link.sealed_sent = sent;
     let decisions = match looked {
         Ok(decisions) => decisions,
         Err(err) => {

@@ -89,9 +89,6 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
     })
 }
 
-/// Everything after connecting: find the set, fetch and verify its members, say how to
-/// restore it. `extras(true)` gives the extra connections for a large file (false: they
-/// are not needed).
 /// What the operator asked `fetch` for.
 struct Asked<'a> {
     wanted: Wanted,
@@ -100,6 +97,9 @@ struct Asked<'a> {
     expect_sealed: bool,
 }
 
+/// Everything after connecting: find the set, fetch and verify its members, say how to
+/// restore it. `extras(true)` gives the extra connections for a large file (false: they
+/// are not needed).
 fn fetch_set(
     config: &Config,
     dir: &Dir,
@@ -162,19 +162,18 @@ fn fetch_set(
         {
             Some((listed, _)) => copies.iter().find(|(f, _)| *f == listed).copied(),
             // The encrypted one first when an identity is given or encryption is expected.
-            None if expect_sealed || identities.is_some() => {
-                let sealed = RemoteFile::new(*name, true);
-                copies
-                    .iter()
-                    .find(|(f, _)| *f == sealed && sidecars.contains(f))
-                    .copied()
-                    .or_else(|| inventory::remote_copy(&copies, &sidecars, *name))
+            None => {
+                let prefer_sealed = expect_sealed || identities.is_some();
+                inventory::remote_copy(&copies, &sidecars, *name, prefer_sealed)
             }
-            None => inventory::remote_copy(&copies, &sidecars, *name),
         }
     };
-    let size_of = |name: &BackupName| copy_of(name).map(|(_, size)| size);
-    if let Some(missing) = set.files().into_iter().find(|n| size_of(n).is_none()) {
+    let found: Vec<(BackupName, Option<(RemoteFile, u64)>)> = set
+        .files()
+        .into_iter()
+        .map(|name| (name, copy_of(&name)))
+        .collect();
+    if let Some((missing, _)) = found.iter().find(|(_, copy)| copy.is_none()) {
         return Err(Error::copy(format!(
             "{missing}, which {} lists, is not on {label}: this set cannot be restored from \
              there; fetch another set (`cvp-backup-copy list`)",
@@ -185,7 +184,7 @@ fn fetch_set(
             }
         )));
     }
-    let members: Vec<(RemoteFile, u64)> = set.files().iter().filter_map(copy_of).collect();
+    let members: Vec<(RemoteFile, u64)> = found.into_iter().filter_map(|(_, c)| c).collect();
     if let Some((plain, _)) = members.iter().find(|(f, _)| !f.sealed && expect_sealed) {
         return Err(Error::new(
             ExitCode::Config,
@@ -248,7 +247,7 @@ fn fetch_set(
         }
     );
     let large =
-        set.files().iter().filter_map(size_of).max().unwrap_or(0) >= transfer::PARALLEL_THRESHOLD;
+        members.iter().map(|(_, size)| *size).max().unwrap_or(0) >= transfer::PARALLEL_THRESHOLD;
     let mut extras = extras(large);
     let mut remotes: Vec<&mut (dyn Remote + Send)> = vec![&mut *first];
     remotes.extend(extras.iter_mut().map(|r| r as &mut (dyn Remote + Send)));
