@@ -508,3 +508,53 @@ fn the_backup_command_gets_no_terminal_and_none_of_root_s_environment() {
     assert!(env.contains(&format!("USER={CVP}")), "{env}");
     node.assert_nothing_lent("a run on root's terminal");
 }
+
+/// `fetch --identity` and `keygen --age-identity` run by root never take a key cvp planted
+/// or swapped in, and never write through cvp's folders.
+#[test]
+fn identities_cvp_planted_or_swapped_are_refused_and_keygen_writes_none_in_cvp_s_folders() {
+    let node = Node::new();
+    let cvp_dir = node.fx.backup_dir.clone();
+    let identity = cvp_dir.join("restore-identity.txt");
+    let identity_arg = identity.to_str().expect("utf-8");
+    let into = node.fx.root.path().join("restored");
+    let into_arg = into.to_str().expect("utf-8");
+
+    // A symlink where root expects its identity: not followed.
+    node.plant(&identity);
+    let run = node.as_root(&["fetch", "--identity", identity_arg, "--to", into_arg]);
+    assert_eq!(run.code, 3, "{}", run.all_output());
+    assert!(
+        run.stderr.contains("cannot read identity file"),
+        "{}",
+        run.stderr
+    );
+
+    // A key of cvp's own in its place: not trusted as root's restore key.
+    std::fs::remove_file(&identity).expect("rm");
+    let out = Command::new(bin())
+        .args(["keygen", "--age-identity"])
+        .arg(&identity)
+        .uid(node.uid)
+        .gid(node.gid)
+        .output()
+        .expect("keygen as cvp");
+    assert!(out.status.success(), "{out:?}");
+    let run = node.as_root(&["fetch", "--identity", identity_arg, "--to", into_arg]);
+    assert_eq!(run.code, 3, "{}", run.all_output());
+    assert!(
+        run.stderr
+            .contains("must be a plain file owned by you (or root)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!into.exists(), "nothing fetched");
+
+    // keygen as root into a folder cvp owns: refused, nothing written there.
+    let new = cvp_dir.join("new-identity.txt");
+    let run = node.as_root(&["keygen", "--age-identity", new.to_str().expect("utf-8")]);
+    assert_eq!(run.code, 2, "{}", run.all_output());
+    assert!(run.stderr.contains("other accounts"), "{}", run.stderr);
+    assert!(!new.exists());
+    node.assert_nothing_lent("identities");
+}
