@@ -42,6 +42,8 @@ const BACKUP_OPTIONS: &[&str] = &[
     "syslog_facility",
     "backup_timeout",
     "node_name",
+    "metrics_dir",
+    "ping_url",
 ];
 
 /// Defaults of optional settings, shown by `edit`; `run` uses the same values.
@@ -183,6 +185,11 @@ pub fn check_value(
             let base = ini.parent().unwrap_or(Path::new("."));
             crate::seal::Recipients::parse(value, Some(base)).map(drop)
         }
+        "metrics_dir" if !path(value).is_dir() => Err(format!(
+            "{} is not a folder (node_exporter's --collector.textfile.directory)",
+            path(value).display()
+        )),
+        "ping_url" => crate::monitor::ping::check_url(value),
         "identity_file" if !path(value).is_file() => {
             Err(format!("{} does not exist", path(value).display()))
         }
@@ -259,6 +266,10 @@ pub struct BackupConfig {
     pub timeout: std::time::Duration,
     /// The name this node claims its destination with (default: the host name).
     pub node_name: String,
+    /// node_exporter's textfile folder, where each run leaves `cvp_backup_copy.prom`.
+    pub metrics_dir: Option<PathBuf>,
+    /// Pinged as a run starts (`/start`), succeeds, and fails (`/fail`).
+    pub ping_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -408,6 +419,15 @@ impl Config {
             syslog_facility,
             timeout: std::time::Duration::from_secs(backup_timeout),
             node_name: get("node_name")?.unwrap_or_else(crate::claim::node_name),
+            metrics_dir: get("metrics_dir")?.map(|v| reader.resolve(&v)),
+            ping_url: match get("ping_url")? {
+                Some(url) => Some(
+                    crate::monitor::ping::check_url(&url)
+                        .map(|()| url)
+                        .map_err(|why| reader.bad(BACKUP, "ping_url", &why))?,
+                ),
+                None => None,
+            },
         };
         if let Some(missing_backup) = backup_section_missing(&ini) {
             warnings.push(missing_backup);
@@ -472,16 +492,21 @@ pub fn refuse_duplicates(text: &str, path: &Path) -> Result<()> {
 /// `state_dir` when that much of it can be read, else the default (when it exists: a record
 /// is never the reason a folder is created).
 pub fn state_dir_hint(path: &Path) -> Option<PathBuf> {
-    let from_ini = std::fs::read_to_string(path).ok().and_then(|text| {
-        let doc = crate::ini_edit::IniDocument::parse(&text);
-        doc.get(BACKUP, "state_dir")
-            .filter(|v| !v.is_empty() && !v.contains("{{"))
-            .map(|v| resolve_against(path, &v))
-    });
+    let from_ini = backup_setting_hint(path, "state_dir").map(|v| resolve_against(path, &v));
     from_ini.or_else(|| {
         let default = PathBuf::from(default_of("state_dir"));
         default.is_dir().then_some(default)
     })
+}
+
+/// A `[Backup_Settings]` value read leniently, for an INI that does not load: where a
+/// refused run still leaves its record and tells monitoring.
+pub fn backup_setting_hint(path: &Path, option: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc = crate::ini_edit::IniDocument::parse(&text);
+    doc.get(BACKUP, option)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty() && !v.contains("{{"))
 }
 
 fn backup_section_missing(ini: &Ini) -> Option<String> {

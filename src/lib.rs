@@ -15,6 +15,7 @@ pub mod keygen;
 pub mod lanes;
 pub mod lock;
 pub mod logging;
+pub mod monitor;
 pub mod names;
 pub mod plan;
 pub mod privilege;

@@ -18,7 +18,13 @@ struct Sinks {
     facility: syslog::Facility,
     info_to_stderr: bool,
     verbose: bool,
+    /// The run's latest messages (info and above), for the failure ping's body.
+    recent: std::collections::VecDeque<String>,
+    recent_bytes: usize,
 }
+
+/// How much of the run's log is kept for `recent_lines`.
+const RECENT_LIMIT: usize = 10 * 1024;
 
 pub struct AppLogger {
     sinks: Mutex<Sinks>,
@@ -66,6 +72,8 @@ pub fn init(verbose: bool) {
             facility: syslog::Facility::LOG_USER,
             info_to_stderr,
             verbose,
+            recent: std::collections::VecDeque::new(),
+            recent_bytes: 0,
         }),
     });
     if log::set_logger(logger).is_ok() {
@@ -106,6 +114,9 @@ impl log::Log for AppLogger {
         };
         let message = record.args().to_string();
         let level = record.level();
+        if level <= log::Level::Info {
+            sinks.remember(level, &message);
+        }
         let mut to_stderr = level <= log::Level::Warn || sinks.info_to_stderr;
         // Debug detail stays off syslog unless asked for.
         if level <= log::Level::Info || sinks.verbose {
@@ -134,6 +145,32 @@ impl log::Log for AppLogger {
     }
 
     fn flush(&self) {}
+}
+
+impl Sinks {
+    fn remember(&mut self, level: log::Level, message: &str) {
+        let line = format!(
+            "{} {level:<5} {message}",
+            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S")
+        );
+        self.recent_bytes += line.len() + 1;
+        self.recent.push_back(line);
+        while self.recent_bytes > RECENT_LIMIT && self.recent.len() > 1 {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_bytes -= old.len() + 1;
+            }
+        }
+    }
+}
+
+/// The newest messages this process logged (info and above, at most about 10 KB): what
+/// syslog has of this run, for a monitoring ping. Messages never carry secrets.
+pub fn recent_lines() -> Vec<String> {
+    LOGGER
+        .get()
+        .and_then(|logger| logger.sinks.lock().ok())
+        .map(|sinks| sinks.recent.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 fn send(writer: &mut SyslogWriter, level: log::Level, message: &str) -> bool {

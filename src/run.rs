@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::lock;
 use crate::logging;
+use crate::monitor::Monitoring;
 use crate::names::{BackupName, Kind, RemoteFile, RemoteName, Stamp};
 use crate::plan::{self, CopyDecision, FileFacts, Plan, SealedCopy};
 use crate::progress;
@@ -50,7 +51,14 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
     let started = chrono::Local::now();
     let config = match Config::load(&options.ini) {
         Ok(config) => config,
-        Err(err) => return refused(config::state_dir_hint(&options.ini), &started, err),
+        Err(err) => {
+            return refused(
+                config::state_dir_hint(&options.ini),
+                Monitoring::from_ini_hint(&options.ini),
+                &started,
+                err,
+            )
+        }
     };
     logging::set_facility(config.backup.syslog_facility);
     for warning in &config.warnings {
@@ -58,7 +66,14 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
     }
     let limit = match config.effective_limit(options.limit) {
         Ok(limit) => limit,
-        Err(err) => return refused(Some(config.backup.state_dir.clone()), &started, err),
+        Err(err) => {
+            return refused(
+                Some(config.backup.state_dir.clone()),
+                Monitoring::from_config(&config.backup),
+                &started,
+                err,
+            )
+        }
     };
     if options.dry_run {
         return match dry_run(&config, options, limit) {
@@ -72,8 +87,17 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
     let lock = match lock::acquire(&config.backup.state_dir) {
         Ok(lock) => lock,
         Err(err) if err.code == ExitCode::Locked => return report_fatal(err),
-        Err(err) => return refused(Some(config.backup.state_dir.clone()), &started, err),
+        Err(err) => {
+            return refused(
+                Some(config.backup.state_dir.clone()),
+                Monitoring::from_config(&config.backup),
+                &started,
+                err,
+            )
+        }
     };
+    let mut monitoring = Monitoring::from_config(&config.backup);
+    monitoring.run_started();
     log::info!(
         "starting: configuration {}, destination {}@{}:{}, keeping {limit} local data backups",
         config.path.display(),
@@ -105,7 +129,7 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
         lock,
     };
     job.execute();
-    job.finish(clock)
+    job.finish(clock, monitoring)
 }
 
 fn destination_label(config: &Config) -> String {
@@ -121,17 +145,15 @@ fn report_fatal(err: Error) -> ExitCode {
 }
 
 /// A night that ends before it starts still leaves its record, so `status` does not report
-/// the night before.
+/// the night before, and tells monitoring.
 fn refused(
     state_dir: Option<PathBuf>,
+    monitoring: Monitoring,
     started: &chrono::DateTime<chrono::Local>,
     err: Error,
 ) -> ExitCode {
     log::error!("{err}");
-    let Some(state_dir) = state_dir else {
-        return err.code;
-    };
-    let record = RunRecord {
+    let mut record = RunRecord {
         version: env!("CARGO_PKG_VERSION").into(),
         started: started.to_rfc3339(),
         finished: chrono::Local::now().to_rfc3339(),
@@ -139,13 +161,21 @@ fn refused(
         errors: vec![err.message.clone()],
         ..RunRecord::default()
     };
-    if let Err(save_err) = state::save(&state_dir, &record) {
-        log::warn!(
-            "cannot record this run in {}: {save_err}",
-            state_dir.display()
-        );
+    if let Some(state_dir) = &state_dir {
+        record_run(state_dir, &mut record);
     }
+    let summary = format!("summary: refused before the backup: exit={}", err.code);
+    monitoring.run_finished(&record, &summary);
     err.code
+}
+
+/// Save the run's record, with what it carries over from the one before.
+fn record_run(state_dir: &Path, record: &mut RunRecord) {
+    let previous = state::load(state_dir).ok().flatten();
+    record.carry_over(previous.as_ref());
+    if let Err(err) = state::save(state_dir, record) {
+        log::warn!("cannot record this run in {}: {err}", state_dir.display());
+    }
 }
 
 struct Job<'a> {
@@ -275,25 +305,56 @@ impl Job<'_> {
         let all_copied = self.copy_files(&mut link, &files, selection.set.as_ref());
         if let (true, Some(set)) = (all_copied, &selection.set) {
             self.adopt_as_last_good(set, &names);
+            self.record.recovery_point = Some(set.data.file_name());
         }
         if !all_copied {
             log::warn!("pruning skipped: not every file of the restore set is on the remote");
             return;
         }
+        self.prune(&mut link, &night, &after, &selection);
+        self.count_remote_sets(&mut link);
+    }
+
+    fn prune(
+        &mut self,
+        link: &mut Link,
+        night: &Night,
+        after: &[LocalFile],
+        selection: &Selection,
+    ) {
         if matches!(night, Night::Failed(_)) {
-            log::warn!("pruning skipped: the backup did not complete");
-            return;
+            return log::warn!("pruning skipped: the backup did not complete");
         }
         // The set just verified on the server is the newest: it is never pruned.
         if selection.set.is_none() {
             return;
         }
-        self.prune_local(&after, &selection);
+        self.prune_local(after, selection);
         if self.config.server.remote_limit > 0 {
             match link.remote() {
-                Ok(remote) => self.prune_remote(remote, &selection),
+                Ok(remote) => self.prune_remote(remote, selection),
                 Err(err) => log::warn!("remote pruning skipped: {err}"),
             }
+        }
+    }
+
+    /// The data backups on the server once the night is done, for the metrics.
+    fn count_remote_sets(&mut self, link: &mut Link) {
+        match link.remote().and_then(|remote| remote.list()) {
+            Ok(listing) => {
+                let data: HashSet<BackupName> = listing
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|entry| match RemoteName::parse(&entry.name) {
+                        Some(RemoteName::Backup(file)) if file.name.kind == Kind::Data => {
+                            Some(file.name)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                self.record.remote_sets = Some(data.len());
+            }
+            Err(err) => log::warn!("cannot count the sets on the remote: {err}"),
         }
     }
 
@@ -767,7 +828,7 @@ impl Job<'_> {
         }
     }
 
-    fn finish(mut self, clock: Instant) -> ExitCode {
+    fn finish(mut self, clock: Instant, monitoring: Monitoring) -> ExitCode {
         let seconds = clock.elapsed().as_secs_f64();
         let uploaded = self.record.files.iter().filter(|f| f.uploaded).count();
         self.record.finished = chrono::Local::now().to_rfc3339();
@@ -798,12 +859,14 @@ impl Job<'_> {
         } else {
             log::error!("{summary}");
         }
-        if let Err(err) = state::save(&self.config.backup.state_dir, &self.record) {
-            log::warn!(
-                "cannot record this run in {}: {err}",
-                self.config.backup.state_dir.display()
-            );
-        }
+        self.record.local_sets = self.usable_local().ok().map(|files| {
+            files
+                .iter()
+                .filter(|file| file.name.kind == Kind::Data)
+                .count()
+        });
+        record_run(&self.config.backup.state_dir, &mut self.record);
+        monitoring.run_finished(&self.record, &summary);
         self.code
     }
 }

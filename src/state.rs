@@ -49,6 +49,54 @@ pub struct RunRecord {
     pub pruned_local: usize,
     pub pruned_remote: usize,
     pub errors: Vec<String>,
+    /// When the newest run that ended with exit 0 finished (this one, or carried over from
+    /// the record before): a failed night does not erase when things last went well.
+    #[serde(default)]
+    pub last_success: Option<String>,
+    /// The data file of the newest set verified complete on the server (the recovery
+    /// point): this run's, or carried over when this run verified none.
+    #[serde(default)]
+    pub recovery_point: Option<String>,
+    /// Data backups on the node and on the server after this run; None when this run could
+    /// not tell (it did not reach the server, or could not list the backup folder).
+    #[serde(default)]
+    pub local_sets: Option<usize>,
+    #[serde(default)]
+    pub remote_sets: Option<usize>,
+}
+
+impl RunRecord {
+    /// Take from the record before what this run could not know itself: when the job last
+    /// succeeded and the recovery point (both only for the same destination: another server
+    /// holds none of it), and, for a run refused before reading its INI, the destination.
+    /// Records written before these fields existed count by their exit code.
+    pub fn carry_over(&mut self, previous: Option<&RunRecord>) {
+        if self.exit_code == 0 && !self.finished.is_empty() {
+            self.last_success = Some(self.finished.clone());
+        }
+        let Some(previous) = previous else { return };
+        if self.destination.is_empty() {
+            self.destination = previous.destination.clone();
+        }
+        if self.destination != previous.destination {
+            return;
+        }
+        let previous_success = previous.last_success.clone().or_else(|| {
+            (previous.exit_code == 0 && !previous.finished.is_empty())
+                .then(|| previous.finished.clone())
+        });
+        if self.last_success.is_none() {
+            self.last_success = previous_success;
+        }
+        let previous_point = previous.recovery_point.clone().or_else(|| {
+            (previous.exit_code == 0)
+                .then(|| previous.restore_set.clone())
+                .flatten()
+        });
+        if self.recovery_point.is_none() {
+            self.recovery_point = previous_point;
+        }
+    }
 }
 
 pub fn record_path(state_dir: &Path) -> PathBuf {
@@ -231,6 +279,75 @@ pub fn save_history(dir: &Dir, history: &History) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_night_carries_the_last_success_and_recovery_point_for_its_destination() {
+        let at = |exit_code: i32, finished: &str, destination: &str| RunRecord {
+            exit_code,
+            finished: finished.into(),
+            destination: destination.into(),
+            restore_set: Some(format!("cvp.{finished}.tgz")),
+            ..RunRecord::default()
+        };
+        let with = |mut record: RunRecord, success: Option<&str>, point: Option<&str>| {
+            record.last_success = success.map(String::from);
+            record.recovery_point = point.map(String::from);
+            record
+        };
+        /// This run, the record before, then last_success, recovery_point, destination.
+        type Row = (
+            RunRecord,
+            Option<RunRecord>,
+            Option<&'static str>,
+            Option<&'static str>,
+            &'static str,
+        );
+        let table: Vec<Row> = vec![
+            (at(0, "T2", "a"), None, Some("T2"), None, "a"),
+            (at(4, "T2", "a"), None, None, None, "a"),
+            // A record from before these fields: its exit code says whether it succeeded.
+            (
+                at(4, "T2", "a"),
+                Some(at(0, "T1", "a")),
+                Some("T1"),
+                Some("cvp.T1.tgz"),
+                "a",
+            ),
+            (at(4, "T2", "a"), Some(at(1, "T1", "a")), None, None, "a"),
+            (
+                at(4, "T3", "a"),
+                Some(with(at(4, "T2", "a"), Some("T1"), Some("cvp.T1.tgz"))),
+                Some("T1"),
+                Some("cvp.T1.tgz"),
+                "a",
+            ),
+            // This run verified a set: its own, not the one before.
+            (
+                with(at(0, "T3", "a"), None, Some("cvp.T3.tgz")),
+                Some(with(at(0, "T2", "a"), Some("T2"), Some("cvp.T2.tgz"))),
+                Some("T3"),
+                Some("cvp.T3.tgz"),
+                "a",
+            ),
+            // Another server holds nothing of the old one's.
+            (at(4, "T2", "b"), Some(at(0, "T1", "a")), None, None, "b"),
+            // Refused before its INI was read: the destination is the last one known.
+            (
+                at(3, "T2", ""),
+                Some(at(0, "T1", "a")),
+                Some("T1"),
+                Some("cvp.T1.tgz"),
+                "a",
+            ),
+        ];
+        for (mut run, previous, success, point, destination) in table {
+            let label = format!("{run:?} after {previous:?}");
+            run.carry_over(previous.as_ref());
+            assert_eq!(run.last_success.as_deref(), success, "{label}");
+            assert_eq!(run.recovery_point.as_deref(), point, "{label}");
+            assert_eq!(run.destination, destination, "{label}");
+        }
+    }
 
     #[test]
     fn a_record_round_trips() {

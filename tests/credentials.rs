@@ -314,6 +314,8 @@ const AFTER_KEYFILE: &[&str] = &[
     "syslog_facility",
     "backup_timeout",
     "node_name",
+    "metrics_dir",
+    "ping_url",
 ];
 
 #[test]

@@ -434,7 +434,8 @@ fn status_nagios_is_one_plugin_line_with_the_plugin_exit_codes_and_needs_no_ini(
             .stdout
             .starts_with("CVP_BACKUP_COPY CRITICAL - last run failed")
             && failed.stdout.contains("(exit 4)")
-            && failed.stdout.contains("unreachable"),
+            && failed.stdout.contains("unreachable")
+            && failed.stdout.contains("; last good copy "),
         "{}",
         failed.stdout
     );

@@ -15,6 +15,8 @@ command -v patch >/dev/null || missing+=(patch)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 # The stock age tool: the encryption tests check interoperability both ways with it.
 command -v age >/dev/null || missing+=(age)
+# Debian's node_exporter: the monitoring tests scrape the metrics file through it.
+[ -x /usr/bin/prometheus-node-exporter ] || missing+=(prometheus-node-exporter)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "prereqs: missing ${missing[*]}; run as root (or install them) and retry" >&2

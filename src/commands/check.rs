@@ -107,6 +107,7 @@ pub fn check(options: &CheckOptions) -> ExitCode {
     check_state_dir(&config, &mut report);
     check_stamps(&config, &mut report);
     check_encryption(&config, &mut report);
+    check_monitoring(&config, &mut report);
     check_server(&config, &password, &mut report);
     check_root_crontab(&options.root_crontab, &mut report);
     finish(report)
@@ -350,6 +351,45 @@ fn check_state_dir(config: &Config, report: &mut Report) {
         Err(err) => {
             report.fail("state_dir", err);
         }
+    }
+}
+
+/// Monitoring never fails a run, so what would stop it working is a warning here. The ping
+/// URL is not called: healthchecks-style services take any request as a good night.
+fn check_monitoring(config: &Config, report: &mut Report) {
+    if let Some(dir) = &config.backup.metrics_dir {
+        let probe = crate::safe_fs::Dir::open(dir).and_then(|handle| {
+            handle
+                .create_temp("check", 0o600)
+                .and_then(|(probe, _)| handle.remove(&probe))
+        });
+        match probe {
+            Ok(()) => report.line(
+                "metrics_dir",
+                Outcome::Pass(format!(
+                    "{} is writable: each run leaves {} there",
+                    dir.display(),
+                    crate::monitor::metrics::FILE
+                )),
+            ),
+            Err(err) => report.line(
+                "metrics_dir",
+                Outcome::Warn(format!(
+                    "cannot write in {}: {err}: give the job's account write access to \
+                     node_exporter's textfile folder, or unset metrics_dir",
+                    dir.display()
+                )),
+            ),
+        }
+    }
+    if let Some(url) = &config.backup.ping_url {
+        report.line(
+            "ping_url",
+            Outcome::Pass(format!(
+                "each run pings {} (start, then success or fail); `check` sends none",
+                crate::monitor::ping::host_of(url)
+            )),
+        );
     }
 }
 

@@ -146,17 +146,25 @@ pub fn plugin_line(
             ),
         );
     };
-    let Some(age) = chrono::DateTime::parse_from_rfc3339(&record.finished)
-        .ok()
-        .map(|finished| (now - finished).num_seconds().max(0))
-    else {
+    let age_of = |time: &str| {
+        chrono::DateTime::parse_from_rfc3339(time)
+            .ok()
+            .map(|t| (now - t).num_seconds().max(0))
+    };
+    let Some(age) = age_of(&record.finished) else {
         return (
             PluginState::Unknown,
             "CVP_BACKUP_COPY UNKNOWN - the run record has no valid finish time".into(),
         );
     };
+    // The age that matters is that of the last good copy, which a failed night keeps.
+    let good_age = match record.exit_code {
+        0 => Some(age),
+        _ => record.last_success.as_deref().and_then(age_of),
+    };
     let perfdata = format!(
-        "age={age}s;{};{};0 bytes={}B duration={:.0}s",
+        "age={}s;{};{};0 bytes={}B duration={:.0}s",
+        good_age.unwrap_or(age),
         warning.as_secs(),
         critical.as_secs(),
         record.bytes_uploaded,
@@ -166,14 +174,18 @@ pub fn plugin_line(
         (
             PluginState::Critical,
             format!(
-                "last run failed {} ago (exit {}): {}",
+                "last run failed {} ago (exit {}): {}; {}",
                 short_age(age),
                 record.exit_code,
                 record
                     .errors
                     .first()
                     .map(|e| one_line(e))
-                    .unwrap_or_else(|| "see syslog".into())
+                    .unwrap_or_else(|| "see syslog".into()),
+                match good_age {
+                    Some(good) => format!("last good copy {} ago", short_age(good)),
+                    None => "no good copy recorded".into(),
+                }
             ),
         )
     } else {
@@ -367,7 +379,19 @@ mod tests {
                 Some(good("2026-11-26T06:59:30+00:00", 5)),
                 PluginState::Critical,
                 "CVP_BACKUP_COPY CRITICAL - last run failed 30s ago (exit 5): the server / \
-                 went away | age=30s;93600;180000;0 bytes=123B duration=42s",
+                 went away; no good copy recorded | age=30s;93600;180000;0 bytes=123B \
+                 duration=42s",
+            ),
+            // A failed night keeps the age of the last good copy, in the text and perfdata.
+            (
+                Some(RunRecord {
+                    last_success: Some("2026-11-25T02:00:00+00:00".into()),
+                    ..good("2026-11-26T02:30:00+00:00", 4)
+                }),
+                PluginState::Critical,
+                "CVP_BACKUP_COPY CRITICAL - last run failed 4h ago (exit 4): the server / \
+                 went away; last good copy 29h ago | age=104400s;93600;180000;0 bytes=123B \
+                 duration=42s",
             ),
             (
                 None,

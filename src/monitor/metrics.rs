@@ -1,0 +1,191 @@
+//! Prometheus textfile collector: each run leaves `cvp_backup_copy.prom` in node_exporter's
+//! `--collector.textfile.directory`, rendered from the run's record alone.
+
+use crate::names::BackupName;
+use crate::safe_fs::{Dir, Mode};
+use crate::state::RunRecord;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The file node_exporter reads (it skips the `.NAME.random.tmp` a write goes through).
+pub const FILE: &str = "cvp_backup_copy.prom";
+
+/// The record in the text exposition format (pure).
+pub fn render(record: &RunRecord) -> String {
+    let label = format!("{{destination=\"{}\"}}", escape(&record.destination));
+    let mut text = String::new();
+    let mut gauge = |name: &str, help: &str, value: String| {
+        let _ = writeln!(text, "# HELP cvp_backup_copy_{name} {help}");
+        let _ = writeln!(text, "# TYPE cvp_backup_copy_{name} gauge");
+        let _ = writeln!(text, "cvp_backup_copy_{name}{label} {value}");
+    };
+    gauge(
+        "last_run_timestamp_seconds",
+        "When the last run finished (Unix time).",
+        unix_time(&record.finished).unwrap_or(0).to_string(),
+    );
+    gauge(
+        "last_success_timestamp_seconds",
+        "When the last run that ended with exit code 0 finished (Unix time; 0: none yet).",
+        record
+            .last_success
+            .as_deref()
+            .and_then(unix_time)
+            .unwrap_or(0)
+            .to_string(),
+    );
+    gauge(
+        "last_exit_code",
+        "Exit code of the last run (0 success; README, Exit codes).",
+        record.exit_code.to_string(),
+    );
+    gauge(
+        "last_run_duration_seconds",
+        "How long the last run took, backup included.",
+        format!("{:.3}", record.seconds),
+    );
+    gauge(
+        "uploaded_bytes",
+        "Bytes the last run uploaded (0 when the set was already on the server).",
+        record.bytes_uploaded.to_string(),
+    );
+    gauge(
+        "newest_remote_set_timestamp_seconds",
+        "The recovery point: CVP's stamp of the newest set verified complete on the backup \
+         server (Unix time; 0: none yet).",
+        record
+            .recovery_point
+            .as_deref()
+            .and_then(stamp_time)
+            .unwrap_or(0)
+            .to_string(),
+    );
+    if let Some(count) = record.local_sets {
+        gauge(
+            "local_sets",
+            "Data backups on this node after the last run.",
+            count.to_string(),
+        );
+    }
+    if let Some(count) = record.remote_sets {
+        gauge(
+            "remote_sets",
+            "Data backups on the backup server after the last run.",
+            count.to_string(),
+        );
+    }
+    text
+}
+
+/// Replace `DIR/cvp_backup_copy.prom` atomically, readable by node_exporter (0644).
+pub fn write(dir: &Path, text: &str) -> std::io::Result<()> {
+    Dir::open(dir)?.replace(FILE, text.as_bytes(), Mode::Force(0o644))
+}
+
+fn unix_time(rfc3339: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .ok()
+        .map(|t| t.timestamp())
+}
+
+/// A data file's stamp (the node's local time when CVP made it) as Unix time.
+fn stamp_time(data_file: &str) -> Option<i64> {
+    let naive = BackupName::parse(data_file)?.stamp.to_datetime()?;
+    naive
+        .and_local_timezone(chrono::Local)
+        .earliest()
+        .map(|t| t.timestamp())
+}
+
+/// A label value: backslash, double quote and line feed escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(exit_code: i32) -> RunRecord {
+        RunRecord {
+            finished: "2026-11-26T02:10:00+00:00".into(),
+            exit_code,
+            destination: "backup@nas:/srv/cvp \"a\"\\b".into(),
+            bytes_uploaded: 1234,
+            seconds: 61.5,
+            last_success: Some("2026-11-25T02:09:00+00:00".into()),
+            recovery_point: Some("cvp.20261125020000.tgz".into()),
+            local_sets: Some(3),
+            remote_sets: None,
+            ..RunRecord::default()
+        }
+    }
+
+    fn value(text: &str, metric: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("cvp_backup_copy_{metric}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn every_sample_has_help_type_and_the_escaped_destination() {
+        let text = render(&sample(4));
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples.len(), 7, "{text}");
+        for line in samples {
+            let name = line.split('{').next().unwrap_or_default();
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} gauge")), "{name}");
+            assert!(
+                line.contains(r#"{destination="backup@nas:/srv/cvp \"a\"\\b"} "#),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            value(&text, "last_run_timestamp_seconds").as_deref(),
+            Some("1795659000")
+        );
+        assert_eq!(
+            value(&text, "last_success_timestamp_seconds").as_deref(),
+            Some("1795572540")
+        );
+        assert_eq!(value(&text, "last_exit_code").as_deref(), Some("4"));
+        assert_eq!(
+            value(&text, "last_run_duration_seconds").as_deref(),
+            Some("61.500")
+        );
+        assert_eq!(value(&text, "uploaded_bytes").as_deref(), Some("1234"));
+        assert_eq!(value(&text, "local_sets").as_deref(), Some("3"));
+        assert_eq!(value(&text, "remote_sets"), None, "unknown: left out");
+        let expected = chrono::NaiveDate::from_ymd_opt(2026, 11, 25)
+            .and_then(|d| d.and_hms_opt(2, 0, 0))
+            .and_then(|t| t.and_local_timezone(chrono::Local).earliest())
+            .map(|t| t.timestamp().to_string());
+        assert_eq!(
+            value(&text, "newest_remote_set_timestamp_seconds"),
+            expected
+        );
+    }
+
+    #[test]
+    fn a_node_that_never_succeeded_reports_zero_times() {
+        let record = RunRecord {
+            finished: "not a time".into(),
+            exit_code: 3,
+            ..RunRecord::default()
+        };
+        let text = render(&record);
+        for metric in [
+            "last_run_timestamp_seconds",
+            "last_success_timestamp_seconds",
+            "newest_remote_set_timestamp_seconds",
+        ] {
+            assert_eq!(value(&text, metric).as_deref(), Some("0"), "{metric}");
+        }
+        assert!(text.contains(r#"{destination=""} 3"#), "{text}");
+    }
+}
