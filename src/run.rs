@@ -54,6 +54,7 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
         Err(err) => {
             return refused(
                 config::state_dir_hint(&options.ini),
+                None,
                 Monitoring::from_ini_hint(&options.ini),
                 &started,
                 err,
@@ -64,16 +65,18 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
+    let refuse = |err: Error| {
+        refused(
+            Some(config.backup.state_dir.clone()),
+            Some(destination_label(&config)),
+            Monitoring::from_config(&config.backup),
+            &started,
+            err,
+        )
+    };
     let limit = match config.effective_limit(options.limit) {
         Ok(limit) => limit,
-        Err(err) => {
-            return refused(
-                Some(config.backup.state_dir.clone()),
-                Monitoring::from_config(&config.backup),
-                &started,
-                err,
-            )
-        }
+        Err(err) => return refuse(err),
     };
     if options.dry_run {
         return match dry_run(&config, options, limit) {
@@ -87,14 +90,7 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
     let lock = match lock::acquire(&config.backup.state_dir) {
         Ok(lock) => lock,
         Err(err) if err.code == ExitCode::Locked => return report_fatal(err),
-        Err(err) => {
-            return refused(
-                Some(config.backup.state_dir.clone()),
-                Monitoring::from_config(&config.backup),
-                &started,
-                err,
-            )
-        }
+        Err(err) => return refuse(err),
     };
     let mut monitoring = Monitoring::from_config(&config.backup);
     monitoring.run_started();
@@ -148,6 +144,7 @@ fn report_fatal(err: Error) -> ExitCode {
 /// the night before, and tells monitoring.
 fn refused(
     state_dir: Option<PathBuf>,
+    destination: Option<String>,
     monitoring: Monitoring,
     started: &chrono::DateTime<chrono::Local>,
     err: Error,
@@ -156,6 +153,7 @@ fn refused(
     let mut record = RunRecord {
         version: env!("CARGO_PKG_VERSION").into(),
         started: started.to_rfc3339(),
+        destination: destination.unwrap_or_default(),
         finished: chrono::Local::now().to_rfc3339(),
         exit_code: err.code.code(),
         errors: vec![err.message.clone()],
@@ -236,8 +234,16 @@ impl Job<'_> {
                 Err(err) => return self.fail(err),
             }
         };
-        if signals::received().is_some() {
-            log::warn!("stopped before the copy: nothing was copied or pruned");
+        if let Some(signal) = signals::received() {
+            log::warn!("stopped by {signal} before the copy: nothing was copied or pruned");
+            // Never a good night, even when the backup itself had finished: its set is not on
+            // the server. A backup the signal stopped has already failed the night.
+            if self.code == ExitCode::Success {
+                self.fail(Error::copy(format!(
+                    "stopped by {signal} before the copy: tonight's set is not on the server; \
+                     the next run copies it"
+                )));
+            }
             return;
         }
         let after = match self.usable_local() {
@@ -306,6 +312,7 @@ impl Job<'_> {
         if let (true, Some(set)) = (all_copied, &selection.set) {
             self.adopt_as_last_good(set, &names);
             self.record.recovery_point = Some(set.data.file_name());
+            self.record.recovery_point_verified = Some(chrono::Local::now().to_rfc3339());
         }
         if !all_copied {
             log::warn!("pruning skipped: not every file of the restore set is on the remote");
@@ -866,8 +873,13 @@ impl Job<'_> {
                 .count()
         });
         record_run(&self.config.backup.state_dir, &mut self.record);
-        monitoring.run_finished(&self.record, &summary);
-        self.code
+        // The next run need not wait for a slow monitoring server.
+        let Job {
+            lock, record, code, ..
+        } = self;
+        drop(lock);
+        monitoring.run_finished(&record, &summary);
+        code
     }
 }
 

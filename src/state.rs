@@ -57,6 +57,10 @@ pub struct RunRecord {
     /// point): this run's, or carried over when this run verified none.
     #[serde(default)]
     pub recovery_point: Option<String>,
+    /// When that set was last verified on the server: a bound on its age that a stamp from a
+    /// clock set ahead cannot push into the future.
+    #[serde(default)]
+    pub recovery_point_verified: Option<String>,
     /// Data backups on the node and on the server after this run; None when this run could
     /// not tell (it did not reach the server, or could not list the backup folder).
     #[serde(default)]
@@ -71,7 +75,8 @@ impl RunRecord {
     /// holds none of it), and, for a run refused before reading its INI, the destination.
     /// Records written before these fields existed count by their exit code.
     pub fn carry_over(&mut self, previous: Option<&RunRecord>) {
-        if self.exit_code == 0 && !self.finished.is_empty() {
+        // A success is a night that verified a set on the server.
+        if self.exit_code == 0 && self.recovery_point.is_some() && !self.finished.is_empty() {
             self.last_success = Some(self.finished.clone());
         }
         let Some(previous) = previous else { return };
@@ -82,19 +87,27 @@ impl RunRecord {
             return;
         }
         let previous_success = previous.last_success.clone().or_else(|| {
-            (previous.exit_code == 0 && !previous.finished.is_empty())
-                .then(|| previous.finished.clone())
+            (previous.exit_code == 0
+                && previous.restore_set.is_some()
+                && !previous.finished.is_empty())
+            .then(|| previous.finished.clone())
         });
         if self.last_success.is_none() {
             self.last_success = previous_success;
         }
-        let previous_point = previous.recovery_point.clone().or_else(|| {
-            (previous.exit_code == 0)
-                .then(|| previous.restore_set.clone())
-                .flatten()
-        });
+        let previous_point = match &previous.recovery_point {
+            Some(point) => Some((point.clone(), previous.recovery_point_verified.clone())),
+            None if previous.exit_code == 0 => previous
+                .restore_set
+                .clone()
+                .map(|set| (set, Some(previous.finished.clone()))),
+            None => None,
+        };
         if self.recovery_point.is_none() {
-            self.recovery_point = previous_point;
+            if let Some((point, verified)) = previous_point {
+                self.recovery_point = Some(point);
+                self.recovery_point_verified = verified;
+            }
         }
     }
 }
@@ -303,7 +316,26 @@ mod tests {
             &'static str,
         );
         let table: Vec<Row> = vec![
-            (at(0, "T2", "a"), None, Some("T2"), None, "a"),
+            (
+                with(at(0, "T2", "a"), None, Some("cvp.T2.tgz")),
+                None,
+                Some("T2"),
+                Some("cvp.T2.tgz"),
+                "a",
+            ),
+            // Exit 0 without a set verified on the server (stopped before the copy by an
+            // older version): not a success.
+            (at(0, "T2", "a"), None, None, None, "a"),
+            (
+                at(4, "T2", "a"),
+                Some(RunRecord {
+                    restore_set: None,
+                    ..at(0, "T1", "a")
+                }),
+                None,
+                None,
+                "a",
+            ),
             (at(4, "T2", "a"), None, None, None, "a"),
             // A record from before these fields: its exit code says whether it succeeded.
             (
@@ -347,6 +379,20 @@ mod tests {
             assert_eq!(run.recovery_point.as_deref(), point, "{label}");
             assert_eq!(run.destination, destination, "{label}");
         }
+        // The time the recovery point was verified travels with it; for a record from before
+        // the field, that record's finish.
+        let mut failed = at(4, "T3", "a");
+        failed.carry_over(Some(&at(0, "T1", "a")));
+        assert_eq!(failed.recovery_point_verified.as_deref(), Some("T1"));
+        let mut again = at(4, "T4", "a");
+        again.carry_over(Some(&failed));
+        assert_eq!(
+            (
+                again.recovery_point.as_deref(),
+                again.recovery_point_verified.as_deref()
+            ),
+            (Some("cvp.T1.tgz"), Some("T1"))
+        );
     }
 
     #[test]

@@ -438,22 +438,26 @@ fn an_unreachable_ping_url_is_a_warning_and_never_fails_or_leaks_the_url() {
     );
     assert!(!output.contains(UUID), "the URL is a capability: {output}");
 
-    // An answer that is not 2xx is reported too, and not retried when it is 4xx.
-    let server = PingServer::start_with_status(404);
-    fx.backup_extra = format!("ping_url = http://127.0.0.1:{}/ping/{UUID}", server.port);
-    fx.write_ini();
-    let run = fx.run(&["--no-backup"]);
-    assert_eq!(run.code, 0, "{}", run.all_output());
-    assert!(
-        run.all_output().contains("(success): HTTP status 404"),
-        "{}",
-        run.all_output()
-    );
-    assert_eq!(
-        server.requests().len(),
-        2,
-        "one start, one success: no retry of a 404"
-    );
+    // An answer that is not 2xx is reported too, not retried when it is 4xx, and a redirect
+    // is not followed (the server would choose where the node's requests go).
+    for status in [404, 302] {
+        let server = PingServer::start_with_status(status);
+        fx.backup_extra = format!("ping_url = http://127.0.0.1:{}/ping/{UUID}", server.port);
+        fx.write_ini();
+        let run = fx.run(&["--no-backup"]);
+        assert_eq!(run.code, 0, "{}", run.all_output());
+        assert!(
+            run.all_output()
+                .contains(&format!("(success): HTTP status {status}")),
+            "{}",
+            run.all_output()
+        );
+        assert_eq!(
+            server.requests().len(),
+            2,
+            "one start, one success: no retry, no redirect followed"
+        );
+    }
 }
 
 #[test]

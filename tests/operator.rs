@@ -337,11 +337,17 @@ fn status_reflects_the_last_run() {
     let none = tool(&fx, "status", &[]);
     assert_eq!(none.code, 7, "no record yet: {}", none.all_output());
 
-    after_a_good_night(&fx);
+    let (data, _) = after_a_good_night(&fx);
     let ok = tool(&fx, "status", &[]);
     assert_eq!(ok.code, 0, "{}", ok.all_output());
     assert!(ok.stdout.starts_with("OK"), "{}", ok.stdout);
     assert!(ok.stdout.contains("uploaded"), "{}", ok.stdout);
+    let good_finish =
+        serde_json::from_str::<serde_json::Value>(&tool(&fx, "status", &["--json"]).stdout)
+            .expect("JSON")["last_run"]["finished"]
+            .as_str()
+            .expect("finished")
+            .to_string();
 
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let stale = tool(&fx, "status", &["--max-age", "1s"]);
@@ -358,11 +364,21 @@ fn status_reflects_the_last_run() {
     assert_eq!(failed.code, 4, "{}", failed.all_output());
     assert!(failed.stdout.contains("PROBLEM"), "{}", failed.stdout);
     assert!(failed.stdout.contains("unreachable"), "{}", failed.stdout);
+    // What is still on the server: the good night's set, as of the good night.
+    assert!(
+        failed
+            .stdout
+            .contains(&format!("last good:   {good_finish}, set {data}\n")),
+        "{}",
+        failed.stdout
+    );
     let json = tool(&fx, "status", &["--json"]);
     assert_eq!(json.code, 4);
     let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
     assert_eq!(value["healthy"], serde_json::Value::Bool(false));
     assert_eq!(value["last_run"]["exit_code"], 4);
+    assert_eq!(value["last_run"]["recovery_point"], data.as_str());
+    assert_eq!(value["last_run"]["last_success"], good_finish.as_str());
 }
 
 #[test]

@@ -383,13 +383,18 @@ fn check_monitoring(config: &Config, report: &mut Report) {
         }
     }
     if let Some(url) = &config.backup.ping_url {
-        report.line(
-            "ping_url",
+        let host = crate::monitor::ping::host_of(url);
+        let outcome = if url.to_ascii_lowercase().starts_with("https://") {
             Outcome::Pass(format!(
-                "each run pings {} (start, then success or fail); `check` sends none",
-                crate::monitor::ping::host_of(url)
-            )),
-        );
+                "each run pings {host} (start, then success or fail); `check` sends none"
+            ))
+        } else {
+            Outcome::Warn(format!(
+                "pings to {host} go over plain http: the URL (whoever has it can report for \
+                 this node) and the run's log lines cross the network readable; use https"
+            ))
+        };
+        report.line("ping_url", outcome);
     }
 }
 

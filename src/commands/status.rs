@@ -149,7 +149,7 @@ pub fn plugin_line(
     let age_of = |time: &str| {
         chrono::DateTime::parse_from_rfc3339(time)
             .ok()
-            .map(|t| (now - t).num_seconds().max(0))
+            .map(|t| (now - t).num_seconds())
     };
     let Some(age) = age_of(&record.finished) else {
         return (
@@ -157,14 +157,30 @@ pub fn plugin_line(
             "CVP_BACKUP_COPY UNKNOWN - the run record has no valid finish time".into(),
         );
     };
+    // Beyond clock jitter: a clock set back since, and every age measured from it is wrong.
+    if age < -300 {
+        return (
+            PluginState::Unknown,
+            format!(
+                "CVP_BACKUP_COPY UNKNOWN - the last run finished {} in the future of this \
+                 node's clock: was the clock changed?",
+                short_age(-age)
+            ),
+        );
+    }
+    let age = age.max(0);
     // The age that matters is that of the last good copy, which a failed night keeps.
     let good_age = match record.exit_code {
         0 => Some(age),
-        _ => record.last_success.as_deref().and_then(age_of),
+        _ => record
+            .last_success
+            .as_deref()
+            .and_then(age_of)
+            .map(|a| a.max(0)),
     };
     let perfdata = format!(
-        "age={}s;{};{};0 bytes={}B duration={:.0}s",
-        good_age.unwrap_or(age),
+        "age={};{};{};0 bytes={}B duration={:.0}s",
+        good_age.map_or_else(|| "U".to_string(), |a| format!("{a}s")),
         warning.as_secs(),
         critical.as_secs(),
         record.bytes_uploaded,
@@ -293,6 +309,18 @@ fn render(record: Option<&RunRecord>, verdict: &Verdict, path: &std::path::Path)
     );
     let _ = writeln!(out, "exit code:   {}", record.exit_code);
     let _ = writeln!(out, "destination: {}", record.destination);
+    if record.exit_code != 0 {
+        // What a failed night leaves on the server: the last good set, if any.
+        let _ = writeln!(
+            out,
+            "last good:   {}",
+            match (&record.last_success, &record.recovery_point) {
+                (Some(when), Some(set)) => format!("{when}, set {set}"),
+                (None, Some(set)) => format!("set {set}"),
+                _ => "none recorded for this destination".into(),
+            }
+        );
+    }
     let backup = match (record.backup_ran, record.backup_succeeded) {
         (false, _) => "not run (--no-backup)",
         (true, Some(true)) => "succeeded",
@@ -379,7 +407,7 @@ mod tests {
                 Some(good("2026-11-26T06:59:30+00:00", 5)),
                 PluginState::Critical,
                 "CVP_BACKUP_COPY CRITICAL - last run failed 30s ago (exit 5): the server / \
-                 went away; no good copy recorded | age=30s;93600;180000;0 bytes=123B \
+                 went away; no good copy recorded | age=U;93600;180000;0 bytes=123B \
                  duration=42s",
             ),
             // A failed night keeps the age of the last good copy, in the text and perfdata.
@@ -397,6 +425,18 @@ mod tests {
                 None,
                 PluginState::Unknown,
                 "CVP_BACKUP_COPY UNKNOWN - no run recorded in /var/lib/cvp-backup-copy yet",
+            ),
+            (
+                Some(good("2026-11-27T07:00:00+00:00", 0)),
+                PluginState::Unknown,
+                "CVP_BACKUP_COPY UNKNOWN - the last run finished 24h in the future of this \
+                 node's clock: was the clock changed?",
+            ),
+            (
+                Some(good("2026-11-26T07:01:00+00:00", 0)),
+                PluginState::Ok,
+                "CVP_BACKUP_COPY OK - last good copy 0s ago, set 20261126020000 on \
+                 backup.example.com | age=0s;93600;180000;0 bytes=123B duration=42s",
             ),
             (
                 Some(good("yesterday", 0)),

@@ -52,13 +52,8 @@ pub fn render(record: &RunRecord) -> String {
     gauge(
         "newest_remote_set_timestamp_seconds",
         "The recovery point: CVP's stamp of the newest set verified complete on the backup \
-         server (Unix time; 0: none yet).",
-        record
-            .recovery_point
-            .as_deref()
-            .and_then(stamp_time)
-            .unwrap_or(0)
-            .to_string(),
+         server, or when it was verified if that is earlier (Unix time; 0: none yet).",
+        recovery_point_time(record).unwrap_or(0).to_string(),
     );
     if let Some(count) = record.local_sets {
         gauge(
@@ -86,6 +81,20 @@ fn unix_time(rfc3339: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(rfc3339)
         .ok()
         .map(|t| t.timestamp())
+}
+
+/// When the recovery point's data was made: its stamp, but never later than when it was
+/// verified (a stamp from a clock once set ahead would keep an age alert quiet for months).
+fn recovery_point_time(record: &RunRecord) -> Option<i64> {
+    let stamp = record.recovery_point.as_deref().and_then(stamp_time);
+    let verified = record
+        .recovery_point_verified
+        .as_deref()
+        .and_then(unix_time);
+    match (stamp, verified) {
+        (Some(stamp), Some(verified)) => Some(stamp.min(verified)),
+        (stamp, _) => stamp,
+    }
 }
 
 /// A data file's stamp (the node's local time when CVP made it) as Unix time.
@@ -168,6 +177,19 @@ mod tests {
         assert_eq!(
             value(&text, "newest_remote_set_timestamp_seconds"),
             expected
+        );
+    }
+
+    #[test]
+    fn a_stamp_from_the_future_counts_no_later_than_its_verification() {
+        let record = RunRecord {
+            recovery_point: Some("cvp.20271126020000.tgz".into()),
+            recovery_point_verified: Some("2026-11-26T02:10:00+00:00".into()),
+            ..sample(0)
+        };
+        assert_eq!(
+            value(&render(&record), "newest_remote_set_timestamp_seconds").as_deref(),
+            Some("1795659000")
         );
     }
 

@@ -48,11 +48,19 @@ impl Monitoring {
         let Some(pinger) = self.pinger.clone() else {
             return;
         };
-        self.starting = Some(std::thread::spawn(move || {
-            if let Err(why) = pinger.send(ping::Event::Start, None) {
-                warn_unreachable(&pinger, ping::Event::Start, &why);
-            }
-        }));
+        // Builder: a thread that cannot be made (the account at its process limit) must not
+        // abort the run (panic = abort); the start ping is then left out.
+        let spawned = std::thread::Builder::new()
+            .name("ping-start".into())
+            .spawn(move || {
+                if let Err(why) = pinger.send(ping::Event::Start, None) {
+                    warn_unreachable(&pinger, ping::Event::Start, &why);
+                }
+            });
+        match spawned {
+            Ok(handle) => self.starting = Some(handle),
+            Err(err) => log::warn!("start ping left out: cannot start a thread: {err}"),
+        }
     }
 
     /// The run's record (already carried over and saved) to the metrics file, then the

@@ -46,6 +46,8 @@ pub fn target(url: &str, event: Event) -> String {
         Event::Success => "",
         Event::Fail => "/fail",
     };
+    // A fragment never leaves the client.
+    let url = url.split_once('#').map_or(url, |(before, _)| before);
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),
@@ -61,14 +63,19 @@ pub fn target(url: &str, event: Event) -> String {
     }
 }
 
+/// The longest log line a ping carries (the rest of a longer one is cut).
+const LINE_LIMIT: usize = 1024;
+
 /// The body of a success or failure ping (pure): the summary line, then as many of the
-/// newest log lines as fit in `BODY_LIMIT` bytes.
+/// newest log lines (each cut at `LINE_LIMIT`) as fit in `BODY_LIMIT` bytes.
 pub fn body(summary: &str, lines: &[String]) -> String {
     let mut head = summary.trim_end().to_string();
     truncate(&mut head, BODY_LIMIT - 1);
     let mut room = BODY_LIMIT.saturating_sub(head.len() + 1);
-    let mut tail: Vec<&str> = Vec::new();
+    let mut tail: Vec<String> = Vec::new();
     for line in lines.iter().rev() {
+        let mut line = line.clone();
+        truncate(&mut line, LINE_LIMIT);
         if line.len() + 1 > room {
             break;
         }
@@ -79,7 +86,7 @@ pub fn body(summary: &str, lines: &[String]) -> String {
     let mut text = head;
     text.push('\n');
     for line in tail {
-        text.push_str(line);
+        text.push_str(&line);
         text.push('\n');
     }
     text
@@ -115,8 +122,12 @@ impl Pinger {
             .provider(ureq::tls::TlsProvider::NativeTls)
             .root_certs(ureq::tls::RootCerts::PlatformVerifier)
             .build();
+        // No redirects: a ping server has no reason to send the node elsewhere (another host
+        // of its choosing, or from https down to http).
         let agent = ureq::Agent::config_builder()
             .tls_config(tls)
+            .max_redirects(0)
+            .https_only(url.to_ascii_lowercase().starts_with("https://"))
             .timeout_connect(Some(Duration::from_secs(5)))
             .timeout_global(Some(Duration::from_secs(10)))
             .user_agent(concat!("cvp-backup-copy/", env!("CARGO_PKG_VERSION")))
@@ -145,7 +156,14 @@ impl Pinger {
                 None => self.agent.get(&url).call(),
             };
             let (problem, worth_retrying) = match outcome {
-                Ok(_) => return Ok(()),
+                Ok(answer) if answer.status().is_success() => return Ok(()),
+                Ok(answer) => (
+                    format!(
+                        "HTTP status {} (redirects are not followed: give the final URL)",
+                        answer.status().as_u16()
+                    ),
+                    false,
+                ),
                 Err(err) => describe(&err),
             };
             if !worth_retrying || attempt >= ATTEMPTS || crate::signals::received().is_some() {
@@ -203,6 +221,11 @@ mod tests {
                 "https://hc.example/ping/abc/",
             ),
             (
+                "https://hc.example/ping/abc#frag",
+                Event::Start,
+                "https://hc.example/ping/abc/start",
+            ),
+            (
                 "http://kuma:3001/api/push/XyZ?status=up",
                 Event::Fail,
                 "http://kuma:3001/api/push/XyZ/fail?status=up",
@@ -244,6 +267,8 @@ mod tests {
         assert!(text.starts_with("summary: exit=4\n"));
         assert!(text.ends_with(&format!("{}\n", lines[999])));
         assert!(!text.contains("line 0000"), "the oldest lines go first");
+        let long_line = body("s", &["x".repeat(5000), "last".into()]);
+        assert_eq!(long_line, format!("s\n{}\nlast\n", "x".repeat(LINE_LIMIT)));
         let short = body("summary: exit=0", &["a".into(), "b".into()]);
         assert_eq!(short, "summary: exit=0\na\nb\n");
         let huge = body(&"é".repeat(BODY_LIMIT), &["a".into()]);
