@@ -103,11 +103,18 @@ impl RunRecord {
                 .map(|set| (set, Some(previous.finished.clone()))),
             None => None,
         };
-        if self.recovery_point.is_none() {
-            if let Some((point, verified)) = previous_point {
+        match (previous_point, &self.recovery_point) {
+            (Some((point, verified)), None) => {
                 self.recovery_point = Some(point);
                 self.recovery_point_verified = verified;
             }
+            // The same set verified again (nights whose backup fails re-copy it): it is as old
+            // as its first verification, however often it is checked.
+            (Some((point, Some(verified))), Some(mine)) if point == *mine => {
+                let now = self.recovery_point_verified.take();
+                self.recovery_point_verified = Some(earlier(verified, now));
+            }
+            _ => {}
         }
     }
 }
@@ -289,6 +296,18 @@ pub fn save_history(dir: &Dir, history: &History) -> std::io::Result<()> {
     dir.replace(HISTORY, &json, Mode::Force(0o644))
 }
 
+/// The earlier of two RFC 3339 times (the first when the second is missing or unreadable).
+fn earlier(first: String, second: Option<String>) -> String {
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    match second {
+        Some(second) => match (parse(&first), parse(&second)) {
+            (Some(a), Some(b)) if b < a => second,
+            _ => first,
+        },
+        None => first,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +412,29 @@ mod tests {
             ),
             (Some("cvp.T1.tgz"), Some("T1"))
         );
+        // Verified again on a later night (a failed backup re-copies the last good set): it
+        // keeps its first verification time; a new set gets its own.
+        let first = "2026-11-20T02:10:00+00:00";
+        let later = "2026-11-26T02:10:00+00:00";
+        let previous = RunRecord {
+            recovery_point: Some("cvp.T1.tgz".into()),
+            recovery_point_verified: Some(first.into()),
+            ..at(0, first, "a")
+        };
+        let mut reverified = RunRecord {
+            recovery_point: Some("cvp.T1.tgz".into()),
+            recovery_point_verified: Some(later.into()),
+            ..at(1, later, "a")
+        };
+        reverified.carry_over(Some(&previous));
+        assert_eq!(reverified.recovery_point_verified.as_deref(), Some(first));
+        let mut newer = RunRecord {
+            recovery_point: Some("cvp.T2.tgz".into()),
+            recovery_point_verified: Some(later.into()),
+            ..at(0, later, "a")
+        };
+        newer.carry_over(Some(&previous));
+        assert_eq!(newer.recovery_point_verified.as_deref(), Some(later));
     }
 
     #[test]

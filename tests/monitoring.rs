@@ -273,14 +273,14 @@ struct PingServer {
 
 impl PingServer {
     fn start(tls: bool) -> PingServer {
-        PingServer::start_with(tls, 200)
+        PingServer::start_with(tls, 200, 0.0)
     }
 
     fn start_with_status(status: u16) -> PingServer {
-        PingServer::start_with(false, status)
+        PingServer::start_with(false, status, 0.0)
     }
 
-    fn start_with(tls: bool, status: u16) -> PingServer {
+    fn start_with(tls: bool, status: u16, post_delay: f64) -> PingServer {
         let dir = tempfile::tempdir().expect("ping server dir");
         let record = dir.path().join("requests.jsonl");
         let mut cmd =
@@ -288,7 +288,9 @@ impl PingServer {
         cmd.arg("--record")
             .arg(&record)
             .arg("--status")
-            .arg(status.to_string());
+            .arg(status.to_string())
+            .arg("--post-delay")
+            .arg(post_delay.to_string());
         if tls {
             cmd.arg("--tls").arg(dir.path());
         }
@@ -495,4 +497,30 @@ fn pings_go_over_https_to_a_server_the_node_trusts_and_only_to_it() {
         paths,
         [format!("/ping/{UUID}/start"), format!("/ping/{UUID}")]
     );
+}
+
+#[test]
+fn a_slow_ping_server_does_not_hold_the_lock_from_the_next_run() {
+    let server = PingServer::start_with(false, 200, 8.0);
+    let mut fx = Fixture::new();
+    fx.backup_extra = format!("ping_url = http://127.0.0.1:{}/ping/{UUID}", server.port);
+    fx.write_ini();
+    fx.seed("cvp.eosimages.20240101020005.tgz", 200_000);
+    let first = fx.spawn(&[]);
+    // The server has the first run's final ping and sits on its answer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server.requests().iter().any(|r| r.0 == "POST") {
+        assert!(
+            Instant::now() < deadline,
+            "no final ping: {:?}",
+            server.requests()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = fx.run(&["--no-backup"]);
+    assert_eq!(second.code, 0, "not locked out: {}", second.all_output());
+    let out = first.wait_with_output().expect("first run");
+    assert_eq!(out.status.code(), Some(0));
+    let posts = server.requests().iter().filter(|r| r.0 == "POST").count();
+    assert_eq!(posts, 2, "{:?}", server.requests());
 }

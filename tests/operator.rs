@@ -408,6 +408,11 @@ fn status_nagios_is_one_plugin_line_with_the_plugin_exit_codes_and_needs_no_ini(
 
     let (data, _) = after_a_good_night(&fx);
     let ok = nagios(&fx, &[]);
+    println!(
+        "after a good night (exit {}): {}",
+        ok.code,
+        ok.stdout.trim_end()
+    );
     assert_eq!(ok.code, 0, "{}", ok.all_output());
     let stamp = &data["cvp.".len()..data.len() - ".tgz".len()];
     let expected = format!("ago, set {stamp} on 127.0.0.1 | age=");
@@ -444,6 +449,11 @@ fn status_nagios_is_one_plugin_line_with_the_plugin_exit_codes_and_needs_no_ini(
     let failed_run = fx.run(&["--no-backup"]);
     assert_eq!(failed_run.code, 4, "{}", failed_run.all_output());
     let failed = nagios(&fx, &[]);
+    println!(
+        "after a failed night (exit {}): {}",
+        failed.code,
+        failed.stdout.trim_end()
+    );
     assert_eq!(failed.code, 2, "{}", failed.all_output());
     assert!(
         failed

@@ -172,10 +172,12 @@ pub fn plugin_line(
     // The age that matters is that of the last good copy, which a failed night keeps.
     let good_age = match record.exit_code {
         0 => Some(age),
+        // A success stamped in the future (the clock was ahead then) tells no age.
         _ => record
             .last_success
             .as_deref()
             .and_then(age_of)
+            .filter(|a| *a >= -300)
             .map(|a| a.max(0)),
     };
     let perfdata = format!(
@@ -419,6 +421,17 @@ mod tests {
                 PluginState::Critical,
                 "CVP_BACKUP_COPY CRITICAL - last run failed 4h ago (exit 4): the server / \
                  went away; last good copy 29h ago | age=104400s;93600;180000;0 bytes=123B \
+                 duration=42s",
+            ),
+            // A success stamped by a clock that was ahead tells no age.
+            (
+                Some(RunRecord {
+                    last_success: Some("2026-11-28T02:00:00+00:00".into()),
+                    ..good("2026-11-26T06:59:30+00:00", 4)
+                }),
+                PluginState::Critical,
+                "CVP_BACKUP_COPY CRITICAL - last run failed 30s ago (exit 4): the server / \
+                 went away; no good copy recorded | age=U;93600;180000;0 bytes=123B \
                  duration=42s",
             ),
             (
