@@ -63,7 +63,9 @@ backup_user = root
 backup_dir = $node/data/cvpbackup
 log_dir = $node/logs
 state_dir = $node/state
+metrics_dir = $node/metrics
 INI
+mkdir -p "$node/metrics"
 chmod 600 "$node/backup.ini"
 sed 's/^password = .*/password = gAAAAA... (Fernet token)/' "$node/backup.ini"
 
@@ -85,5 +87,9 @@ step "--dry-run: what the next run would do"
 
 step "last run record ($node/state/last-run.json)"
 cat "$node/state/last-run.json"
+
+step "monitoring: status --nagios, and the Prometheus textfile ($node/metrics/cvp_backup_copy.prom)"
+"$bin" status --nagios --state-dir "$node/state" || true
+grep -v '^#' "$node/metrics/cvp_backup_copy.prom"
 if [ "$code" -ne 0 ]; then echo "demo: the first run failed with exit code $code" >&2; exit 1; fi
 echo; echo "demo: all done"
