@@ -558,3 +558,70 @@ fn identities_cvp_planted_or_swapped_are_refused_and_keygen_writes_none_in_cvp_s
     assert!(!new.exists());
     node.assert_nothing_lent("identities");
 }
+
+/// The metrics file is written as cvp, whoever runs the job: a symlink cvp planted in its
+/// place is replaced, not followed, and a `metrics_dir` cvp points at root's folder gets
+/// nothing, also from a run its INI refuses.
+#[test]
+fn metrics_planted_symlink_or_root_folder_get_nothing_from_a_root_run() {
+    let node = Node::new();
+    let metrics = node.fx.root.path().join("metrics");
+    std::fs::create_dir_all(&metrics).expect("metrics dir");
+    chown_tree(&metrics, node.uid, node.gid);
+    let prom = metrics.join("cvp_backup_copy.prom");
+    node.plant(&prom);
+    let line = |dir: &Path| format!("\nmetrics_dir = {}\n", dir.display());
+    node.cvp_edits_ini(|text| {
+        text.replacen(
+            "\n[Backup_Settings]\n",
+            &format!("\n[Backup_Settings]{}", line(&metrics)),
+            1,
+        )
+    });
+    let run = node.as_root(&[]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let meta = std::fs::symlink_metadata(&prom).expect("metrics file");
+    assert!(
+        meta.file_type().is_file(),
+        "the planted symlink is replaced"
+    );
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (node.uid, 0o644));
+    assert!(std::fs::read_to_string(&prom)
+        .expect("metrics")
+        .contains("cvp_backup_copy_last_exit_code{"));
+    node.assert_nothing_lent("metrics symlink");
+
+    // cvp points metrics_dir at a folder only root may write.
+    let roots = node.fx.root.path().join("roots-only");
+    std::fs::create_dir_all(&roots).expect("root dir");
+    mode(&roots, 0o755);
+    node.cvp_edits_ini(|text| text.replace(&line(&metrics), &line(&roots)));
+    let run = node.as_root(&["--no-backup"]);
+    assert_eq!(
+        run.code,
+        0,
+        "a metrics file is never worth a failed night: {}",
+        run.all_output()
+    );
+    assert!(
+        run.all_output().contains("cannot write the metrics file"),
+        "{}",
+        run.all_output()
+    );
+    // A night its INI refuses (a placeholder) reads metrics_dir leniently, still as cvp.
+    node.cvp_edits_ini(|text| text.replacen("\nserver = 127.0.0.1\n", "\nserver = {{host}}\n", 1));
+    let refused = node.as_root(&[]);
+    assert_eq!(refused.code, 3, "{}", refused.all_output());
+    assert!(
+        refused
+            .all_output()
+            .contains("cannot write the metrics file"),
+        "{}",
+        refused.all_output()
+    );
+    assert!(
+        file_names(&roots).is_empty(),
+        "root wrote into its own folder for cvp"
+    );
+    node.assert_nothing_lent("metrics_dir in root's folder");
+}
