@@ -349,15 +349,10 @@ impl Job<'_> {
     fn count_remote_sets(&mut self, link: &mut Link) {
         match link.remote().and_then(|remote| remote.list()) {
             Ok(listing) => {
-                let data: HashSet<BackupName> = listing
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|entry| match RemoteName::parse(&entry.name) {
-                        Some(RemoteName::Backup(file)) if file.name.kind == Kind::Data => {
-                            Some(file.name)
-                        }
-                        _ => None,
-                    })
+                // NAME and NAME.age of one data file are one set.
+                let data: HashSet<BackupName> = backup_names(&listing.unwrap_or_default())
+                    .into_iter()
+                    .filter(|name| name.kind == Kind::Data)
                     .collect();
                 self.record.remote_sets = Some(data.len());
             }
@@ -1601,6 +1596,17 @@ fn gather_facts(
     Ok(facts)
 }
 
+/// The CVP files (plain or encrypted, one entry per copy) in a remote listing, by name.
+fn backup_names(listing: &[RemoteEntry]) -> Vec<BackupName> {
+    listing
+        .iter()
+        .filter_map(|e| match RemoteName::parse(&e.name) {
+            Some(RemoteName::Backup(file)) => Some(file.name),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Only CVP-named files count (and are deleted; their sidecars and manifests follow as
 /// leftovers).
 fn remote_retention(
@@ -1610,15 +1616,8 @@ fn remote_retention(
     known: &[RestoreSet],
     now: Stamp,
 ) -> Decision {
-    let backups: Vec<BackupName> = listing
-        .iter()
-        .filter_map(|e| match RemoteName::parse(&e.name) {
-            Some(RemoteName::Backup(file)) => Some(file.name),
-            _ => None,
-        })
-        .collect();
     retention::apply_policy(
-        &backups,
+        &backup_names(listing),
         Policy {
             keep_data: remote_limit as usize,
         },

@@ -243,6 +243,12 @@ impl Dir {
         }
     }
 
+    /// Whether this process can make a file here: a temporary one, made and removed.
+    pub fn probe_writable(&self) -> io::Result<()> {
+        let (probe, _) = self.create_temp("check", 0o600)?;
+        self.remove(&probe)
+    }
+
     /// An existing regular file, opened without following a symlink; None when absent.
     pub fn open_existing(&self, name: &str, write: bool) -> io::Result<Option<File>> {
         let c = c_name(name)?;

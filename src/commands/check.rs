@@ -332,16 +332,13 @@ fn check_local_folders(config: &Config, report: &mut Report) {
 fn check_state_dir(config: &Config, report: &mut Report) {
     let dir = &config.backup.state_dir;
     let outcome = lock::ensure_state_dir(dir).and_then(|handle| {
-        handle
-            .create_temp("check", 0o600)
-            .and_then(|(probe, _)| handle.remove(&probe))
-            .map_err(|err| {
-                Error::config(format!(
-                    "cannot write in {}: {err}: the run keeps its lock and record there; fix its \
-                     owner or set state_dir",
-                    dir.display()
-                ))
-            })
+        handle.probe_writable().map_err(|err| {
+            Error::config(format!(
+                "cannot write in {}: {err}: the run keeps its lock and record there; fix its \
+                 owner or set state_dir",
+                dir.display()
+            ))
+        })
     });
     match outcome {
         Ok(()) => report.line(
@@ -358,12 +355,7 @@ fn check_state_dir(config: &Config, report: &mut Report) {
 /// URL is not called: healthchecks-style services take any request as a good night.
 fn check_monitoring(config: &Config, report: &mut Report) {
     if let Some(dir) = &config.backup.metrics_dir {
-        let probe = crate::safe_fs::Dir::open(dir).and_then(|handle| {
-            handle
-                .create_temp("check", 0o600)
-                .and_then(|(probe, _)| handle.remove(&probe))
-        });
-        match probe {
+        match crate::safe_fs::Dir::open(dir).and_then(|handle| handle.probe_writable()) {
             Ok(()) => report.line(
                 "metrics_dir",
                 Outcome::Pass(format!(
