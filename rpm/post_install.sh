@@ -2,14 +2,9 @@
 conf=/etc/cvp-backup-copy
 state=/var/lib/cvp-backup-copy
 
-owner=root
-group=root
-if id cvp >/dev/null 2>&1; then
-    owner=cvp
-    group=$(id -gn cvp)
-else
-    echo "cvp-backup-copy: user cvp does not exist on this host; $conf and $state stay owned by root"
-fi
+# %pre refused a host without user cvp.
+owner=cvp
+group=$(id -gn cvp)
 
 mkdir -p "$conf/keys" "$state"
 chmod 0700 "$conf/keys"

@@ -1,7 +1,7 @@
 //! The command line (clap). `run` is the default; later subcommands slot in beside it.
 
 use crate::config::{DEFAULT_INI, INI_ENV};
-use crate::exit_codes::EXIT_CODES_HELP;
+use crate::exit_codes::{CHECK_EXIT_CODES_HELP, EXIT_CODES_HELP};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -10,10 +10,14 @@ use std::path::PathBuf;
     name = "cvp-backup-copy",
     version,
     about = "Back up CloudVision Portal and copy a complete, verified restore set to a backup server",
-    after_help = EXIT_CODES_HELP,
-    args_conflicts_with_subcommands = true
+    after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
+    /// The configuration file (before or after the subcommand). Paths given on the command
+    /// line are relative to the current folder; paths inside the INI, to the INI's folder
+    #[arg(long, global = true, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
+    pub ini: PathBuf,
+
     #[command(flatten)]
     pub run: RunArgs,
 
@@ -36,8 +40,8 @@ pub enum Command {
     Edit(EditArgs),
 
     /// Test every link of the nightly chain and say how to fix a broken one
-    #[command(after_help = EXIT_CODES_HELP)]
-    Check(IniArgs),
+    #[command(after_help = CHECK_EXIT_CODES_HELP)]
+    Check,
 
     /// The backup sets, newest first, and where each file is (local, remote, both)
     List(ListArgs),
@@ -56,6 +60,21 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+/// An age as the help shows them (26h, 90m, 2d; also 30s, 1h30m), with a message that names
+/// those units when one is missing.
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{text}` has no unit: give {text}h (hours), {text}m (minutes), {text}d (days) or \
+             {text}s (seconds)"
+        ));
+    }
+    humantime::parse_duration(text).map_err(|_| {
+        format!("`{text}` is not an age: give a number and a unit, such as 26h, 90m or 2d")
+    })
 }
 
 /// The man page and bash completion, generated from this definition so they never drift.
@@ -79,14 +98,19 @@ pub fn generate_assets(out: &std::path::Path) -> std::io::Result<()> {
 const KEYGEN_HELP: &str = "\
 The key goes to --key-file, else the INI's keyFile, else /etc/cvp-backup-copy/keys/backup.key,
 with mode 0600; an existing key is kept as NAME.bak-<timestamp>. The password is read twice
-without echo, or as one line from standard input with --password-stdin.";
+without echo, or as one line from standard input with --password-stdin.
+Paths: --ini and --key-file are relative to the current folder; paths inside the INI
+(keyFile, ...) are relative to the INI's folder. A relative --key-file is stored absolute.";
 
 const EDIT_HELP: &str = "\
 On a terminal: shows the settings (password masked) and asks for each; the password changes
 only after the current one is typed. From a script:
   cvp-backup-copy edit --set Server_Settings.server=backup.example.net --set Backup_Settings.limit=7
   printf '%s\\n' \"$PASSWORD\" | cvp-backup-copy edit --password-stdin
-An invalid value changes nothing and exits 3.";
+An invalid value changes nothing and exits 3. A missing --ini FILE is offered to be created
+from the default settings.
+Paths: --ini is relative to the current folder; paths inside the INI (keyFile, known_hosts,
+state_dir, ...) and path values given to --set are relative to the INI's folder.";
 
 const FETCH_HELP: &str = "\
 Downloads the data file, the EOS images file it needs and its log into DIR (default: the INI's
@@ -95,18 +119,7 @@ then gives it its name. Prints the `cvpi restore cvp ...` command to run. Exit c
 run; 5: a file is missing, corrupted or does not verify.";
 
 #[derive(Debug, Clone, Args)]
-pub struct IniArgs {
-    /// The configuration file
-    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
-    pub ini: PathBuf,
-}
-
-#[derive(Debug, Clone, Args)]
 pub struct ListArgs {
-    /// The configuration file
-    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
-    pub ini: PathBuf,
-
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -114,10 +127,6 @@ pub struct ListArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct FetchArgs {
-    /// The configuration file
-    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
-    pub ini: PathBuf,
-
     /// `latest`, a timestamp (20240101020010) or a data file name
     #[arg(value_name = "TIMESTAMP", default_value = "latest")]
     pub wanted: String,
@@ -139,16 +148,12 @@ pub struct FetchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// The configuration file
-    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
-    pub ini: PathBuf,
-
     /// Print JSON (the verdict and the last run's record)
     #[arg(long)]
     pub json: bool,
 
     /// Older than this is a problem: 26h, 90m, 2d
-    #[arg(long, value_name = "AGE", default_value = "26h", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "AGE", default_value = "26h", value_parser = parse_age)]
     pub max_age: std::time::Duration,
 
     /// Read the record from this folder, without the INI (a monitoring user may not read
@@ -162,20 +167,16 @@ pub struct StatusArgs {
     pub nagios: bool,
 
     /// With --nagios: a last good copy older than this is WARNING
-    #[arg(long, value_name = "AGE", default_value = "26h", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "AGE", default_value = "26h", value_parser = parse_age)]
     pub warning: std::time::Duration,
 
     /// With --nagios: a last good copy older than this is CRITICAL
-    #[arg(long, value_name = "AGE", default_value = "50h", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "AGE", default_value = "50h", value_parser = parse_age)]
     pub critical: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct KeygenArgs {
-    /// The configuration file
-    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
-    pub ini: PathBuf,
-
     /// Where to write the key (default: the INI's keyFile)
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
@@ -200,10 +201,6 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct EditArgs {
-    /// The configuration file
-    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
-    pub ini: PathBuf,
-
     /// Set an option without questions: Section.option=value (repeatable)
     #[arg(long = "set", value_name = "SECTION.OPTION=VALUE")]
     pub set: Vec<String>,
@@ -213,12 +210,8 @@ pub struct EditArgs {
     pub password_stdin: bool,
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct RunArgs {
-    /// The configuration file
-    #[arg(long, value_name = "FILE", env = INI_ENV, default_value = DEFAULT_INI)]
-    pub ini: PathBuf,
-
     /// Local data backups to keep (the INI's `limit` wins when set; default 5)
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
@@ -237,6 +230,40 @@ pub struct RunArgs {
 }
 
 impl Cli {
+    /// The command line, with the one rule clap is not told here: the run's own options
+    /// (`--limit`, `--no-backup`, `--dry-run`, `-v`) come without a subcommand or after
+    /// `run`, never before another subcommand (`--ini` may go anywhere).
+    pub fn parse_args() -> Result<Cli, clap::Error> {
+        Cli::parse_from_args(std::env::args_os())
+    }
+
+    pub fn parse_from_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::CommandFactory;
+        let cli = Cli::try_parse_from(args)?;
+        if cli.command.is_some() && cli.run != RunArgs::default() {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--limit, --no-backup, --dry-run and -v belong to the run: give them without a \
+                 subcommand or after `run`",
+            ));
+        }
+        Ok(cli)
+    }
+
+    /// Whether the command only reads and prints: `check`, `list`, `status`, `--dry-run`.
+    pub fn only_prints(&self) -> bool {
+        match &self.command {
+            Some(Command::Check | Command::List(_) | Command::Status(_)) => true,
+            Some(Command::Run(args)) => args.dry_run,
+            None => self.run.dry_run,
+            Some(_) => false,
+        }
+    }
+
     /// The job's arguments, when the job (not another subcommand) is what was asked for.
     pub fn run_args(&self) -> Option<&RunArgs> {
         match &self.command {
@@ -261,8 +288,8 @@ mod tests {
     fn run_is_the_default_and_a_subcommand() {
         let bare = Cli::try_parse_from(["cvp-backup-copy", "--ini", "a.ini", "--no-backup"])
             .expect("parses");
+        assert_eq!(bare.ini, PathBuf::from("a.ini"));
         let args = bare.run_args().expect("run");
-        assert_eq!(args.ini, PathBuf::from("a.ini"));
         assert!(args.no_backup);
         let sub = Cli::try_parse_from(["cvp-backup-copy", "run", "--dry-run", "--limit", "3"])
             .expect("parses");
@@ -306,6 +333,69 @@ mod tests {
             list.command,
             Some(Command::List(ListArgs { json: true, .. }))
         ));
+    }
+
+    #[test]
+    fn the_ini_goes_before_or_after_the_subcommand() {
+        for argv in [
+            &["cvp-backup-copy", "--ini", "a.ini", "check"][..],
+            &["cvp-backup-copy", "check", "--ini", "a.ini"],
+            &["cvp-backup-copy", "--ini=a.ini", "status", "--json"],
+            &["cvp-backup-copy", "--ini", "a.ini", "run", "--dry-run"],
+            &["cvp-backup-copy", "run", "--dry-run", "--ini", "a.ini"],
+            &["cvp-backup-copy", "--ini", "a.ini", "--dry-run"],
+        ] {
+            let cli = Cli::parse_from_args(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(cli.ini, PathBuf::from("a.ini"), "{argv:?}");
+        }
+        for argv in [
+            &["cvp-backup-copy", "--dry-run", "check"][..],
+            &["cvp-backup-copy", "--limit", "3", "list"],
+            &["cvp-backup-copy", "-v", "run"],
+        ] {
+            let err = Cli::parse_from_args(argv).expect_err("refused");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ages_take_the_units_the_help_shows() {
+        let table = [
+            ("26h", Some(26 * 3600)),
+            ("90m", Some(90 * 60)),
+            ("2d", Some(2 * 86_400)),
+            ("30s", Some(30)),
+            ("1h30m", Some(5400)),
+            ("26", None),
+            ("soon", None),
+            ("", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_age(text).ok().map(|d| d.as_secs()), want, "{text:?}");
+        }
+        assert!(parse_age("26").unwrap_err().contains("give 26h (hours)"));
+        let err = Cli::parse_from_args(["cvp-backup-copy", "status", "--max-age", "26"])
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("`26` has no unit: give 26h"), "{err}");
+    }
+
+    #[test]
+    fn check_help_lists_only_what_check_returns() {
+        let mut command = Cli::command();
+        let help = command
+            .find_subcommand_mut("check")
+            .expect("check")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("1  too little free space"), "{help}");
+        for code in ["6  ", "7  "] {
+            assert!(!help.contains(code), "{code} in check's help: {help}");
+        }
     }
 
     #[test]

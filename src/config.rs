@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_INI: &str = "/etc/cvp-backup-copy/backup.ini";
 pub const INI_ENV: &str = "CVP_BACKUP_COPY_INI";
 pub const DEFAULT_LIMIT: u32 = 5;
+/// The INI the RPM installs, every option explained: `edit` starts a missing INI from it.
+pub const DEFAULT_INI_TEXT: &str = include_str!("../packaging/backup.ini");
 
 pub const SERVER: &str = "Server_Settings";
 pub const BACKUP: &str = "Backup_Settings";
@@ -44,6 +46,7 @@ const BACKUP_OPTIONS: &[&str] = &[
     "node_name",
     "metrics_dir",
     "ping_url",
+    "min_free_space",
 ];
 
 /// Defaults of optional settings, shown by `edit`; `run` uses the same values.
@@ -66,6 +69,7 @@ pub fn default_value(option: &str) -> Option<&'static str> {
         "log_dir" => "/cvpi/logs/cvpbackup",
         "state_dir" => "/var/lib/cvp-backup-copy",
         "syslog_facility" => "user",
+        "min_free_space" => "auto",
         _ => return None,
     })
 }
@@ -81,6 +85,17 @@ fn parse_number(text: &str, min: u64, max: u64) -> std::result::Result<u64, Stri
             "`{text}` is not a whole number from {min} to {max}"
         )),
     }
+}
+
+/// `limit`: at least 1; 0 would leave the node without a backup, so its message says what to
+/// set instead.
+fn parse_limit(text: &str) -> std::result::Result<u32, String> {
+    if text.trim() == "0" {
+        return Err("0 would delete every backup on the node: set 1 or more \
+             (`cvp-backup-copy edit --set Backup_Settings.limit=5`; 5 is the default)"
+            .into());
+    }
+    parse_number(text, 1, u32::MAX as u64).map(|n| n as u32)
 }
 
 /// `auto`, or a number of connections that pins it.
@@ -134,6 +149,28 @@ fn parse_command(text: &str) -> std::result::Result<Vec<String>, String> {
     }
 }
 
+fn all_options() -> impl Iterator<Item = &'static str> {
+    KNOWN_OPTIONS
+        .iter()
+        .flat_map(|(_, options)| options.iter().copied())
+}
+
+/// "; did you mean `user`?" for a name one or two typos from a known one; else nothing.
+pub fn suggestion<'a>(typed: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let typed = typed.to_ascii_lowercase();
+    known
+        .map(|name| {
+            (
+                strsim::levenshtein(&typed, &name.to_ascii_lowercase()),
+                name,
+            )
+        })
+        .filter(|(distance, _)| *distance <= 2.min(typed.len().saturating_sub(1)))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| format!("; did you mean `{name}`?"))
+        .unwrap_or_default()
+}
+
 /// The options, by section and in the order `edit` offers them, spelled canonically.
 pub const KNOWN_OPTIONS: [(&str, &[&str]); 2] =
     [(SERVER, SERVER_OPTIONS), (BACKUP, BACKUP_OPTIONS)];
@@ -152,7 +189,12 @@ pub fn check_value(
         .find(|(_, options)| options.iter().any(|o| o.eq_ignore_ascii_case(option)))
         .map(|(s, _)| *s);
     match home {
-        None => return Err(format!("{option} is not an option this tool reads")),
+        None => {
+            return Err(format!(
+                "{option} is not an option this tool reads{}",
+                suggestion(option, all_options())
+            ))
+        }
         Some(home) if !home.eq_ignore_ascii_case(section) => {
             return Err(format!("{option} belongs in [{home}], not [{section}]"))
         }
@@ -173,7 +215,7 @@ pub fn check_value(
         "timeout" | "sync_timeout" => parse_number(value, 1, 86_400).map(drop),
         "backup_timeout" => parse_number(value, 1, 7 * 86_400).map(drop),
         "streams" => parse_streams(value).map(drop),
-        "limit" => parse_number(value, 1, u32::MAX as u64).map(drop),
+        "limit" => parse_limit(value).map(drop),
         "host_key_policy" => parse_policy(value).map(drop),
         "syslog_facility" => parse_facility(value).map(drop),
         "backup_command" => parse_command(value).map(drop),
@@ -190,6 +232,7 @@ pub fn check_value(
             path(value).display()
         )),
         "ping_url" => crate::monitor::ping::check_url(value),
+        "min_free_space" => crate::space::parse_setting(value).map(drop),
         "identity_file" if !path(value).is_file() => {
             Err(format!("{} does not exist", path(value).display()))
         }
@@ -270,6 +313,8 @@ pub struct BackupConfig {
     pub metrics_dir: Option<PathBuf>,
     /// Pinged as a run starts (`/start`), succeeds, and fails (`/fail`).
     pub ping_url: Option<String>,
+    /// The free space `backup_dir` must have before a backup starts.
+    pub min_free_space: crate::space::FloorSetting,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +324,13 @@ pub struct Config {
     pub backup: BackupConfig,
     /// Unknown sections and options: reported, never fatal.
     pub warnings: Vec<String>,
+}
+
+impl ServerConfig {
+    /// `user@server:destination`.
+    pub fn label(&self) -> String {
+        destination_label(&self.user, &self.host, &self.destination)
+    }
 }
 
 impl Config {
@@ -293,6 +345,8 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        // A byte order mark (Notepad's UTF-8) is not part of the first section's name.
+        let text = text.strip_prefix(crate::ini_edit::BOM).unwrap_or(text);
         refuse_duplicates(text, path)?;
         let options = ParseOption {
             enabled_quote: false,
@@ -377,9 +431,12 @@ impl Config {
 
         let backup = ini.section(Some(BACKUP));
         let limit = match backup {
-            Some(props) => reader
-                .number(props, BACKUP, "limit", 1, u32::MAX as u64)?
-                .map(|n| n as u32),
+            Some(props) => match reader.optional(props, BACKUP, "limit")? {
+                Some(text) => {
+                    Some(parse_limit(&text).map_err(|why| reader.bad(BACKUP, "limit", &why))?)
+                }
+                None => None,
+            },
             None => None,
         };
         let get = |name: &str| -> Result<Option<String>> {
@@ -406,6 +463,10 @@ impl Config {
             get("syslog_facility")?.unwrap_or_else(|| default_of("syslog_facility").into());
         let syslog_facility = parse_facility(&facility_name)
             .map_err(|why| reader.bad(BACKUP, "syslog_facility", &why))?;
+        let min_free_space = crate::space::parse_setting(
+            &get("min_free_space")?.unwrap_or_else(|| default_of("min_free_space").into()),
+        )
+        .map_err(|why| reader.bad(BACKUP, "min_free_space", &why))?;
         let backup = BackupConfig {
             limit,
             command,
@@ -428,6 +489,7 @@ impl Config {
                 ),
                 None => None,
             },
+            min_free_space,
         };
         if let Some(missing_backup) = backup_section_missing(&ini) {
             warnings.push(missing_backup);
@@ -502,11 +564,31 @@ pub fn state_dir_hint(path: &Path) -> Option<PathBuf> {
 /// A `[Backup_Settings]` value read leniently, for an INI that does not load: where a
 /// refused run still leaves its record and tells monitoring.
 pub fn backup_setting_hint(path: &Path, option: &str) -> Option<String> {
+    setting_hint(path, BACKUP, option)
+}
+
+fn setting_hint(path: &Path, section: &str, option: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let doc = crate::ini_edit::IniDocument::parse(&text);
-    doc.get(BACKUP, option)
+    doc.get(section, option)
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty() && !v.contains("{{"))
+}
+
+/// The destination (`user@server:destination`, as runs label it) of an INI that does not
+/// load, read leniently: a refused night's record still says where it was to go.
+pub fn destination_hint(path: &Path) -> Option<String> {
+    let get = |option| setting_hint(path, SERVER, option);
+    Some(destination_label(
+        &get("user")?,
+        &get("server")?,
+        &get("destination")?,
+    ))
+}
+
+/// How a destination is named in logs, records and metrics: `user@server:destination`.
+pub fn destination_label(user: &str, host: &str, destination: &str) -> String {
+    format!("{user}@{host}:{destination}")
 }
 
 fn backup_section_missing(ini: &Ini) -> Option<String> {
@@ -593,8 +675,9 @@ impl Reader<'_> {
                 Some(name) if name.eq_ignore_ascii_case(BACKUP) => BACKUP_OPTIONS,
                 Some(name) => {
                     warnings.push(format!(
-                        "{}: unknown section [{name}] ignored",
-                        self.path.display()
+                        "{}: unknown section [{name}] ignored{}",
+                        self.path.display(),
+                        suggestion(name, [SERVER, BACKUP].into_iter())
                     ));
                     continue;
                 }
@@ -604,8 +687,9 @@ impl Reader<'_> {
                 if !known.iter().any(|k| k.eq_ignore_ascii_case(option)) {
                     let where_ = section.map(|s| format!("[{s}] ")).unwrap_or_default();
                     warnings.push(format!(
-                        "{}: unknown option {where_}{option} ignored",
-                        self.path.display()
+                        "{}: unknown option {where_}{option} ignored{}",
+                        self.path.display(),
+                        suggestion(option, known.iter().copied())
                     ));
                 }
             }
@@ -719,6 +803,27 @@ limit: 7
     }
 
     #[test]
+    fn a_byte_order_mark_and_indented_keys_read_as_written() {
+        let text = format!(
+            "\u{feff}{}",
+            PYTHON_STYLE
+                .replace("\nuser = backup", "\n  user = backup")
+                .replace("\nserver =", "\n\tserver =")
+                .replace('\n', "\r\n")
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.server.user, "backup");
+        assert_eq!(config.server.host, "10.10.10.10");
+        assert_eq!(config.backup.limit, Some(7));
+        // An indented second `user` is a second user, as the run would read it.
+        let twice = PYTHON_STYLE.replace("user = backup", "user = backup\n   user = other");
+        expect_config_error(
+            &twice,
+            &["[Server_Settings] user is set twice", "line 3", "line 4"],
+        );
+    }
+
+    #[test]
     fn option_names_are_case_insensitive() {
         let text = PYTHON_STYLE
             .replace("keyFile", "KEYFILE")
@@ -744,7 +849,12 @@ limit: 7
         let ini = "/etc/cvp-backup-copy/backup.ini";
         expect_config_error(
             &PYTHON_STYLE.replace("limit: 7", "limit: 0"),
-            &[ini, "[Backup_Settings] limit", "`0`"],
+            &[
+                ini,
+                "[Backup_Settings] limit",
+                "0 would delete every backup on the node",
+                "`cvp-backup-copy edit --set Backup_Settings.limit=5`",
+            ],
         );
         expect_config_error(
             &PYTHON_STYLE.replace("limit: 7", "limit: many"),
@@ -839,7 +949,22 @@ limit: 7
             ("Server_Settings", "port", "2222", None),
             ("Server_Settings", "port", "0", Some("from 1 to 65535")),
             ("server_settings", "PORT", "x", Some("`x`")),
-            ("Backup_Settings", "limit", "0", Some("from 1 to")),
+            ("Backup_Settings", "limit", "0", Some("set 1 or more")),
+            ("Backup_Settings", "limit", "-1", Some("from 1 to")),
+            ("Backup_Settings", "min_free_space", "20G", None),
+            (
+                "Backup_Settings",
+                "min_free_space",
+                "lots",
+                Some("such as 20G"),
+            ),
+            ("Server_Settings", "usr", "x", Some("did you mean `user`?")),
+            (
+                "Server_Settings",
+                "keyfiel",
+                "x",
+                Some("did you mean `keyFile`?"),
+            ),
             ("Server_Settings", "remote_limit", "0", None),
             (
                 "Backup_Settings",

@@ -23,8 +23,8 @@ pub struct EditOptions {
 
 struct Session {
     ini: PathBuf,
-    /// The INI as it was read: put back if a new key cannot be placed.
-    text: String,
+    /// The INI as it was read: put back if a new key cannot be placed (None: a new INI).
+    text: Option<String>,
     doc: IniDocument,
     /// A key to write when the edit is saved.
     new_key: Option<NewKey>,
@@ -46,11 +46,24 @@ impl Session {
         Ok(Session {
             ini: ini.to_path_buf(),
             doc: IniDocument::parse(&text),
-            text,
+            text: Some(text),
             new_key: None,
             changed: false,
             owner: privilege::key_owner(ini)?,
         })
+    }
+
+    /// A new INI, from the one the RPM installs (every option explained, placeholders for
+    /// what must be set): written only when the edit is saved.
+    fn new_from_default(ini: &Path) -> Session {
+        Session {
+            ini: ini.to_path_buf(),
+            doc: IniDocument::parse(config::DEFAULT_INI_TEXT),
+            text: None,
+            new_key: None,
+            changed: true,
+            owner: None,
+        }
     }
 
     /// Touch what the INI names with its owner's rights, never more.
@@ -147,7 +160,7 @@ impl Session {
         }
         let kept = keygen::commit(
             &self.ini,
-            &self.text,
+            self.text.as_deref(),
             &self.doc,
             self.new_key.as_ref(),
             self.owner.as_ref(),
@@ -200,9 +213,15 @@ impl Session {
 }
 
 pub fn edit(options: &EditOptions) -> Result<()> {
-    let mut session = Session::load(&options.ini)?;
+    let scripted_edit = !options.set.is_empty() || options.password_stdin;
+    let missing = matches!(std::fs::symlink_metadata(&options.ini), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    let mut session = if missing {
+        offer_new_ini(&options.ini, scripted_edit)?
+    } else {
+        Session::load(&options.ini)?
+    };
     keygen::warn_if_loose(&options.ini);
-    if !options.set.is_empty() || options.password_stdin {
+    if scripted_edit {
         return scripted(session, options);
     }
     if !prompt::interactive() {
@@ -236,6 +255,30 @@ pub fn edit(options: &EditOptions) -> Result<()> {
         return Err(Error::new(ExitCode::Usage, "not saved: nothing changed"));
     }
     session.save()
+}
+
+/// A missing INI: on a terminal, offer to start it from the default settings (a node without
+/// the RPM has nothing to copy from); from a script, say how.
+fn offer_new_ini(ini: &Path, scripted_edit: bool) -> Result<Session> {
+    let missing = || {
+        Error::config(format!(
+            "{} does not exist: run `cvp-backup-copy edit --ini {}` on a terminal to create it \
+             from the default settings",
+            ini.display(),
+            crate::error::shell_word(ini)
+        ))
+    };
+    if scripted_edit || !prompt::interactive() {
+        return Err(missing());
+    }
+    let question = format!(
+        "{} does not exist. Create it from the default settings (every option explained)? (y/n) ",
+        ini.display()
+    );
+    if !prompt::yes_no(&question)? {
+        return Err(Error::new(ExitCode::Usage, "nothing created"));
+    }
+    Ok(Session::new_from_default(ini))
 }
 
 fn ask_value(session: &mut Session, section: &str, option: &str) -> Result<()> {
@@ -336,7 +379,10 @@ fn scripted(mut session: Session, options: &EditOptions) -> Result<()> {
             .into_iter()
             .find(|s| s.eq_ignore_ascii_case(section.trim()))
             .ok_or_else(|| {
-                Error::config(format!("--set {assignment}: unknown section {section}"))
+                Error::config(format!(
+                    "--set {assignment}: unknown section {section}{}",
+                    config::suggestion(section, [SERVER, BACKUP].into_iter())
+                ))
             })?;
         let option = option.trim();
         let value = value.trim();

@@ -70,13 +70,24 @@ impl fmt::Display for ExitCode {
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  all done
-  1  the CVP backup command failed (the previous restore set is still brought up to date)
+  1  the CVP backup command failed, or was not started for lack of free space in backup_dir
+     (the previous restore set is still brought up to date)
   2  usage error
   3  configuration error (INI, key file, password that does not decrypt, bad limit)
   4  server unreachable, authentication failed or host key refused (nothing written)
   5  copy incomplete or verification failed
-  6  another run holds the lock
+  6  another run holds the lock, or a CVP backup is already running
   7  status: no run recorded, or the last one is older than --max-age";
+
+/// `check --help`: only the codes `check` itself returns (a run's would mislead).
+pub const CHECK_EXIT_CODES_HELP: &str =
+    "Exit codes (the worst failed line's, as a run would meet it; warnings do not count):
+  0  every check passed
+  1  too little free space in backup_dir: tonight's backup would not start
+  2  usage error
+  3  configuration error (INI, key file, password, backup command, state_dir)
+  4  server unreachable, authentication failed or host key refused
+  5  destination missing, not writable, or claimed by another node";
 
 #[cfg(test)]
 mod tests {

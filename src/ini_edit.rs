@@ -14,7 +14,13 @@ pub struct IniDocument {
     lines: Vec<Line>,
     /// For lines we add: the file's first line ending.
     newline: &'static str,
+    /// The file began with a UTF-8 byte order mark (Windows editors write one): kept when
+    /// the file is written back, never part of the first line's text.
+    bom: bool,
 }
+
+/// The UTF-8 byte order mark some editors put first in a file.
+pub const BOM: char = '\u{feff}';
 
 fn section_name(line: &str) -> Option<&str> {
     let trimmed = line.trim();
@@ -33,15 +39,16 @@ fn separator(line: &str) -> Option<usize> {
     if is_comment_or_blank(line) || section_name(line).is_some() {
         return None;
     }
-    // Indented lines continue a value in ConfigParser; they are not options.
-    if line.starts_with(' ') || line.starts_with('\t') {
-        return None;
-    }
+    // An indented `key = value` is an option, as the run reads it (rust-ini trims it).
     line.find(['=', ':'])
 }
 
 impl IniDocument {
     pub fn parse(text: &str) -> IniDocument {
+        let (bom, text) = match text.strip_prefix(BOM) {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
         let lines: Vec<Line> = text
             .split_inclusive('\n')
             .map(|piece| match piece.strip_suffix("\r\n") {
@@ -66,14 +73,20 @@ impl IniDocument {
             .map(|l| l.end)
             .find(|e| !e.is_empty())
             .unwrap_or("\n");
-        IniDocument { lines, newline }
+        IniDocument {
+            lines,
+            newline,
+            bom,
+        }
     }
 
     pub fn render(&self) -> String {
-        self.lines
-            .iter()
-            .flat_map(|l| [l.text.as_str(), l.end])
-            .collect()
+        let mut text = String::new();
+        if self.bom {
+            text.push(BOM);
+        }
+        text.extend(self.lines.iter().flat_map(|l| [l.text.as_str(), l.end]));
+        text
     }
 
     /// A new line at `index`; a file that did not end with a newline still does not.
@@ -153,6 +166,7 @@ impl IniDocument {
             let line = &self.lines[index].text;
             let after = &line[sep + 1..];
             let gap = &after[..after.len() - after.trim_start().len()];
+            // The key keeps its indentation and spelling.
             self.lines[index].text = format!("{}{gap}{value}", &line[..sep + 1]);
             return;
         }
@@ -266,6 +280,40 @@ mod tests {
         mixed.set("a", "b", "d");
         mixed.set("a", "e", "f");
         assert_eq!(mixed.render(), "[a]\nb = d\r\ne = f\n# note\n");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_kept_and_never_part_of_a_name() {
+        let text = "\u{feff}[Server_Settings]\r\nuser = a\r\n";
+        let mut doc = IniDocument::parse(text);
+        assert_eq!(doc.render(), text, "unchanged: byte for byte");
+        assert_eq!(doc.get("Server_Settings", "user").as_deref(), Some("a"));
+        doc.set("Server_Settings", "user", "b");
+        assert_eq!(doc.render(), "\u{feff}[Server_Settings]\r\nuser = b\r\n");
+        assert!(doc.duplicates().is_empty());
+    }
+
+    #[test]
+    fn an_indented_key_is_the_key_set_and_counted() {
+        let mut doc = IniDocument::parse("[s]\n  user = a\n\tserver: x\n");
+        assert_eq!(doc.get("s", "user").as_deref(), Some("a"));
+        doc.set("s", "user", "b");
+        doc.set("s", "SERVER", "y");
+        assert_eq!(doc.render(), "[s]\n  user = b\n\tserver: y\n");
+        let twice = IniDocument::parse("[s]\nuser = a\n    user = b\n");
+        assert_eq!(
+            twice.duplicates(),
+            vec![Duplicate {
+                section: "s".into(),
+                option: "user".into(),
+                first_line: 2,
+                second_line: 3
+            }]
+        );
+        // A line without a separator is no option, indented or not.
+        assert!(IniDocument::parse("[s]\nuser = a\n  more\n")
+            .duplicates()
+            .is_empty());
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub fn keygen(options: &KeygenOptions) -> Result<()> {
     drop(password);
     doc.set(SERVER, "password", &token);
     doc.set(SERVER, "keyFile", &path.display().to_string());
-    if let Some(kept) = commit(&options.ini, &text, &doc, Some(&key), owner.as_ref())? {
+    if let Some(kept) = commit(&options.ini, Some(&text), &doc, Some(&key), owner.as_ref())? {
         println!("the previous key is kept as {}", kept.display());
     }
     println!(
@@ -138,12 +138,12 @@ pub struct NewKey {
 /// (which proves both folders take a file: `sudo -u cvp ... keygen` fails here, with
 /// nothing changed); the old key is kept as `NAME.bak-<timestamp>`; then the INI is renamed
 /// into place and the key right after it. Should that last rename fail, the INI's old text
-/// is put back. The INI is written by whoever runs the command (its folder is root's), the
+/// is put back (`old_text` None: the INI is new, and goes again). The INI is written by whoever runs the command (its folder is root's), the
 /// key as `key_owner` (the INI's owner, when root edits another account's INI). Returns
 /// where the old key was kept.
 pub fn commit(
     ini: &Path,
-    old_text: &str,
+    old_text: Option<&str>,
     doc: &IniDocument,
     new_key: Option<&NewKey>,
     key_owner: Option<&User>,
@@ -203,7 +203,11 @@ pub fn commit(
     });
     if let Err(err) = placed {
         // The token the INI now holds needs the key that could not be placed: undo.
-        let restored = ini_dir.replace(&ini_name, old_text.as_bytes(), Mode::KeepOr(0o600));
+        let restored = match old_text {
+            Some(text) => ini_dir.replace(&ini_name, text.as_bytes(), Mode::KeepOr(0o600)),
+            // A new INI: there was none.
+            None => ini_dir.remove(&ini_name),
+        };
         return Err(match restored {
             Ok(()) => unchanged(format!("{}; {} was put back", err.message, ini.display())),
             Err(undo) => Error::config(format!(

@@ -2,7 +2,8 @@
 //! released by the kernel when the process ends however it ends. Locking the folder, not a
 //! file in it, means no lock file exists that a root run could leave behind unreadable for
 //! the cvp cron job, or that anyone could plant a symlink at. (/run/lock is root-only on
-//! CentOS 7.) Who holds it is written beside it, for the message only.
+//! CentOS 7.) Who holds it (pid and command) is written beside it in `lock.pid`, for the
+//! message only: the lock is the folder's, so removing or planting that file changes nothing.
 
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
@@ -19,6 +20,39 @@ pub struct RunLock {
 
 const HOLDER: &str = "lock.pid";
 
+/// What takes the lock: a run (the nightly job, or by hand) or a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Run,
+    Fetch,
+}
+
+impl Holder {
+    fn word(self) -> &'static str {
+        match self {
+            Holder::Run => "run",
+            Holder::Fetch => "fetch",
+        }
+    }
+}
+
+/// `lock.pid`'s text ("PID COMMAND") as "run (pid 812)"; the word is ours only when it is one.
+fn describe_holder(text: &str) -> String {
+    let mut words = text.split_whitespace();
+    let pid = words
+        .next()
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()));
+    let what = match words.next() {
+        Some("run") => "run",
+        Some("fetch") => "fetch",
+        _ => "run or fetch",
+    };
+    match pid {
+        Some(pid) => format!("{what} (pid {pid})"),
+        None => what.to_string(),
+    }
+}
+
 /// Open (creating it if needed) the state folder, with an error that says what to do.
 pub fn ensure_state_dir(state_dir: &Path) -> Result<Dir> {
     state::open_dir(state_dir).map_err(|err| {
@@ -30,7 +64,7 @@ pub fn ensure_state_dir(state_dir: &Path) -> Result<Dir> {
     })
 }
 
-pub fn acquire(state_dir: &Path) -> Result<RunLock> {
+pub fn acquire(state_dir: &Path, me: Holder) -> Result<RunLock> {
     let dir = ensure_state_dir(state_dir)?;
     let folder = dir
         .lock_handle()
@@ -42,15 +76,19 @@ pub fn acquire(state_dir: &Path) -> Result<RunLock> {
                 .read(HOLDER, 64)
                 .ok()
                 .flatten()
-                .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-                .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-                .map(|pid| format!(" (pid {pid})"))
-                .unwrap_or_default();
+                .map(|b| describe_holder(&String::from_utf8_lossy(&b)))
+                .unwrap_or_else(|| describe_holder(""));
+            let why = match me {
+                Holder::Run => "not starting a second backup at the same time",
+                Holder::Fetch => {
+                    "a fetch waits until it ends (a run prunes the folder a fetch writes to); \
+                     try again then"
+                }
+            };
             return Err(Error::new(
                 ExitCode::Locked,
                 format!(
-                    "another cvp-backup-copy run holds the lock on {}{holder}: not starting a \
-                     second backup at the same time",
+                    "another cvp-backup-copy {holder} holds the lock on {}: {why}",
                     dir.path().display()
                 ),
             ));
@@ -65,7 +103,7 @@ pub fn acquire(state_dir: &Path) -> Result<RunLock> {
     // Informational: a failure to write it does not matter.
     let _ = dir.replace(
         HOLDER,
-        format!("{}\n", std::process::id()).as_bytes(),
+        format!("{} {}\n", std::process::id(), me.word()).as_bytes(),
         Mode::Force(0o644),
     );
     Ok(RunLock {
@@ -82,15 +120,45 @@ mod tests {
     fn a_second_lock_is_refused_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("state");
-        let first = acquire(&state).expect("first lock");
-        let err = acquire(&state).err().expect("second lock refused");
+        let first = acquire(&state, Holder::Run).expect("first lock");
+        let err = acquire(&state, Holder::Run)
+            .err()
+            .expect("second lock refused");
         assert_eq!(err.code, ExitCode::Locked);
         assert!(
-            err.message.contains(&format!("pid {}", std::process::id())),
+            err.message.contains(&format!(
+                "another cvp-backup-copy run (pid {}) holds the lock",
+                std::process::id()
+            )),
+            "{}",
+            err.message
+        );
+        assert!(err
+            .message
+            .ends_with("not starting a second backup at the same time"));
+        let err = acquire(&state, Holder::Fetch).err().expect("fetch refused");
+        assert!(
+            err.message.contains("a fetch waits until it ends"),
             "{}",
             err.message
         );
         drop(first);
-        assert!(acquire(&state).is_ok());
+        let fetch = acquire(&state, Holder::Fetch).expect("free again");
+        let err = acquire(&state, Holder::Run).err().expect("run refused");
+        assert!(
+            err.message.contains("another cvp-backup-copy fetch (pid"),
+            "{}",
+            err.message
+        );
+        drop(fetch);
+    }
+
+    #[test]
+    fn the_holder_file_is_only_a_hint() {
+        assert_eq!(describe_holder("812 run\n"), "run (pid 812)");
+        assert_eq!(describe_holder("812 fetch"), "fetch (pid 812)");
+        assert_eq!(describe_holder("812\n"), "run or fetch (pid 812)");
+        assert_eq!(describe_holder("; rm -rf / fetch"), "run or fetch");
+        assert_eq!(describe_holder(""), "run or fetch");
     }
 }

@@ -1,9 +1,20 @@
-//! Log to syslog (ident `cvp-backup-copy`) so the job fits the appliance's rsyslog, and to
-//! stderr when a person is watching. Without a syslog socket, stderr carries everything.
+//! Log to syslog (ident `cvp-backup-copy`) so the job fits the appliance's rsyslog, to
+//! stderr when a person is watching, and, for a run, to its own file in `state_dir/logs`.
+//!
+//! The night's log is never lost: a syslog send that fails (rsyslog restarting, its socket
+//! gone) or stalls (a daemon that stopped reading) holds the message back, stderr takes over
+//! meanwhile, and the socket is tried again on later messages (at once after a quick
+//! failure, 10 s later after a stall, so a stalled daemon costs at most a few 2 s waits);
+//! once it answers, what was held back goes first, marked with the time it was logged. The
+//! run's file has every line whatever syslog does.
 
+use crate::safe_fs::Dir;
+use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use syslog::{Formatter3164, Logger, LoggerBackend};
 
 pub const IDENT: &str = "cvp-backup-copy";
@@ -11,20 +22,54 @@ pub const IDENT: &str = "cvp-backup-copy";
 pub const SOCKET_ENV: &str = "CVP_BACKUP_COPY_SYSLOG_SOCKET";
 const DEFAULT_SOCKET: &str = "/dev/log";
 
+/// The folder in `state_dir` that holds the runs' logs, and how many are kept.
+pub const RUN_LOGS: &str = "logs";
+pub const RUN_LOGS_KEPT: usize = 14;
+const RUN_LOG_PREFIX: &str = "run.";
+const RUN_LOG_SUFFIX: &str = ".log";
+
+/// How long one syslog send may block before the message is held back.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a send that stalled, the next attempt waits this long.
+const STALLED_PAUSE: Duration = Duration::from_secs(10);
+/// Messages held back while syslog is away (the oldest go first when there are more).
+const HELD_LIMIT: usize = 2000;
+/// How much of the run's log is kept for `recent_lines`.
+const RECENT_LIMIT: usize = 10 * 1024;
+/// Lines kept in memory until the run's file opens (a run refused early has few).
+const EARLY_LIMIT: usize = 1024 * 1024;
+
 type SyslogWriter = Logger<LoggerBackend, Formatter3164>;
 
-struct Sinks {
-    syslog: Option<SyslogWriter>,
+struct Held {
+    level: log::Level,
+    message: String,
+    at: chrono::DateTime<chrono::Local>,
+}
+
+struct Syslog {
+    writer: Option<SyslogWriter>,
     facility: syslog::Facility,
+    /// Messages not delivered yet, in order.
+    held: VecDeque<Held>,
+    /// No new attempt before this (after a stall).
+    next_attempt: Option<Instant>,
+}
+
+struct Sinks {
+    syslog: Syslog,
+    /// Info to stderr as asked (a terminal, `-v`); it also goes there while syslog is away.
     info_to_stderr: bool,
     verbose: bool,
     /// The run's latest messages (info and above), for the failure ping's body.
-    recent: std::collections::VecDeque<String>,
+    recent: VecDeque<String>,
     recent_bytes: usize,
+    /// Every line until the run's file opens (then written to it first).
+    early: Vec<String>,
+    early_bytes: usize,
+    /// The run's own log file.
+    file: Option<File>,
 }
-
-/// How much of the run's log is kept for `recent_lines`.
-const RECENT_LIMIT: usize = 10 * 1024;
 
 pub struct AppLogger {
     sinks: Mutex<Sinks>,
@@ -46,34 +91,38 @@ fn connect(facility: syslog::Facility) -> Option<SyslogWriter> {
         pid: std::process::id(),
     };
     let mut logger = syslog::unix_custom(formatter, socket_path()).ok()?;
-    // A stalled syslog daemon must not stall the backup: give up on a message after a while
-    // (the send then fails and we fall back to stderr).
-    let timeout = Some(std::time::Duration::from_secs(2));
+    // A stalled syslog daemon must not stall the backup: give up on a message after a while.
     match &mut logger.backend {
         LoggerBackend::Unix(socket) => {
-            let _ = socket.set_write_timeout(timeout);
+            let _ = socket.set_write_timeout(Some(SEND_TIMEOUT));
         }
         LoggerBackend::UnixStream(stream) => {
-            let _ = stream.get_ref().set_write_timeout(timeout);
+            let _ = stream.get_ref().set_write_timeout(Some(SEND_TIMEOUT));
         }
         LoggerBackend::Udp(..) | LoggerBackend::Tcp(..) => {}
     }
     Some(logger)
 }
 
-/// Install the logger. Info goes to stderr on a terminal, with `-v`, or when syslog is absent;
+/// Install the logger. Info goes to stderr on a terminal, with `-v`, or while syslog is away;
 /// warnings and errors always do, so a script calling us sees why it failed.
 pub fn init(verbose: bool) {
-    let syslog = connect(syslog::Facility::LOG_USER);
-    let info_to_stderr = verbose || syslog.is_none() || std::io::stderr().is_terminal();
+    let writer = connect(syslog::Facility::LOG_USER);
     let logger = LOGGER.get_or_init(|| AppLogger {
         sinks: Mutex::new(Sinks {
-            syslog,
-            facility: syslog::Facility::LOG_USER,
-            info_to_stderr,
+            syslog: Syslog {
+                writer,
+                facility: syslog::Facility::LOG_USER,
+                held: VecDeque::new(),
+                next_attempt: None,
+            },
+            info_to_stderr: verbose || std::io::stderr().is_terminal(),
             verbose,
-            recent: std::collections::VecDeque::new(),
+            recent: VecDeque::new(),
             recent_bytes: 0,
+            early: Vec::new(),
+            early_bytes: 0,
+            file: None,
         }),
     });
     if log::set_logger(logger).is_ok() {
@@ -85,18 +134,153 @@ pub fn init(verbose: bool) {
     }
 }
 
+fn with_sinks<T>(f: impl FnOnce(&mut Sinks) -> T) -> Option<T> {
+    let logger = LOGGER.get()?;
+    let mut sinks = logger.sinks.lock().ok()?;
+    Some(f(&mut sinks))
+}
+
 /// Switch to the INI's facility once the configuration is known.
 pub fn set_facility(facility: syslog::Facility) {
-    let Some(logger) = LOGGER.get() else { return };
-    let Ok(mut sinks) = logger.sinks.lock() else {
-        return;
-    };
-    if sinks.facility as i32 != facility as i32 && sinks.syslog.is_some() {
-        sinks.syslog = connect(facility);
-        sinks.facility = facility;
-        if sinks.syslog.is_none() {
-            sinks.info_to_stderr = true;
+    with_sinks(|sinks| {
+        let syslog = &mut sinks.syslog;
+        if syslog.facility as i32 != facility as i32 {
+            syslog.facility = facility;
+            if syslog.writer.is_some() {
+                syslog.writer = connect(facility);
+            }
         }
+    });
+}
+
+/// Start this run's own log: `state_dir/logs/run.<time>.log` (0640, the monitoring group
+/// may read it), beginning with everything logged so far; the oldest beyond the newest
+/// `RUN_LOGS_KEPT` are deleted. Its path, or None when it cannot be made (a warning says why).
+pub fn start_run_log(state_dir: &Path) -> Option<PathBuf> {
+    let opened = Dir::open_or_create(&state_dir.join(RUN_LOGS), 0o750).and_then(|dir| {
+        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+        let mut attempt = 0;
+        let (name, file) = loop {
+            let name = match attempt {
+                0 => format!("{RUN_LOG_PREFIX}{stamp}{RUN_LOG_SUFFIX}"),
+                n => format!("{RUN_LOG_PREFIX}{stamp}-{n}{RUN_LOG_SUFFIX}"),
+            };
+            match dir.create_new(&name, 0o640) {
+                Ok(file) => break (name, file),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && attempt < 20 => {
+                    attempt += 1
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        rotate(&dir, &name);
+        Ok((dir.join(&name), file))
+    });
+    match opened {
+        Ok((path, mut file)) => {
+            with_sinks(|sinks| {
+                for line in sinks.early.drain(..) {
+                    let _ = writeln!(file, "{line}");
+                }
+                sinks.early_bytes = 0;
+                sinks.file = Some(file);
+            });
+            Some(path)
+        }
+        Err(err) => {
+            log::warn!(
+                "cannot keep this run's log in {}: {err} (syslog still has it)",
+                state_dir.join(RUN_LOGS).display()
+            );
+            None
+        }
+    }
+}
+
+/// Delete the oldest run logs beyond the newest `RUN_LOGS_KEPT` (names sort by time).
+fn rotate(dir: &Dir, current: &str) {
+    let Ok(names) = dir.names() else { return };
+    let mut logs: Vec<String> = names
+        .into_iter()
+        .filter(|n| n.starts_with(RUN_LOG_PREFIX) && n.ends_with(RUN_LOG_SUFFIX))
+        .filter(|n| n.as_str() != current)
+        .collect();
+    logs.sort();
+    let excess = (logs.len() + 1).saturating_sub(RUN_LOGS_KEPT);
+    for old in logs.iter().take(excess) {
+        let _ = dir.remove(old);
+    }
+}
+
+/// Deliver what syslog has not had yet, if it is back (the end of a run calls this).
+pub fn flush() {
+    with_sinks(|sinks| {
+        sinks.syslog.next_attempt = None;
+        sinks.syslog.deliver(None);
+        if let Some(file) = sinks.file.as_mut() {
+            let _ = file.flush();
+        }
+    });
+}
+
+impl Syslog {
+    /// Send what is held back, then `message` (if any); what cannot be sent is held back.
+    /// Whether everything went.
+    fn deliver(&mut self, message: Option<(log::Level, &str)>) -> bool {
+        if let Some((level, text)) = message {
+            self.held.push_back(Held {
+                level,
+                message: text.to_string(),
+                at: chrono::Local::now(),
+            });
+            if self.held.len() > HELD_LIMIT {
+                self.held.pop_front();
+            }
+        }
+        if self.next_attempt.is_some_and(|at| Instant::now() < at) {
+            return self.held.is_empty();
+        }
+        let current = message.is_some();
+        while let Some(held) = self.held.front() {
+            if self.writer.is_none() {
+                self.writer = connect(self.facility);
+            }
+            let Some(writer) = self.writer.as_mut() else {
+                break;
+            };
+            // Only messages that waited say when they were logged.
+            let text = if current && self.held.len() == 1 {
+                held.message.clone()
+            } else {
+                format!(
+                    "(logged at {}, syslog was unavailable) {}",
+                    held.at.format("%H:%M:%S"),
+                    held.message
+                )
+            };
+            let started = Instant::now();
+            let mut sent = send(writer, held.level, &text);
+            let stalled = || started.elapsed() >= SEND_TIMEOUT / 2;
+            if !sent && !stalled() {
+                // A quick failure: rsyslog may have restarted. Once more on a new connection.
+                self.writer = connect(self.facility);
+                if let Some(writer) = self.writer.as_mut() {
+                    sent = send(writer, held.level, &text);
+                }
+            }
+            if sent {
+                self.held.pop_front();
+                continue;
+            }
+            self.writer = None;
+            // A stall (the daemon stopped reading) waits before the next try; a quick
+            // failure (its socket gone) tries again on the next message.
+            if stalled() {
+                self.next_attempt = Some(Instant::now() + STALLED_PAUSE);
+            }
+            break;
+        }
+        self.held.is_empty()
     }
 }
 
@@ -114,23 +298,19 @@ impl log::Log for AppLogger {
         };
         let message = record.args().to_string();
         let level = record.level();
+        let line = format!(
+            "{} {level:<5} {message}",
+            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S")
+        );
         if level <= log::Level::Info {
-            sinks.remember(level, &message);
+            sinks.remember(&line);
         }
         let mut to_stderr = level <= log::Level::Warn || sinks.info_to_stderr;
-        // Debug detail stays off syslog unless asked for.
+        // Debug detail stays off syslog and the run's file unless asked for.
         if level <= log::Level::Info || sinks.verbose {
-            let facility = sinks.facility;
-            let sent = sinks.syslog.as_mut().map(|w| send(w, level, &message));
-            if sent == Some(false) {
-                // rsyslog may have restarted: reconnect once, then fall back to stderr.
-                sinks.syslog = connect(facility);
-                let resent = sinks.syslog.as_mut().map(|w| send(w, level, &message));
-                if resent != Some(true) {
-                    sinks.syslog = None;
-                    sinks.info_to_stderr = true;
-                    to_stderr = true;
-                }
+            sinks.keep(line);
+            if !sinks.syslog.deliver(Some((level, &message))) {
+                to_stderr = true;
             }
         }
         if to_stderr {
@@ -148,17 +328,27 @@ impl log::Log for AppLogger {
 }
 
 impl Sinks {
-    fn remember(&mut self, level: log::Level, message: &str) {
-        let line = format!(
-            "{} {level:<5} {message}",
-            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S")
-        );
+    fn remember(&mut self, line: &str) {
         self.recent_bytes += line.len() + 1;
-        self.recent.push_back(line);
+        self.recent.push_back(line.to_string());
         while self.recent_bytes > RECENT_LIMIT && self.recent.len() > 1 {
             if let Some(old) = self.recent.pop_front() {
                 self.recent_bytes -= old.len() + 1;
             }
+        }
+    }
+
+    /// The run's file gets every line; until it opens, memory keeps them.
+    fn keep(&mut self, line: String) {
+        match self.file.as_mut() {
+            Some(file) => {
+                let _ = writeln!(file, "{line}");
+            }
+            None if self.early_bytes + line.len() < EARLY_LIMIT => {
+                self.early_bytes += line.len() + 1;
+                self.early.push(line);
+            }
+            None => {}
         }
     }
 }
@@ -166,11 +356,7 @@ impl Sinks {
 /// The newest messages this process logged (info and above, at most about 10 KB): what
 /// syslog has of this run, for a monitoring ping. Messages never carry secrets.
 pub fn recent_lines() -> Vec<String> {
-    LOGGER
-        .get()
-        .and_then(|logger| logger.sinks.lock().ok())
-        .map(|sinks| sinks.recent.iter().cloned().collect())
-        .unwrap_or_default()
+    with_sinks(|sinks| sinks.recent.iter().cloned().collect()).unwrap_or_default()
 }
 
 fn send(writer: &mut SyslogWriter, level: log::Level, message: &str) -> bool {

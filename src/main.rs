@@ -1,6 +1,5 @@
 //! cvp-backup-copy: back up CloudVision Portal and copy a verified restore set off the node.
 
-use clap::Parser;
 use cvp_backup_copy::cli::KeygenArgs;
 use cvp_backup_copy::commands::{check, fetch, list, status};
 use cvp_backup_copy::exit_codes::ExitCode;
@@ -23,7 +22,7 @@ fn as_ini_owner(ini: &Path) -> Result<(), std::process::ExitCode> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::parse_args() {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
@@ -36,10 +35,16 @@ fn main() -> std::process::ExitCode {
         }
     };
     privilege::no_core_dumps();
+    if cli.only_prints() {
+        // A command that only reads and prints ends quietly when its reader goes away
+        // (`check | head -1`), as `ls` does; the job, fetch, edit and keygen never die of it.
+        // SAFETY: restoring a signal's default action has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if let Some(args) = cli.run_args() {
         logging::init(args.verbose);
         signals::install();
-        let ini = absolute(&args.ini);
+        let ini = absolute(&cli.ini);
         if let Err(code) = as_ini_owner(&ini) {
             return code;
         }
@@ -55,17 +60,17 @@ fn main() -> std::process::ExitCode {
     logging::init(false);
     let success = |()| ExitCode::Success;
     let result = match cli.command {
-        Some(cli::Command::Check(args)) => {
+        Some(cli::Command::Check) => {
             // Root's crontab is read while we may still be root.
             let root_crontab = check::read_root_crontab();
-            let ini = absolute(&args.ini);
+            let ini = absolute(&cli.ini);
             if let Err(code) = as_ini_owner(&ini) {
                 return code;
             }
             Ok(check::check(&check::CheckOptions { ini, root_crontab }))
         }
         Some(cli::Command::List(args)) => {
-            let ini = absolute(&args.ini);
+            let ini = absolute(&cli.ini);
             if let Err(code) = as_ini_owner(&ini) {
                 return code;
             }
@@ -77,7 +82,7 @@ fn main() -> std::process::ExitCode {
         }
         Some(cli::Command::Fetch(args)) => {
             signals::install();
-            let ini = absolute(&args.ini);
+            let ini = absolute(&cli.ini);
             let to = args.to.as_deref().map(absolute);
             // Read as the one who runs fetch, before acting as the INI's owner: the identity
             // is theirs (kept off the node, brought for the restore), not the cvp account's.
@@ -104,7 +109,7 @@ fn main() -> std::process::ExitCode {
         }
         // The verdict is printed; the exit code tells monitoring whether to worry.
         Some(cli::Command::Status(args)) => {
-            let ini = absolute(&args.ini);
+            let ini = absolute(&cli.ini);
             // Only the INI's state_dir is read from it, and as its owner.
             if args.state_dir.is_none() && ini.is_file() {
                 if let Err(code) = as_ini_owner(&ini) {
@@ -144,7 +149,7 @@ fn main() -> std::process::ExitCode {
             Err(why) => Err(error::Error::new(ExitCode::Usage, why)),
         },
         Some(cli::Command::Keygen(args)) => keygen::keygen(&keygen::KeygenOptions {
-            ini: args.ini,
+            ini: cli.ini.clone(),
             key_file: args.key_file.as_deref().map(absolute),
             password_stdin: args.password_stdin,
             yes: args.yes,
@@ -152,7 +157,7 @@ fn main() -> std::process::ExitCode {
         })
         .map(success),
         Some(cli::Command::Edit(args)) => edit::edit(&edit::EditOptions {
-            ini: args.ini,
+            ini: cli.ini.clone(),
             set: args.set,
             password_stdin: args.password_stdin,
         })

@@ -15,17 +15,34 @@ use crate::users::{self, User};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// Core dumps would carry the decrypted password and the key: none, for any command.
+/// The core-dump limit the process was started with, before `no_core_dumps`.
+static INHERITED_CORE_LIMIT: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Core dumps would carry the decrypted password and the key: none, for any command. Only the
+/// soft limit drops to 0 (and the process is made not dumpable): the hard limit stays, so the
+/// backup command gets back the limit the job was given (`inherited_core_limit`).
 pub fn no_core_dumps() {
     // SAFETY: plain system calls on our own process.
     unsafe {
-        let none = libc::rlimit {
+        let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_CORE, &mut limit) == 0 {
+            let _ = INHERITED_CORE_LIMIT.set(limit);
+        }
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: limit.rlim_max,
         };
         libc::setrlimit(libc::RLIMIT_CORE, &none);
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
+}
+
+/// The core-dump limit to give a program we start (None: `no_core_dumps` never ran).
+pub fn inherited_core_limit() -> Option<libc::rlimit> {
+    INHERITED_CORE_LIMIT.get().copied()
 }
 
 fn euid() -> u32 {

@@ -1,4 +1,4 @@
-//! Questions on the operator's terminal. Passwords are read without echo (rpassword reads
+//! Questions on the operator's terminal. Passwords are read without echo (from
 //! /dev/tty); they never pass through arguments, the environment or a log.
 
 use crate::error::{Error, Result};
@@ -36,10 +36,103 @@ pub fn yes_no(question: &str) -> Result<bool> {
     }
 }
 
+/// A password typed on the terminal. Echo goes off before the question is written, as
+/// OpenSSH's readpassphrase does: whatever is typed or pasted once the question shows is
+/// never echoed (turning it off after writing the question left a window where it was).
+/// The terminal is restored afterwards, also when a signal ends the program meanwhile.
 pub fn password(question: &str) -> Result<Secret> {
-    rpassword::prompt_password(question)
-        .map(Secret::new)
-        .map_err(|err| usage(format!("cannot read a password from the terminal: {err}")))
+    let fail =
+        |err: std::io::Error| usage(format!("cannot read a password from the terminal: {err}"));
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(fail)?;
+    let quiet = EchoOff::on(&tty).map_err(fail)?;
+    let mut out = &tty;
+    out.write_all(question.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(fail)?;
+    // The terminal still edits the line (backspace, ^U): only echo is off.
+    let mut typed = zeroize::Zeroizing::new(String::new());
+    let read = std::io::BufReader::new(&tty).read_line(&mut typed);
+    // The Enter that ended the line was not echoed either.
+    let _ = out.write_all(b"\n");
+    drop(quiet);
+    match read {
+        Ok(0) => Err(usage("input ended: nothing changed")),
+        Ok(_) => Ok(Secret::new(
+            typed.trim_end_matches(['\n', '\r']).to_string(),
+        )),
+        Err(err) => Err(fail(err)),
+    }
+}
+
+/// Echo off on a terminal until dropped (or a signal arrives: see `restore_and_reraise`).
+struct EchoOff {
+    fd: std::os::fd::RawFd,
+    saved: libc::termios,
+}
+
+/// The terminal's settings while echo is off, for a signal handler to put back.
+static mut SAVED_TERMIOS: Option<(std::os::fd::RawFd, libc::termios)> = None;
+const RESTORED_ON: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+impl EchoOff {
+    fn on(tty: &std::fs::File) -> std::io::Result<EchoOff> {
+        use std::os::fd::AsRawFd;
+        let fd = tty.as_raw_fd();
+        // SAFETY: termios is plain data filled by tcgetattr for a valid descriptor.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut quiet = saved;
+        quiet.c_lflag &= !(libc::ECHO | libc::ECHONL);
+        // SAFETY: single-threaded here (a prompt); the handler only reads what is set first.
+        unsafe {
+            SAVED_TERMIOS = Some((fd, saved));
+            for signal in RESTORED_ON {
+                libc::signal(
+                    signal,
+                    restore_and_reraise as *const () as libc::sighandler_t,
+                );
+            }
+            // TCSAFLUSH: what was typed before echo went off (and was echoed) is dropped.
+            if libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) != 0 {
+                let err = std::io::Error::last_os_error();
+                drop(EchoOff { fd, saved });
+                return Err(err);
+            }
+        }
+        Ok(EchoOff { fd, saved })
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restoring settings read from this descriptor; handlers back to default.
+        unsafe {
+            libc::tcsetattr(self.fd, libc::TCSAFLUSH, &self.saved);
+            for signal in RESTORED_ON {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+            SAVED_TERMIOS = None;
+        }
+    }
+}
+
+/// A signal while echo is off: echo back on, then die of the signal as we would have.
+extern "C" fn restore_and_reraise(signal: libc::c_int) {
+    // SAFETY: tcsetattr, signal and raise are async-signal-safe; the static was set before
+    // this handler was installed.
+    unsafe {
+        if let Some((fd, saved)) = SAVED_TERMIOS {
+            libc::tcsetattr(fd, libc::TCSAFLUSH, &saved);
+        }
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
 }
 
 /// A new password, typed twice; three attempts.

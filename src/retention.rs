@@ -5,6 +5,7 @@
 //! protected: it is kept whatever the stamps around it say.
 
 use crate::names::{BackupName, Kind, RemoteFile, RemoteName, Stamp};
+use crate::restore_set::Tonight;
 use crate::sets::{self, RestoreSet};
 use std::collections::HashSet;
 use std::fmt;
@@ -13,12 +14,28 @@ use std::fmt;
 pub struct Policy {
     /// Data backups to keep, newest first. Never 0: configuration rejects it.
     pub keep_data: usize,
+    /// A data backup kept beyond `keep_data` when it is not among them: on the node, the last
+    /// set verified off-box, so a night whose copy failed still prunes (/data never fills
+    /// while the server is down) without losing the newest set the server has.
+    pub also_keep: Option<BackupName>,
+}
+
+impl Policy {
+    /// Keep the newest `keep_data` data backups (the protected ones among them).
+    pub fn newest(keep_data: usize) -> Policy {
+        Policy {
+            keep_data,
+            also_keep: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeepReason {
     /// The set this run verified on the server: never pruned.
     Protected,
+    /// The newest set verified on the server, kept on the node beyond the limit.
+    LastVerifiedOffBox,
     /// One of the `limit` newest data backups (1 = newest).
     NewestData { rank: usize, limit: usize },
     /// The images file a kept data backup needs.
@@ -37,6 +54,9 @@ impl fmt::Display for KeepReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeepReason::Protected => f.write_str("the set this run verified on the server"),
+            KeepReason::LastVerifiedOffBox => {
+                f.write_str("the last set verified on the server (kept beyond the limit)")
+            }
             KeepReason::NewestData { rank, limit } => {
                 write!(f, "data backup {rank} of the {limit} newest")
             }
@@ -64,7 +84,8 @@ fn sorted_newest_first(files: &[BackupName], kind: Kind) -> Vec<BackupName> {
 }
 
 /// Keep the protected data backups, then the newest others (a stamp in the future counts as
-/// the oldest) up to `keep_data` in all, and the images and logs those need.
+/// the oldest) up to `keep_data` in all, then `also_keep` if it is not kept yet (so at most
+/// `keep_data` + 1), and the images and logs those need.
 pub fn apply_policy(
     files: &[BackupName],
     policy: Policy,
@@ -97,6 +118,9 @@ pub fn apply_policy(
             decision
                 .keep
                 .push((*file, KeepReason::NewestData { rank, limit }));
+        } else if policy.also_keep == Some(*file) {
+            kept_data.push(*file);
+            decision.keep.push((*file, KeepReason::LastVerifiedOffBox));
         } else {
             decision.remove.push(*file);
         }
@@ -155,6 +179,19 @@ pub fn apply_policy(
         }
     }
     decision
+}
+
+/// Whether the node's backups are pruned tonight. After every good backup of ours, whether
+/// or not its copy worked: the node keeps the newest `limit` and the last set verified
+/// off-box (`Policy::also_keep`), so nights with the server down never fill /data. After a
+/// failed backup, never (it added no set). On a night without a backup of ours, only once its
+/// set is verified on the server, as before.
+pub fn prunes_node(tonight: &Tonight, set_verified: bool) -> bool {
+    match tonight {
+        Tonight::Made(_) => true,
+        Tonight::Failed(_) => false,
+        Tonight::Skipped => set_verified,
+    }
 }
 
 /// Our files in a remote listing that serve nothing once the backups are pruned: checksum
@@ -333,15 +370,7 @@ mod tests {
         ];
         for case in cases {
             let files = parse_all(case.files);
-            let decision = apply_policy(
-                &files,
-                Policy {
-                    keep_data: case.keep_data,
-                },
-                &[],
-                &[],
-                now(),
-            );
+            let decision = apply_policy(&files, Policy::newest(case.keep_data), &[], &[], now());
             assert_eq!(
                 names(&decision.remove),
                 names(&parse_all(case.removed)),
@@ -369,7 +398,7 @@ mod tests {
             "backup_cvp.20240103020003.log",
             "cvp.eosimages.20240104020005.tgz",
         ]);
-        let decision = apply_policy(&files, Policy { keep_data: 2 }, &[], &[], now());
+        let decision = apply_policy(&files, Policy::newest(2), &[], &[], now());
         let reason = |name: &str| {
             let wanted = BackupName::parse(name).unwrap();
             decision
@@ -416,7 +445,7 @@ mod tests {
             "backup_cvp.20240102020003.log",
         ]);
         for keep_data in [0, 1, 2, 10] {
-            let decision = apply_policy(&files, Policy { keep_data }, &[], &[], now());
+            let decision = apply_policy(&files, Policy::newest(keep_data), &[], &[], now());
             let removed = names(&decision.remove);
             for survivor in [
                 "cvp.20240102020010.tgz",
@@ -444,7 +473,7 @@ mod tests {
         ]);
         let tonight = BackupName::parse("cvp.20240131020010.tgz").unwrap();
         for protect in [vec![tonight], vec![]] {
-            let decision = apply_policy(&files, Policy { keep_data: 1 }, &protect, &[], now());
+            let decision = apply_policy(&files, Policy::newest(1), &protect, &[], now());
             let removed = names(&decision.remove);
             assert!(!removed.contains(&tonight.file_name()), "{protect:?}");
             assert!(removed.contains(&"backup_cvp.20300101020003.log".to_string()));
@@ -459,11 +488,106 @@ mod tests {
         // The protected set counts toward the limit first, whatever its stamp.
         let older = BackupName::parse("cvp.20240131020010.tgz").unwrap();
         let files = parse_all(&["cvp.20240131020010.tgz", "cvp.20240201010010.tgz"]);
-        let decision = apply_policy(&files, Policy { keep_data: 1 }, &[older], &[], now());
+        let decision = apply_policy(&files, Policy::newest(1), &[older], &[], now());
         assert_eq!(names(&decision.remove), ["cvp.20240201010010.tgz"]);
         assert_eq!(decision.keep[0], (older, KeepReason::Protected));
-        let decision = apply_policy(&files, Policy { keep_data: 2 }, &[older], &[], now());
+        let decision = apply_policy(&files, Policy::newest(2), &[older], &[], now());
         assert!(decision.remove.is_empty(), "{:?}", decision.remove);
+    }
+
+    #[test]
+    fn the_last_set_verified_off_box_is_kept_beyond_the_limit() {
+        // Three good backups while the server was down; 20240101 was the last one verified.
+        let files = parse_all(&[
+            "cvp.eosimages.20231201020005.tgz",
+            "cvp.20240101020010.tgz",
+            "backup_cvp.20240101020003.log",
+            "cvp.20240102020010.tgz",
+            "backup_cvp.20240102020003.log",
+            "cvp.eosimages.20240103020005.tgz",
+            "cvp.20240103020010.tgz",
+            "backup_cvp.20240103020003.log",
+            "cvp.20240104020010.tgz",
+            "backup_cvp.20240104020003.log",
+        ]);
+        let verified = BackupName::parse("cvp.20240101020010.tgz").unwrap();
+        let tonight = BackupName::parse("cvp.20240104020010.tgz").unwrap();
+        // (limit, also_keep, removed)
+        let table: [(usize, Option<BackupName>, &[&str]); 4] = [
+            // Its log stays too: newer than the oldest kept set's.
+            (2, Some(verified), &["cvp.20240102020010.tgz"]),
+            (
+                2,
+                None,
+                &[
+                    "cvp.eosimages.20231201020005.tgz",
+                    "cvp.20240101020010.tgz",
+                    "backup_cvp.20240101020003.log",
+                    "cvp.20240102020010.tgz",
+                    "backup_cvp.20240102020003.log",
+                ],
+            ),
+            // Already among the newest: nothing more is kept (limit, not limit + 1).
+            (4, Some(verified), &[]),
+            (
+                1,
+                Some(tonight),
+                &[
+                    "cvp.eosimages.20231201020005.tgz",
+                    "cvp.20240101020010.tgz",
+                    "backup_cvp.20240101020003.log",
+                    "cvp.20240102020010.tgz",
+                    "backup_cvp.20240102020003.log",
+                    "cvp.20240103020010.tgz",
+                    "backup_cvp.20240103020003.log",
+                ],
+            ),
+        ];
+        for (limit, also_keep, removed) in table {
+            let policy = Policy {
+                keep_data: limit,
+                also_keep,
+            };
+            let decision = apply_policy(&files, policy, &[tonight], &[], now());
+            assert_eq!(
+                names(&decision.remove),
+                names(&parse_all(removed)),
+                "limit {limit}, also {also_keep:?}"
+            );
+            let kept_data = decision
+                .keep
+                .iter()
+                .filter(|(n, _)| n.kind == Kind::Data)
+                .count();
+            assert!(kept_data <= limit + 1, "limit {limit}: {kept_data} kept");
+            if let Some(also) = also_keep {
+                assert!(decision.keep.iter().any(|(n, _)| *n == also));
+            }
+        }
+        let decision = apply_policy(
+            &files,
+            Policy {
+                keep_data: 2,
+                also_keep: Some(verified),
+            },
+            &[tonight],
+            &[],
+            now(),
+        );
+        assert!(decision
+            .keep
+            .contains(&(verified, KeepReason::LastVerifiedOffBox)));
+    }
+
+    #[test]
+    fn which_nights_prune_the_node() {
+        let new = HashSet::new();
+        assert!(prunes_node(&Tonight::Made(&new), false));
+        assert!(prunes_node(&Tonight::Made(&new), true));
+        assert!(!prunes_node(&Tonight::Failed(&new), true));
+        assert!(!prunes_node(&Tonight::Failed(&new), false));
+        assert!(prunes_node(&Tonight::Skipped, true));
+        assert!(!prunes_node(&Tonight::Skipped, false));
     }
 
     #[test]

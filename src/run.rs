@@ -2,6 +2,7 @@
 
 use crate::backup;
 use crate::claim;
+use crate::concurrent;
 use crate::config::{self, Config, ServerConfig, Streams};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
@@ -21,7 +22,8 @@ use crate::seal::Recipients;
 use crate::secret::{self, Secret};
 use crate::sets::{self, Member};
 use crate::signals;
-use crate::state::{self, CopiedFile, History, RunRecord, SealedUpload};
+use crate::space::{self, Room};
+use crate::state::{self, BackupWindow, CopiedFile, History, RunRecord, SealedUpload};
 use crate::transfer::{self, Seen};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,20 +43,23 @@ pub(crate) struct LocalFile {
     pub(crate) name: BackupName,
     pub(crate) path: PathBuf,
     pub(crate) size: u64,
+    /// When it was last written: tells a backup's files from another backup's.
+    pub(crate) modified: Option<std::time::SystemTime>,
 }
 
 /// Run the job and return its exit code. Every failure is logged where it happens, and
 /// every night leaves a record (but a night refused because another run holds the lock:
-/// that run writes its own).
+/// that run writes its own; and a dry run, which changes nothing, neither records nor pings).
 pub fn run_job(options: &RunOptions) -> ExitCode {
     let clock = Instant::now();
     let started = chrono::Local::now();
     let config = match Config::load(&options.ini) {
         Ok(config) => config,
+        Err(err) if options.dry_run => return report_fatal(err),
         Err(err) => {
             return refused(
                 config::state_dir_hint(&options.ini),
-                None,
+                config::destination_hint(&options.ini),
                 Monitoring::from_ini_hint(&options.ini),
                 &started,
                 err,
@@ -76,6 +81,7 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
     };
     let limit = match config.effective_limit(options.limit) {
         Ok(limit) => limit,
+        Err(err) if options.dry_run => return report_fatal(err),
         Err(err) => return refuse(err),
     };
     if options.dry_run {
@@ -87,11 +93,12 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
             Err(err) => report_fatal(err),
         };
     }
-    let lock = match lock::acquire(&config.backup.state_dir) {
+    let lock = match lock::acquire(&config.backup.state_dir, lock::Holder::Run) {
         Ok(lock) => lock,
         Err(err) if err.code == ExitCode::Locked => return report_fatal(err),
         Err(err) => return refuse(err),
     };
+    let log_file = logging::start_run_log(&config.backup.state_dir);
     let mut monitoring = Monitoring::from_config(&config.backup);
     monitoring.run_started();
     log::info!(
@@ -101,19 +108,29 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
         config.server.host,
         config.server.destination
     );
-    let history = match state::load_history(&lock.dir) {
+    let mut history = match state::load_history(&lock.dir) {
         Ok(history) => history,
         Err(err) => {
             log::warn!("{err}");
             History::default()
         }
     };
+    if history.last_verified.is_none() {
+        // Histories from before it was kept there: the record's recovery point says it.
+        history.last_verified = state::load(&config.backup.state_dir)
+            .ok()
+            .flatten()
+            .filter(|record| record.destination == destination_label(&config))
+            .and_then(|record| record.recovery_point);
+    }
     let mut job = Job {
         options,
         record: RunRecord {
             version: env!("CARGO_PKG_VERSION").into(),
             started: started.to_rfc3339(),
             destination: destination_label(&config),
+            no_backup: options.no_backup,
+            log_file: log_file.map(|path| path.display().to_string()),
             ..RunRecord::default()
         },
         config,
@@ -129,10 +146,7 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
 }
 
 fn destination_label(config: &Config) -> String {
-    format!(
-        "{}@{}:{}",
-        config.server.user, config.server.host, config.server.destination
-    )
+    config.server.label()
 }
 
 fn report_fatal(err: Error) -> ExitCode {
@@ -150,6 +164,7 @@ fn refused(
     err: Error,
 ) -> ExitCode {
     log::error!("{err}");
+    let summary = format!("summary: refused before the backup: exit={}", err.code);
     let mut record = RunRecord {
         version: env!("CARGO_PKG_VERSION").into(),
         started: started.to_rfc3339(),
@@ -160,9 +175,10 @@ fn refused(
         ..RunRecord::default()
     };
     if let Some(state_dir) = &state_dir {
+        record.log_file = logging::start_run_log(state_dir).map(|path| path.display().to_string());
         record_run(state_dir, &mut record);
     }
-    let summary = format!("summary: refused before the backup: exit={}", err.code);
+    logging::flush();
     monitoring.run_finished(&record, &summary);
     err.code
 }
@@ -194,6 +210,8 @@ enum Night {
     Skipped,
     Made(HashSet<BackupName>),
     Failed(HashSet<BackupName>),
+    /// Not enough free space in `backup_dir`: no backup was started.
+    Refused,
 }
 
 impl Job<'_> {
@@ -222,6 +240,9 @@ impl Job<'_> {
         // Credentials are checked first, but a bad key does not stop the local backup: a
         // backup on the node is better than none when the copy cannot happen.
         let password = credentials(&self.config);
+        if let Err(err) = self.refuse_beside_another_backup() {
+            return self.fail(err);
+        }
         if let Err(err) = self.recover_from_a_dead_backup() {
             return self.fail(err);
         }
@@ -253,7 +274,7 @@ impl Job<'_> {
         let names: Vec<BackupName> = after.iter().map(|f| f.name).collect();
         warn_about_future_stamps(&names, self.now);
         let tonight = match &night {
-            Night::Skipped => Tonight::Skipped,
+            Night::Skipped | Night::Refused => Tonight::Skipped,
             Night::Made(new) => Tonight::Made(new),
             Night::Failed(new) => Tonight::Failed(new),
         };
@@ -282,22 +303,69 @@ impl Job<'_> {
                 "no data backup in {} to copy: the backup server has no restore set from this run",
                 self.config.backup.backup_dir.display()
             )));
-            if files.is_empty() {
-                return;
-            }
         }
-        let password = match password {
-            Ok(password) => password,
+        let mut link = None;
+        let all_copied = match password {
+            _ if files.is_empty() => false,
+            Ok(password) => {
+                let link = link.insert(self.link(password, &files));
+                let (clock, policy) = (Instant::now(), RetryPolicy::of(&self.config.server));
+                let copied = self.copy_files(link, &policy, &files, selection.set.as_ref());
+                let waited = policy.waited.get();
+                self.copy_seconds = clock.elapsed().saturating_sub(waited).as_secs_f64();
+                self.record.copy_seconds = Some(self.copy_seconds);
+                self.record.retry_wait_seconds = Some(waited.as_secs_f64());
+                copied
+            }
             Err(err) => {
                 log::warn!("copy skipped: the password cannot be used");
-                return self.fail(err);
+                self.fail(err);
+                false
             }
         };
+        let verified = match (all_copied, &selection.set) {
+            (true, Some(set)) => {
+                self.adopt_as_last_good(set, &names);
+                // Its members as verified: the node keeps exactly those while it is the last
+                // set the server has (a by-hand set's images file is not the rule's to guess).
+                self.history.record(set);
+                self.history.last_verified = Some(set.data.file_name());
+                self.save_history();
+                self.record.recovery_point = Some(set.data.file_name());
+                self.record.recovery_point_verified = Some(chrono::Local::now().to_rfc3339());
+                true
+            }
+            _ => false,
+        };
+        if signals::received().is_some() {
+            return log::warn!("pruning skipped: the run was stopped");
+        }
+        if selection.set.is_some() && retention::prunes_node(&tonight, verified) {
+            self.prune_local(&after, &selection, verified);
+        } else if matches!(night, Night::Failed(_)) {
+            log::warn!("pruning skipped: the backup did not complete");
+        }
+        let Some(link) = link.as_mut().filter(|_| all_copied) else {
+            return log::warn!(
+                "remote pruning skipped: not every file of the restore set is on the remote"
+            );
+        };
+        if self.config.server.remote_limit > 0 && verified && !matches!(night, Night::Failed(_)) {
+            match link.remote() {
+                Ok(remote) => self.prune_remote(remote, &selection),
+                Err(err) => log::warn!("remote pruning skipped: {err}"),
+            }
+        }
+        self.count_remote_sets(link);
+    }
+
+    /// The connection tonight's files go over (made when first needed).
+    fn link(&self, password: Option<Secret>, files: &[LocalFile]) -> Link {
         let parallel = self.config.server.streams != Streams::Fixed(1)
             && files
                 .iter()
                 .any(|file| file.size >= transfer::PARALLEL_THRESHOLD);
-        let mut link = Link {
+        Link {
             server: Arc::new(self.config.server.clone()),
             password: password.map(Arc::new),
             remote: None,
@@ -307,42 +375,27 @@ impl Job<'_> {
             streams: None,
             wanted_extra: 0,
             releasing: None,
-        };
-        let all_copied = self.copy_files(&mut link, &files, selection.set.as_ref());
-        if let (true, Some(set)) = (all_copied, &selection.set) {
-            self.adopt_as_last_good(set, &names);
-            self.record.recovery_point = Some(set.data.file_name());
-            self.record.recovery_point_verified = Some(chrono::Local::now().to_rfc3339());
         }
-        if !all_copied {
-            log::warn!("pruning skipped: not every file of the restore set is on the remote");
-            return;
-        }
-        self.prune(&mut link, &night, &after, &selection);
-        self.count_remote_sets(&mut link);
     }
 
-    fn prune(
-        &mut self,
-        link: &mut Link,
-        night: &Night,
-        after: &[LocalFile],
-        selection: &Selection,
-    ) {
-        if matches!(night, Night::Failed(_)) {
-            return log::warn!("pruning skipped: the backup did not complete");
+    /// A CVP backup already running (root's stock cron line, an operator by hand): two at
+    /// once must not happen, and the files it is writing are not ours to choose, adopt or set
+    /// aside. The night does nothing.
+    fn refuse_beside_another_backup(&self) -> Result<()> {
+        let running = concurrent::running(&self.config.backup.command, None);
+        if running.is_empty() {
+            return Ok(());
         }
-        // The set just verified on the server is the newest: it is never pruned.
-        if selection.set.is_none() {
-            return;
-        }
-        self.prune_local(after, selection);
-        if self.config.server.remote_limit > 0 {
-            match link.remote() {
-                Ok(remote) => self.prune_remote(remote, selection),
-                Err(err) => log::warn!("remote pruning skipped: {err}"),
-            }
-        }
+        Err(Error::new(
+            ExitCode::Locked,
+            format!(
+                "a CVP backup is already running ({}): not starting another, and nothing is \
+                 copied or pruned while it writes; if it is root's stock line \
+                 ({}), remove it from root's crontab",
+                concurrent::describe(&running),
+                concurrent::STOCK_SCRIPT
+            ),
+        ))
     }
 
     /// The data backups on the server once the night is done, for the metrics.
@@ -384,42 +437,95 @@ impl Job<'_> {
         let Some(before) = self.history.backup_started.clone() else {
             return Ok(());
         };
-        let leftovers: HashSet<BackupName> = self
-            .usable_local()?
-            .iter()
-            .map(|f| f.name)
-            .filter(|name| !before.contains(&name.file_name()))
-            .collect();
+        let window = self.history.backup_window.clone();
+        let (leftovers, foreign) = appeared_during(&before, window.as_ref(), &self.usable_local()?);
         log::warn!(
             "the previous run ended during its CVP backup (the job was killed or the node \
              restarted): {} is set aside as failed",
             describe_names(&leftovers)
         );
+        warn_about_foreign(&foreign);
         self.set_aside(&leftovers);
         self.history.backup_started = None;
+        self.history.backup_window = None;
         self.save_history();
         Ok(())
+    }
+
+    /// The room `backup_dir` has for tonight's backup (recorded for `status` and the
+    /// metrics); None when its file system cannot be looked at.
+    fn measure_room(&mut self, local: &[LocalFile]) -> Option<Room> {
+        let free = space::free_bytes(&self.config.backup.backup_dir)?;
+        let last_set = newest_set_bytes(local, &self.history, self.now);
+        let room = space::assess(self.config.backup.min_free_space, free, last_set);
+        self.record.free_bytes = Some(room.free);
+        self.record.free_floor_bytes = Some(room.floor);
+        Some(room)
     }
 
     /// Run the backup. A failed one has its archives set aside before anything is chosen.
     fn backup_night(&mut self) -> Result<Night> {
         let before = self.usable_local()?;
-        warn_if_short_of_space(&self.config.backup.backup_dir, &before);
-        self.history.backup_started = Some(before.iter().map(|f| f.name.file_name()).collect());
+        match self.measure_room(&before) {
+            Some(room) if !room.enough() => {
+                self.record.backup_succeeded = Some(false);
+                self.fail(Error::new(
+                    ExitCode::BackupFailed,
+                    format!(
+                        "not enough free space in {} for tonight's backup: {}; the backup was \
+                         not started (the previous set is still copied). Free space there, \
+                         lower limit, or set min_free_space",
+                        self.config.backup.backup_dir.display(),
+                        room.describe()
+                    ),
+                ));
+                return Ok(Night::Refused);
+            }
+            Some(room) => log::info!(
+                "free space in {}: {}",
+                self.config.backup.backup_dir.display(),
+                room.describe()
+            ),
+            None => log::warn!(
+                "cannot measure the free space in {}: the backup starts without the \
+                 min_free_space check",
+                self.config.backup.backup_dir.display()
+            ),
+        }
+        let names_before: Vec<String> = before.iter().map(|f| f.name.file_name()).collect();
+        let window = BackupWindow::starting_now(
+            self.config.backup.timeout + backup::GRACE + std::time::Duration::from_secs(60),
+        );
+        self.history.backup_started = Some(names_before.clone());
+        self.history.backup_window = Some(window.clone());
         self.save_history();
-        let succeeded = self.run_backup();
+        let (succeeded, session) = self.run_backup();
+        // One started while ours ran (a stock line at another minute, an operator): the
+        // files that appeared cannot be told apart, so none is adopted, copied or set aside.
+        let others = concurrent::running(&self.config.backup.command, session);
+        if !others.is_empty() {
+            self.history.backup_started = None;
+            self.history.backup_window = None;
+            self.save_history();
+            return Err(Error::new(
+                ExitCode::Locked,
+                format!(
+                    "another CVP backup started while this one ran ({}): the files that \
+                     appeared cannot be told apart, so none is adopted, copied or set aside \
+                     tonight; the next night sorts them out",
+                    concurrent::describe(&others)
+                ),
+            ));
+        }
         let after = self.usable_local();
-        let old: HashSet<BackupName> = before.iter().map(|f| f.name).collect();
-        let new: HashSet<BackupName> = after
-            .as_ref()
-            .map(|after| {
-                after
-                    .iter()
-                    .map(|f| f.name)
-                    .filter(|n| !old.contains(n))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let new: HashSet<BackupName> = match &after {
+            Ok(after) => {
+                let (new, foreign) = appeared_during(&names_before, Some(&window), after);
+                warn_about_foreign(&foreign);
+                new
+            }
+            Err(_) => HashSet::new(),
+        };
         let newest_data = new
             .iter()
             .filter(|n| n.kind == Kind::Data)
@@ -452,6 +558,7 @@ impl Job<'_> {
             }
         };
         self.history.backup_started = None;
+        self.history.backup_window = None;
         self.save_history();
         after?;
         Ok(night)
@@ -493,7 +600,8 @@ impl Job<'_> {
             }
         }
     }
-    fn run_backup(&mut self) -> bool {
+    /// Whether the backup succeeded, and the session it ran in.
+    fn run_backup(&mut self) -> (bool, Option<u32>) {
         let command = &self.config.backup.command;
         let user = &self.config.backup.user;
         log::info!(
@@ -503,6 +611,7 @@ impl Job<'_> {
         );
         self.record.backup_ran = true;
         let outcome = backup::run(command, user, self.config.backup.timeout);
+        let session = outcome.as_ref().ok().map(|o| o.session);
         let succeeded = match outcome {
             Ok(outcome) if outcome.succeeded() => {
                 log::info!(
@@ -530,21 +639,17 @@ impl Job<'_> {
             }
         };
         self.record.backup_succeeded = Some(succeeded);
-        succeeded
+        (succeeded, session)
     }
 
     fn copy_files(
         &mut self,
         link: &mut Link,
+        policy: &RetryPolicy,
         files: &[LocalFile],
         set: Option<&RestoreSet>,
     ) -> bool {
-        let clock = Instant::now();
-        let policy = RetryPolicy {
-            retries: self.config.server.retries,
-            wait: self.config.server.retry_wait,
-        };
-        match retry(&policy, link, |link| {
+        match retry(policy, link, |link| {
             let created = link.remote()?.ensure_destination()?;
             link.plan_streams()?;
             Ok(created)
@@ -557,7 +662,7 @@ impl Job<'_> {
             }
         }
         let node = self.config.backup.node_name.clone();
-        match retry(&policy, link, |link| claim::claim(link.remote()?, &node)) {
+        match retry(policy, link, |link| claim::claim(link.remote()?, &node)) {
             Ok(claim::Claimed::Now) => log::info!(
                 "claimed {} for this node ({node}): other nodes are refused there",
                 link.label()
@@ -581,12 +686,12 @@ impl Job<'_> {
             let outcome = match first_attempts.remove(&index) {
                 Some(Err(err)) if err.transient && signals::received().is_none() => {
                     log::warn!("{err}; trying {} again on its own", file.name);
-                    retry(&policy, link, |link| {
+                    retry(policy, link, |link| {
                         copy_one(link, file, &self.history.sealed)
                     })
                 }
                 Some(outcome) => outcome,
-                None => retry(&policy, link, |link| {
+                None => retry(policy, link, |link| {
                     copy_one(link, file, &self.history.sealed)
                 }),
             };
@@ -680,7 +785,7 @@ impl Job<'_> {
                 })
                 .collect();
             let text = sets::render_manifest(&members);
-            match retry(&policy, link, |link| {
+            match retry(policy, link, |link| {
                 transfer::publish_manifest(link.remote()?, set.data, &text)
             }) {
                 Ok(true) => log::info!(
@@ -704,7 +809,7 @@ impl Job<'_> {
             .collect();
         if !replaced_files.is_empty() && signals::received().is_none() {
             let except = set.map(|s| s.data);
-            match retry(&policy, link, |link| {
+            match retry(policy, link, |link| {
                 restate_manifests(link.remote()?, &replaced_files, except)
             }) {
                 Ok(restated) => {
@@ -726,23 +831,35 @@ impl Job<'_> {
                 ),
             }
         }
-        self.copy_seconds = clock.elapsed().as_secs_f64();
         all_ok
     }
 
-    fn prune_local(&mut self, files: &[LocalFile], selection: &Selection) {
+    /// Prune the node: the newest `limit` sets and the last set verified on the server stay.
+    /// `verified`: tonight's set is on the server (else this is a good backup whose copy
+    /// failed, pruned all the same so that /data never fills while the server is down).
+    fn prune_local(&mut self, files: &[LocalFile], selection: &Selection, verified: bool) {
         let names: Vec<BackupName> = files.iter().map(|f| f.name).collect();
         let mut known = self.history.known();
         known.extend(selection.set.clone());
-        let decision = retention::apply_policy(
-            &names,
-            Policy {
-                keep_data: self.limit as usize,
-            },
-            &selection.protect,
-            &known,
-            self.now,
-        );
+        let policy = Policy {
+            keep_data: self.limit as usize,
+            also_keep: self.history.last_verified(),
+        };
+        if !verified {
+            log::warn!(
+                "the copy did not complete, but the backup did: pruning the node all the same \
+                 (keeping the newest {} and the last set verified on the server, {}) so that \
+                 {} does not fill while copies fail",
+                self.limit,
+                policy
+                    .also_keep
+                    .map(|n| n.file_name())
+                    .unwrap_or_else(|| "none yet".into()),
+                self.config.backup.backup_dir.display()
+            );
+        }
+        let decision =
+            retention::apply_policy(&names, policy, &selection.protect, &known, self.now);
         log_keeps("local", &decision);
         for name in &decision.remove {
             let Some(file) = files.iter().find(|f| f.name == *name) else {
@@ -753,7 +870,7 @@ impl Job<'_> {
             }
         }
         // A good set is on the server: failed backups' archives have served their purpose.
-        for (_, path, _) in list_failed(&self.config) {
+        for (_, path, _) in list_failed(&self.config).into_iter().filter(|_| verified) {
             remove_local(
                 &path,
                 "a failed backup's archive, now that a good set is verified",
@@ -868,6 +985,7 @@ impl Job<'_> {
                 .count()
         });
         record_run(&self.config.backup.state_dir, &mut self.record);
+        logging::flush();
         // The next run need not wait for a slow monitoring server.
         let Job {
             lock, record, code, ..
@@ -910,10 +1028,7 @@ impl Drop for Link {
 
 impl Link {
     fn label(&self) -> String {
-        format!(
-            "{}@{}:{}",
-            self.server.user, self.server.host, self.server.destination
-        )
+        self.server.label()
     }
 
     fn remote(&mut self) -> Result<&mut SftpRemote> {
@@ -1056,6 +1171,18 @@ impl Link {
 struct RetryPolicy {
     retries: u32,
     wait: u64,
+    /// Time spent waiting between attempts: not part of the copy time.
+    waited: std::cell::Cell<std::time::Duration>,
+}
+
+impl RetryPolicy {
+    fn of(server: &ServerConfig) -> RetryPolicy {
+        RetryPolicy {
+            retries: server.retries,
+            wait: server.retry_wait,
+            waited: Default::default(),
+        }
+    }
 }
 
 /// Run `op` on the remote; after a connection or transfer error, reconnect and try again
@@ -1078,7 +1205,10 @@ fn retry<T>(
                 attempt += 1;
                 log::warn!("{err}; retry {attempt} of {} in {wait} s", policy.retries);
                 link.reset();
-                signals::sleep(wait)?;
+                let asleep = Instant::now();
+                let slept = signals::sleep(wait);
+                policy.waited.set(policy.waited.get() + asleep.elapsed());
+                slept?;
                 wait = wait.saturating_mul(2);
             }
             Err(err) => {
@@ -1360,34 +1490,56 @@ fn megabytes_per_second(bytes: u64, seconds: f64) -> f64 {
     }
 }
 
-/// The newest data backup on this node.
-pub(crate) fn last_data_backup(files: &[LocalFile]) -> Option<&LocalFile> {
-    files
-        .iter()
-        .filter(|f| f.name.kind == Kind::Data)
-        .max_by_key(|f| f.name.stamp)
-}
-
-/// The next backup is about as big as the last one: the warning when it may not fit.
-pub(crate) fn space_warning(backup_dir: &Path, free: u64, last: &LocalFile) -> Option<String> {
-    (free < last.size).then(|| {
-        format!(
-            "{} has {} MB free but the last backup {} took {} MB: the next backup may not fit; \
-             lower limit or free space",
-            backup_dir.display(),
-            free / 1_000_000,
-            last.name,
-            last.size / 1_000_000
-        )
-    })
-}
-
-fn warn_if_short_of_space(backup_dir: &Path, files: &[LocalFile]) {
-    let (Some(last), Some(free)) = (last_data_backup(files), backup::free_bytes(backup_dir)) else {
-        return;
+/// The size of the newest good set on the node (its data file and the images file it
+/// needs): what the next backup will about take.
+pub(crate) fn newest_set_bytes(local: &[LocalFile], history: &History, now: Stamp) -> Option<u64> {
+    let names: Vec<BackupName> = local.iter().map(|f| f.name).collect();
+    let selection = restore_set::select(
+        &names,
+        Tonight::Skipped,
+        history.last_good().as_ref(),
+        &history.known(),
+        now,
+    );
+    let set = selection.set?;
+    let size = |name: Option<BackupName>| {
+        name.and_then(|name| local.iter().find(|f| f.name == name))
+            .map_or(0, |f| f.size)
     };
-    if let Some(warning) = space_warning(backup_dir, free, last) {
-        log::warn!("{warning}");
+    Some(size(Some(set.data)) + size(set.images))
+}
+
+/// The CVP files that appeared since `before` (names) and can be a backup's that ran in
+/// `window`; and those that appeared but were written outside it (another backup's, or
+/// copied in by hand): never ours to adopt or set aside.
+fn appeared_during(
+    before: &[String],
+    window: Option<&BackupWindow>,
+    now: &[LocalFile],
+) -> (HashSet<BackupName>, Vec<BackupName>) {
+    let mut ours = HashSet::new();
+    let mut foreign = Vec::new();
+    for file in now.iter().filter(|f| !before.contains(&f.name.file_name())) {
+        let in_window = match (window, file.modified) {
+            (Some(window), Some(modified)) => window.contains(modified),
+            _ => true,
+        };
+        if in_window {
+            ours.insert(file.name);
+        } else {
+            foreign.push(file.name);
+        }
+    }
+    foreign.sort_by_key(|n| n.file_name());
+    (ours, foreign)
+}
+
+fn warn_about_foreign(foreign: &[BackupName]) {
+    for name in foreign {
+        log::warn!(
+            "{name} appeared during the backup but was written outside it (another backup's, or \
+             copied in): left as it is, neither adopted nor set aside"
+        );
     }
 }
 
@@ -1471,6 +1623,9 @@ pub(crate) fn credentials(config: &Config) -> Result<Option<Secret>> {
                 identity.display()
             )));
         }
+        if let Err(err) = secret::check_identity_is_private(identity) {
+            log::warn!("{err}");
+        }
     }
     match (&server.password_token, &server.key_file) {
         (Some(token), Some(key)) => {
@@ -1535,6 +1690,7 @@ fn scan(
                 name,
                 path: entry.path(),
                 size: meta.len(),
+                modified: meta.modified().ok(),
             }),
             _ => continue,
         }
@@ -1618,9 +1774,7 @@ fn remote_retention(
 ) -> Decision {
     retention::apply_policy(
         &backup_names(listing),
-        Policy {
-            keep_data: remote_limit as usize,
-        },
+        Policy::newest(remote_limit as usize),
         protect,
         known,
         now,
@@ -1655,6 +1809,28 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         }
     }
     local.retain(|f| !excluded.contains(&f.name));
+    let running = concurrent::running(&config.backup.command, None);
+    if !running.is_empty() {
+        plan.notes.push(format!(
+            "a CVP backup is running now ({}): a real run refuses to start beside it (exit 6)",
+            concurrent::describe(&running)
+        ));
+    }
+    if let (false, Some(free)) = (
+        options.no_backup,
+        space::free_bytes(&config.backup.backup_dir),
+    ) {
+        let last_set = newest_set_bytes(&local, &history, now);
+        let room = space::assess(config.backup.min_free_space, free, last_set);
+        if !room.enough() {
+            plan.notes.push(format!(
+                "not enough free space in {} ({}): a real run does not start the backup (exit \
+                 1) and copies the previous set",
+                config.backup.backup_dir.display(),
+                room.describe()
+            ));
+        }
+    }
     let names: Vec<BackupName> = local.iter().map(|f| f.name).collect();
     let mut known = history.known();
     let selection = restore_set::select(
@@ -1670,6 +1846,7 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         &names,
         Policy {
             keep_data: limit as usize,
+            also_keep: history.last_verified(),
         },
         &protect,
         &known,

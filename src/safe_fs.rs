@@ -388,6 +388,15 @@ impl Dir {
         Ok(())
     }
 
+    /// The names in the folder (read through our handle, not its path).
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let entries = std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))?;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect())
+    }
+
     pub fn sync(&self) -> io::Result<()> {
         // SAFETY: fsync of our own descriptor.
         check(unsafe { libc::fsync(self.fd.as_raw_fd()) }).map(drop)

@@ -35,14 +35,28 @@ pub fn encrypt_password(key: &fernet::Fernet, password: &Secret) -> String {
 
 /// A key file others can read defeats the encryption of the password: refuse it.
 pub fn check_key_is_private(path: &Path) -> Result<()> {
+    private_file("key file", path, "decrypt the password")
+}
+
+/// The same rule for `identity_file` (an SSH private key): group or other can read it.
+pub fn check_identity_is_private(path: &Path) -> Result<()> {
+    private_file(
+        "identity_file",
+        path,
+        "log in to the backup server as this node",
+    )
+}
+
+/// A secret file only its owner may read: the error names what a reader could do, and the fix.
+fn private_file(what: &str, path: &Path, reader_could: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)
-        .map_err(|err| Error::config(format!("cannot read key file {}: {err}", path.display())))?;
+        .map_err(|err| Error::config(format!("cannot read {what} {}: {err}", path.display())))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(Error::config(format!(
-            "key file {} is open to group or other (mode {mode:04o}): anyone who can read it \
-             can decrypt the password; run `chmod 600 {}`",
+            "{what} {} is open to group or other (mode {mode:04o}): anyone who can read it \
+             can {reader_could}; run `chmod 600 {}`",
             path.display(),
             crate::error::shell_word(path)
         )));

@@ -67,6 +67,23 @@ pub struct RunRecord {
     pub local_sets: Option<usize>,
     #[serde(default)]
     pub remote_sets: Option<usize>,
+    /// The run was asked not to back up (`--no-backup`).
+    #[serde(default)]
+    pub no_backup: bool,
+    /// Free space in `backup_dir` before the backup, and the floor it had to reach
+    /// (`min_free_space`); None when not measured.
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+    #[serde(default)]
+    pub free_floor_bytes: Option<u64>,
+    /// Seconds the copy took, without the waits between retries; and those waits.
+    #[serde(default)]
+    pub copy_seconds: Option<f64>,
+    #[serde(default)]
+    pub retry_wait_seconds: Option<f64>,
+    /// This run's own log in `state_dir`.
+    #[serde(default)]
+    pub log_file: Option<String>,
 }
 
 impl RunRecord {
@@ -175,6 +192,15 @@ pub struct History {
     /// the next run, it means the job died during a backup; what appeared since is failed.
     #[serde(default)]
     pub backup_started: Option<Vec<String>>,
+    /// When that backup started (RFC 3339) and how long it could run (`backup_timeout` plus
+    /// the grace before KILL): only files written in that window can be its. Absent in
+    /// histories written before it existed.
+    #[serde(default)]
+    pub backup_window: Option<BackupWindow>,
+    /// The data file of the newest set verified complete on the server: kept on the node
+    /// beyond `limit` while later backups cannot be copied.
+    #[serde(default)]
+    pub last_verified: Option<String>,
     /// The encrypted copies this node uploaded and verified. Nothing on the node can decrypt
     /// one to compare it, so a NAME.age on the server counts as a copy of the local file only
     /// when it is one of these: same recipients, same local size, and the server's checksum
@@ -186,6 +212,37 @@ pub struct History {
     /// night stopped before that leaves the work to the next one.
     #[serde(default)]
     pub restate: Vec<(String, String)>,
+}
+
+/// When a backup of ours ran, to tell its files from another backup's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupWindow {
+    /// RFC 3339.
+    pub started: String,
+    /// The longest it could run, in seconds.
+    pub seconds: u64,
+}
+
+impl BackupWindow {
+    pub fn starting_now(longest: std::time::Duration) -> BackupWindow {
+        BackupWindow {
+            started: chrono::Local::now().to_rfc3339(),
+            seconds: longest.as_secs(),
+        }
+    }
+
+    /// Whether a file last written at `modified` can be this backup's: written after it
+    /// started (2 s of slack for coarse file system times) and before it had to end. An
+    /// unreadable start time proves nothing either way: the file counts.
+    pub fn contains(&self, modified: std::time::SystemTime) -> bool {
+        let Ok(started) = chrono::DateTime::parse_from_rfc3339(&self.started) else {
+            return true;
+        };
+        let modified: chrono::DateTime<chrono::Utc> = modified.into();
+        let from = started.to_utc() - chrono::Duration::seconds(2);
+        let to = started.to_utc() + chrono::Duration::seconds(self.seconds as i64 + 2);
+        modified >= from && modified <= to
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -259,6 +316,10 @@ impl History {
                 .filter_map(|n| BackupName::parse(n))
                 .collect(),
         })
+    }
+
+    pub fn last_verified(&self) -> Option<BackupName> {
+        self.last_verified.as_deref().and_then(BackupName::parse)
     }
 
     pub fn failed(&self) -> Vec<BackupName> {

@@ -9,7 +9,6 @@ use rexpect::session::PtySession;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 const NEW_PASSWORD: &str = "Nw9-second-canary-Qz";
 
@@ -121,11 +120,10 @@ impl Term {
         self.session.send_line(reply).expect("type");
     }
 
-    /// Type at a no-echo prompt; wait a moment first, as a person would, so the program has
-    /// turned echo off after printing the prompt.
+    /// Type at a no-echo prompt the moment it shows, as a paste does: echo must already be
+    /// off then (the tool turns it off before writing the prompt, never after).
     fn secret(&mut self, prompt: &str, reply: &str) {
         self.expect(prompt);
-        std::thread::sleep(Duration::from_millis(300));
         self.session.send_line(reply).expect("type");
     }
 
@@ -316,6 +314,7 @@ const AFTER_KEYFILE: &[&str] = &[
     "node_name",
     "metrics_dir",
     "ping_url",
+    "min_free_space",
 ];
 
 #[test]
@@ -708,4 +707,65 @@ fn declining_to_save_an_edit_exits_2_and_changes_nothing() {
     term.answer("Would you like to edit these settings? (y/n) ", "n");
     let (code, screen) = term.finish();
     assert_eq!(code, 0, "{screen}");
+}
+
+/// No INI at the path given (a node without the RPM): `edit` offers to start one from the
+/// default settings, asks for each value, and writes it only on "Save". The new file is the
+/// packaged INI with the answers in place of its placeholders, 0600.
+#[test]
+fn edit_on_a_missing_ini_offers_to_create_it_from_the_default_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ini = dir.path().join("new.ini");
+    let mut cmd = Command::new(bin());
+    cmd.args(["edit", "--ini"])
+        .arg(&ini)
+        .env_remove("CVP_BACKUP_COPY_INI");
+    let mut term = Term::spawn(cmd);
+    term.answer("does not exist. Create it from the default settings", "y");
+    term.answer("Would you like to edit these settings? (y/n) ", "y");
+    term.answer("  user [", "backup");
+    term.answer("  server [", "backup.example.net");
+    term.answer("  password [", "n");
+    term.answer("  keyFile [", "n");
+    term.answer("  destination [", "/srv/cvp/node1");
+    keep_values(&mut term, &AFTER_KEYFILE[1..]);
+    term.answer("Save to ", "y");
+    let (code, screen) = term.finish();
+    assert_eq!(code, 0, "{screen}");
+    let text = std::fs::read_to_string(&ini).expect("created");
+    assert!(text.contains("\nuser = backup\n"), "{text}");
+    assert!(text.contains("\nserver = backup.example.net\n"), "{text}");
+    assert!(text.contains("\ndestination = /srv/cvp/node1\n"), "{text}");
+    assert!(
+        text.starts_with("# cvp-backup-copy configuration"),
+        "{text}"
+    );
+    assert!(
+        text.contains("#min_free_space = auto"),
+        "every option explained: {text}"
+    );
+    assert_eq!(std::fs::metadata(&ini).expect("ini").mode() & 0o777, 0o600);
+    // What was not answered keeps its placeholder: a run says "not configured" until set.
+    assert!(text.contains("password = {{"), "{text}");
+    assert!(screen.contains("saved, but not complete yet"), "{screen}");
+
+    // From a script: not created, and the message says how.
+    let missing = dir.path().join("other.ini");
+    let out = with_stdin(
+        {
+            let mut cmd = Command::new(bin());
+            cmd.args(["edit", "--set", "Server_Settings.user=x", "--ini"])
+                .arg(&missing)
+                .env_remove("CVP_BACKUP_COPY_INI");
+            cmd
+        },
+        "",
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("on a terminal to create it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!missing.exists());
 }

@@ -82,6 +82,9 @@ ls -l "$work/server/backups/cvp"
 step "run 2: --no-backup (nothing to copy: everything is there and verified)"
 "$bin" --ini "$node/backup.ini" --no-backup -v
 
+step "status: how the last night went (and where its whole log is)"
+"$bin" status --ini "$node/backup.ini" || true
+
 step "--dry-run: what the next run would do"
 "$bin" --ini "$node/backup.ini" --dry-run
 

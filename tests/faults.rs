@@ -109,15 +109,20 @@ fn a_slow_wan_link_still_copies_correctly() {
     assert!(std::fs::read(fx.dest.join(DATA)).expect("remote") == bytes);
 }
 
-/// A 1 MB tmpfs as the backup server's disk.
+/// A small tmpfs: a full disk.
 struct TinyDisk {
     path: std::path::PathBuf,
 }
 
 impl TinyDisk {
+    /// 1 MB as the backup server's disk (its user's).
     fn mount(path: &std::path::Path) -> TinyDisk {
+        TinyDisk::mount_as(path, (uid_of(TEST_USER), gid_of(TEST_USER)))
+    }
+
+    /// 1 MB (1048576 bytes) owned by `owner`.
+    fn mount_as(path: &std::path::Path, (uid, gid): (u32, u32)) -> TinyDisk {
         std::fs::create_dir_all(path).expect("mount point");
-        let (uid, gid) = (uid_of(TEST_USER), gid_of(TEST_USER));
         let status = Command::new("mount")
             .args([
                 "-t",
@@ -263,19 +268,121 @@ fn the_whole_job_runs_as_an_unprivileged_user() {
     fx.assert_remote_checksums_verify();
 }
 
+/// A 1 MB tmpfs as /data and 300 KB backups: three nights fit; before the fourth, the free
+/// space (about 150 KB) is under the floor (the last set plus 10 %, 330 KB), so the backup is
+/// not started: exit 1, nothing new on the disk (it never fills), the previous set still on
+/// the server, and `status`, `check` and the metrics say why.
 #[test]
-fn a_short_backup_dir_is_warned_about_before_the_backup() {
-    let fx = Fixture::new();
-    let _disk = TinyDisk::mount(&fx.backup_dir);
-    std::fs::write(fx.backup_dir.join(DATA), vec![7u8; 700_000]).expect("seed");
-    let run = fx.run(&[]);
-    // The warning comes first; this backup (64 KB) still fits, so the run succeeds.
-    assert_eq!(run.code, 0, "{}", run.all_output());
+fn the_free_space_floor_refuses_a_backup_before_backup_dir_fills() {
+    let mut fx = Fixture::new();
+    let _disk = TinyDisk::mount_as(&fx.backup_dir, (0, 0));
+    let metrics = fx.root.path().join("metrics");
+    std::fs::create_dir_all(&metrics).expect("metrics dir");
+    fx.cvpi_flags = "--size 300000".into();
+    fx.backup_extra = format!("metrics_dir = {}", metrics.display());
+    fx.write_ini();
+    for night in 1..=3 {
+        let run = fx.run(&[]);
+        assert_eq!(run.code, 0, "night {night}: {}", run.all_output());
+    }
+    let before = fx.local_names();
+    let last = fx.newest_local("cvp.2").expect("a set");
+    let free_before = free_bytes(&fx.backup_dir);
     assert!(
-        run.all_output().contains("may not fit"),
-        "{}",
-        run.all_output()
+        free_before < 330_000,
+        "the fourth would not fit: {free_before}"
     );
+
+    let refused = fx.run(&[]);
+    assert_eq!(refused.code, 1, "{}", refused.all_output());
+    let out = refused.all_output();
+    for needle in [
+        format!("not enough free space in {}", fx.backup_dir.display()),
+        "floor 330.0 kB (min_free_space = auto: the last set, 300.0 kB, plus 10 %)".into(),
+        "the backup was not started".into(),
+    ] {
+        assert!(out.contains(&needle), "{needle:?} not in {out}");
+    }
+    assert!(!out.contains("running the CVP backup"), "{out}");
+    assert_eq!(fx.local_names(), before, "nothing new, nothing partial");
+    assert!(
+        free_bytes(&fx.backup_dir) >= free_before,
+        "the disk did not fill"
+    );
+    assert!(
+        fx.remote_names().contains(&last),
+        "the previous set is on the server"
+    );
+
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.state_dir.join("last-run.json")).expect("record"),
+    )
+    .expect("json");
+    assert_eq!(record["exit_code"], 1);
+    assert_eq!(record["backup_ran"], false);
+    assert_eq!(record["free_floor_bytes"], 330_000);
+    assert!(
+        record["free_bytes"].as_u64().is_some_and(|f| f < 330_000),
+        "{record}"
+    );
+    let status = fx.run(&["status"]);
+    assert_eq!(status.code, 1, "{}", status.all_output());
+    assert!(
+        status.stdout.contains("CVP backup:  NOT STARTED"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("(floor 330.0 kB: too little)"),
+        "{}",
+        status.stdout
+    );
+    let prom = std::fs::read_to_string(metrics.join("cvp_backup_copy.prom")).expect("metrics");
+    assert!(
+        prom.contains("cvp_backup_copy_backup_dir_free_floor_bytes{"),
+        "{prom}"
+    );
+    assert!(prom.contains("} 330000\n"), "{prom}");
+    let check = fx.run(&["check"]);
+    assert_eq!(check.code, 1, "{}", check.all_output());
+    assert!(
+        check.stdout.contains("[FAIL] free space:"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("tonight's backup would be refused (exit 1)"),
+        "{}",
+        check.stdout
+    );
+
+    // Room again (the operator deletes the oldest backup): the next night backs up.
+    let oldest = data_names(&fx).into_iter().next().expect("oldest");
+    std::fs::remove_file(fx.backup_dir.join(oldest)).expect("free space");
+    let fits = fx.run(&[]);
+    assert_eq!(fits.code, 0, "{}", fits.all_output());
+}
+
+fn data_names(fx: &Fixture) -> Vec<String> {
+    file_names(&fx.backup_dir)
+        .into_iter()
+        .filter(|n| n.starts_with("cvp.2") && n.ends_with(".tgz"))
+        .collect()
+}
+
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df avail")
 }
 
 /// A slow NAS: the server takes 5 s to sync a large upload, longer than the idle `timeout`

@@ -1,14 +1,18 @@
 //! Model-based test of the pure planning code over random sequences of nights: backups that
 //! succeed, fail with partial files, write no data, are run by hand; copies that fail half
 //! way; clocks that jump forward and back by years. Each night is played as `run` plays it
-//! (set a failed backup's archives aside, `select`, copy, prune with `apply_policy` only after
-//! the whole set is verified), and after every night:
+//! (set a failed backup's archives aside, `select`, copy, prune the node as `prunes_node`
+//! says: after every good backup whether or not its copy worked, keeping the last set
+//! verified off-box beyond the limit; prune the server only after the whole set is
+//! verified), and after every night:
 //!
 //! - the newest good set (the tool's last backup that succeeded, by creation, not by stamp)
 //!   is complete on the node;
 //! - the set the last successful copy verified is complete on the server and on the node;
 //! - no archive of a failed backup is ever on the server or taken for a backup;
-//! - after a good backup and a good copy, the set on the server is tonight's.
+//! - after a good backup and a good copy, the set on the server is tonight's;
+//! - after a good backup, the node holds at most `limit` + 1 data backups (/data never fills
+//!   while the server is down).
 
 use cvp_backup_copy::names::{BackupName, Kind, Stamp};
 use cvp_backup_copy::restore_set::{self, LastGood, RestoreSet, Tonight};
@@ -97,6 +101,8 @@ struct World {
     last_verified: Option<RestoreSet>,
     limit: usize,
     remote_limit: usize,
+    /// Whether the last night's backup succeeded (the bound on the node applies then).
+    backup_succeeded: bool,
 }
 
 impl World {
@@ -114,6 +120,7 @@ impl World {
             last_verified: None,
             limit,
             remote_limit,
+            backup_succeeded: false,
         }
     }
 
@@ -202,6 +209,7 @@ impl World {
             }
         };
         let failed_night = matches!(tonight, Tonight::Failed(_));
+        self.backup_succeeded = outcome == Some(true);
         let local = self.node_list();
         let selection = restore_set::select(
             &local,
@@ -234,11 +242,15 @@ impl World {
         };
         self.server.extend(&files[..copied]);
         let all_copied = copied == files.len();
+        let verified = all_copied && selection.set.is_some();
         if all_copied {
             if let Some(set) = &selection.set {
                 self.last_verified = Some(set.clone());
                 self.manifests.retain(|m| m.data != set.data);
                 self.manifests.push(set.clone());
+                // `run` records what it verified: the node keeps that set as it was verified.
+                self.known.retain(|k| k.data != set.data);
+                self.known.push(set.clone());
                 // Without a history, `run` adopts the set it verified as the newest good one.
                 if self.last_good.is_none() {
                     self.known.push(set.clone());
@@ -256,30 +268,31 @@ impl World {
                 }
             }
         }
-        if !all_copied || failed_night || selection.set.is_none() {
+        if selection.set.is_some() && retention::prunes_node(&tonight, verified) {
+            let mut known = self.known.clone();
+            known.extend(selection.set.clone());
+            let decision = retention::apply_policy(
+                &local,
+                Policy {
+                    keep_data: self.limit,
+                    also_keep: self.last_verified.as_ref().map(|set| set.data),
+                },
+                &selection.protect,
+                &known,
+                self.now,
+            );
+            for name in &decision.remove {
+                self.node.remove(name);
+            }
+            self.known.retain(|set| self.node.contains(&set.data));
+        }
+        if !verified || failed_night {
             return;
         }
-        let mut known = self.known.clone();
-        known.extend(selection.set.clone());
-        let decision = retention::apply_policy(
-            &local,
-            Policy {
-                keep_data: self.limit,
-            },
-            &selection.protect,
-            &known,
-            self.now,
-        );
-        for name in &decision.remove {
-            self.node.remove(name);
-        }
-        self.known.retain(|set| self.node.contains(&set.data));
         if self.remote_limit > 0 {
             // As `run` prunes the server: kept data first, then what their manifests list.
             let remote: Vec<BackupName> = self.server.iter().copied().collect();
-            let policy = Policy {
-                keep_data: self.remote_limit,
-            };
+            let policy = Policy::newest(self.remote_limit);
             let mut known: Vec<RestoreSet> = selection.set.iter().cloned().collect();
             let first =
                 retention::apply_policy(&remote, policy, &selection.protect, &known, self.now);
@@ -316,6 +329,13 @@ impl World {
         }
         if let Some(bad) = self.server.iter().find(|n| self.failed.contains(n)) {
             return Err(format!("failed archive {bad} is on the server"));
+        }
+        let data_on_node = self.node.iter().filter(|n| n.kind == Kind::Data).count();
+        if self.backup_succeeded && data_on_node > self.limit + 1 {
+            return Err(format!(
+                "{data_on_node} data backups on the node after a good backup, limit {}",
+                self.limit
+            ));
         }
         Ok(())
     }
@@ -392,6 +412,20 @@ fn the_reported_sequences_keep_the_good_set() {
                 good(Clock::JumpsBackDays(900)),
                 good(Clock::NextNight),
             ],
+        ),
+        (
+            "the server down for limit + 3 nights, then back: the node keeps the newest set \
+             and the last one the server has, never more",
+            std::iter::once(good(Clock::NextNight))
+                .chain(std::iter::repeat_n(
+                    Night {
+                        copy_succeeds: false,
+                        ..good(Clock::NextNight)
+                    },
+                    4,
+                ))
+                .chain(std::iter::once(good(Clock::NextNight)))
+                .collect(),
         ),
     ];
     for (story, nights) in stories {

@@ -164,24 +164,23 @@ fn check_fails_with_the_right_words_on_each_broken_link() {
             |fx| {
                 let text = fx
                     .ini_text()
-                    .replace(&fake_cvpi().display().to_string(), "/nonexistent/cvpi");
+                    .replace(&fx.cvpi.display().to_string(), "/nonexistent/cvpi");
                 std::fs::write(&fx.ini, text).expect("ini");
             },
             "[FAIL] backup command:",
-            &["/nonexistent/cvpi not found"],
+            &["/nonexistent/cvpi is not found by root's login shell"],
             3,
         ),
         (
             "backup command not executable",
             |fx| {
                 let copy = fx.root.path().join("cvpi-noexec");
-                std::fs::copy(fake_cvpi(), &copy).expect("copy");
+                std::fs::copy(&fx.cvpi, &copy).expect("copy");
                 std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644))
                     .expect("chmod");
-                let text = fx.ini_text().replace(
-                    &fake_cvpi().display().to_string(),
-                    &copy.display().to_string(),
-                );
+                let text = fx
+                    .ini_text()
+                    .replace(&fx.cvpi.display().to_string(), &copy.display().to_string());
                 std::fs::write(&fx.ini, text).expect("ini");
             },
             "[FAIL] backup command:",
@@ -396,6 +395,17 @@ fn status_nagios_is_one_plugin_line_with_the_plugin_exit_codes_and_needs_no_ini(
             .arg(fx.root.path().join("no-such.ini"));
         run_captured(&mut cmd, fx.root.path())
     };
+    // Before any run the folder is not there, and the line says so.
+    let unknown = nagios(&fx, &[]);
+    assert_eq!(unknown.code, 3, "{}", unknown.all_output());
+    assert!(
+        unknown.stdout.starts_with(&format!(
+            "CVP_BACKUP_COPY UNKNOWN - --state-dir {state_dir} does not exist"
+        )),
+        "{}",
+        unknown.stdout
+    );
+    std::fs::create_dir_all(&fx.state_dir).expect("state dir");
     let unknown = nagios(&fx, &[]);
     assert_eq!(unknown.code, 3, "{}", unknown.all_output());
     assert!(

@@ -115,6 +115,7 @@ fn every_file_has_the_right_owner_mode_and_flags() {
         "/etc/cvp-backup-copy/keys drwx------ cvp cvp ",
         "/usr/bin/cvp-backup-copy -rwxr-xr-x root root ",
         "/usr/share/bash-completion/completions/cvp-backup-copy -rw-r--r-- root root ",
+        "/usr/share/doc/cvp-backup-copy drwxr-xr-x root root ",
         "/usr/share/doc/cvp-backup-copy/README.md -rw-r--r-- root root d",
         "/usr/share/man/man1/cvp-backup-copy.1 -rw-r--r-- root root d",
         "/var/lib/cvp-backup-copy drwxr-x--- cvp cvp ",
@@ -320,6 +321,7 @@ fn install_upgrade_and_erase_on_a_cvp_node() {
         "/etc/cvp-backup-copy",
         "/etc/cvp-backup-copy/keys",
         "/var/lib/cvp-backup-copy",
+        "/usr/share/doc/cvp-backup-copy",
     ] {
         let owner = root.rpm(&["-qf", "--qf", "%{NAME}", dir]);
         assert_eq!(text(&owner).trim(), "cvp-backup-copy", "{dir}");
@@ -394,19 +396,31 @@ fn install_upgrade_and_erase_on_a_cvp_node() {
 }
 
 #[test]
-fn install_succeeds_where_user_cvp_does_not_exist() {
+fn install_is_refused_where_user_cvp_does_not_exist() {
     let rpm = package();
     let root = ScratchRoot::new(false);
-    let installed = text(&root.install(&rpm, "-i"));
-    assert!(installed.contains("user cvp does not exist"), "{installed}");
-    assert_eq!(root.owner_and_mode("/etc/cvp-backup-copy/keys"), (0, 0o700));
-    assert_eq!(
-        root.owner_and_mode("/etc/cvp-backup-copy/keys/backup.key"),
-        (0, 0o600)
+    let refused = root.rpm(&["-i", "--nodeps", &rpm.display().to_string()]);
+    let output = text(&refused);
+    assert!(!refused.status.success(), "installed without cvp: {output}");
+    assert!(
+        output.contains("not installed: this host has no user cvp"),
+        "the reason is given: {output}"
     );
-    assert_eq!(
-        root.owner_and_mode("/etc/cvp-backup-copy/backup.ini").1,
-        0o600
+    assert!(
+        output.contains("%pre"),
+        "rpm names the refusing scriptlet: {output}"
+    );
+    for path in [
+        "/usr/bin/cvp-backup-copy",
+        "/etc/cron.d/cvp-backup-copy",
+        "/etc/cvp-backup-copy",
+    ] {
+        assert!(!root.path(path).exists(), "{path} was installed: {output}");
+    }
+    let query = root.rpm(&["-q", "cvp-backup-copy"]);
+    assert!(
+        !query.status.success(),
+        "the package is not recorded as installed"
     );
 }
 

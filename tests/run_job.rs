@@ -351,9 +351,10 @@ fn a_second_run_during_the_first_exits_6() {
     let second = fx.run(&["--no-backup"]);
     assert_eq!(second.code, 6, "{}", second.all_output());
     assert!(
-        second
-            .stderr
-            .contains("another cvp-backup-copy run holds the lock"),
+        second.stderr.contains(&format!(
+            "another cvp-backup-copy run (pid {}) holds the lock",
+            first.id()
+        )),
         "{}",
         second.stderr
     );

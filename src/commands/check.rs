@@ -13,8 +13,9 @@ use crate::remote::Remote;
 use crate::run;
 use crate::secret::{self, Secret};
 use crate::sets;
-use crate::users;
-use std::path::{Path, PathBuf};
+use crate::space;
+use crate::state;
+use std::path::PathBuf;
 
 pub struct CheckOptions {
     pub ini: PathBuf,
@@ -169,10 +170,16 @@ fn credentials(config: &Config, report: &mut Report) -> Password {
     let server = &config.server;
     if let Some(identity) = &server.identity_file {
         if identity.is_file() {
-            report.line(
-                "identity file",
-                Outcome::Pass(format!("{} exists", identity.display())),
-            );
+            match secret::check_identity_is_private(identity) {
+                Ok(()) => report.line(
+                    "identity file",
+                    Outcome::Pass(format!(
+                        "{} exists and only its owner can read it",
+                        identity.display()
+                    )),
+                ),
+                Err(err) => report.line("identity file", Outcome::Warn(err.message)),
+            }
         } else {
             report.fail(
                 "identity file",
@@ -227,58 +234,24 @@ fn credentials(config: &Config, report: &mut Report) -> Password {
     }
 }
 
+/// The backup command, looked up as the run starts it: `backup_user`'s login shell, its
+/// environment and profile (`backup::resolve_as_backup_user`), without running it.
 fn check_backup_command(config: &Config, report: &mut Report) {
     const WHAT: &str = "backup command";
     let user_name = &config.backup.user;
-    let Some(program) = config.backup.command.first() else {
-        report.fail(WHAT, Error::config("backup_command is empty"));
-        return;
-    };
-    let Some(user) = users::by_name(user_name) else {
-        report.fail(
+    match backup::resolve_as_backup_user(&config.backup.command, user_name) {
+        Ok(path) => report.line(
             WHAT,
-            Error::config(format!(
-                "backup_user {user_name} does not exist on this node: set backup_user with \
-                 `cvp-backup-copy edit`"
+            Outcome::Pass(format!(
+                "{} resolves to {} and is executable by {user_name} in its login environment: \
+                 runs {}",
+                config.backup.command.first().map_or("", String::as_str),
+                path.display(),
+                backup::describe(&config.backup.command, user_name)
             )),
-        );
-        return;
-    };
-    let Some(path) = backup::resolve_program(program) else {
-        report.fail(
-            WHAT,
-            Error::config(format!(
-                "{program} not found (searched {}): set backup_command with `cvp-backup-copy \
-                 edit`",
-                backup::CHILD_PATH
-            )),
-        );
-        return;
-    };
-    if !executable_by(&path, &user) {
-        report.fail(
-            WHAT,
-            Error::config(format!(
-                "{} is not executable by {user_name}: fix its mode, or set backup_user",
-                path.display()
-            )),
-        );
-        return;
+        ),
+        Err(err) => report.fail(WHAT, err),
     }
-    report.line(
-        WHAT,
-        Outcome::Pass(format!(
-            "{} is executable by {user_name}: runs {}",
-            path.display(),
-            backup::describe(&config.backup.command, user_name)
-        )),
-    );
-}
-
-/// As execve decides it.
-fn executable_by(path: &Path, user: &users::User) -> bool {
-    std::fs::metadata(path)
-        .is_ok_and(|meta| meta.is_file() && users::permits(&meta, user, users::EXECUTE))
 }
 
 fn check_local_folders(config: &Config, report: &mut Report) {
@@ -304,28 +277,36 @@ fn check_local_folders(config: &Config, report: &mut Report) {
             }
         }
     }
-    let files = run::list_local(config).unwrap_or_default();
-    let last = run::last_data_backup(&files);
     let dir = &config.backup.backup_dir;
-    let Some(free) = backup::free_bytes(dir) else {
+    let Some(free) = space::free_bytes(dir) else {
         report.line(
             "free space",
             Outcome::Skip(format!("cannot stat {}", dir.display())),
         );
         return;
     };
-    match last.and_then(|last| run::space_warning(dir, free, last)) {
-        Some(warning) => report.line("free space", Outcome::Warn(warning)),
-        None => report.line(
+    let files = run::list_local(config).unwrap_or_default();
+    let history = state::peek_history(&config.backup.state_dir);
+    let last_set = run::newest_set_bytes(&files, &history, Stamp::now());
+    let room = space::assess(config.backup.min_free_space, free, last_set);
+    if room.enough() {
+        report.line(
             "free space",
-            Outcome::Pass(format!(
-                "{} MB free in {}{}",
-                free / 1_000_000,
-                dir.display(),
-                last.map(|l| format!(" (the last backup took {} MB)", l.size / 1_000_000))
-                    .unwrap_or_default()
-            )),
-        ),
+            Outcome::Pass(format!("{}: {}", dir.display(), room.describe())),
+        );
+    } else {
+        report.fail(
+            "free space",
+            Error::new(
+                ExitCode::BackupFailed,
+                format!(
+                    "{}: {}: tonight's backup would be refused (exit 1); free space there, \
+                     lower limit, or set min_free_space",
+                    dir.display(),
+                    room.describe()
+                ),
+            ),
+        );
     }
 }
 

@@ -2,8 +2,7 @@
 //! node, verify every file against its sha256 sidecar, and give its final name only to a
 //! file that verified.
 
-use super::{connect, human_size, split_listing};
-use crate::backup;
+use super::{connect, human_size, say, split_listing};
 use crate::config::{Config, Streams};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
@@ -47,20 +46,60 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
         .to
         .clone()
         .unwrap_or_else(|| config.backup.backup_dir.clone());
+    let created = missing_levels(&wanted_dir);
     let dir = Dir::open_or_create(&wanted_dir, 0o750).map_err(|err| {
         Error::copy(format!(
             "cannot create or open {}: {err}",
             wanted_dir.display()
         ))
     })?;
+    let fetched = fetch_into(&config, &dir, options, wanted);
+    if fetched.is_err() && !created.is_empty() {
+        remove_created(&dir, &created);
+    }
+    fetched
+}
+
+/// The folders of `path` that do not exist yet, deepest first: what a fetch creates.
+fn missing_levels(path: &Path) -> Vec<PathBuf> {
+    path.ancestors()
+        .take_while(|level| {
+            !level.as_os_str().is_empty()
+                && matches!(std::fs::symlink_metadata(level), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// A fetch that failed leaves no folder it created: what it put there (CVP names, plain or
+/// encrypted, and their checksum files) goes, then the folders, deepest first, if empty.
+fn remove_created(dir: &Dir, created: &[PathBuf]) {
+    for name in dir.names().unwrap_or_default() {
+        if crate::names::RemoteName::parse(&name).is_some() {
+            let _ = dir.remove(&name);
+        }
+    }
+    let removed: Vec<&PathBuf> = created
+        .iter()
+        .take_while(|level| std::fs::remove_dir(level).is_ok())
+        .collect();
+    if let Some(top) = removed.last() {
+        eprintln!(
+            "cvp-backup-copy: removed {}, which this fetch had created",
+            top.display()
+        );
+    }
+}
+
+fn fetch_into(config: &Config, dir: &Dir, options: &FetchOptions, wanted: Wanted) -> Result<()> {
     // The nightly job prunes this directory: never both at once.
-    let _lock = lock::acquire(&config.backup.state_dir)?;
-    let mut connected = connect(&config, true)?;
+    let _lock = lock::acquire(&config.backup.state_dir, lock::Holder::Fetch)?;
+    let mut connected = connect(config, true)?;
     // The extra connections (if any) are made while this one looks for the set: their
     // handshakes cost no time of their own.
-    let (streams, why) = planned_streams(&config, &mut connected.remote);
+    let (streams, why) = planned_streams(config, &mut connected.remote);
     std::thread::scope(|scope| {
-        let pending = (streams > 1).then(|| scope.spawn(|| connect_extras(&config, streams - 1)));
+        let pending = (streams > 1).then(|| scope.spawn(|| connect_extras(config, streams - 1)));
         let mut pending = Some(pending);
         let mut extras = |wanted: bool| -> Vec<SftpRemote> {
             let extras = pending
@@ -73,7 +112,7 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
             }
             let streams = extras.len() + 1;
             let plural = if streams == 1 { "" } else { "s" };
-            println!("large files come over {streams} stream{plural} ({why})");
+            say!("large files come over {streams} stream{plural} ({why})");
             extras
         };
         let identities = options.identities.as_ref();
@@ -85,7 +124,7 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
             identities,
             expect_sealed,
         };
-        fetch_set(&config, &dir, &mut connected.remote, asked, &mut extras)
+        fetch_set(config, dir, &mut connected.remote, asked, &mut extras)
     })
 }
 
@@ -225,7 +264,7 @@ fn fetch_set(
                  check the backup server"
             ))
         })?;
-    if let Some(free) = backup::free_bytes(dir.path()) {
+    if let Some(free) = crate::space::free_bytes(dir.path()) {
         if free < total {
             return Err(Error::copy(format!(
                 "{} has {} free but the set needs {}: free space or fetch with --to DIR",
@@ -235,7 +274,7 @@ fn fetch_set(
             )));
         }
     }
-    println!(
+    say!(
         "fetching the set of {} from {label} into {} ({}{})",
         set.data.stamp,
         dir.path().display(),
@@ -268,7 +307,7 @@ fn fetch_set(
             set.data
         )));
     };
-    println!(
+    say!(
         "every file matches its sha256. To restore CVP from this set, run on this node:\n  {}",
         restore_command(config, dir.path(), set.data, images)
     );
@@ -348,7 +387,7 @@ fn fetch_members(
     let Some(largest) = largest.filter(|_| remotes.len() > members.len()) else {
         for member in members {
             let outcome = one(remotes, *member)?;
-            println!("  {}: {outcome}", member.0);
+            say!("  {}: {outcome}", member.0);
         }
         return Ok(());
     };
@@ -384,7 +423,7 @@ fn fetch_members(
             .collect()
     });
     for ((name, _), outcome) in members.iter().zip(outcomes) {
-        println!("  {name}: {}", outcome?);
+        say!("  {name}: {}", outcome?);
     }
     Ok(())
 }

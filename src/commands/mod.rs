@@ -11,6 +11,17 @@ use crate::names::{RemoteFile, RemoteName};
 use crate::remote::sftp::{self, ConnectOptions, Connected};
 use crate::remote::RemoteEntry;
 use crate::run;
+pub(crate) use crate::space::human as human_size;
+
+/// A line on standard output that never stops the command: a fetch whose output goes to a
+/// closed pipe (`fetch | head -1`) still finishes, verifies and cleans up.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use say;
 
 /// Connect with the INI's credentials. `record_host_key`: whether a new host's key may be
 /// written under accept-new (`fetch` on a rebuilt node must; `list` only reads).
@@ -44,39 +55,4 @@ fn split_listing(listing: &[RemoteEntry]) -> (Vec<(RemoteFile, u64)>, Vec<Remote
         }
     }
     (files, sidecars)
-}
-
-/// A size for people: 1.2 GB, 830 MB, 12 kB.
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_read_like_df() {
-        let table = [
-            (0, "0 B"),
-            (999, "999 B"),
-            (1000, "1.0 kB"),
-            (1_234_567, "1.2 MB"),
-            (5_000_000_000, "5.0 GB"),
-        ];
-        for (bytes, text) in table {
-            assert_eq!(human_size(bytes), text);
-        }
-    }
 }

@@ -26,6 +26,24 @@ fn state_dir(options: &StatusOptions) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(config::default_value("state_dir").unwrap_or_default()))
 }
 
+/// A state folder that is not there: a mistyped `--state-dir`, or a job that never ran.
+fn missing_folder(options: &StatusOptions, state_dir: &std::path::Path) -> Option<String> {
+    if state_dir.is_dir() {
+        return None;
+    }
+    Some(match &options.state_dir {
+        Some(_) => format!(
+            "--state-dir {} does not exist: give the job's state_dir (the INI's; \
+             /var/lib/cvp-backup-copy by default)",
+            state_dir.display()
+        ),
+        None => format!(
+            "state_dir {} does not exist: the job has never run with this INI",
+            state_dir.display()
+        ),
+    })
+}
+
 /// The verdict on a record, as a pure function of it and the time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
@@ -111,6 +129,12 @@ pub enum PluginState {
 /// `status --nagios`: the record judged as one monitoring-plugins line.
 pub fn nagios(options: &StatusOptions, limits: (Duration, Duration)) -> (PluginState, String) {
     let state_dir = state_dir(options);
+    if let Some(missing) = missing_folder(options, &state_dir) {
+        return (
+            PluginState::Unknown,
+            format!("CVP_BACKUP_COPY UNKNOWN - {}", one_line(&missing)),
+        );
+    }
     match state::load(&state_dir) {
         Ok(record) => plugin_line(
             record.as_ref(),
@@ -274,11 +298,14 @@ pub fn status(options: &StatusOptions) -> Result<ExitCode> {
             path.display()
         ))
     })?;
-    let verdict = judge(
+    let mut verdict = judge(
         record.as_ref(),
         chrono::Local::now().fixed_offset(),
         options.max_age,
     );
+    if let Some(missing) = missing_folder(options, &state_dir) {
+        verdict.problem = Some(missing);
+    }
     if options.json {
         let json = serde_json::to_string_pretty(&StatusJson {
             verdict: &verdict,
@@ -324,16 +351,34 @@ fn render(record: Option<&RunRecord>, verdict: &Verdict, path: &std::path::Path)
         );
     }
     let backup = match (record.backup_ran, record.backup_succeeded) {
-        (false, _) => "not run (--no-backup)",
         (true, Some(true)) => "succeeded",
         (true, _) => "FAILED",
+        (false, _) if record.no_backup => "not run (--no-backup)",
+        (false, Some(false)) => "NOT STARTED (see the error below)",
+        (false, _) => "not started: the run ended before it (see the error below)",
     };
     let _ = writeln!(out, "CVP backup:  {backup}");
+    if let (Some(free), Some(floor)) = (record.free_bytes, record.free_floor_bytes) {
+        let _ = writeln!(
+            out,
+            "free space:  {} in backup_dir before the backup (floor {}{})",
+            human_size(free),
+            human_size(floor),
+            if free < floor { ": too little" } else { "" }
+        );
+    }
+    // The copy's own time: not the backup's, nor the waits between retries.
+    let copy_seconds = record.copy_seconds.unwrap_or(record.seconds);
+    let waits = match record.retry_wait_seconds {
+        Some(waited) if waited >= 0.5 => {
+            format!(", and {waited:.0} s waiting between retries")
+        }
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "copied:      {} in {:.0} s ({:.1} MB/s)",
+        "copied:      {} in {copy_seconds:.0} s ({:.1} MB/s{waits})",
         human_size(record.bytes_uploaded),
-        record.seconds,
         record.megabytes_per_second
     );
     for file in &record.files {
@@ -356,6 +401,9 @@ fn render(record: Option<&RunRecord>, verdict: &Verdict, path: &std::path::Path)
     );
     for error in &record.errors {
         let _ = writeln!(out, "error:       {error}");
+    }
+    if let Some(log) = &record.log_file {
+        let _ = writeln!(out, "whole log:   {log}");
     }
     out
 }

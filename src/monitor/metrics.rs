@@ -69,6 +69,21 @@ pub fn render(record: &RunRecord) -> String {
             count.to_string(),
         );
     }
+    if let Some(free) = record.free_bytes {
+        gauge(
+            "backup_dir_free_bytes",
+            "Free space in backup_dir when the last run looked, before its backup.",
+            free.to_string(),
+        );
+    }
+    if let Some(floor) = record.free_floor_bytes {
+        gauge(
+            "backup_dir_free_floor_bytes",
+            "The free space backup_dir must have for a backup to start (min_free_space); \
+             below it the backup is refused, exit 1.",
+            floor.to_string(),
+        );
+    }
     text
 }
 
@@ -129,6 +144,8 @@ mod tests {
             recovery_point: Some("cvp.20261125020000.tgz".into()),
             local_sets: Some(3),
             remote_sets: None,
+            free_bytes: Some(77_086_000_000),
+            free_floor_bytes: Some(4_631_000_000),
             ..RunRecord::default()
         }
     }
@@ -144,7 +161,7 @@ mod tests {
     fn every_sample_has_help_type_and_the_escaped_destination() {
         let text = render(&sample(4));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 7, "{text}");
+        assert_eq!(samples.len(), 9, "{text}");
         for line in samples {
             let name = line.split('{').next().unwrap_or_default();
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");
@@ -170,6 +187,14 @@ mod tests {
         assert_eq!(value(&text, "uploaded_bytes").as_deref(), Some("1234"));
         assert_eq!(value(&text, "local_sets").as_deref(), Some("3"));
         assert_eq!(value(&text, "remote_sets"), None, "unknown: left out");
+        assert_eq!(
+            value(&text, "backup_dir_free_bytes").as_deref(),
+            Some("77086000000")
+        );
+        assert_eq!(
+            value(&text, "backup_dir_free_floor_bytes").as_deref(),
+            Some("4631000000")
+        );
         let expected = chrono::NaiveDate::from_ymd_opt(2026, 11, 25)
             .and_then(|d| d.and_hms_opt(2, 0, 0))
             .and_then(|t| t.and_local_timezone(chrono::Local).earliest())

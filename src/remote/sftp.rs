@@ -100,6 +100,45 @@ pub enum Stage {
     Authenticated,
 }
 
+/// `ndots` as /etc/resolv.conf sets it (the resolver's default, 1, otherwise).
+fn read_ndots() -> String {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .filter(|line| line.trim_start().starts_with("options"))
+                .flat_map(|line| line.split_whitespace())
+                .filter_map(|word| word.strip_prefix("ndots:"))
+                .next_back()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "1".into())
+}
+
+/// Why a server name did not resolve, and what this static (musl) binary consults: unlike
+/// the system's tools it does not go through nsswitch, so a name only NIS, LDAP, mDNS or
+/// systemd-resolved knows is unknown to it.
+fn unresolved(host: &str, err: &std::io::Error, ndots: &str) -> String {
+    let dots = host.matches('.').count();
+    let search = match ndots.parse::<usize>() {
+        Ok(n) if dots < n => format!(
+            "`{host}` has fewer dots than ndots ({n}), so the search domains of \
+             /etc/resolv.conf are tried with it"
+        ),
+        Ok(n) => format!(
+            "`{host}` has at least ndots ({n}) dots, so it is looked up as it is, without the \
+             search domains"
+        ),
+        Err(_) => format!("ndots is {ndots}"),
+    };
+    format!(
+        "cannot resolve the server name `{host}`: {err}. This binary looks names up in \
+         /etc/hosts and then in DNS (the nameservers of /etc/resolv.conf), not through \
+         nsswitch.conf; {search}. Give the full name (e.g. backup.example.net) or the address \
+         in `server`"
+    )
+}
+
 pub fn connect(options: ConnectOptions<'_>) -> Result<Connected> {
     connect_observed(options, &mut |_, _| {})
 }
@@ -113,7 +152,7 @@ pub fn connect_observed(
     let timeout = Duration::from_secs(server.timeout);
     let addrs: Vec<_> = (server.host.as_str(), server.port)
         .to_socket_addrs()
-        .map_err(|err| network_error(server, format!("cannot resolve the server name: {err}")))?
+        .map_err(|err| network_error(server, unresolved(&server.host, &err, &read_ndots())))?
         .collect();
     let mut last_error = None;
     let mut tcp = None;
@@ -202,7 +241,7 @@ pub fn connect_observed(
     let sftp = session
         .sftp()
         .map_err(|err| network_error(server, format!("cannot start SFTP on the server: {err}")))?;
-    let label = format!("{}@{}:{}", server.user, server.host, server.destination);
+    let label = server.label();
     Ok(Connected {
         remote: SftpRemote {
             sftp,
@@ -675,5 +714,53 @@ impl SyncingFile {
             }
             Err(err) => Err(classify(&self.session, std::io::Error::other(err))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unresolved_name_says_what_the_binary_consults() {
+        let err = std::io::Error::other("Name does not resolve");
+        let short = unresolved("backup", &err, "1");
+        for needle in [
+            "cannot resolve the server name `backup`: Name does not resolve",
+            "/etc/hosts and then in DNS",
+            "not through nsswitch.conf",
+            "fewer dots than ndots (1), so the search domains",
+            "Give the full name (e.g. backup.example.net) or the address",
+        ] {
+            assert!(short.contains(needle), "{needle:?} not in {short}");
+        }
+        let full = unresolved("backup.example.net", &err, "1");
+        assert!(full.contains("at least ndots (1) dots"), "{full}");
+        let five = unresolved("backup.example.net", &err, "5");
+        assert!(five.contains("fewer dots than ndots (5)"), "{five}");
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_is_a_connection_error_with_the_hint() {
+        let server = crate::config::Config::parse(
+            "[Server_Settings]\nuser = u\nserver = no-such-host.invalid\npassword = x\n\
+             keyFile = /k\ndestination = /d\nknown_hosts = /dev/null\n",
+            std::path::Path::new("/tmp/x.ini"),
+        )
+        .expect("config")
+        .server;
+        let err = connect(ConnectOptions {
+            server: &server,
+            password: None,
+            record_host_key: false,
+        })
+        .err()
+        .expect("no such host");
+        assert_eq!(err.code, crate::exit_codes::ExitCode::Connect);
+        assert!(
+            err.message.contains("not through nsswitch.conf"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -55,9 +55,11 @@ pub fn gid_of(user: &str) -> u32 {
         .expect("numeric gid")
 }
 
-/// Create a local user (once per test process) with a known password.
+/// Create a local user (once per test process and name) with a known password.
 pub fn ensure_user(name: &str, password: &str) {
     static TEST_USER_ONCE: Once = Once::new();
+    // Tests of one process run in parallel: one useradd per name, never two at once.
+    static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let create = || {
         let exists = Command::new("id")
             .arg(name)
@@ -82,7 +84,11 @@ pub fn ensure_user(name: &str, password: &str) {
     if name == TEST_USER {
         TEST_USER_ONCE.call_once(create);
     } else {
-        create();
+        let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+        if !created.iter().any(|n| n == name) {
+            create();
+            created.push(name.to_string());
+        }
     }
 }
 
@@ -277,6 +283,9 @@ pub struct Fixture {
     pub known_hosts: PathBuf,
     pub key_file: PathBuf,
     pub ini: PathBuf,
+    /// This node's simulated cvpi: its own copy, so a backup running for another test's node
+    /// is not this node's "backup already running".
+    pub cvpi: PathBuf,
     pub dest: PathBuf,
     pub token: String,
     /// Extra fake-cvpi flags, e.g. "--fail --size 1000".
@@ -304,7 +313,12 @@ impl Fixture {
         let key_file = node.join("keys/backup.key");
         std::fs::create_dir_all(key_file.parent().expect("parent")).expect("key dir");
         let token = python_keygen(&key_file, TEST_PASSWORD);
+        let cvpi = node.join("bin/fake-cvpi");
+        std::fs::create_dir_all(node.join("bin")).expect("bin");
+        std::fs::copy(fake_cvpi(), &cvpi).expect("copy fake-cvpi");
+        set_mode(&cvpi, 0o755);
         let fixture = Fixture {
+            cvpi,
             dest: remote_root.path().join("backups/cvp"),
             backup_dir: node.join("data/cvpbackup"),
             log_dir: node.join("cvpi/logs/cvpbackup"),
@@ -351,7 +365,7 @@ impl Fixture {
             dest = self.dest.display(),
             kh = self.known_hosts.display(),
             server_extra = self.server_extra,
-            cvpi = fake_cvpi().display(),
+            cvpi = self.cvpi.display(),
             bd = self.backup_dir.display(),
             ld = self.log_dir.display(),
             flags = self.cvpi_flags,
@@ -453,6 +467,67 @@ impl Fixture {
             "sha256sum -c failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+    }
+}
+
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+impl Fixture {
+    /// Give the node to `account` (the stand-in for cvp), as the RPM lays it out: the INI's
+    /// folder is root's (0755); the INI (0600), key folder (0700), state (0750), backups and
+    /// a home with `.ssh` (where known_hosts goes) are the account's, and `backup_user` is
+    /// it. The account's (uid, gid).
+    pub fn give_to(&mut self, account: &str) -> (u32, u32) {
+        ensure_user(account, "unused-password-of-the-job-account");
+        let (uid, gid) = (uid_of(account), gid_of(account));
+        let node = self.root.path().to_path_buf();
+        set_mode(&node, 0o755);
+        let home = node.join("home");
+        std::fs::create_dir_all(home.join(".ssh")).expect("home");
+        self.known_hosts = home.join(".ssh/known_hosts");
+        std::fs::create_dir_all(&self.state_dir).expect("state");
+        self.write_ini();
+        let text = self
+            .ini_text()
+            .replace("backup_user = root", &format!("backup_user = {account}"));
+        std::fs::write(&self.ini, text).expect("ini");
+        for path in [
+            self.backup_dir.parent().expect("data"),
+            self.log_dir.parent().and_then(Path::parent).expect("cvpi"),
+            &self.state_dir,
+            self.key_file.parent().expect("keys"),
+            &home,
+        ] {
+            chown_tree(path, uid, gid);
+        }
+        std::os::unix::fs::chown(&self.ini, Some(uid), Some(gid)).expect("chown ini");
+        set_mode(&self.ini, 0o600);
+        set_mode(self.key_file.parent().expect("keys"), 0o700);
+        set_mode(&self.state_dir, 0o750);
+        (uid, gid)
+    }
+
+    /// Rewrite the INI (after changing the fixture's fields) and give it back to its owner.
+    pub fn rewrite_ini_for(&self, account: &str) {
+        let text = self
+            .ini_text()
+            .replace("backup_user = root", &format!("backup_user = {account}"));
+        std::fs::write(&self.ini, text).expect("ini");
+        std::os::unix::fs::chown(&self.ini, Some(uid_of(account)), Some(gid_of(account)))
+            .expect("chown ini");
     }
 }
 
