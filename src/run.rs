@@ -246,11 +246,15 @@ impl Job<'_> {
         if let Err(err) = self.recover_from_a_dead_backup() {
             return self.fail(err);
         }
+        let room = match self.usable_local() {
+            Ok(local) => self.measure_room(&local),
+            Err(err) => return self.fail(err),
+        };
         let night = if self.options.no_backup {
             log::info!("--no-backup: bringing the remote up to date with the newest local set");
             Night::Skipped
         } else {
-            match self.backup_night() {
+            match self.backup_night(room) {
                 Ok(night) => night,
                 Err(err) => return self.fail(err),
             }
@@ -453,7 +457,8 @@ impl Job<'_> {
     }
 
     /// The room `backup_dir` has for tonight's backup (recorded for `status` and the
-    /// metrics); None when its file system cannot be looked at.
+    /// metrics, also on nights without a backup); None when its file system cannot be
+    /// looked at.
     fn measure_room(&mut self, local: &[LocalFile]) -> Option<Room> {
         let free = space::free_bytes(&self.config.backup.backup_dir)?;
         let last_set = newest_set_bytes(local, &self.history, self.now);
@@ -464,9 +469,10 @@ impl Job<'_> {
     }
 
     /// Run the backup. A failed one has its archives set aside before anything is chosen.
-    fn backup_night(&mut self) -> Result<Night> {
+    /// `room`: what `backup_dir` has for it (None: could not be measured).
+    fn backup_night(&mut self, room: Option<Room>) -> Result<Night> {
         let before = self.usable_local()?;
-        match self.measure_room(&before) {
+        match room {
             Some(room) if !room.enough() => {
                 self.record.backup_succeeded = Some(false);
                 self.fail(Error::new(

@@ -361,7 +361,7 @@ fn render(record: Option<&RunRecord>, verdict: &Verdict, path: &std::path::Path)
     if let (Some(free), Some(floor)) = (record.free_bytes, record.free_floor_bytes) {
         let _ = writeln!(
             out,
-            "free space:  {} in backup_dir before the backup (floor {}{})",
+            "free space:  {} in backup_dir as the run began (floor {}{})",
             human_size(free),
             human_size(floor),
             if free < floor { ": too little" } else { "" }

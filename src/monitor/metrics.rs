@@ -72,7 +72,7 @@ pub fn render(record: &RunRecord) -> String {
     if let Some(free) = record.free_bytes {
         gauge(
             "backup_dir_free_bytes",
-            "Free space in backup_dir when the last run looked, before its backup.",
+            "Free space in backup_dir as the last run began (before its backup, if any).",
             free.to_string(),
         );
     }
