@@ -267,18 +267,7 @@ fn the_backup_command_runs_as_su_dash_runs_it_whoever_starts_the_job() {
         fx.backup_dir.display(),
         fx.log_dir.display()
     );
-    let text = std::fs::read_to_string(&fx.ini).expect("ini");
-    let start = text.find("backup_command = ").expect("command");
-    let end = start + text[start..].find('\n').expect("eol");
-    std::fs::write(
-        &fx.ini,
-        format!(
-            "{}backup_command = {command}{}",
-            &text[..start],
-            &text[end..]
-        ),
-    )
-    .expect("ini");
+    fx.set_in_ini("backup_command", &command);
     let check = fx.run(&["check"]);
     assert_eq!(check.code, 0, "{}", check.all_output());
     assert!(
@@ -292,15 +281,7 @@ fn the_backup_command_runs_as_su_dash_runs_it_whoever_starts_the_job() {
     let run = fx.run(&[]);
     assert_eq!(run.code, 0, "{}", run.all_output());
     // And one nothing finds fails check, naming the login shell.
-    std::fs::write(
-        &fx.ini,
-        format!(
-            "{}backup_command = no-such-cvpi backup cvp{}",
-            &text[..start],
-            &text[end..]
-        ),
-    )
-    .expect("ini");
+    fx.set_in_ini("backup_command", "no-such-cvpi backup cvp");
     let check = fx.run(&["check"]);
     assert_eq!(check.code, 3, "{}", check.all_output());
     assert!(

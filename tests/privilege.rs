@@ -74,15 +74,7 @@ impl Node {
 
     /// cvp sets its INI's backup_command.
     fn cvp_sets_backup_command(&self, command: &str) {
-        self.cvp_edits_ini(|text| {
-            let start = text.find("backup_command = ").expect("command");
-            let end = start + text[start..].find('\n').expect("eol");
-            format!(
-                "{}backup_command = {command}{}",
-                &text[..start],
-                &text[end..]
-            )
-        });
+        self.fx.set_in_ini("backup_command", command);
     }
 
     fn as_root(&self, args: &[&str]) -> Run {

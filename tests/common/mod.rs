@@ -520,6 +520,21 @@ impl Fixture {
         (uid, gid)
     }
 
+    /// Set one option's line in the INI as it is now (the file keeps its owner and mode).
+    pub fn set_in_ini(&self, option: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.ini).expect("ini");
+        let start = text
+            .find(&format!("\n{option} = "))
+            .unwrap_or_else(|| panic!("{option} not in the INI"))
+            + 1;
+        let end = start + text[start..].find('\n').expect("end of line");
+        std::fs::write(
+            &self.ini,
+            format!("{}{option} = {value}{}", &text[..start], &text[end..]),
+        )
+        .expect("ini");
+    }
+
     /// Rewrite the INI (after changing the fixture's fields) and give it back to its owner.
     pub fn rewrite_ini_for(&self, account: &str) {
         let text = self
