@@ -57,14 +57,49 @@ pub fn is_cvp_backup(argv: &[String], configured: &[String]) -> bool {
     }
 }
 
-/// The CVP backups running now, other than this process, its children and the session
-/// `ours` (the backup command this run started: it and all it started). Processes that
-/// vanish or cannot be read while we look are skipped.
-pub fn running(configured: &[String], ours: Option<u32>) -> Vec<Process> {
-    running_in(Path::new("/proc"), configured, ours)
+/// How long the look at the processes may take: reading a process's command line reads its
+/// memory, which a process can make hang (argv on a file system that never answers).
+const LOOK_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The CVP backups running now: processes of root (the stock cron line) or of `backup_user`
+/// (cvpi), other than this process, its children and the session `ours` (the backup command
+/// this run started: it and all it started). Other accounts' processes are not looked at:
+/// nobody else runs a CVP backup, and a process of theirs could only fake one or make the
+/// look hang. Processes that vanish or cannot be read while we look are skipped. Err: the
+/// look did not finish within 10 s.
+pub fn running(
+    configured: &[String],
+    backup_user: &str,
+    ours: Option<u32>,
+) -> Result<Vec<Process>, String> {
+    let mut owners = vec![0];
+    owners.extend(crate::users::by_name(backup_user).map(|user| user.uid));
+    let configured = configured.to_vec();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let looking = std::thread::Builder::new()
+        .name("look at processes".into())
+        .spawn(move || {
+            let _ = tx.send(running_in(Path::new("/proc"), &configured, ours, &owners));
+        });
+    if let Err(err) = looking {
+        return Err(format!("cannot look at the running processes: {err}"));
+    }
+    rx.recv_timeout(LOOK_LIMIT).map_err(|_| {
+        format!(
+            "the look at the running processes did not finish within {} s (a process's \
+             command line cannot be read)",
+            LOOK_LIMIT.as_secs()
+        )
+    })
 }
 
-fn running_in(proc_root: &Path, configured: &[String], ours: Option<u32>) -> Vec<Process> {
+fn running_in(
+    proc_root: &Path,
+    configured: &[String],
+    ours: Option<u32>,
+    owners: &[u32],
+) -> Vec<Process> {
+    use std::os::unix::fs::MetadataExt;
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return Vec::new();
@@ -74,7 +109,13 @@ fn running_in(proc_root: &Path, configured: &[String], ours: Option<u32>) -> Vec
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != me)
         .filter_map(|pid| {
-            let raw = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+            let dir = proc_root.join(pid.to_string());
+            // The owner, without touching the process's memory.
+            let owner = std::fs::metadata(&dir).ok()?.uid();
+            if !owners.contains(&owner) {
+                return None;
+            }
+            let raw = std::fs::read(dir.join("cmdline")).ok()?;
             let argv: Vec<String> = raw
                 .split(|b| *b == 0)
                 .filter(|w| !w.is_empty())
@@ -119,11 +160,9 @@ pub fn describe(found: &[Process]) -> String {
         1 => String::new(),
         n => format!(" and {} more", n - 1),
     };
-    format!(
-        "pid {}: {}{more}",
-        first.pid,
-        crate::error::printable(&command)
-    )
+    // One line whatever the command line holds (a newline could forge a log line).
+    let command = crate::error::printable(&command).replace('\n', "\\n");
+    format!("pid {}: {command}{more}", first.pid)
 }
 
 #[cfg(test)]
@@ -198,7 +237,10 @@ mod tests {
             .spawn()
             .expect("spawn");
         std::thread::sleep(std::time::Duration::from_millis(200));
-        assert_eq!(running(&configured, None), Vec::new());
+        assert_eq!(
+            running(&configured, "root", None).expect("looked"),
+            Vec::new()
+        );
         // Started by someone else (a grandchild through a shell that exits at once).
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
@@ -213,7 +255,10 @@ mod tests {
             .parse()
             .expect("pid");
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let found = running(&configured, None);
+        let found = running(&configured, "root", None).expect("looked");
+        // Another account's processes are not looked at (here: root's, for an account
+        // that is neither root nor the backup user).
+        let of_another = running_in(Path::new("/proc"), &configured, None, &[4_000_000]);
         // In a session of its own, named as ours: not another backup (what a run's backup
         // command left running is its own).
         let status = std::process::Command::new("setsid")
@@ -226,13 +271,13 @@ mod tests {
             .expect("setsid");
         assert!(status.success());
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let both = running(&configured, None);
+        let both = running(&configured, "root", None).expect("looked");
         let session = both
             .iter()
             .find(|p| p.pid != other)
             .map(|p| p.pid)
             .expect("the setsid one");
-        let without_ours = running(&configured, Some(session));
+        let without_ours = running(&configured, "root", Some(session)).expect("looked");
         let _ = child.kill();
         let _ = child.wait();
         for pid in both.iter().map(|p| p.pid) {
@@ -242,8 +287,14 @@ mod tests {
         assert_eq!(without_ours.len(), 1, "{without_ours:?}");
         assert_eq!(without_ours[0].pid, other);
         assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(of_another, Vec::new());
         assert_eq!(found[0].pid, other);
         assert!(describe(&found).starts_with(&format!("pid {other}: /bin/sh ")));
         assert!(describe(&found).ends_with("fake-cvpi backup cvp"));
+        let forged = [Process {
+            pid: 1,
+            command: "cvpi backup\nERROR fake line".into(),
+        }];
+        assert_eq!(describe(&forged), "pid 1: cvpi backup\\nERROR fake line");
     }
 }

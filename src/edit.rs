@@ -54,15 +54,18 @@ impl Session {
     }
 
     /// A new INI, from the one the RPM installs (every option explained, placeholders for
-    /// what must be set): written only when the edit is saved.
+    /// what must be set): written only when the edit is saved. Made by root, it is the job's
+    /// account's (`backup_user`'s default, cvp, when it exists), as the RPM lays it out: the
+    /// cvp cron job must read it, and its keys are written as that account.
     fn new_from_default(ini: &Path) -> Session {
+        let job_account = config::default_value("backup_user").and_then(crate::users::by_name);
         Session {
             ini: ini.to_path_buf(),
             doc: IniDocument::parse(config::DEFAULT_INI_TEXT),
             text: None,
             new_key: None,
             changed: true,
-            owner: None,
+            owner: job_account.filter(|user| user.uid != 0 && privilege::is_root()),
         }
     }
 
@@ -171,7 +174,17 @@ impl Session {
         if let Some(new) = &self.new_key {
             println!("new key written to {} (mode 0600)", new.path.display());
         }
-        println!("saved {}", self.ini.display());
+        match (&self.text, &self.owner) {
+            (None, Some(owner)) => {
+                give_to(&self.ini, owner)?;
+                println!(
+                    "saved {} (new, owned by {})",
+                    self.ini.display(),
+                    owner.name
+                );
+            }
+            _ => println!("saved {}", self.ini.display()),
+        }
         Ok(())
     }
 
@@ -255,6 +268,22 @@ pub fn edit(options: &EditOptions) -> Result<()> {
         return Err(Error::new(ExitCode::Usage, "not saved: nothing changed"));
     }
     session.save()
+}
+
+/// A new INI root made, given to the job's account (through a handle that refuses a
+/// symlink or a hard link put in its place).
+fn give_to(ini: &Path, owner: &User) -> Result<()> {
+    crate::safe_fs::open_file(ini)
+        .and_then(|file| std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid)))
+        .map_err(|err| {
+            Error::config(format!(
+                "saved {}, but cannot give it to {}: {err}; run `chown {}: {}`",
+                ini.display(),
+                owner.name,
+                owner.name,
+                crate::error::shell_word(ini)
+            ))
+        })
 }
 
 /// A missing INI: on a terminal, offer to start it from the default settings (a node without

@@ -157,7 +157,9 @@ pub fn set_facility(facility: syslog::Facility) {
 /// may read it), beginning with everything logged so far; the oldest beyond the newest
 /// `RUN_LOGS_KEPT` are deleted. Its path, or None when it cannot be made (a warning says why).
 pub fn start_run_log(state_dir: &Path) -> Option<PathBuf> {
-    let opened = Dir::open_or_create(&state_dir.join(RUN_LOGS), 0o750).and_then(|dir| {
+    // The folder by the state folder's handle: a symlink planted at `logs` is refused.
+    let folder = crate::state::open_dir(state_dir).and_then(|state| state.subdir(RUN_LOGS, 0o750));
+    let opened = folder.and_then(|dir| {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         let mut attempt = 0;
         let (name, file) = loop {

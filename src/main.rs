@@ -125,7 +125,7 @@ fn main() -> std::process::ExitCode {
             if args.nagios {
                 // The plugin format's own exit codes, not the tool's.
                 let (code, line) = status::nagios(&options, (args.warning, args.critical));
-                println!("{line}");
+                println!("{}", error::printable(&line));
                 return std::process::ExitCode::from(code as u8);
             }
             status::status(&options)

@@ -45,6 +45,11 @@ pub fn inherited_core_limit() -> Option<libc::rlimit> {
     INHERITED_CORE_LIMIT.get().copied()
 }
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    euid() == 0
+}
+
 fn euid() -> u32 {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() }

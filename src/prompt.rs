@@ -53,18 +53,42 @@ pub fn password(question: &str) -> Result<Secret> {
     out.write_all(question.as_bytes())
         .and_then(|()| out.flush())
         .map_err(fail)?;
-    // The terminal still edits the line (backspace, ^U): only echo is off.
-    let mut typed = zeroize::Zeroizing::new(String::new());
-    let read = std::io::BufReader::new(&tty).read_line(&mut typed);
+    // The terminal still edits the line (backspace, ^U): only echo is off. Read a byte at a
+    // time into one buffer that never grows: no copy of the password is left unwiped.
+    let mut typed = zeroize::Zeroizing::new(Vec::with_capacity(PASSWORD_MAX));
+    let read = read_line_into(&tty, &mut typed);
     // The Enter that ended the line was not echoed either.
     let _ = out.write_all(b"\n");
     drop(quiet);
     match read {
-        Ok(0) => Err(usage("input ended: nothing changed")),
-        Ok(_) => Ok(Secret::new(
-            typed.trim_end_matches(['\n', '\r']).to_string(),
-        )),
-        Err(err) => Err(fail(err)),
+        Ok(false) => return Err(usage("input ended: nothing changed")),
+        Ok(true) => {}
+        Err(err) => return Err(fail(err)),
+    }
+    match std::str::from_utf8(&typed) {
+        Ok(text) => Ok(Secret::new(text.to_string())),
+        Err(_) => Err(usage("the password is not valid UTF-8: nothing changed")),
+    }
+}
+
+/// The longest password read from the terminal.
+const PASSWORD_MAX: usize = 1024;
+
+/// One line from `tty` into `line` (without its end; at most `PASSWORD_MAX` bytes kept).
+/// False: the input ended first.
+fn read_line_into(mut tty: &std::fs::File, line: &mut Vec<u8>) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    loop {
+        if tty.read(&mut byte)? == 0 {
+            return Ok(false);
+        }
+        match byte[0] {
+            b'\n' => return Ok(true),
+            b'\r' => {}
+            b if line.len() < PASSWORD_MAX => line.push(b),
+            _ => {}
+        }
     }
 }
 

@@ -115,14 +115,11 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
             History::default()
         }
     };
-    if history.last_verified.is_none() {
-        // Histories from before it was kept there: the record's recovery point says it.
-        history.last_verified = state::load(&config.backup.state_dir)
-            .ok()
-            .flatten()
-            .filter(|record| record.destination == destination_label(&config))
-            .and_then(|record| record.recovery_point);
-    }
+    fill_last_verified(
+        &mut history,
+        &config.backup.state_dir,
+        &destination_label(&config),
+    );
     let mut job = Job {
         options,
         record: RunRecord {
@@ -140,9 +137,28 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
         history,
         now: Stamp::now(),
         lock,
+        recovered: HashSet::new(),
     };
     job.execute();
     job.finish(clock, monitoring)
+}
+
+/// A history from before it kept the last set verified on the server: the previous run's
+/// record says it, read the way `RunRecord::carry_over` reads records of any version (the
+/// recovery point, or an older record's successful restore set), for this destination only.
+fn fill_last_verified(history: &mut History, state_dir: &Path, destination: &str) {
+    if history.last_verified.is_some() {
+        return;
+    }
+    let Some(previous) = state::load(state_dir).ok().flatten() else {
+        return;
+    };
+    let mut reading = RunRecord {
+        destination: destination.to_string(),
+        ..RunRecord::default()
+    };
+    reading.carry_over(Some(&previous));
+    history.last_verified = reading.recovery_point;
 }
 
 fn destination_label(config: &Config) -> String {
@@ -203,6 +219,9 @@ struct Job<'a> {
     /// The node's clock as the run started: stamps beyond it are "in the future".
     now: Stamp,
     lock: lock::RunLock,
+    /// What tonight's recovery from a dead backup set aside: kept this night whatever else
+    /// happens (judged by file times, it may be someone's by mistake).
+    recovered: HashSet<BackupName>,
 }
 
 /// What tonight's backup did, once its archives are where they belong.
@@ -386,7 +405,7 @@ impl Job<'_> {
     /// once must not happen, and the files it is writing are not ours to choose, adopt or set
     /// aside. The night does nothing.
     fn refuse_beside_another_backup(&self) -> Result<()> {
-        let running = concurrent::running(&self.config.backup.command, None);
+        let running = self.other_backups(None);
         if running.is_empty() {
             return Ok(());
         }
@@ -400,6 +419,16 @@ impl Job<'_> {
                 concurrent::STOCK_SCRIPT
             ),
         ))
+    }
+
+    /// The CVP backups running now besides `ours` (the session of this run's backup); a look
+    /// that does not finish is a warning, not a reason to stop the night.
+    fn other_backups(&self, ours: Option<u32>) -> Vec<concurrent::Process> {
+        let backup = &self.config.backup;
+        concurrent::running(&backup.command, &backup.user, ours).unwrap_or_else(|why| {
+            log::warn!("{why}: going on as if no other CVP backup were running");
+            Vec::new()
+        })
     }
 
     /// The data backups on the server once the night is done, for the metrics.
@@ -450,6 +479,7 @@ impl Job<'_> {
         );
         warn_about_foreign(&foreign);
         self.set_aside(&leftovers);
+        self.recovered = leftovers;
         self.history.backup_started = None;
         self.history.backup_window = None;
         self.save_history();
@@ -472,6 +502,10 @@ impl Job<'_> {
     /// `room`: what `backup_dir` has for it (None: could not be measured).
     fn backup_night(&mut self, room: Option<Room>) -> Result<Night> {
         let before = self.usable_local()?;
+        let room = match room {
+            Some(room) if !room.enough() => Some(self.make_room(room, &before)),
+            room => room,
+        };
         match room {
             Some(room) if !room.enough() => {
                 self.record.backup_succeeded = Some(false);
@@ -499,16 +533,15 @@ impl Job<'_> {
             ),
         }
         let names_before: Vec<String> = before.iter().map(|f| f.name.file_name()).collect();
-        let window = BackupWindow::starting_now(
-            self.config.backup.timeout + backup::GRACE + std::time::Duration::from_secs(60),
-        );
         self.history.backup_started = Some(names_before.clone());
-        self.history.backup_window = Some(window.clone());
+        self.history.backup_window = Some(BackupWindow::starting_now(
+            self.config.backup.timeout + backup::GRACE,
+        ));
         self.save_history();
         let (succeeded, session) = self.run_backup();
         // One started while ours ran (a stock line at another minute, an operator): the
         // files that appeared cannot be told apart, so none is adopted, copied or set aside.
-        let others = concurrent::running(&self.config.backup.command, session);
+        let others = self.other_backups(session);
         if !others.is_empty() {
             self.history.backup_started = None;
             self.history.backup_window = None;
@@ -524,12 +557,11 @@ impl Job<'_> {
             ));
         }
         let after = self.usable_local();
+        // No other backup ran as ours started or ended: what appeared is ours, whatever its
+        // time says (a clock stepped back during the backup must not make a partial file
+        // look like someone else's good one).
         let new: HashSet<BackupName> = match &after {
-            Ok(after) => {
-                let (new, foreign) = appeared_during(&names_before, Some(&window), after);
-                warn_about_foreign(&foreign);
-                new
-            }
+            Ok(after) => appeared_during(&names_before, None, after).0,
             Err(_) => HashSet::new(),
         };
         let newest_data = new
@@ -601,9 +633,27 @@ impl Job<'_> {
             }
         }
         for (older, path, _) in list_failed(&self.config) {
-            if !names.contains(&older) {
+            if !names.contains(&older) && !self.recovered.contains(&older) {
                 remove_local(&path, "an older failed backup's archive");
             }
+        }
+    }
+
+    /// Too little room for tonight's backup: a failed backup's archives (kept only to look
+    /// at; nothing restores from them) go first. The room after that.
+    fn make_room(&mut self, room: Room, local: &[LocalFile]) -> Room {
+        let mut freed = false;
+        for (name, path, _) in list_failed(&self.config) {
+            if !self.recovered.contains(&name) {
+                freed |= remove_local(
+                    &path,
+                    "a failed backup's archive: tonight's backup needs the room",
+                );
+            }
+        }
+        match freed {
+            true => self.measure_room(local).unwrap_or(room),
+            false => room,
         }
     }
     /// Whether the backup succeeded, and the session it ran in.
@@ -616,7 +666,15 @@ impl Job<'_> {
             self.config.backup.timeout.as_secs()
         );
         self.record.backup_ran = true;
-        let outcome = backup::run(command, user, self.config.backup.timeout);
+        let (history, state) = (&mut self.history, &self.lock.dir);
+        let outcome = backup::run(command, user, self.config.backup.timeout, &mut || {
+            if let Some(window) = history.backup_window.as_mut() {
+                window.heartbeat();
+                if let Err(err) = state::save_history(state, history) {
+                    log::warn!("cannot save {}: {err}", state.path().display());
+                }
+            }
+        });
         let session = outcome.as_ref().ok().map(|o| o.session);
         let succeeded = match outcome {
             Ok(outcome) if outcome.succeeded() => {
@@ -876,7 +934,10 @@ impl Job<'_> {
             }
         }
         // A good set is on the server: failed backups' archives have served their purpose.
-        for (_, path, _) in list_failed(&self.config).into_iter().filter(|_| verified) {
+        let older_failed = list_failed(&self.config)
+            .into_iter()
+            .filter(|(name, _, _)| verified && !self.recovered.contains(name));
+        for (_, path, _) in older_failed {
             remove_local(
                 &path,
                 "a failed backup's archive, now that a good set is verified",
@@ -1516,18 +1577,19 @@ pub(crate) fn newest_set_bytes(local: &[LocalFile], history: &History, now: Stam
 }
 
 /// The CVP files that appeared since `before` (names) and can be a backup's that ran in
-/// `window`; and those that appeared but were written outside it (another backup's, or
-/// copied in by hand): never ours to adopt or set aside.
+/// `window` (None: all of them); and those that appeared but were written outside it
+/// (another backup's, or copied in or fetched since): never ours to set aside.
 fn appeared_during(
     before: &[String],
     window: Option<&BackupWindow>,
     now: &[LocalFile],
 ) -> (HashSet<BackupName>, Vec<BackupName>) {
+    let booted = state::boot_time();
     let mut ours = HashSet::new();
     let mut foreign = Vec::new();
     for file in now.iter().filter(|f| !before.contains(&f.name.file_name())) {
         let in_window = match (window, file.modified) {
-            (Some(window), Some(modified)) => window.contains(modified),
+            (Some(window), Some(modified)) => window.contains(modified, booted),
             _ => true,
         };
         if in_window {
@@ -1543,8 +1605,8 @@ fn appeared_during(
 fn warn_about_foreign(foreign: &[BackupName]) {
     for name in foreign {
         log::warn!(
-            "{name} appeared during the backup but was written outside it (another backup's, or \
-             copied in): left as it is, neither adopted nor set aside"
+            "{name} appeared during the backup the job did not see finish, but was written \
+             outside it (a backup made since, or copied in): left as it is, not set aside"
         );
     }
 }
@@ -1797,25 +1859,28 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         destination: destination_label(config),
         ..Plan::default()
     };
-    let history = state::peek_history(&config.backup.state_dir);
+    let mut history = state::peek_history(&config.backup.state_dir);
+    fill_last_verified(
+        &mut history,
+        &config.backup.state_dir,
+        &destination_label(config),
+    );
     let mut excluded = history.failed();
     let mut local = list_local(config)?;
     if let Some(before) = &history.backup_started {
         // What a run that died during its backup left: a real run sets it aside first.
-        for file in local
-            .iter()
-            .filter(|f| !before.contains(&f.name.file_name()))
-        {
+        let (leftovers, _) = appeared_during(before, history.backup_window.as_ref(), &local);
+        for name in leftovers {
             plan.notes.push(format!(
-                "{} appeared during a backup the job did not see finish: a real run sets it \
-                 aside as failed",
-                file.name
+                "{name} appeared during a backup the job did not see finish: a real run sets it \
+                 aside as failed"
             ));
-            excluded.push(file.name);
+            excluded.push(name);
         }
     }
     local.retain(|f| !excluded.contains(&f.name));
-    let running = concurrent::running(&config.backup.command, None);
+    let running =
+        concurrent::running(&config.backup.command, &config.backup.user, None).unwrap_or_default();
     if !running.is_empty() {
         plan.notes.push(format!(
             "a CVP backup is running now ({}): a real run refuses to start beside it (exit 6)",

@@ -105,8 +105,27 @@ impl Dir {
         Dir::walk(&real, None)
     }
 
+    /// The folder `name` in this one, made (with `mode`) if missing, opened without
+    /// following a symlink: a symlink planted there is refused, never followed.
+    pub fn subdir(&self, name: &str, mode: u32) -> io::Result<Dir> {
+        let c = c_name(name)?;
+        let (fd, _) = make_and_open(&self.fd, &c, mode)?;
+        let st = fstat(fd.as_raw_fd())?;
+        Ok(Dir {
+            fd,
+            path: self.path.join(name),
+            uid: st.st_uid,
+            gid: st.st_gid,
+        })
+    }
+
     /// Open a folder, creating what is missing of it (each new level with `mode`).
     pub fn open_or_create(path: &Path, mode: u32) -> io::Result<Dir> {
+        Dir::open_or_create_noting(path, mode).map(|(dir, _)| dir)
+    }
+
+    /// `open_or_create`, and the levels it made (for taking them back: `Created`).
+    pub fn open_or_create_noting(path: &Path, mode: u32) -> io::Result<(Dir, Created)> {
         let absolute = if path.is_absolute() {
             path.to_path_buf()
         } else {
@@ -122,7 +141,9 @@ impl Dir {
                     for name in missing.iter().rev() {
                         full.push(name);
                     }
-                    return Dir::walk(&full, Some(mode));
+                    let mut created = Created::default();
+                    let dir = Dir::walk(&full, Some((mode, &mut created)))?;
+                    return Ok((dir, created));
                 }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
                     let (Some(parent), Some(name)) = (existing.parent(), existing.file_name())
@@ -137,15 +158,19 @@ impl Dir {
         }
     }
 
-    fn walk(real: &Path, create: Option<u32>) -> io::Result<Dir> {
+    fn walk(real: &Path, mut create: Option<(u32, &mut Created)>) -> io::Result<Dir> {
         let root = CString::new("/").map_err(io::Error::other)?;
         // SAFETY: as in open_component.
         let fd = check(unsafe { libc::open(root.as_ptr(), DIR_FLAGS) })?;
         let mut current = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut so_far = PathBuf::from("/");
         for component in real.components() {
             let name = match component {
                 Component::RootDir => continue,
-                Component::Normal(name) => c_os(name)?,
+                Component::Normal(name) => {
+                    so_far.push(name);
+                    c_os(name)?
+                }
                 _ => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -156,21 +181,18 @@ impl Dir {
             current = match open_component(current.as_raw_fd(), &name) {
                 Ok(fd) => fd,
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) && create.is_some() => {
-                    let mode = create.unwrap_or(0o750);
-                    // SAFETY: `name` is NUL-terminated; mkdirat does not follow symlinks.
-                    let made =
-                        unsafe { libc::mkdirat(current.as_raw_fd(), name.as_ptr(), mode as _) };
-                    if made < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let opened = open_component(current.as_raw_fd(), &name)?;
-                    // A folder root makes in another account's folder is that account's.
-                    let parent = fstat(current.as_raw_fd())?;
-                    if made == 0 && euid() == 0 && parent.st_uid != 0 {
-                        // SAFETY: fchown of the descriptor we just opened.
-                        check(unsafe {
-                            libc::fchown(opened.as_raw_fd(), parent.st_uid, parent.st_gid)
-                        })?;
+                    let Some((mode, created)) = create.as_mut() else {
+                        return Err(err);
+                    };
+                    let (opened, made) = make_and_open(&current, &name, *mode)?;
+                    if made {
+                        let st = fstat(opened.as_raw_fd())?;
+                        created.levels.push(CreatedLevel {
+                            parent: current.try_clone()?,
+                            name: name.clone(),
+                            identity: (st.st_dev, st.st_ino),
+                            path: so_far.clone(),
+                        });
                     }
                     opened
                 }
@@ -403,6 +425,72 @@ impl Dir {
     }
 }
 
+/// Make the folder `name` in `parent` (with `mode`) if it is not there, and open it without
+/// following a symlink. Whether this call made it. A folder root makes in another account's
+/// folder is that account's.
+fn make_and_open(parent: &OwnedFd, name: &CString, mode: u32) -> io::Result<(OwnedFd, bool)> {
+    // SAFETY: `name` is NUL-terminated; mkdirat does not follow symlinks.
+    let made = unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode as _) } == 0;
+    if !made && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+        return Err(io::Error::last_os_error());
+    }
+    let opened = open_component(parent.as_raw_fd(), name)?;
+    let parent_st = fstat(parent.as_raw_fd())?;
+    if made && euid() == 0 && parent_st.st_uid != 0 {
+        // SAFETY: fchown of the descriptor we just opened.
+        check(unsafe { libc::fchown(opened.as_raw_fd(), parent_st.st_uid, parent_st.st_gid) })?;
+    }
+    Ok((opened, made))
+}
+
+/// The folders an `open_or_create_noting` made, outermost first: each by the handle of its
+/// parent and its identity, so taking them back never follows a path someone changed since.
+#[derive(Debug, Default)]
+pub struct Created {
+    levels: Vec<CreatedLevel>,
+}
+
+#[derive(Debug)]
+struct CreatedLevel {
+    parent: OwnedFd,
+    name: CString,
+    /// (device, inode) when it was made.
+    identity: (libc::dev_t, libc::ino_t),
+    /// Its path when it was made, for messages.
+    path: PathBuf,
+}
+
+impl Created {
+    pub fn is_empty(&self) -> bool {
+        self.levels.is_empty()
+    }
+
+    /// Remove the folders made, innermost first, while each is still the one made (same
+    /// device and inode, not a symlink) and empty; the outermost removed, if any.
+    pub fn remove_empty(&self) -> Option<PathBuf> {
+        let mut removed = None;
+        for level in self.levels.iter().rev() {
+            // SAFETY: stat is plain data; fstatat on our parent handle without following.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let fd = level.parent.as_raw_fd();
+            let looked = unsafe {
+                libc::fstatat(fd, level.name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+            };
+            let same = looked == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                && (st.st_dev, st.st_ino) == level.identity;
+            // SAFETY: unlinkat of a name relative to our parent handle; AT_REMOVEDIR only
+            // removes an empty folder.
+            if !same || unsafe { libc::unlinkat(fd, level.name.as_ptr(), libc::AT_REMOVEDIR) } != 0
+            {
+                break;
+            }
+            removed = Some(level.path.clone());
+        }
+        removed
+    }
+}
+
 /// An existing plain file opened for reading, without following a symlink at its name
 /// (see `Dir::open_existing`); NotFound when absent.
 pub fn open_file(path: &Path) -> io::Result<File> {
@@ -459,6 +547,51 @@ mod tests {
             .is_symlink());
         handle.remove("planted").expect("remove");
         assert!(victim.exists());
+    }
+
+    #[test]
+    fn a_subfolder_is_made_once_and_a_planted_symlink_there_is_refused() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tempfile::tempdir().expect("elsewhere");
+        let dir = Dir::open(base.path()).expect("open");
+        let logs = dir.subdir("logs", 0o750).expect("made");
+        logs.create_new("a", 0o600).expect("file");
+        assert!(base.path().join("logs/a").exists());
+        assert!(dir.subdir("logs", 0o750).is_ok(), "opened again");
+        std::fs::remove_dir_all(base.path().join("logs")).expect("rm");
+        std::os::unix::fs::symlink(elsewhere.path(), base.path().join("logs")).expect("plant");
+        assert!(dir.subdir("logs", 0o750).is_err(), "a symlink is refused");
+        assert!(dir.subdir("../x", 0o750).is_err(), "a plain name only");
+    }
+
+    #[test]
+    fn made_folders_are_taken_back_only_while_they_are_the_ones_made() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let (leaf, created) =
+            Dir::open_or_create_noting(&base.path().join("a/b/c"), 0o750).expect("made");
+        assert!(!created.is_empty());
+        leaf.create_new("kept-by-someone", 0o600).expect("file");
+        // Not empty: nothing goes.
+        assert_eq!(created.remove_empty(), None);
+        assert!(base.path().join("a/b/c").exists());
+        leaf.remove("kept-by-someone").expect("rm");
+        assert_eq!(created.remove_empty(), Some(base.path().join("a")));
+        assert!(!base.path().join("a").exists());
+        // Nothing made: nothing to take back.
+        let (_, none) = Dir::open_or_create_noting(base.path(), 0o750).expect("open");
+        assert!(none.is_empty());
+
+        // A made folder swapped for a symlink to another empty one: neither goes.
+        let elsewhere = tempfile::tempdir().expect("elsewhere");
+        std::fs::create_dir(elsewhere.path().join("c")).expect("decoy");
+        let (_, created) =
+            Dir::open_or_create_noting(&base.path().join("x/y"), 0o750).expect("made");
+        std::fs::remove_dir(base.path().join("x/y")).expect("rm");
+        std::fs::remove_dir(base.path().join("x")).expect("rm");
+        std::os::unix::fs::symlink(elsewhere.path(), base.path().join("x")).expect("plant");
+        std::fs::create_dir(elsewhere.path().join("y")).expect("decoy y");
+        assert_eq!(created.remove_empty(), None);
+        assert!(elsewhere.path().join("y").exists(), "the decoy stays");
     }
 
     #[test]

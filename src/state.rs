@@ -214,35 +214,81 @@ pub struct History {
     pub restate: Vec<(String, String)>,
 }
 
-/// When a backup of ours ran, to tell its files from another backup's.
+/// When a backup of ours ran, to tell what a backup the job did not see finish wrote from
+/// what appeared later (an operator's backup after a restart, a set fetched back).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct BackupWindow {
     /// RFC 3339.
     pub started: String,
-    /// The longest it could run, in seconds.
+    /// The longest it could run, in seconds (`backup_timeout` and the stop's grace).
     pub seconds: u64,
+    /// The job's last sign of life while it waited for the backup (RFC 3339): the backup
+    /// it started ran in its own session, and the job stops it when it dies in any way it
+    /// can see; a killed job stops writing this.
+    #[serde(default)]
+    pub alive: Option<String>,
 }
+
+/// How often a running job says it is alive, and how long after that its backup may still
+/// have written (the stop's grace and file system time granularity).
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(60);
+const AFTER_HEARTBEAT: u64 = 120;
 
 impl BackupWindow {
     pub fn starting_now(longest: std::time::Duration) -> BackupWindow {
         BackupWindow {
             started: chrono::Local::now().to_rfc3339(),
             seconds: longest.as_secs(),
+            alive: None,
         }
     }
 
+    pub fn heartbeat(&mut self) {
+        self.alive = Some(chrono::Local::now().to_rfc3339());
+    }
+
     /// Whether a file last written at `modified` can be this backup's: written after it
-    /// started (2 s of slack for coarse file system times) and before it had to end. An
-    /// unreadable start time proves nothing either way: the file counts.
-    pub fn contains(&self, modified: std::time::SystemTime) -> bool {
-        let Ok(started) = chrono::DateTime::parse_from_rfc3339(&self.started) else {
+    /// started (2 s of slack for coarse file system times) and before it can have ended: its
+    /// timeout, the job's last heartbeat and a little more, or the node's restart (`booted`),
+    /// whichever came first. An unreadable start time proves nothing: the file counts.
+    pub fn contains(
+        &self,
+        modified: std::time::SystemTime,
+        booted: Option<std::time::SystemTime>,
+    ) -> bool {
+        let time = |text: &str| chrono::DateTime::parse_from_rfc3339(text).ok();
+        let Some(started) = time(&self.started).map(|t| t.to_utc()) else {
             return true;
         };
         let modified: chrono::DateTime<chrono::Utc> = modified.into();
-        let from = started.to_utc() - chrono::Duration::seconds(2);
-        let to = started.to_utc() + chrono::Duration::seconds(self.seconds as i64 + 2);
-        modified >= from && modified <= to
+        // From a file others can write: no number in it may overflow the arithmetic (the
+        // longest backup_timeout is a week; a month bounds any window).
+        let seconds = |n: u64| chrono::Duration::seconds(n.min(31 * 86_400) as i64);
+        let plus = |t: chrono::DateTime<chrono::Utc>, n| t.checked_add_signed(seconds(n));
+        let mut end = plus(started, self.seconds.saturating_add(2));
+        if let Some(alive) = self.alive.as_deref().and_then(time) {
+            end = end.min(plus(alive.to_utc(), AFTER_HEARTBEAT));
+        }
+        if let Some(booted) = booted.map(chrono::DateTime::<chrono::Utc>::from) {
+            if booted > started {
+                end = end.min(Some(booted));
+            }
+        }
+        let from = started.checked_sub_signed(seconds(2));
+        from.is_some_and(|from| modified >= from) && end.is_some_and(|end| modified <= end)
     }
+}
+
+/// When this node last booted (`btime` in /proc/stat).
+pub fn boot_time() -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let seconds: u64 = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -524,6 +570,61 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o644, "readable by a monitoring user");
         assert_eq!(load(&dir.path().join("none")).expect("absent"), None);
+    }
+
+    #[test]
+    fn a_dead_backup_s_window_ends_at_its_timeout_heartbeat_or_the_restart() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |seconds: u64| UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds);
+        let rfc = |seconds: u64| chrono::DateTime::<chrono::Utc>::from(at(seconds)).to_rfc3339();
+        let window = |alive: Option<u64>| BackupWindow {
+            started: rfc(0),
+            seconds: 21_600,
+            alive: alive.map(rfc),
+        };
+        // (window, booted, file written at, counts)
+        let table = [
+            (window(None), None, 0, true),
+            (window(None), None, 21_600, true),
+            (window(None), None, 21_700, false),
+            // An hour in, the job's last heartbeat: what came 10 minutes later is not its.
+            (window(Some(3_600)), None, 3_700, true),
+            (window(Some(3_600)), None, 4_200, false),
+            // The node restarted at 65 min: an operator's backup at 70 min is not its.
+            (window(None), Some(at(3_900)), 3_800, true),
+            (window(None), Some(at(3_900)), 4_200, false),
+            // A boot before the backup started says nothing about it.
+            (window(None), Some(UNIX_EPOCH), 4_200, true),
+        ];
+        for (window, booted, written, counts) in table {
+            assert_eq!(
+                window.contains(at(written), booted),
+                counts,
+                "{window:?} booted {booted:?} written {written}"
+            );
+        }
+        assert!(
+            !window(None).contains(UNIX_EPOCH, None),
+            "written before it started"
+        );
+        // Numbers from a file others can write never overflow.
+        let absurd = BackupWindow {
+            seconds: u64::MAX,
+            alive: Some("9999-12-31T23:59:59+00:00".into()),
+            ..window(None)
+        };
+        assert!(absurd.contains(at(3_600), Some(UNIX_EPOCH)));
+        let early = BackupWindow {
+            started: "-9999-01-01T00:00:00+00:00".into(),
+            ..window(None)
+        };
+        let _ = early.contains(at(0), None);
+        let unreadable = BackupWindow {
+            started: "yesterday".into(),
+            ..window(None)
+        };
+        assert!(unreadable.contains(UNIX_EPOCH, None));
+        assert!(boot_time().is_some_and(|boot| boot > UNIX_EPOCH));
     }
 
     #[test]

@@ -419,55 +419,106 @@ fn a_backup_started_during_ours_makes_the_night_touch_nothing() {
     assert!(fx.remote_names().contains(&tonight[0]));
 }
 
-/// The job died during its backup (history says a backup was running), and since then an
-/// operator copied an older backup in (its time preserved, `cp -p`): the next run sets aside
-/// only what the dead backup can have written (within its window), never the copied file.
+/// The job died during its backup 20 minutes ago (history says a backup was running; its
+/// last heartbeat came a minute in). Since then an operator copied an older backup in (its
+/// time preserved, `cp -p`) and made one by hand. The next run sets aside only what the dead
+/// backup can have written (before its last sign of life), kept as NAME.failed this night
+/// even though a good set is verified; the other two are left, and one is copied.
 #[test]
 fn only_files_written_while_a_dead_backup_ran_are_set_aside() {
     let fx = Fixture::new();
     let ours = "cvp.20261201020010.tgz";
     let copied_in = "cvp.20261120020010.tgz";
-    fx.seed(ours, 10_000);
-    fx.seed(copied_in, 10_000);
-    let two_days_ago = "2 days ago";
-    let status = Command::new("touch")
-        .args(["-d", two_days_ago])
-        .arg(fx.backup_dir.join(copied_in))
-        .status()
-        .expect("touch");
-    assert!(status.success());
+    let by_hand = "cvp.20261201031010.tgz";
+    let started = chrono::Local::now() - chrono::Duration::minutes(20);
+    for (name, written) in [
+        (ours, started + chrono::Duration::seconds(30)),
+        (copied_in, started - chrono::Duration::days(2)),
+        (by_hand, chrono::Local::now()),
+    ] {
+        fx.seed(name, 10_000);
+        let status = Command::new("touch")
+            .arg("-d")
+            .arg(written.to_rfc3339())
+            .arg(fx.backup_dir.join(name))
+            .status()
+            .expect("touch");
+        assert!(status.success());
+    }
     std::fs::create_dir_all(&fx.state_dir).expect("state");
-    let started = chrono::Local::now() - chrono::Duration::minutes(5);
     std::fs::write(
         fx.state_dir.join("history.json"),
         format!(
             "{{\"backup_started\": [], \"backup_window\": {{\"started\": \"{}\", \"seconds\": \
-             3600}}}}\n",
-            started.to_rfc3339()
+             21610, \"alive\": \"{}\"}}}}\n",
+            started.to_rfc3339(),
+            (started + chrono::Duration::minutes(1)).to_rfc3339()
         ),
     )
     .expect("history");
     let run = fx.run(&["--no-backup"]);
     let out = run.all_output();
-    // Set aside, then deleted once this run verified a good set on the server.
+    assert_eq!(run.code, 0, "{out}");
     assert!(
         out.contains(&format!("{ours}: set aside as {ours}.failed")),
         "the dead backup's file is set aside: {out}"
     );
-    assert!(!fx.backup_dir.join(ours).exists(), "{out}");
+    assert!(
+        fx.backup_dir.join(format!("{ours}.failed")).exists(),
+        "kept this night, though a good set is verified: {out}"
+    );
+    for left in [copied_in, by_hand] {
+        assert!(fx.backup_dir.join(left).exists(), "{left} is left: {out}");
+        assert!(
+            out.contains(&format!("{left} appeared during the backup the job did not see finish, but was written outside it")),
+            "{out}"
+        );
+    }
+    // The by-hand backup, stamped later than anything else, is tonight's set.
+    assert!(fx.remote_names().contains(&by_hand.to_string()), "{out}");
     assert!(!fx.remote_names().contains(&ours.to_string()), "{out}");
-    assert!(
-        fx.backup_dir.join(copied_in).exists(),
-        "the copied-in backup is left: {out}"
+}
+
+/// Nodes upgraded from a version whose history did not keep the last set verified: its
+/// record (written before the recovery point existed) says it. With the server down, good
+/// nights prune the node, but never that set.
+#[test]
+fn after_an_upgrade_the_set_the_old_record_verified_is_still_kept() {
+    let mut fx = Fixture::new();
+    fx.server_extra = "retries = 0".into();
+    let verified = "cvp.20240101020010.tgz";
+    let images = "cvp.eosimages.20240101020005.tgz";
+    fx.seed(verified, 10_000);
+    fx.seed(images, 10_000);
+    std::fs::create_dir_all(&fx.state_dir).expect("state");
+    // As version 0.1.0 of the monitoring change left them: no recovery_point, no history.
+    std::fs::write(
+        fx.state_dir.join("last-run.json"),
+        format!(
+            "{{\"version\": \"0.1.0\", \"started\": \"2024-01-01T02:00:00+00:00\", \
+             \"finished\": \"2024-01-01T02:05:00+00:00\", \"exit_code\": 0, \"backup_ran\": true, \
+             \"backup_succeeded\": true, \"destination\": \"{TEST_USER}@127.0.0.1:{}\", \
+             \"restore_set\": \"{verified}\", \"files\": [], \"bytes_uploaded\": 0, \
+             \"seconds\": 1.0, \"megabytes_per_second\": 0.0, \"pruned_local\": 0, \
+             \"pruned_remote\": 0, \"errors\": []}}\n",
+            fx.dest.display()
+        ),
+    )
+    .expect("old record");
+    fx.port = free_port(); // the server is down
+    std::fs::write(&fx.ini, fx.ini_text().replace("limit = 5", "limit = 1")).expect("ini");
+    for night in 1..=2 {
+        let run = fx.run(&[]);
+        assert_eq!(run.code, 4, "night {night}: {}", run.all_output());
+    }
+    let local = fx.local_names();
+    assert!(local.contains(&verified.to_string()), "{local:?}");
+    assert!(local.contains(&images.to_string()), "{local:?}");
+    assert_eq!(
+        data_files(&fx).len(),
+        2,
+        "limit 1 and the verified one: {local:?}"
     );
-    assert!(
-        out.contains(&format!(
-            "{copied_in} appeared during the backup but was written outside it"
-        )),
-        "{out}"
-    );
-    assert_eq!(run.code, 0, "{out}");
-    assert!(fx.remote_names().contains(&copied_in.to_string()), "{out}");
 }
 
 /// A syslog that collects datagrams on `path` (as rsyslog's /dev/log) into `lines`.

@@ -711,9 +711,11 @@ fn declining_to_save_an_edit_exits_2_and_changes_nothing() {
 
 /// No INI at the path given (a node without the RPM): `edit` offers to start one from the
 /// default settings, asks for each value, and writes it only on "Save". The new file is the
-/// packaged INI with the answers in place of its placeholders, 0600.
+/// packaged INI with the answers in place of its placeholders, 0600, and (made by root) the
+/// job account's, cvp's, as the RPM lays it out: the cron job runs as cvp and must read it.
 #[test]
 fn edit_on_a_missing_ini_offers_to_create_it_from_the_default_settings() {
+    ensure_user("cvp", "unused-password-of-cvp");
     let dir = tempfile::tempdir().expect("tempdir");
     let ini = dir.path().join("new.ini");
     let mut cmd = Command::new(bin());
@@ -744,7 +746,10 @@ fn edit_on_a_missing_ini_offers_to_create_it_from_the_default_settings() {
         text.contains("#min_free_space = auto"),
         "every option explained: {text}"
     );
-    assert_eq!(std::fs::metadata(&ini).expect("ini").mode() & 0o777, 0o600);
+    let meta = std::fs::metadata(&ini).expect("ini");
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!((meta.uid(), meta.gid()), (uid_of("cvp"), gid_of("cvp")));
+    assert!(screen.contains("(new, owned by cvp)"), "{screen}");
     // What was not answered keeps its placeholder: a run says "not configured" until set.
     assert!(text.contains("password = {{"), "{text}");
     assert!(screen.contains("saved, but not complete yet"), "{screen}");

@@ -365,6 +365,43 @@ fn the_free_space_floor_refuses_a_backup_before_backup_dir_fills() {
     assert_eq!(fits.code, 0, "{}", fits.all_output());
 }
 
+/// A failed backup's archive (set aside, nothing restores from it) takes the room the next
+/// backup needs: it goes first, and the night backs up instead of being refused.
+#[test]
+fn a_failed_backup_s_archive_gives_its_room_to_the_next_backup() {
+    let mut fx = Fixture::new();
+    let _disk = TinyDisk::mount_as(&fx.backup_dir, (0, 0));
+    fx.cvpi_flags = "--size 300000".into();
+    fx.write_ini();
+    let good = fx.run(&[]);
+    assert_eq!(good.code, 0, "{}", good.all_output());
+    fx.cvpi_flags = "--fail --size 1000000".into();
+    fx.write_ini();
+    let failed = fx.run(&[]);
+    assert_eq!(failed.code, 1, "{}", failed.all_output());
+    let aside: Vec<String> = file_names(&fx.backup_dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".failed"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{:?}", file_names(&fx.backup_dir));
+    assert!(
+        free_bytes(&fx.backup_dir) < 330_000,
+        "the next backup would not fit"
+    );
+    fx.cvpi_flags = "--size 300000".into();
+    fx.write_ini();
+    let next = fx.run(&[]);
+    assert_eq!(next.code, 0, "{}", next.all_output());
+    assert!(
+        next.all_output()
+            .contains("(a failed backup's archive: tonight's backup needs the room)"),
+        "{}",
+        next.all_output()
+    );
+    assert!(!fx.backup_dir.join(&aside[0]).exists());
+    assert_eq!(data_names(&fx).len(), 2, "{:?}", file_names(&fx.backup_dir));
+}
+
 fn data_names(fx: &Fixture) -> Vec<String> {
     file_names(&fx.backup_dir)
         .into_iter()

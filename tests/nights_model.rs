@@ -30,6 +30,9 @@ enum Backup {
     Skipped,
     /// The operator ran `cvpi backup cvp` by hand during the day, then `--no-backup`.
     ByHandThenSkipped,
+    /// Too little free space (`min_free_space`): no backup is started, the night goes on as
+    /// one without a backup (`run`'s `Night::Refused`).
+    RefusedForSpace,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,7 @@ fn night() -> impl Strategy<Value = Night> {
         1 => Just(Backup::ReportsSuccessButWritesNoData),
         1 => Just(Backup::Skipped),
         1 => Just(Backup::ByHandThenSkipped),
+        1 => Just(Backup::RefusedForSpace),
     ];
     let clock = prop_oneof![
         6 => Just(Clock::NextNight),
@@ -171,7 +175,7 @@ impl World {
             Backup::ReportsSuccessButWritesNoData => {
                 (self.cvpi(false, night.dumps_images), Some(false))
             }
-            Backup::Skipped => (Vec::new(), None),
+            Backup::Skipped | Backup::RefusedForSpace => (Vec::new(), None),
             Backup::ByHandThenSkipped => {
                 // Good, but not the tool's: it may be chosen (when stamped later than the
                 // tool's last set) and is never pruned before the tool's next backup.

@@ -307,6 +307,43 @@ fn a_root_owned_ini_another_account_can_change_is_refused() {
     );
 }
 
+/// A root-owned INI (root runs as root) whose state_dir is cvp's: cvp plants a symlink to a
+/// root folder where the runs' logs go. Root's run refuses it and writes nothing there (the
+/// log stays in syslog).
+#[test]
+fn a_root_run_follows_no_symlink_cvp_plants_at_the_log_folder() {
+    let node = Node::new();
+    std::os::unix::fs::chown(&node.fx.ini, Some(0), Some(0)).expect("chown ini to root");
+    let roots = node.fx.root.path().join("roots-folder");
+    std::fs::create_dir_all(&roots).expect("root's folder");
+    node.fx.seed("cvp.20240101020010.tgz", 1000);
+    chown_tree(&node.fx.backup_dir, node.uid, node.gid);
+    let logs = node.fx.state_dir.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::os::unix::fs::symlink(&roots, &logs).expect("plant");
+    let status = Command::new("chown")
+        .arg("-h")
+        .arg(format!("{}:{}", node.uid, node.gid))
+        .arg(&logs)
+        .status()
+        .expect("chown -h");
+    assert!(status.success());
+    let out = node.as_root(&["--no-backup"]);
+    assert_eq!(out.code, 0, "{}", out.all_output());
+    assert!(
+        out.all_output().contains("cannot keep this run's log"),
+        "{}",
+        out.all_output()
+    );
+    assert!(file_names(&roots).is_empty(), "{:?}", file_names(&roots));
+    assert!(
+        std::fs::symlink_metadata(&logs).is_ok_and(|m| m.file_type().is_symlink()),
+        "left as cvp planted it"
+    );
+    std::os::unix::fs::chown(&node.fx.ini, Some(node.uid), Some(node.gid)).expect("chown back");
+    node.assert_nothing_lent("a root run with cvp's logs symlink");
+}
+
 /// keygen and edit as root: the INI is saved by root (its folder is root's) and keeps its
 /// owner; the key is written as the INI's owner, so a keyFile pointing at root's files
 /// gets nowhere; and the cvp job still decrypts the password afterwards.

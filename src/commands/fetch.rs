@@ -13,7 +13,7 @@ use crate::progress;
 use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
 use crate::remote::Remote;
 use crate::run;
-use crate::safe_fs::Dir;
+use crate::safe_fs::{self, Dir};
 use crate::seal::open::Identities;
 use crate::sets;
 use crate::transfer;
@@ -46,8 +46,7 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
         .to
         .clone()
         .unwrap_or_else(|| config.backup.backup_dir.clone());
-    let created = missing_levels(&wanted_dir);
-    let dir = Dir::open_or_create(&wanted_dir, 0o750).map_err(|err| {
+    let (dir, created) = Dir::open_or_create_noting(&wanted_dir, 0o750).map_err(|err| {
         Error::copy(format!(
             "cannot create or open {}: {err}",
             wanted_dir.display()
@@ -60,30 +59,16 @@ pub fn fetch(options: &FetchOptions) -> Result<()> {
     fetched
 }
 
-/// The folders of `path` that do not exist yet, deepest first: what a fetch creates.
-fn missing_levels(path: &Path) -> Vec<PathBuf> {
-    path.ancestors()
-        .take_while(|level| {
-            !level.as_os_str().is_empty()
-                && matches!(std::fs::symlink_metadata(level), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-        })
-        .map(Path::to_path_buf)
-        .collect()
-}
-
-/// A fetch that failed leaves no folder it created: what it put there (CVP names, plain or
-/// encrypted, and their checksum files) goes, then the folders, deepest first, if empty.
-fn remove_created(dir: &Dir, created: &[PathBuf]) {
+/// A fetch that failed leaves no folder it made: what it put there (CVP names, plain or
+/// encrypted, and their checksum files) goes, through the folder's own handle, then the
+/// folders it made, innermost first, while each is still the one it made and empty.
+fn remove_created(dir: &Dir, created: &safe_fs::Created) {
     for name in dir.names().unwrap_or_default() {
         if crate::names::RemoteName::parse(&name).is_some() {
             let _ = dir.remove(&name);
         }
     }
-    let removed: Vec<&PathBuf> = created
-        .iter()
-        .take_while(|level| std::fs::remove_dir(level).is_ok())
-        .collect();
-    if let Some(top) = removed.last() {
+    if let Some(top) = created.remove_empty() {
         eprintln!(
             "cvp-backup-copy: removed {}, which this fetch had created",
             top.display()

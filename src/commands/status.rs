@@ -314,7 +314,11 @@ pub fn status(options: &StatusOptions) -> Result<ExitCode> {
         .map_err(|err| Error::copy(format!("cannot write JSON: {err}")))?;
         println!("{json}");
     } else {
-        print!("{}", render(record.as_ref(), &verdict, &path));
+        // The record is in a folder the job's account writes: its text never drives the terminal.
+        print!(
+            "{}",
+            crate::error::printable(&render(record.as_ref(), &verdict, &path))
+        );
     }
     Ok(verdict.code)
 }
