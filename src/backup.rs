@@ -85,14 +85,7 @@ pub fn describe(command: &[String], backup_user: &str) -> String {
     format!("{} (as user {backup_user})", words.join(" "))
 }
 
-/// Run the backup command; `heartbeat` is called about every `state::HEARTBEAT` while it
-/// runs (the job says it is still alive, for a later run that finds it died).
-pub fn run(
-    command: &[String],
-    backup_user: &str,
-    timeout: Duration,
-    heartbeat: &mut dyn FnMut(),
-) -> Result<Outcome> {
+pub fn run(command: &[String], backup_user: &str, timeout: Duration) -> Result<Outcome> {
     let program = command
         .first()
         .ok_or_else(|| Error::config("backup_command is empty"))?;
@@ -132,7 +125,7 @@ pub fn run(
         });
     }
     drop(done_tx);
-    let ending = wait_or_stop(&mut child, program, timeout, heartbeat)?;
+    let ending = wait_or_stop(&mut child, program, timeout)?;
     // Output still in the pipes is logged; a grandchild that keeps them open is not waited for.
     let deadline = Instant::now() + Duration::from_secs(2);
     for _ in 0..2 {
@@ -149,14 +142,8 @@ pub fn run(
 }
 
 /// Wait for the command; stop its whole process group on a timeout or a stop request.
-fn wait_or_stop(
-    child: &mut Child,
-    program: &str,
-    timeout: Duration,
-    heartbeat: &mut dyn FnMut(),
-) -> Result<Ending> {
+fn wait_or_stop(child: &mut Child, program: &str, timeout: Duration) -> Result<Ending> {
     let started = Instant::now();
-    let mut last_beat = Instant::now();
     let wait_error = |err: std::io::Error| {
         Error::new(
             crate::exit_codes::ExitCode::BackupFailed,
@@ -172,10 +159,6 @@ fn wait_or_stop(
         } else if started.elapsed() >= timeout {
             Ending::TimedOut(timeout)
         } else {
-            if last_beat.elapsed() >= crate::state::HEARTBEAT {
-                heartbeat();
-                last_beat = Instant::now();
-            }
             std::thread::sleep(TICK);
             continue;
         };

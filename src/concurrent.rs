@@ -62,11 +62,12 @@ pub fn is_cvp_backup(argv: &[String], configured: &[String]) -> bool {
 const LOOK_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The CVP backups running now: processes of root (the stock cron line) or of `backup_user`
-/// (cvpi), other than this process, its children and the session `ours` (the backup command
-/// this run started: it and all it started). Other accounts' processes are not looked at:
-/// nobody else runs a CVP backup, and a process of theirs could only fake one or make the
-/// look hang. Processes that vanish or cannot be read while we look are skipped. Err: the
-/// look did not finish within 10 s.
+/// (cvpi), by their real and effective uids, other than this process, its children and the
+/// session `ours` (the backup command this run started: it and all it started). Other
+/// accounts' processes are not looked at: nobody else runs a CVP backup, and a process of
+/// theirs could only fake one or make the look hang. Processes that vanish or cannot be read
+/// while we look are skipped. Err: the look did not finish within 10 s (the caller must then
+/// assume the worst).
 pub fn running(
     configured: &[String],
     backup_user: &str,
@@ -99,7 +100,6 @@ fn running_in(
     ours: Option<u32>,
     owners: &[u32],
 ) -> Vec<Process> {
-    use std::os::unix::fs::MetadataExt;
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return Vec::new();
@@ -110,9 +110,7 @@ fn running_in(
         .filter(|pid| *pid != me)
         .filter_map(|pid| {
             let dir = proc_root.join(pid.to_string());
-            // The owner, without touching the process's memory.
-            let owner = std::fs::metadata(&dir).ok()?.uid();
-            if !owners.contains(&owner) {
+            if !owned_by(&dir, owners) {
                 return None;
             }
             let raw = std::fs::read(dir.join("cmdline")).ok()?;
@@ -133,6 +131,21 @@ fn running_in(
         .collect();
     found.sort_by_key(|p| p.pid);
     found
+}
+
+/// Whether the process's real and effective uids are both among `owners`, from the `Uid:`
+/// line of /proc/PID/status (not the owner of /proc/PID: a process that made itself not
+/// dumpable shows as root's there), without touching the process's memory.
+fn owned_by(dir: &Path, owners: &[u32]) -> bool {
+    let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+        return false;
+    };
+    let Some(uids) = status.lines().find_map(|line| line.strip_prefix("Uid:")) else {
+        return false;
+    };
+    let mut ids = uids.split_whitespace().map(|id| id.parse::<u32>().ok());
+    matches!((ids.next(), ids.next()), (Some(Some(real)), Some(Some(effective)))
+        if owners.contains(&real) && owners.contains(&effective))
 }
 
 /// The parent pid and session id, from /proc/PID/stat (after the command name, which may hold
@@ -218,6 +231,43 @@ mod tests {
                 "{process} (configured {configured:?})"
             );
         }
+    }
+
+    /// A /proc of our own making: who owns a process is its status's Uid line (real and
+    /// effective), never the owner of its folder.
+    #[test]
+    fn only_processes_whose_real_and_effective_uid_are_trusted_are_looked_at() {
+        let proc_root = tempfile::tempdir().expect("proc");
+        let process = |pid: u32, uids: &str, argv: &[&str]| {
+            let dir = proc_root.path().join(pid.to_string());
+            std::fs::create_dir_all(&dir).expect("pid dir");
+            std::fs::write(dir.join("status"), format!("Name:\tx\nUid:\t{uids}\n"))
+                .expect("status");
+            std::fs::write(dir.join("stat"), format!("{pid} (x y) S 1 {pid} {pid} 0"))
+                .expect("stat");
+            std::fs::write(dir.join("cmdline"), argv.join("\0")).expect("cmdline");
+        };
+        let stock = ["/usr/bin/python", STOCK_SCRIPT, "--limit", "5"];
+        process(11, "0\t0\t0\t0", &stock);
+        process(12, "1000\t1000\t1000\t1000", &stock);
+        process(13, "1000\t0\t0\t0", &stock);
+        process(
+            14,
+            "500\t500\t500\t500",
+            &["/cvpi/bin/cvpi", "backup", "cvp"],
+        );
+        std::fs::create_dir_all(proc_root.path().join("15")).expect("no status");
+        let found = running_in(proc_root.path(), &[], None, &[0, 500]);
+        let pids: Vec<u32> = found.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [11, 14]);
+        assert_eq!(
+            running_in(proc_root.path(), &[], Some(14), &[0, 500])
+                .iter()
+                .map(|p| p.pid)
+                .collect::<Vec<_>>(),
+            [11],
+            "the run's own backup session is not another backup"
+        );
     }
 
     #[test]

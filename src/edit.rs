@@ -161,9 +161,15 @@ impl Session {
         if let Err(err) = config::Config::parse(&self.doc.render(), &self.ini) {
             eprintln!("note: saved, but not complete yet: {err}");
         }
+        let before = match &self.text {
+            Some(text) => keygen::Before::Text(text),
+            None => keygen::Before::Nothing {
+                owner: self.owner.as_ref(),
+            },
+        };
         let kept = keygen::commit(
             &self.ini,
-            self.text.as_deref(),
+            before,
             &self.doc,
             self.new_key.as_ref(),
             self.owner.as_ref(),
@@ -176,7 +182,6 @@ impl Session {
         }
         match (&self.text, &self.owner) {
             (None, Some(owner)) => {
-                give_to(&self.ini, owner)?;
                 println!(
                     "saved {} (new, owned by {})",
                     self.ini.display(),
@@ -268,22 +273,6 @@ pub fn edit(options: &EditOptions) -> Result<()> {
         return Err(Error::new(ExitCode::Usage, "not saved: nothing changed"));
     }
     session.save()
-}
-
-/// A new INI root made, given to the job's account (through a handle that refuses a
-/// symlink or a hard link put in its place).
-fn give_to(ini: &Path, owner: &User) -> Result<()> {
-    crate::safe_fs::open_file(ini)
-        .and_then(|file| std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid)))
-        .map_err(|err| {
-            Error::config(format!(
-                "saved {}, but cannot give it to {}: {err}; run `chown {}: {}`",
-                ini.display(),
-                owner.name,
-                owner.name,
-                crate::error::shell_word(ini)
-            ))
-        })
 }
 
 /// A missing INI: on a terminal, offer to start it from the default settings (a node without

@@ -92,7 +92,13 @@ pub fn keygen(options: &KeygenOptions) -> Result<()> {
     drop(password);
     doc.set(SERVER, "password", &token);
     doc.set(SERVER, "keyFile", &path.display().to_string());
-    if let Some(kept) = commit(&options.ini, Some(&text), &doc, Some(&key), owner.as_ref())? {
+    if let Some(kept) = commit(
+        &options.ini,
+        Before::Text(&text),
+        &doc,
+        Some(&key),
+        owner.as_ref(),
+    )? {
         println!("the previous key is kept as {}", kept.display());
     }
     println!(
@@ -138,12 +144,12 @@ pub struct NewKey {
 /// (which proves both folders take a file: `sudo -u cvp ... keygen` fails here, with
 /// nothing changed); the old key is kept as `NAME.bak-<timestamp>`; then the INI is renamed
 /// into place and the key right after it. Should that last rename fail, the INI's old text
-/// is put back (`old_text` None: the INI is new, and goes again). The INI is written by whoever runs the command (its folder is root's), the
+/// is put back (a new INI goes again). The INI is written by whoever runs the command (its folder is root's), the
 /// key as `key_owner` (the INI's owner, when root edits another account's INI). Returns
 /// where the old key was kept.
 pub fn commit(
     ini: &Path,
-    old_text: Option<&str>,
+    before: Before,
     doc: &IniDocument,
     new_key: Option<&NewKey>,
     key_owner: Option<&User>,
@@ -162,6 +168,28 @@ pub fn commit(
                 ini_folder.display()
             ))
         })?;
+    // A new INI is given to its account before it gets its name, through the handle of the
+    // file just made: nothing put in its place meanwhile is given away.
+    if let Before::Nothing { owner: Some(owner) } = before {
+        let given = ini_dir.open_existing(&ini_tmp, false).and_then(|file| {
+            let file = file.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+            std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid))
+        });
+        if let Err(err) = given {
+            let _ = ini_dir.remove(&ini_tmp);
+            return Err(unchanged(format!(
+                "cannot give {} to {}: {err}",
+                ini.display(),
+                owner.name
+            )));
+        }
+        if let Some(new_key) = new_key {
+            if let Err(err) = key_folder_for(new_key, owner) {
+                let _ = ini_dir.remove(&ini_tmp);
+                return Err(unchanged(err.message));
+            }
+        }
+    }
     let Some(new_key) = new_key else {
         return ini_dir
             .rename(&ini_tmp, &ini_name)
@@ -203,10 +231,10 @@ pub fn commit(
     });
     if let Err(err) = placed {
         // The token the INI now holds needs the key that could not be placed: undo.
-        let restored = match old_text {
-            Some(text) => ini_dir.replace(&ini_name, text.as_bytes(), Mode::KeepOr(0o600)),
+        let restored = match before {
+            Before::Text(text) => ini_dir.replace(&ini_name, text.as_bytes(), Mode::KeepOr(0o600)),
             // A new INI: there was none.
-            None => ini_dir.remove(&ini_name),
+            Before::Nothing { .. } => ini_dir.remove(&ini_name),
         };
         return Err(match restored {
             Ok(()) => unchanged(format!("{}; {} was put back", err.message, ini.display())),
@@ -219,6 +247,34 @@ pub fn commit(
         });
     }
     Ok(kept)
+}
+
+/// What there was before `commit` saves an INI.
+#[derive(Debug, Clone, Copy)]
+pub enum Before<'a> {
+    /// Its text as it was read: put back if the new key cannot be placed.
+    Text(&'a str),
+    /// No INI: a new one, given to `owner` (the job's account, when root makes it).
+    Nothing { owner: Option<&'a User> },
+}
+
+/// A new INI's key folder, when it is missing: made by root (the INI's folder is root's) and
+/// given to the account that writes the key there, 0700, as the RPM lays out
+/// /etc/cvp-backup-copy/keys. Only for an INI root makes in this session, whose key path
+/// root chose: never for a path from an INI another account could edit.
+fn key_folder_for(new_key: &NewKey, owner: &User) -> Result<()> {
+    let fail = |err: std::io::Error| {
+        Error::config(format!(
+            "cannot make the folder of key file {}: {err}",
+            new_key.path.display()
+        ))
+    };
+    let (folder, _) = safe_fs::split(&new_key.path).map_err(fail)?;
+    let (dir, created) = Dir::open_or_create_noting(&folder, 0o755).map_err(fail)?;
+    if created.made(dir.path()) {
+        dir.give_to(owner.uid, owner.gid, 0o700).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// The new key under a temporary name beside its final one, and a copy of the old key.
@@ -271,5 +327,40 @@ pub fn warn_if_loose(ini: &Path) {
                 crate::error::shell_word(ini)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A new INI's missing key folder is made by root and given to the account that writes
+    /// the key: 0700, as the RPM's /etc/cvp-backup-copy/keys. An existing one is left as it is.
+    #[test]
+    fn a_new_ini_s_key_folder_is_the_job_account_s() {
+        let nobody = crate::users::by_name("nobody").expect("every Debian has nobody");
+        let base = tempfile::tempdir().expect("tempdir");
+        let key = NewKey {
+            path: base.path().join("etc/keys/backup.key"),
+            key: Zeroizing::new(crate::secret::new_key()),
+        };
+        key_folder_for(&key, &nobody).expect("made");
+        let keys = std::fs::metadata(base.path().join("etc/keys")).expect("keys");
+        assert_eq!((keys.uid(), keys.mode() & 0o7777), (nobody.uid, 0o700));
+        let etc = std::fs::metadata(base.path().join("etc")).expect("etc");
+        assert_eq!(
+            (etc.uid(), etc.mode() & 0o777),
+            (0, 0o755),
+            "the folder above is root's"
+        );
+        // There already: not re-owned.
+        let existing = tempfile::tempdir().expect("tempdir");
+        let key = NewKey {
+            path: existing.path().join("backup.key"),
+            ..key
+        };
+        key_folder_for(&key, &nobody).expect("there");
+        assert_eq!(std::fs::metadata(existing.path()).expect("dir").uid(), 0);
     }
 }

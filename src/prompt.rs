@@ -61,8 +61,13 @@ pub fn password(question: &str) -> Result<Secret> {
     let _ = out.write_all(b"\n");
     drop(quiet);
     match read {
-        Ok(false) => return Err(usage("input ended: nothing changed")),
-        Ok(true) => {}
+        Ok(Line::Ended) => return Err(usage("input ended: nothing changed")),
+        Ok(Line::TooLong) => {
+            return Err(usage(format!(
+                "the password is longer than {PASSWORD_MAX} bytes: nothing changed"
+            )))
+        }
+        Ok(Line::Read) => {}
         Err(err) => return Err(fail(err)),
     }
     match std::str::from_utf8(&typed) {
@@ -74,20 +79,29 @@ pub fn password(question: &str) -> Result<Secret> {
 /// The longest password read from the terminal.
 const PASSWORD_MAX: usize = 1024;
 
-/// One line from `tty` into `line` (without its end; at most `PASSWORD_MAX` bytes kept).
-/// False: the input ended first.
-fn read_line_into(mut tty: &std::fs::File, line: &mut Vec<u8>) -> std::io::Result<bool> {
+enum Line {
+    Read,
+    /// Longer than `PASSWORD_MAX`: read to its end, kept nowhere.
+    TooLong,
+    /// The input ended before the line did.
+    Ended,
+}
+
+/// One line from `tty` into `line`, without its end.
+fn read_line_into(mut tty: &std::fs::File, line: &mut Vec<u8>) -> std::io::Result<Line> {
     use std::io::Read;
     let mut byte = [0u8; 1];
+    let mut too_long = false;
     loop {
         if tty.read(&mut byte)? == 0 {
-            return Ok(false);
+            return Ok(Line::Ended);
         }
         match byte[0] {
-            b'\n' => return Ok(true),
+            b'\n' if too_long => return Ok(Line::TooLong),
+            b'\n' => return Ok(Line::Read),
             b'\r' => {}
             b if line.len() < PASSWORD_MAX => line.push(b),
-            _ => {}
+            _ => too_long = true,
         }
     }
 }

@@ -405,30 +405,31 @@ impl Job<'_> {
     /// once must not happen, and the files it is writing are not ours to choose, adopt or set
     /// aside. The night does nothing.
     fn refuse_beside_another_backup(&self) -> Result<()> {
-        let running = self.other_backups(None);
-        if running.is_empty() {
-            return Ok(());
-        }
+        let running = match self.other_backups(None) {
+            Ok(running) if running.is_empty() => return Ok(()),
+            Ok(running) => concurrent::describe(&running),
+            Err(why) => why,
+        };
         Err(Error::new(
             ExitCode::Locked,
             format!(
-                "a CVP backup is already running ({}): not starting another, and nothing is \
-                 copied or pruned while it writes; if it is root's stock line \
+                "a CVP backup is already running ({running}): not starting another, and \
+                 nothing is copied or pruned while it writes; if it is root's stock line \
                  ({}), remove it from root's crontab",
-                concurrent::describe(&running),
                 concurrent::STOCK_SCRIPT
             ),
         ))
     }
 
-    /// The CVP backups running now besides `ours` (the session of this run's backup); a look
-    /// that does not finish is a warning, not a reason to stop the night.
-    fn other_backups(&self, ours: Option<u32>) -> Vec<concurrent::Process> {
+    /// The CVP backups running now besides `ours` (the session of this run's backup). Err
+    /// (the look did not finish): one may be, and the night must act as if one were.
+    fn other_backups(
+        &self,
+        ours: Option<u32>,
+    ) -> std::result::Result<Vec<concurrent::Process>, String> {
         let backup = &self.config.backup;
-        concurrent::running(&backup.command, &backup.user, ours).unwrap_or_else(|why| {
-            log::warn!("{why}: going on as if no other CVP backup were running");
-            Vec::new()
-        })
+        concurrent::running(&backup.command, &backup.user, ours)
+            .map_err(|why| format!("cannot tell whether one is: {why}"))
     }
 
     /// The data backups on the server once the night is done, for the metrics.
@@ -541,18 +542,21 @@ impl Job<'_> {
         let (succeeded, session) = self.run_backup();
         // One started while ours ran (a stock line at another minute, an operator): the
         // files that appeared cannot be told apart, so none is adopted, copied or set aside.
-        let others = self.other_backups(session);
-        if !others.is_empty() {
+        let others = match self.other_backups(session) {
+            Ok(others) if others.is_empty() => None,
+            Ok(others) => Some(concurrent::describe(&others)),
+            Err(why) => Some(why),
+        };
+        if let Some(others) = others {
             self.history.backup_started = None;
             self.history.backup_window = None;
             self.save_history();
             return Err(Error::new(
                 ExitCode::Locked,
                 format!(
-                    "another CVP backup started while this one ran ({}): the files that \
+                    "another CVP backup started while this one ran ({others}): the files that \
                      appeared cannot be told apart, so none is adopted, copied or set aside \
-                     tonight; the next night sorts them out",
-                    concurrent::describe(&others)
+                     tonight; the next night sorts them out"
                 ),
             ));
         }
@@ -639,23 +643,37 @@ impl Job<'_> {
         }
     }
 
-    /// Too little room for tonight's backup: a failed backup's archives (kept only to look
-    /// at; nothing restores from them) go first. The room after that.
+    /// Too little room for tonight's backup: failed backups' archives (kept only to look at;
+    /// nothing restores from them) give theirs, when that is enough: older ones first, then
+    /// what tonight's recovery from a dead backup set aside. The room after that.
     fn make_room(&mut self, room: Room, local: &[LocalFile]) -> Room {
+        let failed = list_failed(&self.config);
+        let (recovered, older): (Vec<_>, Vec<_>) = failed
+            .into_iter()
+            .partition(|(name, _, _)| self.recovered.contains(name));
+        let needed = room.floor.saturating_sub(room.free);
+        let sum = |files: &[(BackupName, PathBuf, u64)]| files.iter().map(|f| f.2).sum::<u64>();
+        let to_delete = if sum(&older) >= needed {
+            older
+        } else if sum(&older) + sum(&recovered) >= needed {
+            older.into_iter().chain(recovered).collect()
+        } else {
+            // Not enough however many go: keep them to look at; the night is refused.
+            Vec::new()
+        };
         let mut freed = false;
-        for (name, path, _) in list_failed(&self.config) {
-            if !self.recovered.contains(&name) {
-                freed |= remove_local(
-                    &path,
-                    "a failed backup's archive: tonight's backup needs the room",
-                );
-            }
+        for (_, path, _) in &to_delete {
+            freed |= remove_local(
+                path,
+                "a failed backup's archive: tonight's backup needs the room",
+            );
         }
         match freed {
             true => self.measure_room(local).unwrap_or(room),
             false => room,
         }
     }
+
     /// Whether the backup succeeded, and the session it ran in.
     fn run_backup(&mut self) -> (bool, Option<u32>) {
         let command = &self.config.backup.command;
@@ -666,15 +684,7 @@ impl Job<'_> {
             self.config.backup.timeout.as_secs()
         );
         self.record.backup_ran = true;
-        let (history, state) = (&mut self.history, &self.lock.dir);
-        let outcome = backup::run(command, user, self.config.backup.timeout, &mut || {
-            if let Some(window) = history.backup_window.as_mut() {
-                window.heartbeat();
-                if let Err(err) = state::save_history(state, history) {
-                    log::warn!("cannot save {}: {err}", state.path().display());
-                }
-            }
-        });
+        let outcome = backup::run(command, user, self.config.backup.timeout);
         let session = outcome.as_ref().ok().map(|o| o.session);
         let succeeded = match outcome {
             Ok(outcome) if outcome.succeeded() => {
@@ -1879,12 +1889,15 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         }
     }
     local.retain(|f| !excluded.contains(&f.name));
-    let running =
-        concurrent::running(&config.backup.command, &config.backup.user, None).unwrap_or_default();
-    if !running.is_empty() {
+    let running = match concurrent::running(&config.backup.command, &config.backup.user, None) {
+        Ok(running) if running.is_empty() => None,
+        Ok(running) => Some(concurrent::describe(&running)),
+        Err(why) => Some(format!("cannot tell whether one is: {why}")),
+    };
+    if let Some(running) = running {
         plan.notes.push(format!(
-            "a CVP backup is running now ({}): a real run refuses to start beside it (exit 6)",
-            concurrent::describe(&running)
+            "a CVP backup is running now ({running}): a real run refuses to start beside it \
+             (exit 6)"
         ));
     }
     if let (false, Some(free)) = (

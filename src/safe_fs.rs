@@ -410,6 +410,13 @@ impl Dir {
         Ok(())
     }
 
+    /// Give the folder itself to `uid`:`gid` with `mode` (through its handle).
+    pub fn give_to(&self, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+        // SAFETY: fchown and fchmod of our own descriptor.
+        check(unsafe { libc::fchown(self.fd.as_raw_fd(), uid, gid) })?;
+        check(unsafe { libc::fchmod(self.fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+    }
+
     /// The names in the folder (read through our handle, not its path).
     pub fn names(&self) -> io::Result<Vec<String>> {
         let entries = std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))?;
@@ -463,6 +470,11 @@ struct CreatedLevel {
 impl Created {
     pub fn is_empty(&self) -> bool {
         self.levels.is_empty()
+    }
+
+    /// Whether the folder at `path` (as opened) is one of those made.
+    pub fn made(&self, path: &Path) -> bool {
+        self.levels.iter().any(|level| level.path == path)
     }
 
     /// Remove the folders made, innermost first, while each is still the one made (same

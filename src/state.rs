@@ -222,60 +222,46 @@ pub struct BackupWindow {
     pub started: String,
     /// The longest it could run, in seconds (`backup_timeout` and the stop's grace).
     pub seconds: u64,
-    /// The job's last sign of life while it waited for the backup (RFC 3339): the backup
-    /// it started ran in its own session, and the job stops it when it dies in any way it
-    /// can see; a killed job stops writing this.
-    #[serde(default)]
-    pub alive: Option<String>,
 }
-
-/// How often a running job says it is alive, and how long after that its backup may still
-/// have written (the stop's grace and file system time granularity).
-pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(60);
-const AFTER_HEARTBEAT: u64 = 120;
 
 impl BackupWindow {
     pub fn starting_now(longest: std::time::Duration) -> BackupWindow {
         BackupWindow {
             started: chrono::Local::now().to_rfc3339(),
             seconds: longest.as_secs(),
-            alive: None,
         }
-    }
-
-    pub fn heartbeat(&mut self) {
-        self.alive = Some(chrono::Local::now().to_rfc3339());
     }
 
     /// Whether a file last written at `modified` can be this backup's: written after it
     /// started (2 s of slack for coarse file system times) and before it can have ended: its
-    /// timeout, the job's last heartbeat and a little more, or the node's restart (`booted`),
-    /// whichever came first. An unreadable start time proves nothing: the file counts.
+    /// timeout, or the node's restart (`booted`), whichever came first. (Not when the job
+    /// died: the backup runs in a session of its own and may have gone on writing.) An
+    /// unreadable start time proves nothing: the file counts.
     pub fn contains(
         &self,
         modified: std::time::SystemTime,
         booted: Option<std::time::SystemTime>,
     ) -> bool {
-        let time = |text: &str| chrono::DateTime::parse_from_rfc3339(text).ok();
-        let Some(started) = time(&self.started).map(|t| t.to_utc()) else {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let Some(started) = chrono::DateTime::parse_from_rfc3339(&self.started)
+            .ok()
+            .and_then(|t| u64::try_from(t.timestamp()).ok())
+            .and_then(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds)))
+        else {
             return true;
         };
-        let modified: chrono::DateTime<chrono::Utc> = modified.into();
-        // From a file others can write: no number in it may overflow the arithmetic (the
-        // longest backup_timeout is a week; a month bounds any window).
-        let seconds = |n: u64| chrono::Duration::seconds(n.min(31 * 86_400) as i64);
-        let plus = |t: chrono::DateTime<chrono::Utc>, n| t.checked_add_signed(seconds(n));
-        let mut end = plus(started, self.seconds.saturating_add(2));
-        if let Some(alive) = self.alive.as_deref().and_then(time) {
-            end = end.min(plus(alive.to_utc(), AFTER_HEARTBEAT));
+        // From a file others can write: no number in it may overflow (the longest
+        // backup_timeout is a week; a month bounds any window), and times are compared as
+        // they are, never converted (a file's time can be beyond any calendar).
+        let longest = Duration::from_secs(self.seconds.min(31 * 86_400) + 2);
+        let mut end: Option<SystemTime> = started.checked_add(longest);
+        if let Some(booted) = booted.filter(|booted| *booted > started) {
+            end = Some(end.map_or(booted, |end| end.min(booted)));
         }
-        if let Some(booted) = booted.map(chrono::DateTime::<chrono::Utc>::from) {
-            if booted > started {
-                end = end.min(Some(booted));
-            }
-        }
-        let from = started.checked_sub_signed(seconds(2));
-        from.is_some_and(|from| modified >= from) && end.is_some_and(|end| modified <= end)
+        let from = started
+            .checked_sub(Duration::from_secs(2))
+            .unwrap_or(UNIX_EPOCH);
+        modified >= from && end.is_none_or(|end| modified <= end)
     }
 }
 
@@ -573,55 +559,53 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_backup_s_window_ends_at_its_timeout_heartbeat_or_the_restart() {
+    fn a_dead_backup_s_window_ends_at_its_timeout_or_the_restart() {
         use std::time::{Duration, UNIX_EPOCH};
         let at = |seconds: u64| UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds);
-        let rfc = |seconds: u64| chrono::DateTime::<chrono::Utc>::from(at(seconds)).to_rfc3339();
-        let window = |alive: Option<u64>| BackupWindow {
-            started: rfc(0),
+        let window = BackupWindow {
+            started: chrono::DateTime::<chrono::Utc>::from(at(0)).to_rfc3339(),
             seconds: 21_600,
-            alive: alive.map(rfc),
         };
-        // (window, booted, file written at, counts)
+        // (booted, file written at, counts)
         let table = [
-            (window(None), None, 0, true),
-            (window(None), None, 21_600, true),
-            (window(None), None, 21_700, false),
-            // An hour in, the job's last heartbeat: what came 10 minutes later is not its.
-            (window(Some(3_600)), None, 3_700, true),
-            (window(Some(3_600)), None, 4_200, false),
+            (None, 0, true),
+            (None, 21_600, true),
+            (None, 21_700, false),
             // The node restarted at 65 min: an operator's backup at 70 min is not its.
-            (window(None), Some(at(3_900)), 3_800, true),
-            (window(None), Some(at(3_900)), 4_200, false),
+            (Some(at(3_900)), 3_800, true),
+            (Some(at(3_900)), 4_200, false),
             // A boot before the backup started says nothing about it.
-            (window(None), Some(UNIX_EPOCH), 4_200, true),
+            (Some(UNIX_EPOCH), 4_200, true),
         ];
-        for (window, booted, written, counts) in table {
+        for (booted, written, counts) in table {
             assert_eq!(
                 window.contains(at(written), booted),
                 counts,
-                "{window:?} booted {booted:?} written {written}"
+                "booted {booted:?} written {written}"
             );
         }
         assert!(
-            !window(None).contains(UNIX_EPOCH, None),
+            !window.contains(UNIX_EPOCH, None),
             "written before it started"
         );
-        // Numbers from a file others can write never overflow.
+        // Numbers and times from files others can write never overflow or panic.
         let absurd = BackupWindow {
             seconds: u64::MAX,
-            alive: Some("9999-12-31T23:59:59+00:00".into()),
-            ..window(None)
+            ..window.clone()
         };
         assert!(absurd.contains(at(3_600), Some(UNIX_EPOCH)));
-        let early = BackupWindow {
-            started: "-9999-01-01T00:00:00+00:00".into(),
-            ..window(None)
-        };
-        let _ = early.contains(at(0), None);
+        let far = UNIX_EPOCH + Duration::from_secs(u64::MAX / 4);
+        assert!(!window.contains(far, None));
+        for started in ["-9999-01-01T00:00:00+00:00", "+262142-01-01T00:00:00+00:00"] {
+            let odd = BackupWindow {
+                started: started.into(),
+                ..window.clone()
+            };
+            let _ = odd.contains(far, Some(far));
+        }
         let unreadable = BackupWindow {
             started: "yesterday".into(),
-            ..window(None)
+            ..window.clone()
         };
         assert!(unreadable.contains(UNIX_EPOCH, None));
         assert!(boot_time().is_some_and(|boot| boot > UNIX_EPOCH));

@@ -236,13 +236,13 @@ pub fn plugin_line(
             .as_deref()
             .and_then(crate::names::BackupName::parse)
             .map(|name| name.stamp.to_string())
-            .or_else(|| record.restore_set.clone())
+            .or_else(|| record.restore_set.as_deref().map(one_line))
             .unwrap_or_else(|| "none".into());
         let host = record
             .destination
             .split_once('@')
             .map_or(record.destination.as_str(), |(_, rest)| rest);
-        let host = host.split(':').next().unwrap_or(host);
+        let host = one_line(host.split(':').next().unwrap_or(host));
         let text = format!("last good copy {} ago, set {set} on {host}", short_age(age));
         let state = if age > critical.as_secs() as i64 {
             PluginState::Critical
