@@ -110,7 +110,10 @@ fn running_in(
         .filter(|pid| *pid != me)
         .filter_map(|pid| {
             let dir = proc_root.join(pid.to_string());
-            if !owned_by(&dir, owners) {
+            // What needs no read of the process's memory first: its owner, its parent and
+            // its session; its command line only for those still in question.
+            let (parent, session) = parent_and_session(proc_root, pid).unwrap_or((0, 0));
+            if !owned_by(&dir, owners) || parent == me || ours == Some(session) {
                 return None;
             }
             let raw = std::fs::read(dir.join("cmdline")).ok()?;
@@ -119,8 +122,7 @@ fn running_in(
                 .filter(|w| !w.is_empty())
                 .map(|w| String::from_utf8_lossy(w).into_owned())
                 .collect();
-            let (parent, session) = parent_and_session(proc_root, pid).unwrap_or((0, 0));
-            if argv.is_empty() || parent == me || ours == Some(session) {
+            if argv.is_empty() {
                 return None;
             }
             is_cvp_backup(&argv, configured).then(|| Process {

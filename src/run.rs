@@ -265,15 +265,16 @@ impl Job<'_> {
         if let Err(err) = self.recover_from_a_dead_backup() {
             return self.fail(err);
         }
-        let room = match self.usable_local() {
-            Ok(local) => self.measure_room(&local),
+        let before = match self.usable_local() {
+            Ok(local) => local,
             Err(err) => return self.fail(err),
         };
+        let room = self.measure_room(&before);
         let night = if self.options.no_backup {
             log::info!("--no-backup: bringing the remote up to date with the newest local set");
             Night::Skipped
         } else {
-            match self.backup_night(room) {
+            match self.backup_night(before, room) {
                 Ok(night) => night,
                 Err(err) => return self.fail(err),
             }
@@ -500,9 +501,9 @@ impl Job<'_> {
     }
 
     /// Run the backup. A failed one has its archives set aside before anything is chosen.
-    /// `room`: what `backup_dir` has for it (None: could not be measured).
-    fn backup_night(&mut self, room: Option<Room>) -> Result<Night> {
-        let before = self.usable_local()?;
+    /// `before`: the node's CVP files as the night began; `room`: what `backup_dir` has for
+    /// it (None: could not be measured).
+    fn backup_night(&mut self, before: Vec<LocalFile>, room: Option<Room>) -> Result<Night> {
         let room = match room {
             Some(room) if !room.enough() => Some(self.make_room(room, &before)),
             room => room,

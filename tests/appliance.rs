@@ -293,26 +293,38 @@ fn the_backup_command_runs_as_su_dash_runs_it_whoever_starts_the_job() {
     );
 }
 
+/// A CVP backup not started by the job (as root's stock line or an operator would): this
+/// node's simulated cvpi, 6 s long, writing into its folders.
+fn other_backup(fx: &Fixture, flags: &[&str]) -> std::process::Child {
+    Command::new(&fx.cvpi)
+        .arg("--backup-dir")
+        .arg(&fx.backup_dir)
+        .arg("--log-dir")
+        .arg(&fx.log_dir)
+        .args(flags)
+        .args(["--sleep", "6", "backup", "cvp"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the other backup")
+}
+
+/// Until a backup has written its first file (its log) on the node.
+fn wait_for_a_backup_to_write(fx: &Fixture, which: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fx.local_names().is_empty() {
+        assert!(Instant::now() < deadline, "{which} never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A backup already running (root's stock line, or an operator's by hand) when the night
 /// starts: exit 6 naming its process; nothing of it renamed, adopted or copied; and once it
 /// is done, the next night's set is the job's own.
 #[test]
 fn a_cvp_backup_already_running_makes_the_night_refuse_with_exit_6() {
     let fx = Fixture::new();
-    let mut stock = Command::new(&fx.cvpi)
-        .arg("--backup-dir")
-        .arg(&fx.backup_dir)
-        .arg("--log-dir")
-        .arg(&fx.log_dir)
-        .args(["--images", "--sleep", "6", "backup", "cvp"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the other backup");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fx.local_names().is_empty() {
-        assert!(Instant::now() < deadline, "the other backup never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut stock = other_backup(&fx, &["--images"]);
+    wait_for_a_backup_to_write(&fx, "the other backup");
     let refused = fx.run(&[]);
     let during = fx.local_names();
     assert_eq!(refused.code, 6, "{}", refused.all_output());
@@ -374,20 +386,8 @@ fn a_backup_started_during_ours_makes_the_night_touch_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fx.local_names().is_empty() {
-        assert!(Instant::now() < deadline, "our backup never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut stock = Command::new(&fx.cvpi)
-        .arg("--backup-dir")
-        .arg(&fx.backup_dir)
-        .arg("--log-dir")
-        .arg(&fx.log_dir)
-        .args(["--sleep", "6", "backup", "cvp"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the other backup");
+    wait_for_a_backup_to_write(&fx, "our backup");
+    let mut stock = other_backup(&fx, &[]);
     let out = run.wait_with_output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{stderr}");
