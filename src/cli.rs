@@ -123,6 +123,11 @@ pub struct ListArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+
+    /// The destination to list: `main` ([Server_Settings], the default) or NAME of a
+    /// [Destination NAME] section
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -144,6 +149,11 @@ pub struct FetchArgs {
     /// INI sets encrypt_to (sets from before encryption was turned on)
     #[arg(long)]
     pub allow_plain: bool,
+
+    /// Fetch from this destination (`main` or NAME); default: the first, in the INI's order,
+    /// that holds a verified copy of the set
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -33,6 +33,27 @@ const SERVER_OPTIONS: &[&str] = &[
     "ciphers",
     "sync_timeout",
     "encrypt_to",
+    "region",
+    "s3_virtual_host",
+    "ca_file",
+];
+
+/// What a `[Destination NAME]` takes from `[Server_Settings]` when it does not say: how keys
+/// and hosts are trusted and how hard to try. Where and as whom (server, port, user,
+/// password, identity_file, destination), what to keep there (remote_limit) and the S3
+/// settings are each destination's own; encrypt_to is inherited (a second copy must not
+/// leave in clear by omission; `encrypt_to = none` turns it off there).
+pub const INHERITED_OPTIONS: &[&str] = &[
+    "keyFile",
+    "known_hosts",
+    "host_key_policy",
+    "retries",
+    "retry_wait",
+    "timeout",
+    "sync_timeout",
+    "streams",
+    "ciphers",
+    "encrypt_to",
 ];
 const BACKUP_OPTIONS: &[&str] = &[
     "limit",
@@ -70,6 +91,8 @@ pub fn default_value(option: &str) -> Option<&'static str> {
         "state_dir" => "/var/lib/cvp-backup-copy",
         "syslog_facility" => "user",
         "min_free_space" => "auto",
+        "region" => "us-east-1",
+        "s3_virtual_host" => "no",
         _ => return None,
     })
 }
@@ -106,6 +129,14 @@ fn parse_streams(text: &str) -> std::result::Result<Streams, String> {
     parse_number(text, 1, 16)
         .map(|n| Streams::Fixed(n as usize))
         .map_err(|_| format!("`{text}` is neither `auto` nor a whole number from 1 to 16"))
+}
+
+fn parse_yes_no(text: &str) -> std::result::Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("`{text}`: give yes or no")),
+    }
 }
 
 fn parse_policy(text: &str) -> std::result::Result<HostKeyPolicy, String> {
@@ -215,6 +246,10 @@ pub fn check_value(
         "timeout" | "sync_timeout" => parse_number(value, 1, 86_400).map(drop),
         "backup_timeout" => parse_number(value, 1, 7 * 86_400).map(drop),
         "streams" => parse_streams(value).map(drop),
+        "s3_virtual_host" => parse_yes_no(value).map(drop),
+        "ca_file" if !path(value).is_file() => {
+            Err(format!("{} does not exist", path(value).display()))
+        }
         "limit" => parse_limit(value).map(drop),
         "host_key_policy" => parse_policy(value).map(drop),
         "syslog_facility" => parse_facility(value).map(drop),
@@ -248,8 +283,45 @@ pub enum HostKeyPolicy {
     Strict,
 }
 
+/// Where a destination keeps the sets: a folder over SFTP, or a bucket (and prefix) on an
+/// S3-compatible object store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestinationKind {
+    Sftp,
+    S3(S3Settings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// `https://host[:port]` (or `http://`), without a path.
+    pub endpoint: String,
+    pub bucket: String,
+    /// Inside the bucket, without slashes at either end; empty: the bucket's top.
+    pub prefix: String,
+    pub region: String,
+    /// `bucket.host` requests instead of `host/bucket` (AWS; path style suits the rest).
+    pub virtual_host: bool,
+    /// A private CA's certificate(s), PEM, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl S3Settings {
+    /// `PREFIX/NAME`, the key of a file.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.prefix)
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// `main` for `[Server_Settings]`, else NAME of `[Destination NAME]`.
+    pub name: String,
+    pub kind: DestinationKind,
+    /// SFTP: the user; S3: the access key ID.
     pub user: String,
     pub host: String,
     pub port: u16,
@@ -320,17 +392,139 @@ pub struct BackupConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// `[Server_Settings]`: the destination called `main`.
     pub server: ServerConfig,
+    /// `[Destination NAME]` sections, in the file's order.
+    pub extra: Vec<ServerConfig>,
     pub backup: BackupConfig,
     /// Unknown sections and options: reported, never fatal.
     pub warnings: Vec<String>,
 }
 
 impl ServerConfig {
-    /// `user@server:destination`.
+    /// `user@server:destination`, or `s3://BUCKET/PREFIX@host` (never the access key).
     pub fn label(&self) -> String {
-        destination_label(&self.user, &self.host, &self.destination)
+        match &self.kind {
+            DestinationKind::Sftp => destination_label(&self.user, &self.host, &self.destination),
+            DestinationKind::S3(_) => s3_label(&self.destination, &self.host),
+        }
     }
+
+    /// `destination main (user@server:/dir)`, for messages that speak of several.
+    pub fn describe(&self) -> String {
+        format!("destination {} ({})", self.name, self.label())
+    }
+
+    pub fn s3(&self) -> Option<&S3Settings> {
+        match &self.kind {
+            DestinationKind::S3(settings) => Some(settings),
+            DestinationKind::Sftp => None,
+        }
+    }
+}
+
+impl Config {
+    /// Every destination, `main` first.
+    pub fn destinations(&self) -> impl Iterator<Item = &ServerConfig> {
+        std::iter::once(&self.server).chain(self.extra.iter())
+    }
+
+    /// The destination called `name` (`main` is `[Server_Settings]`).
+    pub fn destination(&self, name: &str) -> Result<&ServerConfig> {
+        self.destinations()
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.destinations().map(|d| d.name.as_str()).collect();
+                Error::config(format!(
+                    "no destination `{name}` in {}: it has {}{}",
+                    self.path.display(),
+                    names.join(", "),
+                    suggestion(name, names.iter().copied())
+                ))
+            })
+    }
+}
+
+/// The name `[Server_Settings]` goes by in messages, labels and options.
+pub const MAIN: &str = "main";
+/// `[Destination NAME]`.
+pub const DESTINATION_PREFIX: &str = "Destination ";
+
+/// NAME of a `[Destination NAME]` section.
+pub fn destination_section(section: &str) -> Option<&str> {
+    let (word, name) = section.split_once(' ')?;
+    word.eq_ignore_ascii_case(DESTINATION_PREFIX.trim())
+        .then(|| name.trim())
+}
+
+pub fn check_destination_name(name: &str) -> std::result::Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(format!(
+            "`{name}` is not a destination name: letters, digits, `-` and `_` only"
+        ));
+    }
+    if name.eq_ignore_ascii_case(MAIN) {
+        return Err("`main` is [Server_Settings]'s name: choose another".into());
+    }
+    Ok(())
+}
+
+/// The label of an S3 destination: `s3://BUCKET/PREFIX@host[:port]`.
+pub fn s3_label(destination: &str, endpoint: &str) -> String {
+    let host = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .trim_end_matches('/');
+    format!("{destination}@{host}")
+}
+
+/// `s3://BUCKET[/PREFIX]`: the bucket and the prefix (no slashes at its ends).
+pub fn parse_s3_destination(text: &str) -> Option<std::result::Result<(String, String), String>> {
+    let rest = text.strip_prefix("s3://")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !bucket_ok {
+        return Some(Err(format!(
+            "`{bucket}` is not a bucket name (3-63 lower-case letters, digits, `-`, `.`)"
+        )));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|part| part == "." || part == "..")
+        || prefix.contains("//")
+        || prefix.chars().any(|c| c.is_control())
+    {
+        return Some(Err(format!("`{prefix}` is not a usable prefix")));
+    }
+    Some(Ok((bucket.to_string(), prefix.to_string())))
+}
+
+/// `https://host[:port]` or `http://...`, nothing after the authority.
+pub fn parse_endpoint(text: &str) -> std::result::Result<String, String> {
+    let text = text.trim_end_matches('/');
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Err(format!(
+            "`{text}`: an S3 destination's server is its endpoint, https://host[:port]"
+        ));
+    };
+    if scheme != "https" && scheme != "http" {
+        return Err(format!(
+            "`{scheme}://`: the endpoint must be https:// or http://"
+        ));
+    }
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') || rest.contains('?') {
+        return Err(format!(
+            "`{text}`: give only https://host[:port] (the bucket goes in destination)"
+        ));
+    }
+    Ok(text.to_string())
 }
 
 impl Config {
@@ -367,67 +561,27 @@ impl Config {
         };
         let mut warnings = reader.unknown_entries();
 
-        let server = reader.section(SERVER)?;
-        let user = reader.required(server, SERVER, "user")?;
-        let host = reader.required(server, SERVER, "server")?;
-        let destination = reader.required(server, SERVER, "destination")?;
-        let port = reader
-            .number(server, SERVER, "port", 1, u16::MAX as u64)?
-            .unwrap_or(22) as u16;
-        let password_token = reader.optional(server, SERVER, "password")?;
-        let key_file = reader.path(server, SERVER, "keyfile")?;
-        let identity_file = reader.path(server, SERVER, "identity_file")?;
-        if identity_file.is_none() && password_token.is_none() {
-            return Err(reader.bad(
-                SERVER,
-                "password",
-                "missing: set `password` (with `keyFile`) or `identity_file`",
-            ));
-        }
-        if password_token.is_some() && key_file.is_none() {
-            return Err(reader.bad(
-                SERVER,
-                "keyFile",
-                "missing: `password` is encrypted and needs the key file that decrypts it",
-            ));
-        }
-        let known_hosts = match reader.path(server, SERVER, "known_hosts")? {
-            Some(path) => path,
-            None => default_known_hosts()?,
-        };
-        let host_key_policy = match reader.optional(server, SERVER, "host_key_policy")? {
-            None => HostKeyPolicy::AcceptNew,
-            Some(text) => {
-                parse_policy(&text).map_err(|why| reader.bad(SERVER, "host_key_policy", &why))?
+        let server = reader.destination(reader.section(SERVER)?, SERVER, MAIN, None)?;
+        let mut extra: Vec<ServerConfig> = Vec::new();
+        for (section, props) in ini.iter() {
+            let Some(name) = section.and_then(destination_section) else {
+                continue;
+            };
+            let section = section.unwrap_or_default();
+            if let Err(why) = check_destination_name(name) {
+                return Err(Error::config(format!(
+                    "{}: [{section}]: {why}",
+                    path.display()
+                )));
             }
-        };
-        let remote_limit = reader
-            .number(server, SERVER, "remote_limit", 0, u32::MAX as u64)?
-            .unwrap_or(0) as u32;
-
-        let number_or_default = |option: &str, min: u64, max: u64| -> Result<u64> {
-            Ok(reader
-                .number(server, SERVER, option, min, max)?
-                .unwrap_or_else(|| default_of(option).parse().unwrap_or(min)))
-        };
-        let retries = number_or_default("retries", 0, u32::MAX as u64)? as u32;
-        let retry_wait = number_or_default("retry_wait", 0, u32::MAX as u64)?;
-        let timeout = number_or_default("timeout", 1, 86_400)?;
-        let streams = match reader.optional(server, SERVER, "streams")? {
-            None => Streams::Auto,
-            Some(text) => {
-                parse_streams(&text).map_err(|why| reader.bad(SERVER, "streams", &why))?
+            if extra.iter().any(|d| d.name.eq_ignore_ascii_case(name)) {
+                return Err(Error::config(format!(
+                    "{}: [{section}] is given twice",
+                    path.display()
+                )));
             }
-        };
-        let sync_timeout = number_or_default("sync_timeout", 1, 86_400)?;
-        let ciphers = reader.optional(server, SERVER, "ciphers")?;
-        let encrypt_to = match reader.optional(server, SERVER, "encrypt_to")? {
-            None => None,
-            Some(text) => Some(std::sync::Arc::new(
-                crate::seal::Recipients::parse(&text, Some(&reader.base))
-                    .map_err(|why| reader.bad(SERVER, "encrypt_to", &why))?,
-            )),
-        };
+            extra.push(reader.destination(props, section, name, Some(&server))?);
+        }
 
         let backup = ini.section(Some(BACKUP));
         let limit = match backup {
@@ -497,25 +651,8 @@ impl Config {
 
         Ok(Config {
             path: path.to_path_buf(),
-            server: ServerConfig {
-                user,
-                host,
-                port,
-                password_token,
-                key_file,
-                identity_file,
-                known_hosts,
-                host_key_policy,
-                destination,
-                remote_limit,
-                retries,
-                retry_wait,
-                timeout,
-                streams,
-                ciphers,
-                sync_timeout,
-                encrypt_to,
-            },
+            server,
+            extra,
             backup,
             warnings,
         })
@@ -667,17 +804,158 @@ impl Reader<'_> {
         resolve(&self.base, value)
     }
 
+    /// One destination's section; `main` (None) is `[Server_Settings]`, whose values the
+    /// others inherit (`INHERITED_OPTIONS`).
+    fn destination(
+        &self,
+        props: &Properties,
+        section: &str,
+        name: &str,
+        main: Option<&ServerConfig>,
+    ) -> Result<ServerConfig> {
+        let user = self.required(props, section, "user")?;
+        let host = self.required(props, section, "server")?;
+        let destination = self.required(props, section, "destination")?;
+        let port = self
+            .number(props, section, "port", 1, u16::MAX as u64)?
+            .unwrap_or(22) as u16;
+        let password_token = self.optional(props, section, "password")?;
+        let key_file = match self.path(props, section, "keyfile")? {
+            Some(path) => Some(path),
+            None => main.and_then(|m| m.key_file.clone()),
+        };
+        let identity_file = self.path(props, section, "identity_file")?;
+        let kind = match parse_s3_destination(&destination) {
+            None => DestinationKind::Sftp,
+            Some(parsed) => {
+                let (bucket, prefix) =
+                    parsed.map_err(|why| self.bad(section, "destination", &why))?;
+                let endpoint =
+                    parse_endpoint(&host).map_err(|why| self.bad(section, "server", &why))?;
+                let virtual_host = match self.optional(props, section, "s3_virtual_host")? {
+                    None => false,
+                    Some(text) => parse_yes_no(&text)
+                        .map_err(|why| self.bad(section, "s3_virtual_host", &why))?,
+                };
+                DestinationKind::S3(S3Settings {
+                    endpoint,
+                    bucket,
+                    prefix,
+                    region: self
+                        .optional(props, section, "region")?
+                        .unwrap_or_else(|| default_of("region").into()),
+                    virtual_host,
+                    ca_file: self.path(props, section, "ca_file")?,
+                })
+            }
+        };
+        let is_s3 = matches!(kind, DestinationKind::S3(_));
+        if is_s3 && password_token.is_none() {
+            return Err(self.bad(
+                section,
+                "password",
+                "missing: an S3 destination's password is its secret access key (set it with \
+                 `cvp-backup-copy edit`)",
+            ));
+        }
+        if identity_file.is_none() && password_token.is_none() {
+            return Err(self.bad(
+                section,
+                "password",
+                "missing: set `password` (with `keyFile`) or `identity_file`",
+            ));
+        }
+        if password_token.is_some() && key_file.is_none() {
+            return Err(self.bad(
+                section,
+                "keyFile",
+                "missing: `password` is encrypted and needs the key file that decrypts it",
+            ));
+        }
+        let known_hosts = match (self.path(props, section, "known_hosts")?, main) {
+            (Some(path), _) => path,
+            (None, Some(main)) => main.known_hosts.clone(),
+            (None, None) => default_known_hosts()?,
+        };
+        let host_key_policy = match (self.optional(props, section, "host_key_policy")?, main) {
+            (Some(text), _) => {
+                parse_policy(&text).map_err(|why| self.bad(section, "host_key_policy", &why))?
+            }
+            (None, Some(main)) => main.host_key_policy,
+            (None, None) => HostKeyPolicy::AcceptNew,
+        };
+        let remote_limit = self
+            .number(props, section, "remote_limit", 0, u32::MAX as u64)?
+            .unwrap_or(0) as u32;
+        let number = |option: &str, min: u64, max: u64, inherited: Option<u64>| -> Result<u64> {
+            Ok(self
+                .number(props, section, option, min, max)?
+                .or(inherited)
+                .unwrap_or_else(|| default_of(option).parse().unwrap_or(min)))
+        };
+        let retries = number(
+            "retries",
+            0,
+            u32::MAX as u64,
+            main.map(|m| m.retries as u64),
+        )? as u32;
+        let retry_wait = number("retry_wait", 0, u32::MAX as u64, main.map(|m| m.retry_wait))?;
+        let timeout = number("timeout", 1, 86_400, main.map(|m| m.timeout))?;
+        let sync_timeout = number("sync_timeout", 1, 86_400, main.map(|m| m.sync_timeout))?;
+        let streams = match (self.optional(props, section, "streams")?, main) {
+            (Some(text), _) => {
+                parse_streams(&text).map_err(|why| self.bad(section, "streams", &why))?
+            }
+            (None, Some(main)) => main.streams,
+            (None, None) => Streams::Auto,
+        };
+        let ciphers = self
+            .optional(props, section, "ciphers")?
+            .or_else(|| main.and_then(|m| m.ciphers.clone()));
+        let encrypt_to = match (self.optional(props, section, "encrypt_to")?, main) {
+            (Some(text), Some(_)) if text.eq_ignore_ascii_case("none") => None,
+            (Some(text), _) => Some(std::sync::Arc::new(
+                crate::seal::Recipients::parse(&text, Some(&self.base))
+                    .map_err(|why| self.bad(section, "encrypt_to", &why))?,
+            )),
+            (None, Some(main)) => main.encrypt_to.clone(),
+            (None, None) => None,
+        };
+        Ok(ServerConfig {
+            name: name.to_string(),
+            kind,
+            user,
+            host,
+            port,
+            password_token,
+            key_file,
+            identity_file,
+            known_hosts,
+            host_key_policy,
+            destination,
+            remote_limit,
+            retries,
+            retry_wait,
+            timeout,
+            streams,
+            sync_timeout,
+            ciphers,
+            encrypt_to,
+        })
+    }
+
     fn unknown_entries(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for (section, props) in self.ini.iter() {
             let known: &[&str] = match section {
                 Some(name) if name.eq_ignore_ascii_case(SERVER) => SERVER_OPTIONS,
                 Some(name) if name.eq_ignore_ascii_case(BACKUP) => BACKUP_OPTIONS,
+                Some(name) if destination_section(name).is_some() => SERVER_OPTIONS,
                 Some(name) => {
                     warnings.push(format!(
                         "{}: unknown section [{name}] ignored{}",
                         self.path.display(),
-                        suggestion(name, [SERVER, BACKUP].into_iter())
+                        suggestion(name, [SERVER, BACKUP, "Destination NAME"].into_iter())
                     ));
                     continue;
                 }

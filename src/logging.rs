@@ -286,8 +286,24 @@ impl Syslog {
     }
 }
 
+thread_local! {
+    /// What this thread's messages are about (a destination's name, when a night copies to
+    /// several side by side): each line starts with it in brackets.
+    static CONTEXT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Messages logged by this thread from now on start with `[context]` (None: nothing).
+pub fn set_context(context: Option<String>) {
+    CONTEXT.with(|c| *c.borrow_mut() = context);
+}
+
 impl log::Log for AppLogger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
+        // The HTTP client's own debug lines (every request) are not the operator's.
+        if metadata.level() > log::Level::Info && !metadata.target().starts_with("cvp_backup_copy")
+        {
+            return false;
+        }
         metadata.level() <= log::max_level()
     }
 
@@ -298,7 +314,10 @@ impl log::Log for AppLogger {
         let Ok(mut sinks) = self.sinks.lock() else {
             return;
         };
-        let message = record.args().to_string();
+        let message = CONTEXT.with(|context| match context.borrow().as_deref() {
+            Some(context) => format!("[{context}] {}", record.args()),
+            None => record.args().to_string(),
+        });
         let level = record.level();
         let line = format!(
             "{} {level:<5} {message}",

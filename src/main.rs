@@ -77,6 +77,7 @@ fn main() -> std::process::ExitCode {
             list::list(&list::ListOptions {
                 ini,
                 json: args.json,
+                destination: args.destination,
             })
             .map(success)
         }
@@ -102,6 +103,7 @@ fn main() -> std::process::ExitCode {
                         to,
                         identities,
                         allow_plain: args.allow_plain,
+                        destination: args.destination,
                     })
                     .map(success)
                 }

@@ -116,6 +116,10 @@ pub struct Plan {
     pub local_retention: Option<Decision>,
     pub remote_retention: Option<Decision>,
     pub notes: Vec<String>,
+    /// The other destinations' parts (`[Destination NAME]`): copies, remote pruning, notes.
+    pub others: Vec<(String, Plan)>,
+    /// The worst thing met while planning (a destination that cannot be reached).
+    pub code: crate::exit_codes::ExitCode,
 }
 
 impl Plan {
@@ -134,7 +138,33 @@ impl Plan {
                 let _ = writeln!(out, "  backup: skipped (--no-backup)");
             }
         }
-        let _ = writeln!(out, "  copy to {}:", self.destination);
+        let several = !self.others.is_empty();
+        let heading = if several {
+            format!("destination main: copy to {}", self.destination)
+        } else {
+            format!("copy to {}", self.destination)
+        };
+        self.render_copies(&mut out, &heading);
+        render_retention(&mut out, "local", self.local_retention.as_ref());
+        render_retention(&mut out, "remote", self.remote_retention.as_ref());
+        for note in &self.notes {
+            let _ = writeln!(out, "  note: {note}");
+        }
+        for (name, other) in &self.others {
+            other.render_copies(
+                &mut out,
+                &format!("destination {name}: copy to {}", other.destination),
+            );
+            render_retention(&mut out, "remote", other.remote_retention.as_ref());
+            for note in &other.notes {
+                let _ = writeln!(out, "  note: {note}");
+            }
+        }
+        out
+    }
+
+    fn render_copies(&self, out: &mut String, heading: &str) {
+        let _ = writeln!(out, "  {heading}:");
         if self.copies.is_empty() {
             let _ = writeln!(out, "    nothing to copy: no data backup found locally");
         }
@@ -151,12 +181,6 @@ impl Plan {
                 }
             };
         }
-        render_retention(&mut out, "local", self.local_retention.as_ref());
-        render_retention(&mut out, "remote", self.remote_retention.as_ref());
-        for note in &self.notes {
-            let _ = writeln!(out, "  note: {note}");
-        }
-        out
     }
 }
 
@@ -335,6 +359,7 @@ mod tests {
             }),
             remote_retention: None,
             notes: vec![],
+            ..Plan::default()
         };
         let text = plan.render();
         assert!(

@@ -10,14 +10,15 @@ use crate::sets::{self, RestoreSet};
 use std::collections::HashSet;
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Data backups to keep, newest first. Never 0: configuration rejects it.
     pub keep_data: usize,
     /// A data backup kept beyond `keep_data` when it is not among them: on the node, the last
     /// set verified off-box, so a night whose copy failed still prunes (/data never fills
-    /// while the server is down) without losing the newest set the server has.
-    pub also_keep: Option<BackupName>,
+    /// while the server is down) without losing the newest set the server has; one per
+    /// destination (each keeps the newest set it has, however long another is down).
+    pub also_keep: Vec<BackupName>,
 }
 
 impl Policy {
@@ -25,7 +26,7 @@ impl Policy {
     pub fn newest(keep_data: usize) -> Policy {
         Policy {
             keep_data,
-            also_keep: None,
+            also_keep: Vec::new(),
         }
     }
 }
@@ -118,7 +119,7 @@ pub fn apply_policy(
             decision
                 .keep
                 .push((*file, KeepReason::NewestData { rank, limit }));
-        } else if policy.also_keep == Some(*file) {
+        } else if policy.also_keep.contains(file) {
             kept_data.push(*file);
             decision.keep.push((*file, KeepReason::LastVerifiedOffBox));
         } else {
@@ -546,7 +547,7 @@ mod tests {
         for (limit, also_keep, removed) in table {
             let policy = Policy {
                 keep_data: limit,
-                also_keep,
+                also_keep: also_keep.into_iter().collect(),
             };
             let decision = apply_policy(&files, policy, &[tonight], &[], now());
             assert_eq!(
@@ -568,7 +569,7 @@ mod tests {
             &files,
             Policy {
                 keep_data: 2,
-                also_keep: Some(verified),
+                also_keep: vec![verified],
             },
             &[tonight],
             &[],

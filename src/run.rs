@@ -3,31 +3,27 @@
 use crate::backup;
 use crate::claim;
 use crate::concurrent;
-use crate::config::{self, Config, ServerConfig, Streams};
+use crate::config::{self, Config, ServerConfig};
+use crate::copy_night::{self, DestinationNight, Shared};
+use crate::destination;
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::lock;
 use crate::logging;
 use crate::monitor::Monitoring;
-use crate::names::{BackupName, Kind, RemoteFile, RemoteName, Stamp};
-use crate::plan::{self, CopyDecision, FileFacts, Plan, SealedCopy};
-use crate::progress;
-use crate::remote::known_hosts::Verified;
-use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
+use crate::names::{BackupName, Kind, Stamp};
+use crate::plan::{self, CopyDecision, Plan};
 use crate::remote::{Remote, RemoteEntry};
 use crate::restore_set::{self, RestoreSet, Selection, Tonight};
 use crate::retention::{self, Decision, Policy};
 use crate::safe_fs::Dir;
-use crate::seal::Recipients;
 use crate::secret::{self, Secret};
-use crate::sets::{self, Member};
+use crate::sets::{self};
 use crate::signals;
 use crate::space::{self, Room};
-use crate::state::{self, BackupWindow, CopiedFile, History, RunRecord, SealedUpload};
-use crate::transfer::{self, Seen};
-use std::collections::{HashMap, HashSet};
+use crate::state::{self, BackupWindow, History, RunRecord};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -39,12 +35,12 @@ pub struct RunOptions {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct LocalFile {
-    pub(crate) name: BackupName,
-    pub(crate) path: PathBuf,
-    pub(crate) size: u64,
+pub struct LocalFile {
+    pub name: BackupName,
+    pub path: PathBuf,
+    pub size: u64,
     /// When it was last written: tells a backup's files from another backup's.
-    pub(crate) modified: Option<std::time::SystemTime>,
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Run the job and return its exit code. Every failure is logged where it happens, and
@@ -88,7 +84,7 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
         return match dry_run(&config, options, limit) {
             Ok(plan) => {
                 print!("{}", plan.render());
-                ExitCode::Success
+                plan.code
             }
             Err(err) => report_fatal(err),
         };
@@ -258,7 +254,11 @@ impl Job<'_> {
     fn execute(&mut self) {
         // Credentials are checked first, but a bad key does not stop the local backup: a
         // backup on the node is better than none when the copy cannot happen.
-        let password = credentials(&self.config);
+        let passwords: Vec<Result<Option<Secret>>> = self
+            .config
+            .destinations()
+            .map(|server| credentials(server, &self.config.path))
+            .collect();
         if let Err(err) = self.refuse_beside_another_backup() {
             return self.fail(err);
         }
@@ -328,77 +328,157 @@ impl Job<'_> {
                 self.config.backup.backup_dir.display()
             )));
         }
-        let mut link = None;
-        let all_copied = match password {
-            _ if files.is_empty() => false,
-            Ok(password) => {
-                let link = link.insert(self.link(password, &files));
-                let (clock, policy) = (Instant::now(), RetryPolicy::of(&self.config.server));
-                let copied = self.copy_files(link, &policy, &files, selection.set.as_ref());
-                let waited = policy.waited.get();
-                self.copy_seconds = clock.elapsed().saturating_sub(waited).as_secs_f64();
-                self.record.copy_seconds = Some(self.copy_seconds);
-                self.record.retry_wait_seconds = Some(waited.as_secs_f64());
-                copied
+        let before_copy = self.code;
+        let nights = self.copy_everywhere(passwords, &files, &selection, &night);
+        let verified_everywhere = !nights.is_empty() && nights.iter().all(|n| n.verified);
+        if let Some(set) = selection
+            .set
+            .as_ref()
+            .filter(|_| nights.iter().any(|n| n.verified))
+        {
+            self.adopt_as_last_good(set, &names);
+            // Its members as verified: the node keeps exactly those while it is the last
+            // set a destination has (a by-hand set's images file is not the rule's to guess).
+            self.history.record(set);
+            for verified in nights.iter().filter(|n| n.verified) {
+                self.history.set_last_verified(&verified.name, set.data);
             }
-            Err(err) => {
-                log::warn!("copy skipped: the password cannot be used");
-                self.fail(err);
-                false
-            }
-        };
-        let verified = match (all_copied, &selection.set) {
-            (true, Some(set)) => {
-                self.adopt_as_last_good(set, &names);
-                // Its members as verified: the node keeps exactly those while it is the last
-                // set the server has (a by-hand set's images file is not the rule's to guess).
-                self.history.record(set);
-                self.history.last_verified = Some(set.data.file_name());
-                self.save_history();
-                self.record.recovery_point = Some(set.data.file_name());
-                self.record.recovery_point_verified = Some(chrono::Local::now().to_rfc3339());
-                true
-            }
-            _ => false,
-        };
+            self.save_history();
+        }
+        self.take_in(nights, before_copy, selection.set.as_ref());
         if signals::received().is_some() {
             return log::warn!("pruning skipped: the run was stopped");
         }
-        if selection.set.is_some() && retention::prunes_node(&tonight, verified) {
-            self.prune_local(&after, &selection, verified);
+        if selection.set.is_some() && retention::prunes_node(&tonight, verified_everywhere) {
+            self.prune_local(&after, &selection, verified_everywhere);
         } else if matches!(night, Night::Failed(_)) {
             log::warn!("pruning skipped: the backup did not complete");
         }
-        let Some(link) = link.as_mut().filter(|_| all_copied) else {
-            return log::warn!(
-                "remote pruning skipped: not every file of the restore set is on the remote"
-            );
-        };
-        if self.config.server.remote_limit > 0 && verified && !matches!(night, Night::Failed(_)) {
-            match link.remote() {
-                Ok(remote) => self.prune_remote(remote, &selection),
-                Err(err) => log::warn!("remote pruning skipped: {err}"),
-            }
-        }
-        self.count_remote_sets(link);
     }
 
-    /// The connection tonight's files go over (made when first needed).
-    fn link(&self, password: Option<Secret>, files: &[LocalFile]) -> Link {
-        let parallel = self.config.server.streams != Streams::Fixed(1)
-            && files
+    /// Tonight's set to every destination, side by side (each in its own thread, its
+    /// messages starting with its name when there are several).
+    fn copy_everywhere(
+        &mut self,
+        passwords: Vec<Result<Option<Secret>>>,
+        files: &[LocalFile],
+        selection: &Selection,
+        night: &Night,
+    ) -> Vec<DestinationNight> {
+        let servers: Vec<ServerConfig> = self.config.destinations().cloned().collect();
+        let several = servers.len() > 1;
+        let shared = Shared {
+            history: std::sync::Mutex::new(std::mem::take(&mut self.history)),
+            state: &self.lock.dir,
+            node: self.config.backup.node_name.clone(),
+            now: self.now,
+            ini: &self.config.path,
+        };
+        let tonight = copy_night::Tonight {
+            files,
+            selection,
+            may_prune: !matches!(night, Night::Failed(_)),
+        };
+        let nights: Vec<DestinationNight> = std::thread::scope(|scope| {
+            let workers: Vec<_> = servers
                 .iter()
-                .any(|file| file.size >= transfer::PARALLEL_THRESHOLD);
-        Link {
-            server: Arc::new(self.config.server.clone()),
-            password: password.map(Arc::new),
-            remote: None,
-            extra: Vec::new(),
-            connecting: None,
-            parallel,
-            streams: None,
-            wanted_extra: 0,
-            releasing: None,
+                .zip(passwords)
+                .map(|(server, password)| {
+                    let (shared, tonight) = (&shared, &tonight);
+                    let worker = scope.spawn(move || {
+                        if several {
+                            logging::set_context(Some(server.name.clone()));
+                        }
+                        copy_night::copy_to(server, password, tonight, shared)
+                    });
+                    (server, worker)
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|(server, worker)| {
+                    worker.join().unwrap_or_else(|_| {
+                        let message = format!("the copy to {} crashed", server.describe());
+                        log::error!("{message}");
+                        DestinationNight {
+                            name: server.name.clone(),
+                            record: RunRecord {
+                                destination: server.label(),
+                                errors: vec![message],
+                                ..RunRecord::default()
+                            },
+                            code: ExitCode::Copy,
+                            verified: false,
+                        }
+                    })
+                })
+                .collect()
+        });
+        self.history = shared.history.into_inner().unwrap_or_default();
+        if several {
+            for n in &nights {
+                let state = if n.verified {
+                    "verified"
+                } else {
+                    "NOT verified"
+                };
+                log::info!(
+                    "destination {} ({}): tonight's set {state}, exit {}",
+                    n.name,
+                    n.record.destination,
+                    n.code
+                );
+            }
+            if let Some(down) = nights.iter().find(|n| !n.verified) {
+                log::warn!(
+                    "pruning of the node is held back for destination {}: the last set \
+                     verified there is kept on the node until tonight's is",
+                    down.name
+                );
+            }
+        }
+        nights
+    }
+
+    /// Each destination's part of the night into the run's record: `main`'s into the record
+    /// itself, the others' as its `extra`; each destination's code counts the backup's.
+    fn take_in(
+        &mut self,
+        nights: Vec<DestinationNight>,
+        backup_code: ExitCode,
+        set: Option<&RestoreSet>,
+    ) {
+        let verified_at = chrono::Local::now().to_rfc3339();
+        for night in nights {
+            let code = backup_code.most_severe(night.code);
+            self.code = self.code.most_severe(night.code);
+            let mut part = night.record;
+            part.destination_exit_code = Some(code.code());
+            part.exit_code = code.code();
+            if let (true, Some(set)) = (night.verified, set) {
+                part.recovery_point = Some(set.data.file_name());
+                part.recovery_point_verified = Some(verified_at.clone());
+            }
+            if night.name == config::MAIN {
+                self.record.errors.extend(part.errors);
+                self.record.files = part.files;
+                self.record.bytes_uploaded = part.bytes_uploaded;
+                self.record.pruned_remote = part.pruned_remote;
+                self.record.remote_sets = part.remote_sets;
+                self.record.copy_seconds = part.copy_seconds;
+                self.record.retry_wait_seconds = part.retry_wait_seconds;
+                self.record.recovery_point = part.recovery_point;
+                self.record.recovery_point_verified = part.recovery_point_verified;
+                self.record.destination_exit_code = part.destination_exit_code;
+                self.copy_seconds = part.copy_seconds.unwrap_or(0.0);
+            } else {
+                self.record
+                    .errors
+                    .extend(part.errors.iter().map(|e| format!("[{}] {e}", night.name)));
+                part.started = self.record.started.clone();
+                part.version = self.record.version.clone();
+                self.record.extra.push(part);
+            }
         }
     }
 
@@ -431,21 +511,6 @@ impl Job<'_> {
         let backup = &self.config.backup;
         concurrent::running(&backup.command, &backup.user, ours)
             .map_err(|why| format!("cannot tell whether one is: {why}"))
-    }
-
-    /// The data backups on the server once the night is done, for the metrics.
-    fn count_remote_sets(&mut self, link: &mut Link) {
-        match link.remote().and_then(|remote| remote.list()) {
-            Ok(listing) => {
-                // NAME and NAME.age of one data file are one set.
-                let data: HashSet<BackupName> = backup_names(&listing.unwrap_or_default())
-                    .into_iter()
-                    .filter(|name| name.kind == Kind::Data)
-                    .collect();
-                self.record.remote_sets = Some(data.len());
-            }
-            Err(err) => log::warn!("cannot count the sets on the remote: {err}"),
-        }
     }
 
     /// Without a history (a new install, or a node moved from the Python scripts), the set
@@ -717,198 +782,6 @@ impl Job<'_> {
         (succeeded, session)
     }
 
-    fn copy_files(
-        &mut self,
-        link: &mut Link,
-        policy: &RetryPolicy,
-        files: &[LocalFile],
-        set: Option<&RestoreSet>,
-    ) -> bool {
-        match retry(policy, link, |link| {
-            let created = link.remote()?.ensure_destination()?;
-            link.plan_streams()?;
-            Ok(created)
-        }) {
-            Ok(true) => log::info!("created the destination {}", link.label()),
-            Ok(false) => {}
-            Err(err) => {
-                self.fail(err);
-                return false;
-            }
-        }
-        let node = self.config.backup.node_name.clone();
-        match retry(policy, link, |link| claim::claim(link.remote()?, &node)) {
-            Ok(claim::Claimed::Now) => log::info!(
-                "claimed {} for this node ({node}): other nodes are refused there",
-                link.label()
-            ),
-            Ok(claim::Claimed::Already) => {}
-            Err(err) => {
-                self.fail(err);
-                return false;
-            }
-        }
-        // What the server holds of each file (NAME or NAME.age), and its sha256.
-        let mut digests: HashMap<BackupName, (RemoteFile, String)> = HashMap::new();
-
-        let mut all_ok = true;
-        let mut first_attempts = if link.wanted_extra > 0 && files.len() > 1 {
-            side_by_side(link, files, &self.history.sealed)
-        } else {
-            HashMap::new()
-        };
-        for (index, file) in files.iter().enumerate() {
-            let outcome = match first_attempts.remove(&index) {
-                Some(Err(err)) if err.transient && signals::received().is_none() => {
-                    log::warn!("{err}; trying {} again on its own", file.name);
-                    retry(policy, link, |link| {
-                        copy_one(link, file, &self.history.sealed)
-                    })
-                }
-                Some(outcome) => outcome,
-                None => retry(policy, link, |link| {
-                    copy_one(link, file, &self.history.sealed)
-                }),
-            };
-            match outcome {
-                Ok(Copied::AlreadyThere {
-                    file: there,
-                    digest,
-                }) => {
-                    if there.sealed {
-                        log::info!(
-                            "{}: already on the remote as {there}, with its checksum file",
-                            file.name
-                        );
-                    } else {
-                        log::info!("{}: already on the remote, checksum matches", file.name);
-                    }
-                    digests.insert(file.name, (there, digest.clone()));
-                    self.record.files.push(CopiedFile {
-                        name: there.file_name(),
-                        bytes: file.size,
-                        uploaded: false,
-                        sha256: Some(digest),
-                        ..CopiedFile::default()
-                    });
-                }
-                Ok(Copied::Uploaded {
-                    file: sent,
-                    replaced,
-                    done,
-                    seconds,
-                    streams,
-                }) => {
-                    if replaced {
-                        // Saved at once: other sets' manifests still list the old sha256.
-                        let name = sent.file_name();
-                        self.history.restate.retain(|(n, _)| *n != name);
-                        self.history.restate.push((name, done.digest.clone()));
-                        self.save_history();
-                    }
-                    log::info!(
-                        "{}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s over \
-                         {streams} stream{}; hashing added {:.2} s), sha256 {}",
-                        sent,
-                        done.bytes,
-                        megabytes_per_second(done.bytes, seconds),
-                        if streams == 1 { "" } else { "s" },
-                        done.hash_seconds,
-                        done.digest
-                    );
-                    self.record.bytes_uploaded += done.bytes;
-                    digests.insert(file.name, (sent, done.digest.clone()));
-                    if let (true, Some(recipients)) = (sent.sealed, &self.config.server.encrypt_to)
-                    {
-                        let upload = SealedUpload {
-                            name: sent.file_name(),
-                            sha256: done.digest.clone(),
-                            bytes: done.bytes,
-                            local_bytes: file.size,
-                            recipients: recipients.fingerprint.clone(),
-                        };
-                        self.history.record_sealed(upload);
-                        self.save_history();
-                    }
-                    self.record.files.push(CopiedFile {
-                        name: sent.file_name(),
-                        bytes: done.bytes,
-                        uploaded: true,
-                        sha256: Some(done.digest),
-                        seconds: Some(seconds),
-                        hash_seconds: Some(done.hash_seconds),
-                        streams: Some(streams),
-                    });
-                }
-                Err(err) => {
-                    self.fail(err);
-                    all_ok = false;
-                    if signals::received().is_some() {
-                        break;
-                    }
-                }
-            }
-        }
-        link.release_extras();
-        if let (true, Some(set)) = (all_ok, set) {
-            let members: Vec<Member> = set
-                .files()
-                .into_iter()
-                .filter_map(|name| {
-                    let (file, sha256) = digests.get(&name)?.clone();
-                    Some(Member { file, sha256 })
-                })
-                .collect();
-            let text = sets::render_manifest(&members);
-            match retry(policy, link, |link| {
-                transfer::publish_manifest(link.remote()?, set.data, &text)
-            }) {
-                Ok(true) => log::info!(
-                    "{}: the set's manifest, `sha256sum -c` checks every member",
-                    set.data.manifest_name()
-                ),
-                Ok(false) => {}
-                Err(err) => {
-                    self.fail(err);
-                    all_ok = false;
-                }
-            }
-        }
-        // Files that replaced one of the same name (a new encryption of a shared images file),
-        // tonight or on a night stopped before the older manifests were updated.
-        let replaced_files: Vec<(RemoteFile, String)> = self
-            .history
-            .restate
-            .iter()
-            .filter_map(|(name, digest)| Some((RemoteFile::parse(name)?, digest.clone())))
-            .collect();
-        if !replaced_files.is_empty() && signals::received().is_none() {
-            let except = set.map(|s| s.data);
-            match retry(policy, link, |link| {
-                restate_manifests(link.remote()?, &replaced_files, except)
-            }) {
-                Ok(restated) => {
-                    for data in restated {
-                        log::info!(
-                            "{}: now lists the new sha256 of {}",
-                            data.manifest_name(),
-                            describe_files(&replaced_files)
-                        );
-                    }
-                    self.history.restate.clear();
-                    self.save_history();
-                }
-                // Those sets' members are all there; only their manifest disagrees.
-                Err(err) => log::warn!(
-                    "cannot update older sets' manifests for {}: {err}; fetching those sets \
-                     reports the mismatch",
-                    describe_files(&replaced_files)
-                ),
-            }
-        }
-        all_ok
-    }
-
     /// Prune the node: the newest `limit` sets and the last set verified on the server stay.
     /// `verified`: tonight's set is on the server (else this is a good backup whose copy
     /// failed, pruned all the same so that /data never fills while the server is down).
@@ -918,7 +791,7 @@ impl Job<'_> {
         known.extend(selection.set.clone());
         let policy = Policy {
             keep_data: self.limit as usize,
-            also_keep: self.history.last_verified(),
+            also_keep: last_verified_everywhere(&self.config, &self.history),
         };
         if !verified {
             log::warn!(
@@ -926,10 +799,7 @@ impl Job<'_> {
                  (keeping the newest {} and the last set verified on the server, {}) so that \
                  {} does not fill while copies fail",
                 self.limit,
-                policy
-                    .also_keep
-                    .map(|n| n.file_name())
-                    .unwrap_or_else(|| "none yet".into()),
+                describe_kept(&policy.also_keep),
                 self.config.backup.backup_dir.display()
             );
         }
@@ -964,64 +834,6 @@ impl Job<'_> {
         self.history.sets.retain(|set| on_disk.contains(&set.data));
         if (self.history.failed.len(), self.history.sets.len()) != before {
             self.save_history();
-        }
-    }
-
-    fn prune_remote(&mut self, remote: &mut dyn Remote, selection: &Selection) {
-        let current = selection.files();
-        let listing = match remote.list() {
-            Ok(listing) => listing.unwrap_or_default(),
-            Err(err) => return log::warn!("remote pruning skipped: {err}"),
-        };
-        let limit = self.config.server.remote_limit;
-        let mut known: Vec<RestoreSet> = selection.set.iter().cloned().collect();
-        // Which data files stay does not depend on their members; what each kept set needs
-        // is what its manifest lists (the rule only for sets without one).
-        let first = remote_retention(&listing, limit, &selection.protect, &known, self.now);
-        for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
-            match remote.read_small(&data.manifest_name(), 64 * 1024) {
-                Ok(Some(text)) => {
-                    known.extend(sets::parse_manifest(&String::from_utf8_lossy(&text), *data));
-                }
-                Ok(None) => {}
-                Err(err) => return log::warn!("remote pruning skipped: {err}"),
-            }
-        }
-        let decision = remote_retention(&listing, limit, &selection.protect, &known, self.now);
-        log_keeps("remote", &decision);
-        let mut removed = Vec::new();
-        for name in &decision.remove {
-            // Every form it is there in: NAME and NAME.age (encryption turned on meanwhile).
-            let forms: Vec<RemoteFile> = listing
-                .iter()
-                .filter_map(|e| match RemoteName::parse(&e.name) {
-                    Some(RemoteName::Backup(file)) if file.name == *name => Some(file),
-                    _ => None,
-                })
-                .collect();
-            let mut all_gone = true;
-            for file in forms {
-                match remote.remove(&file.file_name()) {
-                    Ok(()) => log::info!("pruned remote {file}"),
-                    Err(err) => {
-                        all_gone = false;
-                        log::warn!("cannot prune remote {file}: {err}");
-                    }
-                }
-            }
-            if all_gone {
-                self.record.pruned_remote += 1;
-                removed.push(*name);
-            }
-        }
-        let names: Vec<String> = listing.iter().map(|e| e.name.clone()).collect();
-        for leftover in retention::remote_leftovers(&names, &removed, &current) {
-            match remote.remove(&leftover) {
-                Ok(()) => log::info!(
-                    "removed remote {leftover} (its file is gone, or an abandoned upload)"
-                ),
-                Err(err) => log::warn!("cannot remove remote {leftover}: {err}"),
-            }
         }
     }
 
@@ -1072,492 +884,6 @@ impl Job<'_> {
         monitoring.run_finished(&record, &summary);
         code
     }
-}
-
-/// The connection to the backup server, made when first needed and made again after a
-/// connection or transfer error.
-struct Link {
-    server: Arc<ServerConfig>,
-    password: Option<Arc<Secret>>,
-    remote: Option<SftpRemote>,
-    /// More connections for parallel streams.
-    extra: Vec<SftpRemote>,
-    /// Those connections being made in the background while the main one looks at the
-    /// destination: on a WAN each handshake costs several round trips.
-    connecting: Option<std::thread::JoinHandle<Vec<Result<SftpRemote>>>>,
-    /// Whether a file of the restore set is large enough for several streams.
-    parallel: bool,
-    /// How many streams a large file goes over, and why: decided once the first
-    /// connection has measured the round trip (`streams = auto`), or as configured.
-    streams: Option<(usize, String)>,
-    /// How many extra connections a large file will want.
-    wanted_extra: usize,
-    /// The extra connections closing in the background once the set's files are done.
-    releasing: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        if let Some(releasing) = self.releasing.take() {
-            let _ = releasing.join();
-        }
-    }
-}
-
-impl Link {
-    fn label(&self) -> String {
-        self.server.label()
-    }
-
-    fn remote(&mut self) -> Result<&mut SftpRemote> {
-        if self.remote.is_none() {
-            let connected = sftp::connect(ConnectOptions {
-                server: &self.server,
-                password: self.password.as_deref(),
-                record_host_key: true,
-            })?;
-            if let Verified::Recorded { fingerprint } = &connected.host_key {
-                log::warn!(
-                    "new host {}: recorded its key {fingerprint} in {} (host_key_policy = accept-new)",
-                    crate::remote::known_hosts::host_pattern(&self.server.host, self.server.port),
-                    self.server.known_hosts.display()
-                );
-            }
-            log::info!(
-                "connected to {} (cipher {})",
-                connected.remote.describe(),
-                connected.cipher
-            );
-            self.remote = Some(connected.remote);
-            // Only now: the main connection records a new host's key the others check.
-            // (Once streams are decided: after a reconnection.)
-            if self.streams.is_some() {
-                self.start_connecting(self.wanted_extra.saturating_sub(self.extra.len()));
-            }
-        }
-        self.remote
-            .as_mut()
-            .ok_or_else(|| Error::connect("internal error: no connection"))
-    }
-
-    /// Decide how many streams a large file goes over (for `auto`, from the round trip
-    /// measured on the first connection) and start connecting the extra ones.
-    fn plan_streams(&mut self) -> Result<()> {
-        if self.streams.is_none() {
-            let (count, why) = match self.server.streams {
-                Streams::Auto => transfer::auto_streams(self.remote()?.measure_round_trip()),
-                Streams::Fixed(n) => (n, format!("streams = {n}")),
-            };
-            if self.parallel {
-                log::info!("large files go over {count} stream(s): {why}");
-                self.wanted_extra = count - 1;
-            }
-            self.streams = Some((count, why));
-        }
-        self.remote()?;
-        self.start_connecting(self.wanted_extra.saturating_sub(self.extra.len()));
-        Ok(())
-    }
-
-    fn start_connecting(&mut self, count: usize) {
-        if count == 0 || self.connecting.is_some() {
-            return;
-        }
-        let (server, password) = (self.server.clone(), self.password.clone());
-        self.connecting = Some(std::thread::spawn(move || {
-            let options = ConnectOptions {
-                server: &server,
-                password: password.as_deref(),
-                record_host_key: false,
-            };
-            sftp::connect_several(options, count)
-        }));
-    }
-
-    /// Collect the background connections. A server that refuses some (MaxStartups, a
-    /// per-user limit) still gets the file, over those it accepted: a warning, not an error.
-    fn finish_connecting(&mut self) {
-        let Some(connecting) = self.connecting.take() else {
-            return;
-        };
-        let outcomes = connecting
-            .join()
-            .unwrap_or_else(|_| vec![Err(Error::connect("a connection attempt crashed"))]);
-        let asked = outcomes.len();
-        let mut refused = Vec::new();
-        for outcome in outcomes {
-            match outcome {
-                Ok(remote) => self.extra.push(remote),
-                Err(err) => refused.push(err.message),
-            }
-        }
-        if let Some(first) = refused.first() {
-            log::warn!(
-                "the server accepted {} of {asked} extra connections ({first}): large files go \
-                 over {} streams; set `streams` lower to silence this",
-                asked - refused.len(),
-                self.extra.len() + 1
-            );
-            // Asking again for each file would meet the same limit.
-            self.wanted_extra = self.extra.len();
-        }
-    }
-
-    /// Up to `count` connections (the main one first), for a parallel upload: as many as
-    /// the server accepts, at least the main one.
-    fn streams(&mut self, count: usize) -> Result<Vec<&mut (dyn Remote + Send)>> {
-        self.remote()?;
-        self.finish_connecting();
-        let wanted = count.min(self.wanted_extra + 1);
-        self.start_connecting(wanted.saturating_sub(self.extra.len() + 1));
-        self.finish_connecting();
-        let mut all: Vec<&mut (dyn Remote + Send)> = Vec::with_capacity(count);
-        if let Some(main) = self.remote.as_mut() {
-            all.push(main);
-        }
-        for remote in self.extra.iter_mut().take(count - 1) {
-            all.push(remote);
-        }
-        Ok(all)
-    }
-
-    /// The set's files are done: close the extra connections in the background while the
-    /// main one writes the manifest and prunes.
-    fn release_extras(&mut self) {
-        self.finish_connecting();
-        self.wanted_extra = 0;
-        if !self.extra.is_empty() && self.releasing.is_none() {
-            self.releasing = Some(sftp::release_all(std::mem::take(&mut self.extra)));
-        }
-    }
-
-    fn reset(&mut self) {
-        if let Some(remote) = self.remote.take() {
-            remote.abandon();
-        }
-        if let Some(connecting) = self.connecting.take() {
-            for remote in connecting.join().unwrap_or_default().into_iter().flatten() {
-                remote.abandon();
-            }
-        }
-        for remote in self.extra.drain(..) {
-            remote.abandon();
-        }
-    }
-}
-
-struct RetryPolicy {
-    retries: u32,
-    wait: u64,
-    /// Time spent waiting between attempts: not part of the copy time.
-    waited: std::cell::Cell<std::time::Duration>,
-}
-
-impl RetryPolicy {
-    fn of(server: &ServerConfig) -> RetryPolicy {
-        RetryPolicy {
-            retries: server.retries,
-            wait: server.retry_wait,
-            waited: Default::default(),
-        }
-    }
-}
-
-/// Run `op` on the remote; after a connection or transfer error, reconnect and try again
-/// (waiting `wait` seconds, doubling), up to `retries` more times. Other errors end at once.
-fn retry<T>(
-    policy: &RetryPolicy,
-    link: &mut Link,
-    mut op: impl FnMut(&mut Link) -> Result<T>,
-) -> Result<T> {
-    let mut wait = policy.wait;
-    let mut attempt = 0;
-    loop {
-        signals::check("the copy")?;
-        let result = op(link);
-        match result {
-            Ok(value) => return Ok(value),
-            Err(err)
-                if err.transient && attempt < policy.retries && signals::received().is_none() =>
-            {
-                attempt += 1;
-                log::warn!("{err}; retry {attempt} of {} in {wait} s", policy.retries);
-                link.reset();
-                let asleep = Instant::now();
-                let slept = signals::sleep(wait);
-                policy.waited.set(policy.waited.get() + asleep.elapsed());
-                slept?;
-                wait = wait.saturating_mul(2);
-            }
-            Err(err) => {
-                if err.transient {
-                    link.reset();
-                }
-                return Err(err);
-            }
-        }
-    }
-}
-
-enum Copied {
-    AlreadyThere {
-        file: RemoteFile,
-        digest: String,
-    },
-    Uploaded {
-        file: RemoteFile,
-        /// A file of that name was there before: other sets' manifests may list its old sha256.
-        replaced: bool,
-        done: transfer::Uploaded,
-        seconds: f64,
-        /// Connections it went over.
-        streams: usize,
-    },
-}
-
-/// One file, as one retryable unit: look at the remote, decide, upload if needed (over
-/// several streams when it is large). `sent`: the encrypted copies this node sent
-/// (`state::History::sealed`).
-fn copy_one(link: &mut Link, file: &LocalFile, sent: &[SealedUpload]) -> Result<Copied> {
-    let recipients = link.server.encrypt_to.clone();
-    let encryption = recipients
-        .as_deref()
-        .map(|r| (r.fingerprint.as_str(), sent));
-    let remote = link.remote()?;
-    let listing = remote.list()?.unwrap_or_default();
-    match plan::decide(&gather_facts(remote, &listing, file, encryption)?) {
-        CopyDecision::AlreadyThere { file, digest, .. } => {
-            Ok(Copied::AlreadyThere { file, digest })
-        }
-        CopyDecision::Upload {
-            file: target,
-            size,
-            why,
-        } => {
-            let seen = Seen::in_listing(&listing, target);
-            let (streams, because) = link.streams.clone().unwrap_or((1, String::new()));
-            let mut remotes = if streams > 1 && size >= transfer::PARALLEL_THRESHOLD {
-                link.streams(streams)?
-            } else {
-                let main: &mut (dyn Remote + Send) = link.remote()?;
-                vec![main]
-            };
-            upload_over(
-                &mut remotes,
-                file,
-                Upload {
-                    target,
-                    size,
-                    why,
-                    seen,
-                },
-                (&because, recipients.as_deref()),
-            )
-        }
-    }
-}
-
-/// A file to upload, as the listing and the plan saw it.
-#[derive(Clone, Copy)]
-struct Upload {
-    /// NAME, or NAME.age when the run encrypts.
-    target: RemoteFile,
-    size: u64,
-    why: &'static str,
-    seen: Seen,
-}
-
-/// Upload over the connections given: several streams for a large file, else the first.
-fn upload_over(
-    remotes: &mut [&mut (dyn Remote + Send)],
-    file: &LocalFile,
-    upload: Upload,
-    (because, recipients): (&str, Option<&Recipients>),
-) -> Result<Copied> {
-    let Upload {
-        target,
-        size,
-        why,
-        seen,
-    } = upload;
-    let started = Instant::now();
-    let bar = progress::bar(size, &target.file_name());
-    let used = if remotes.len() > 1 && size >= transfer::PARALLEL_THRESHOLD {
-        remotes.len()
-    } else {
-        1
-    };
-    let done = if used > 1 {
-        log::info!("{target}: uploading {size} bytes over {used} streams ({why}; {because})");
-        transfer::upload_parallel(remotes, &file.path, (target, recipients), seen, &bar)
-    } else {
-        log::info!("{target}: uploading {size} bytes ({why})");
-        transfer::upload(
-            &mut *remotes[0],
-            &file.path,
-            (target, recipients),
-            seen,
-            &bar,
-        )
-    };
-    bar.finish_and_clear();
-    Ok(Copied::Uploaded {
-        file: target,
-        replaced: seen.finals,
-        done: done?,
-        seconds: started.elapsed().as_secs_f64(),
-        streams: used,
-    })
-}
-
-/// The first attempt at a set's files when there are several connections: one listing,
-/// then every upload at once (the largest over the streams left once each other file has
-/// one), so the round trips of the small files hide behind the large one. What fails here
-/// (outcomes by index in `files`; a file missing was not tried) gets the usual retries,
-/// one file at a time.
-fn side_by_side(
-    link: &mut Link,
-    files: &[LocalFile],
-    sent: &[SealedUpload],
-) -> HashMap<usize, Result<Copied>> {
-    let mut outcomes = HashMap::new();
-    let recipients = link.server.encrypt_to.clone();
-    let recipients = recipients.as_deref();
-    let looked = (|| -> Result<Vec<(usize, CopyDecision, Seen)>> {
-        let remote = link.remote()?;
-        let listing = remote.list()?.unwrap_or_default();
-        files
-            .iter()
-            .enumerate()
-            .map(|(index, file)| {
-                let encryption = recipients.map(|r| (r.fingerprint.as_str(), sent));
-                let decision = plan::decide(&gather_facts(remote, &listing, file, encryption)?);
-                let target = match &decision {
-                    CopyDecision::Upload { file, .. } | CopyDecision::AlreadyThere { file, .. } => {
-                        *file
-                    }
-                };
-                Ok((index, decision, Seen::in_listing(&listing, target)))
-            })
-            .collect()
-    })();
-    let decisions = match looked {
-        Ok(decisions) => decisions,
-        Err(err) => {
-            if err.transient {
-                link.reset();
-            }
-            return outcomes;
-        }
-    };
-    let mut uploads = Vec::new();
-    for (index, decision, seen) in decisions {
-        match decision {
-            CopyDecision::AlreadyThere { file, digest, .. } => {
-                outcomes.insert(index, Ok(Copied::AlreadyThere { file, digest }));
-            }
-            CopyDecision::Upload {
-                file: target,
-                size,
-                why,
-            } => uploads.push((
-                index,
-                Upload {
-                    target,
-                    size,
-                    why,
-                    seen,
-                },
-            )),
-        }
-    }
-    // The largest first: it takes the streams the others leave.
-    uploads.sort_by_key(|(_, upload)| std::cmp::Reverse(upload.size));
-    let (count, because) = link.streams.clone().unwrap_or((1, String::new()));
-    let mut remotes = match link.streams(count) {
-        Ok(remotes) if remotes.len() >= uploads.len() && !uploads.is_empty() => remotes,
-        _ => return outcomes,
-    };
-    let for_largest = remotes.len() - (uploads.len() - 1);
-    let (largest, others) = remotes.split_at_mut(for_largest);
-    let results: Vec<(usize, Result<Copied>)> = std::thread::scope(|scope| {
-        let because = because.as_str();
-        let (first, rest) = uploads.split_first().expect("not empty");
-        let mut workers = vec![(first.0, {
-            let (index, upload) = *first;
-            scope.spawn(move || upload_over(largest, &files[index], upload, (because, recipients)))
-        })];
-        for ((index, upload), remote) in rest.iter().copied().zip(others.iter_mut()) {
-            workers.push((
-                index,
-                scope.spawn(move || {
-                    let remote = std::slice::from_mut(remote);
-                    upload_over(remote, &files[index], upload, (because, recipients))
-                }),
-            ));
-        }
-        workers
-            .into_iter()
-            .map(|(index, worker)| {
-                let outcome = worker.join().unwrap_or_else(|_| {
-                    Err(Error::copy(format!(
-                        "the upload of {} crashed",
-                        files[index].name
-                    )))
-                });
-                (index, outcome)
-            })
-            .collect()
-    });
-    if results
-        .iter()
-        .any(|(_, outcome)| outcome.as_ref().is_err_and(|err| err.transient))
-    {
-        link.reset();
-    }
-    outcomes.extend(results);
-    outcomes
-}
-
-/// Other sets' manifests on the server that list a file just replaced (a shared images file
-/// encrypted anew): their line for it is rewritten with its new sha256, so those sets still
-/// verify as they are. The data files whose manifests changed.
-fn restate_manifests(
-    remote: &mut dyn Remote,
-    replaced: &[(RemoteFile, String)],
-    except: Option<BackupName>,
-) -> Result<Vec<BackupName>> {
-    let listing = remote.list()?.unwrap_or_default();
-    let mut restated = Vec::new();
-    for entry in &listing {
-        let Some(RemoteName::Manifest(data)) = RemoteName::parse(&entry.name) else {
-            continue;
-        };
-        if Some(data) == except {
-            continue;
-        }
-        let Some(bytes) = remote.read_small(&entry.name, 64 * 1024)? else {
-            continue;
-        };
-        let mut text = String::from_utf8_lossy(&bytes).into_owned();
-        let mut changed = false;
-        for (file, digest) in replaced {
-            if let Some(new) = sets::restate_manifest(&text, *file, digest) {
-                text = new;
-                changed = true;
-            }
-        }
-        if changed {
-            transfer::publish_manifest(remote, data, &text)?;
-            restated.push(data);
-        }
-    }
-    Ok(restated)
-}
-
-fn describe_files(files: &[(RemoteFile, String)]) -> String {
-    let names: Vec<String> = files.iter().map(|(f, _)| f.file_name()).collect();
-    names.join(", ")
 }
 
 fn megabytes_per_second(bytes: u64, seconds: f64) -> f64 {
@@ -1685,21 +1011,45 @@ fn log_selection(selection: &Selection) {
     }
 }
 
-fn log_keeps(side: &str, decision: &Decision) {
+pub(crate) fn log_keeps(side: &str, decision: &Decision) {
     for (name, reason) in &decision.keep {
         log::debug!("{side}: keep {name}: {reason}");
     }
 }
 
-/// Decrypt the password when there is one; also check that an identity file exists.
-pub(crate) fn credentials(config: &Config) -> Result<Option<Secret>> {
-    let server = &config.server;
+/// The last set verified on each destination: each stays on the node beyond `limit` (a
+/// destination that is down never costs the node the newest set that destination has).
+pub(crate) fn last_verified_everywhere(config: &Config, history: &History) -> Vec<BackupName> {
+    let mut sets: Vec<BackupName> = config
+        .destinations()
+        .filter_map(|server| history.last_verified_at(&server.name))
+        .collect();
+    sets.sort_by_key(|name| name.file_name());
+    sets.dedup();
+    sets
+}
+
+fn describe_kept(names: &[BackupName]) -> String {
+    if names.is_empty() {
+        return "none yet".into();
+    }
+    names
+        .iter()
+        .map(|n| n.file_name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decrypt a destination's password (or S3 secret key) when there is one; also check that
+/// an identity file exists. `ini` names the configuration in messages.
+pub(crate) fn credentials(server: &ServerConfig, ini: &Path) -> Result<Option<Secret>> {
     if let Some(identity) = &server.identity_file {
         if !identity.is_file() {
             return Err(Error::config(format!(
-                "{}: identity_file {} does not exist",
-                config.path.display(),
-                identity.display()
+                "{}: identity_file {} of destination {} does not exist",
+                ini.display(),
+                identity.display(),
+                server.name
             )));
         }
         if let Err(err) = secret::check_identity_is_private(identity) {
@@ -1709,7 +1059,7 @@ pub(crate) fn credentials(config: &Config) -> Result<Option<Secret>> {
     match (&server.password_token, &server.key_file) {
         (Some(token), Some(key)) => {
             secret::check_key_is_private(key)?;
-            secret::decrypt_password(token, key, &config.path).map(Some)
+            secret::decrypt_password(token, key, ini).map(Some)
         }
         _ => Ok(None),
     }
@@ -1775,89 +1125,6 @@ fn scan(
         }
     }
     Ok(files)
-}
-
-/// What the run encrypts to (the recipients' fingerprint) and the encrypted copies this node
-/// sent before; None: the run does not encrypt.
-type Encryption<'a> = Option<(&'a str, &'a [SealedUpload])>;
-
-fn gather_facts(
-    remote: &mut dyn Remote,
-    listing: &[RemoteEntry],
-    file: &LocalFile,
-    encryption: Encryption,
-) -> Result<FileFacts> {
-    let plain = RemoteFile::plain(file.name);
-    let sealed = RemoteFile::new(file.name, true);
-    let size_of = |form: RemoteFile| {
-        let name = form.file_name();
-        listing.iter().find(|e| e.name == name).map(|e| e.size)
-    };
-    let mut facts = FileFacts {
-        name: file.name,
-        local_size: file.size,
-        remote_size: size_of(plain),
-        remote_digest: None,
-        local_digest: None,
-        sealed_copy: None,
-        encrypt: encryption.is_some(),
-    };
-    if facts.remote_size == Some(file.size) {
-        facts.remote_digest = transfer::read_sidecar(remote, plain)?;
-    }
-    if let Some(size) = size_of(sealed) {
-        let sent = encryption.and_then(|(recipients, uploads)| {
-            uploads
-                .iter()
-                .find(|u| {
-                    u.name == sealed.file_name()
-                        && u.recipients == recipients
-                        && u.local_bytes == file.size
-                })
-                .map(|u| (u.bytes, u.sha256.clone()))
-        });
-        let listed = listing.iter().any(|e| e.name == sealed.sidecar_name());
-        // One round trip less when it could not count anyway.
-        let digest = if listed && sent.is_some() {
-            transfer::read_sidecar(remote, sealed)?
-        } else {
-            None
-        };
-        facts.sealed_copy = Some(SealedCopy { size, digest, sent });
-    }
-    if plan::needs_local_digest(&facts) {
-        facts.local_digest = Some(transfer::sha256_file(&file.path)?);
-    }
-    Ok(facts)
-}
-
-/// The CVP files (plain or encrypted, one entry per copy) in a remote listing, by name.
-fn backup_names(listing: &[RemoteEntry]) -> Vec<BackupName> {
-    listing
-        .iter()
-        .filter_map(|e| match RemoteName::parse(&e.name) {
-            Some(RemoteName::Backup(file)) => Some(file.name),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Only CVP-named files count (and are deleted; their sidecars and manifests follow as
-/// leftovers).
-fn remote_retention(
-    listing: &[RemoteEntry],
-    remote_limit: u32,
-    protect: &[BackupName],
-    known: &[RestoreSet],
-    now: Stamp,
-) -> Decision {
-    retention::apply_policy(
-        &backup_names(listing),
-        Policy::newest(remote_limit as usize),
-        protect,
-        known,
-        now,
-    )
 }
 
 /// The same decisions as a run, taken read-only: no backup, no lock, no host key recorded,
@@ -1931,7 +1198,7 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         &names,
         Policy {
             keep_data: limit as usize,
-            also_keep: history.last_verified(),
+            also_keep: last_verified_everywhere(config, &history),
         },
         &protect,
         &known,
@@ -1942,14 +1209,47 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
             "{name} is stamped in the future: it never counts as the newest set"
         ));
     }
-    let password = credentials(config)?;
-    let mut connected = sftp::connect(ConnectOptions {
-        server: &config.server,
-        password: password.as_ref(),
-        record_host_key: false,
-    })?;
-    drop(password);
-    let remote: &mut dyn Remote = &mut connected.remote;
+    for server in config.destinations() {
+        let part = plan_destination(config, server, &history, &local, &selection, &known, now)
+            .unwrap_or_else(|err| {
+                log::error!("{err}");
+                Plan {
+                    destination: server.label(),
+                    notes: vec![format!("cannot plan this destination: {err}")],
+                    code: err.code,
+                    ..Plan::default()
+                }
+            });
+        if server.name == config::MAIN {
+            plan.destination = part.destination;
+            plan.copies = part.copies;
+            plan.remote_retention = part.remote_retention;
+            plan.notes.extend(part.notes);
+            plan.code = plan.code.most_severe(part.code);
+        } else {
+            plan.code = plan.code.most_severe(part.code);
+            plan.others.push((server.name.clone(), part));
+        }
+    }
+    Ok(plan)
+}
+
+/// One destination's part of the dry run: what it would be sent, and what pruned there.
+fn plan_destination(
+    config: &Config,
+    server: &ServerConfig,
+    history: &History,
+    local: &[LocalFile],
+    selection: &Selection,
+    known: &[RestoreSet],
+    now: Stamp,
+) -> Result<Plan> {
+    let mut plan = Plan {
+        destination: server.label(),
+        ..Plan::default()
+    };
+    let mut remote = destination::connect(server, &config.path, false)?;
+    let remote: &mut dyn Remote = &mut *remote;
     let listing = match remote.list()? {
         Some(listing) => listing,
         None => {
@@ -1976,12 +1276,13 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         let Some(file) = local.iter().find(|f| f.name == name) else {
             continue;
         };
-        let encryption = config
-            .server
+        let encryption = server
             .encrypt_to
             .as_deref()
             .map(|r| (r.fingerprint.as_str(), &history.sealed[..]));
-        let decision = plan::decide(&gather_facts(remote, &listing, file, encryption)?);
+        let decision = plan::decide(&destination::gather_facts(
+            remote, &listing, file, encryption,
+        )?);
         if let CopyDecision::Upload { file: target, .. } = &decision {
             if !after_copy.iter().any(|e| e.name == target.file_name()) {
                 after_copy.push(RemoteEntry {
@@ -1992,12 +1293,12 @@ fn dry_run(config: &Config, options: &RunOptions, limit: u32) -> Result<Plan> {
         }
         plan.copies.push(decision);
     }
-    if config.server.remote_limit > 0 {
-        plan.remote_retention = Some(remote_retention(
+    if server.remote_limit > 0 {
+        plan.remote_retention = Some(copy_night::remote_retention(
             &after_copy,
-            config.server.remote_limit,
-            &protect,
-            &known,
+            server.remote_limit,
+            &selection.protect,
+            known,
             now,
         ));
     }

@@ -84,16 +84,51 @@ pub struct RunRecord {
     /// This run's own log in `state_dir`.
     #[serde(default)]
     pub log_file: Option<String>,
+    /// This destination's own outcome (the night's backup included): `exit_code` is the
+    /// run's, the worst of every destination's. Absent in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_exit_code: Option<i32>,
+    /// The other destinations' parts of the night (`[Destination NAME]`), one record each,
+    /// in the INI's order: their files, errors, recovery point and sets; this record's own
+    /// destination fields are `main`'s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<RunRecord>,
 }
 
 impl RunRecord {
+    /// One record per destination, `main` first, each with its own outcome as `exit_code`:
+    /// what `status`, the metrics and nagios judge destination by destination.
+    pub fn per_destination(&self) -> Vec<RunRecord> {
+        let mut main = self.clone();
+        main.extra.clear();
+        main.exit_code = self.destination_exit_code.unwrap_or(self.exit_code);
+        std::iter::once(main)
+            .chain(self.extra.iter().cloned().map(|mut extra| {
+                extra.exit_code = extra.destination_exit_code.unwrap_or(extra.exit_code);
+                extra
+            }))
+            .collect()
+    }
+
+    /// Carry over from the record before, this record and each other destination's (each
+    /// from the previous record's part for the same destination).
+    pub fn carry_over_all(&mut self, previous: Option<&RunRecord>) {
+        for extra in &mut self.extra {
+            let before =
+                previous.and_then(|p| p.extra.iter().find(|e| e.destination == extra.destination));
+            extra.carry_over(before);
+        }
+        self.carry_over(previous);
+    }
+
     /// Take from the record before what this run could not know itself: when the job last
     /// succeeded and the recovery point (both only for the same destination: another server
     /// holds none of it), and, for a run refused before reading its INI, the destination.
     /// Records written before these fields existed count by their exit code.
     pub fn carry_over(&mut self, previous: Option<&RunRecord>) {
         // A success is a night that verified a set on the server.
-        if self.exit_code == 0 && self.recovery_point.is_some() && !self.finished.is_empty() {
+        let own_code = self.destination_exit_code.unwrap_or(self.exit_code);
+        if own_code == 0 && self.recovery_point.is_some() && !self.finished.is_empty() {
             self.last_success = Some(self.finished.clone());
         }
         let Some(previous) = previous else { return };
@@ -104,7 +139,7 @@ impl RunRecord {
             return;
         }
         let previous_success = previous.last_success.clone().or_else(|| {
-            (previous.exit_code == 0
+            (previous.destination_exit_code.unwrap_or(previous.exit_code) == 0
                 && previous.restore_set.is_some()
                 && !previous.finished.is_empty())
             .then(|| previous.finished.clone())
@@ -114,7 +149,7 @@ impl RunRecord {
         }
         let previous_point = match &previous.recovery_point {
             Some(point) => Some((point.clone(), previous.recovery_point_verified.clone())),
-            None if previous.exit_code == 0 => previous
+            None if previous.destination_exit_code.unwrap_or(previous.exit_code) == 0 => previous
                 .restore_set
                 .clone()
                 .map(|set| (set, Some(previous.finished.clone()))),
@@ -212,6 +247,12 @@ pub struct History {
     /// night stopped before that leaves the work to the next one.
     #[serde(default)]
     pub restate: Vec<(String, String)>,
+    /// `last_verified` and `restate` of the other destinations (`[Destination NAME]`), by
+    /// name; `main`'s stay in the fields above, where earlier versions read them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub last_verified_on: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub restate_at: std::collections::BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// When a backup of ours ran, to tell what a backup the job did not see finish wrote from
@@ -352,6 +393,34 @@ impl History {
 
     pub fn last_verified(&self) -> Option<BackupName> {
         self.last_verified.as_deref().and_then(BackupName::parse)
+    }
+
+    /// The newest set verified complete on `destination`.
+    pub fn last_verified_at(&self, destination: &str) -> Option<BackupName> {
+        if destination == crate::config::MAIN {
+            return self.last_verified();
+        }
+        self.last_verified_on
+            .get(destination)
+            .and_then(|name| BackupName::parse(name))
+    }
+
+    pub fn set_last_verified(&mut self, destination: &str, data: BackupName) {
+        if destination == crate::config::MAIN {
+            self.last_verified = Some(data.file_name());
+        } else {
+            self.last_verified_on
+                .insert(destination.to_string(), data.file_name());
+        }
+    }
+
+    /// The replaced files whose new sha256 `destination`'s older manifests may not list yet.
+    pub fn restate_on(&mut self, destination: &str) -> &mut Vec<(String, String)> {
+        if destination == crate::config::MAIN {
+            &mut self.restate
+        } else {
+            self.restate_at.entry(destination.to_string()).or_default()
+        }
     }
 
     pub fn failed(&self) -> Vec<BackupName> {

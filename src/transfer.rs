@@ -60,7 +60,7 @@ pub fn read_sidecar(remote: &mut dyn Remote, file: RemoteFile) -> Result<Option<
 
 /// Broken or silent connections are worth another attempt; anything the server said
 /// (disk full, permission denied) is not.
-fn write_error(err: std::io::Error, what: String) -> Error {
+pub(crate) fn write_error(err: std::io::Error, what: String) -> Error {
     use std::io::ErrorKind::*;
     match err.kind() {
         TimedOut | ConnectionAborted | ConnectionReset | BrokenPipe | UnexpectedEof => {
@@ -70,12 +70,12 @@ fn write_error(err: std::io::Error, what: String) -> Error {
     }
 }
 
-fn read_error(local: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+pub(crate) fn read_error(local: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |err| Error::copy(format!("cannot read {}: {err}", local.display()))
 }
 
 /// The local file as the upload starts, to notice it changing while it is copied.
-struct LocalSnapshot {
+pub(crate) struct LocalSnapshot {
     file: std::fs::File,
     size: u64,
     modified: Option<SystemTime>,
@@ -83,7 +83,7 @@ struct LocalSnapshot {
 
 /// Opened without following a symlink, and only as a plain file: what is read is what the
 /// listing saw, even for a run root started in a folder another account owns.
-fn open_local(local: &Path) -> Result<LocalSnapshot> {
+pub(crate) fn open_local(local: &Path) -> Result<LocalSnapshot> {
     let file = crate::safe_fs::open_file(local).map_err(read_error(local))?;
     let metadata = file.metadata().map_err(read_error(local))?;
     Ok(LocalSnapshot {
@@ -95,13 +95,16 @@ fn open_local(local: &Path) -> Result<LocalSnapshot> {
 
 /// What an upload sends of a local file: its bytes, or their age ciphertext (`seal`),
 /// sealed with a new file key for every attempt.
-struct Outgoing<'a> {
+pub(crate) struct Outgoing<'a> {
     snapshot: &'a LocalSnapshot,
     sealer: Option<Sealer>,
 }
 
 impl<'a> Outgoing<'a> {
-    fn new(snapshot: &'a LocalSnapshot, recipients: Option<&Recipients>) -> Result<Self> {
+    pub(crate) fn new(
+        snapshot: &'a LocalSnapshot,
+        recipients: Option<&Recipients>,
+    ) -> Result<Self> {
         let sealer = recipients
             .map(Sealer::new)
             .transpose()
@@ -110,7 +113,11 @@ impl<'a> Outgoing<'a> {
     }
 
     /// The bytes the server gets.
-    fn len(&self) -> u64 {
+    pub(crate) fn sealed(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    pub(crate) fn len(&self) -> u64 {
         match &self.sealer {
             Some(sealer) => sealer.sealed_len(self.snapshot.size),
             None => self.snapshot.size,
@@ -118,7 +125,7 @@ impl<'a> Outgoing<'a> {
     }
 
     /// A reader of those bytes for one thread.
-    fn reader(&self) -> Box<dyn ReadAt + '_> {
+    pub(crate) fn reader(&self) -> Box<dyn ReadAt + '_> {
         match &self.sealer {
             Some(sealer) => Box::new(sealer.reader(&self.snapshot.file, self.snapshot.size)),
             None => Box::new(PlainReader(&self.snapshot.file)),
@@ -150,7 +157,7 @@ fn check_sent(
 }
 
 /// `bytes` were read (sent, or hashed) and the file still looks as it did at the start.
-fn check_unchanged(local: &Path, outgoing: &Outgoing, bytes: u64) -> Result<()> {
+pub(crate) fn check_unchanged(local: &Path, outgoing: &Outgoing, bytes: u64) -> Result<()> {
     let before = outgoing.snapshot;
     let now = std::fs::metadata(local).ok();
     let unchanged = now
@@ -822,18 +829,18 @@ fn hash_as_it_arrives(
 }
 
 /// The whole file hashed in order, and what hashing cost the copy.
-struct Hashed {
-    digest: String,
-    bytes: u64,
+pub(crate) struct Hashed {
+    pub(crate) digest: String,
+    pub(crate) bytes: u64,
     /// How long the sending waited for the hash once it was done itself.
-    lag: Duration,
+    pub(crate) lag: Duration,
 }
 
 /// Run `send` while another thread hashes the whole file in order (from the page cache:
 /// cvpi has just written it), so hashing costs the copy nothing unless the CPU is short.
 /// When `send` fails, the hashing stops early; when the hashing fails, `send` is told to
 /// stop through the flag it is given.
-fn beside_hash<T: Send>(
+pub(crate) fn beside_hash<T: Send>(
     outgoing: &Outgoing,
     local: &Path,
     during: &str,
@@ -945,13 +952,7 @@ pub fn publish_manifest(remote: &mut dyn Remote, data: BackupName, text: &str) -
     if there && remote.read_small(&name, 64 * 1024)?.as_deref() == Some(text.as_bytes()) {
         return Ok(false);
     }
-    let partial = data.manifest_partial_name();
-    write_small(remote, &partial, text.as_bytes())?;
-    if there {
-        remote.rename_replace(&partial, &name)?;
-    } else {
-        remote.rename_new(&partial, &name)?;
-    }
+    remote.put_whole(&name, text.as_bytes(), there)?;
     Ok(true)
 }
 

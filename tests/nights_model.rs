@@ -279,7 +279,12 @@ impl World {
                 &local,
                 Policy {
                     keep_data: self.limit,
-                    also_keep: self.last_verified.as_ref().map(|set| set.data),
+                    also_keep: self
+                        .last_verified
+                        .as_ref()
+                        .map(|set| set.data)
+                        .into_iter()
+                        .collect(),
                 },
                 &selection.protect,
                 &known,
@@ -298,8 +303,13 @@ impl World {
             let remote: Vec<BackupName> = self.server.iter().copied().collect();
             let policy = Policy::newest(self.remote_limit);
             let mut known: Vec<RestoreSet> = selection.set.iter().cloned().collect();
-            let first =
-                retention::apply_policy(&remote, policy, &selection.protect, &known, self.now);
+            let first = retention::apply_policy(
+                &remote,
+                policy.clone(),
+                &selection.protect,
+                &known,
+                self.now,
+            );
             for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
                 known.extend(self.manifests.iter().filter(|m| m.data == *data).cloned());
             }

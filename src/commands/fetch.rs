@@ -2,17 +2,16 @@
 //! node, verify every file against its sha256 sidecar, and give its final name only to a
 //! file that verified.
 
-use super::{connect, human_size, say, split_listing};
-use crate::config::{Config, Streams};
+use super::{human_size, say, split_listing};
+use crate::config::{Config, ServerConfig, Streams};
+use crate::destination;
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::inventory::{self, Wanted};
 use crate::lock;
 use crate::names::{BackupName, RemoteFile, Stamp};
 use crate::progress;
-use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
 use crate::remote::Remote;
-use crate::run;
 use crate::safe_fs::{self, Dir};
 use crate::seal::open::Identities;
 use crate::sets;
@@ -27,7 +26,11 @@ pub struct FetchOptions {
     pub identities: Option<Identities>,
     /// `--allow-plain`: unencrypted members are expected (a set from before encrypt_to).
     pub allow_plain: bool,
+    /// `--destination NAME`; None: the first destination that holds a verified copy.
+    pub destination: Option<String>,
 }
+
+type Connection = Box<dyn Remote + Send>;
 
 pub fn fetch(options: &FetchOptions) -> Result<()> {
     let wanted = Wanted::parse(&options.wanted).ok_or_else(|| {
@@ -79,14 +82,43 @@ fn remove_created(dir: &Dir, created: &safe_fs::Created) {
 fn fetch_into(config: &Config, dir: &Dir, options: &FetchOptions, wanted: Wanted) -> Result<()> {
     // The nightly job prunes this directory: never both at once.
     let _lock = lock::acquire(&config.backup.state_dir, lock::Holder::Fetch)?;
-    let mut connected = connect(config, true)?;
+    let servers: Vec<&ServerConfig> = match &options.destination {
+        Some(name) => vec![config.destination(name)?],
+        None => config.destinations().collect(),
+    };
+    let mut first_error: Option<Error> = None;
+    for (index, server) in servers.iter().enumerate() {
+        if servers.len() > 1 {
+            say!("trying {}", server.describe());
+        }
+        match fetch_from(config, server, dir, options, wanted) {
+            Ok(()) => return Ok(()),
+            Err(err) if index + 1 < servers.len() && crate::signals::received().is_none() => {
+                log::warn!("{}: {err}; trying the next destination", server.describe());
+                first_error.get_or_insert(err);
+            }
+            Err(err) => return Err(first_error.unwrap_or(err)),
+        }
+    }
+    Err(first_error.unwrap_or_else(|| Error::config("no destination to fetch from")))
+}
+
+fn fetch_from(
+    config: &Config,
+    server: &ServerConfig,
+    dir: &Dir,
+    options: &FetchOptions,
+    wanted: Wanted,
+) -> Result<()> {
+    let mut first = destination::connect(server, &config.path, true)?;
     // The extra connections (if any) are made while this one looks for the set: their
     // handshakes cost no time of their own.
-    let (streams, why) = planned_streams(config, &mut connected.remote);
+    let (streams, why) = planned_streams(server, &mut *first);
     std::thread::scope(|scope| {
-        let pending = (streams > 1).then(|| scope.spawn(|| connect_extras(config, streams - 1)));
+        let pending =
+            (streams > 1).then(|| scope.spawn(|| connect_extras(config, server, streams - 1)));
         let mut pending = Some(pending);
-        let mut extras = |wanted: bool| -> Vec<SftpRemote> {
+        let mut extras = |wanted: bool| -> Vec<Connection> {
             let extras = pending
                 .take()
                 .flatten()
@@ -103,13 +135,13 @@ fn fetch_into(config: &Config, dir: &Dir, options: &FetchOptions, wanted: Wanted
         let identities = options.identities.as_ref();
         // Encrypted copies are expected: a plain one might be a server's substitute.
         let expect_sealed =
-            !options.allow_plain && (identities.is_some() || config.server.encrypt_to.is_some());
+            !options.allow_plain && (identities.is_some() || server.encrypt_to.is_some());
         let asked = Asked {
             wanted,
             identities,
             expect_sealed,
         };
-        fetch_set(config, dir, &mut connected.remote, asked, &mut extras)
+        fetch_set(config, dir, &mut first, asked, &mut extras)
     })
 }
 
@@ -127,16 +159,16 @@ struct Asked<'a> {
 fn fetch_set(
     config: &Config,
     dir: &Dir,
-    first: &mut SftpRemote,
+    first: &mut Connection,
     asked: Asked,
-    extras: &mut dyn FnMut(bool) -> Vec<SftpRemote>,
+    extras: &mut dyn FnMut(bool) -> Vec<Connection>,
 ) -> Result<()> {
     let Asked {
         wanted,
         identities,
         expect_sealed,
     } = asked;
-    let remote: &mut dyn Remote = &mut *first;
+    let remote: &mut dyn Remote = &mut **first;
     let label = remote.describe();
     let listing = remote
         .list()?
@@ -273,8 +305,11 @@ fn fetch_set(
     let large =
         members.iter().map(|(_, size)| *size).max().unwrap_or(0) >= transfer::PARALLEL_THRESHOLD;
     let mut extras = extras(large);
-    let mut remotes: Vec<&mut (dyn Remote + Send)> = vec![&mut *first];
-    remotes.extend(extras.iter_mut().map(|r| r as &mut (dyn Remote + Send)));
+    let mut remotes: Vec<&mut (dyn Remote + Send)> = Vec::with_capacity(extras.len() + 1);
+    remotes.push(first.as_mut());
+    for extra in extras.iter_mut() {
+        remotes.push(extra.as_mut());
+    }
     let fetched = fetch_members(
         &mut remotes,
         &members,
@@ -282,7 +317,8 @@ fn fetch_set(
         (manifest.as_deref(), identities),
     );
     drop(remotes);
-    let releasing = sftp::release_all(extras);
+    // Closed in the background while the set is checked.
+    let releasing = std::thread::spawn(move || drop(extras));
     fetched?;
     warn_unless_readable(config, dir, &set.files());
     let Some(images) = set.images else {
@@ -303,10 +339,10 @@ fn fetch_set(
 /// How many connections a large file is fetched over, and why: `streams`, or for `auto`
 /// enough for the round trip measured on the first connection, plus one for each of the
 /// set's two other members (images, log) so they come alongside when the round trip counts.
-fn planned_streams(config: &Config, remote: &mut SftpRemote) -> (usize, String) {
+fn planned_streams(server: &ServerConfig, remote: &mut dyn Remote) -> (usize, String) {
     const OTHER_MEMBERS: usize = 2;
-    match config.server.streams {
-        Streams::Auto => match transfer::auto_fetch_streams(remote.measure_round_trip()) {
+    match server.streams {
+        Streams::Auto => match transfer::auto_fetch_streams(remote.round_trip()) {
             (1, why) => (1, why),
             // At most 10 in all: OpenSSH's MaxStartups starts refusing beyond that.
             (large, why) => (
@@ -321,16 +357,10 @@ fn planned_streams(config: &Config, remote: &mut SftpRemote) -> (usize, String) 
 }
 
 /// `count` more connections, fewer when the server refuses some (a warning says so).
-fn connect_extras(config: &Config, count: usize) -> Vec<SftpRemote> {
-    let password = run::credentials(config).ok().flatten();
-    let options = ConnectOptions {
-        server: &config.server,
-        password: password.as_ref(),
-        record_host_key: false,
-    };
+fn connect_extras(config: &Config, server: &ServerConfig, count: usize) -> Vec<Connection> {
     let mut extras = Vec::new();
     let mut refused = None;
-    for outcome in sftp::connect_several(options, count) {
+    for outcome in destination::connect_several(server, &config.path, count) {
         match outcome {
             Ok(remote) => extras.push(remote),
             Err(err) => {

@@ -1,6 +1,6 @@
 //! `list`: the backup sets, newest first, and where each file of a set is.
 
-use super::{connect, human_size, split_listing};
+use super::{human_size, split_listing};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::inventory::{self, BackupSet, Entry};
@@ -14,6 +14,8 @@ use std::path::PathBuf;
 pub struct ListOptions {
     pub ini: PathBuf,
     pub json: bool,
+    /// `--destination NAME`; None: `main`.
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -66,8 +68,14 @@ struct SetRow {
 pub fn list(options: &ListOptions) -> Result<()> {
     let config = Config::load(&options.ini)?;
     let local = run::list_local(&config)?;
-    let mut connected = connect(&config, false)?;
-    let remote: &mut dyn Remote = &mut connected.remote;
+    let server = config.destination(
+        options
+            .destination
+            .as_deref()
+            .unwrap_or(crate::config::MAIN),
+    )?;
+    let mut connected = crate::destination::connect(server, &config.path, false)?;
+    let remote: &mut dyn Remote = &mut *connected;
     let listing = remote.list()?.unwrap_or_default();
     let (remote_files, sidecars) = split_listing(&listing);
     let local_sizes: Vec<_> = local.iter().map(|f| (f.name, f.size)).collect();
@@ -84,6 +92,18 @@ pub fn list(options: &ListOptions) -> Result<()> {
         println!("{json}");
     } else {
         print!("{}", render(&rows, &remote.describe()));
+        let others: Vec<&str> = config
+            .destinations()
+            .filter(|d| d.name != server.name)
+            .map(|d| d.name.as_str())
+            .collect();
+        if !others.is_empty() {
+            println!(
+                "destination {} shown; also configured: {} (list --destination NAME)",
+                server.name,
+                others.join(", ")
+            );
+        }
     }
     Ok(())
 }

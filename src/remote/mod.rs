@@ -2,6 +2,7 @@
 //! implementation today.
 
 pub mod known_hosts;
+pub mod s3;
 pub mod sftp;
 
 use crate::error::Result;
@@ -48,6 +49,28 @@ pub trait Remote {
     /// Rename onto a name nothing has (fails if something does): one round trip fewer
     /// than `rename_replace` when a listing just showed the name free.
     fn rename_new(&mut self, from: &str, to: &str) -> Result<()>;
+    /// The time of one round trip to the server (`streams = auto` sizes from it).
+    fn round_trip(&mut self) -> std::time::Duration;
     /// Remove a file; Ok when it was already gone.
     fn remove(&mut self, name: &str) -> Result<()>;
+    /// A small file (a manifest) made visible whole under `name`: written under its partial
+    /// name and renamed (replacing what is there when `replacing`), or, where a write is
+    /// whole by itself (an S3 PUT), written at once.
+    fn put_whole(&mut self, name: &str, bytes: &[u8], replacing: bool) -> Result<()> {
+        let partial = format!(".{name}.cvpbc-part");
+        let label = self.describe();
+        {
+            let mut sink = self.create(&partial)?;
+            sink.write_all(bytes)
+                .and_then(|()| sink.flush())
+                .map_err(|err| {
+                    crate::error::Error::copy(format!("cannot write {partial} on {label}: {err}"))
+                })?;
+        }
+        if replacing {
+            self.rename_replace(&partial, name)
+        } else {
+            self.rename_new(&partial, name)
+        }
+    }
 }

@@ -571,6 +571,10 @@ impl Remote for SftpRemote {
         }))
     }
 
+    fn round_trip(&mut self) -> Duration {
+        self.measure_round_trip()
+    }
+
     fn size_of(&mut self, name: &str) -> Result<Option<u64>> {
         let path = self.path(name);
         match self.sftp.stat(&path) {

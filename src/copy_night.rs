@@ -1,0 +1,525 @@
+//! One destination's part of a night: connect, claim, copy the set's files, write its
+//! manifest, prune what `remote_limit` lets go, count what is there. Several run side by
+//! side, each with its own connections and retries; what they share (the history) is
+//! behind a lock and saved at once.
+
+use crate::claim;
+use crate::config::ServerConfig;
+use crate::destination::{self, copy_one, retry, Copied, Destination, RetryPolicy};
+use crate::error::{Error, Result};
+use crate::exit_codes::ExitCode;
+use crate::names::{BackupName, Kind, RemoteFile, RemoteName, Stamp};
+use crate::remote::{Remote, RemoteEntry};
+use crate::restore_set::{RestoreSet, Selection};
+use crate::retention::{self, Decision, Policy};
+use crate::run::LocalFile;
+use crate::safe_fs::Dir;
+use crate::secret::Secret;
+use crate::sets::{self, Member};
+use crate::signals;
+use crate::state::{self, CopiedFile, History, RunRecord, SealedUpload};
+use crate::transfer;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// What every destination's part of the night shares.
+pub struct Shared<'a> {
+    pub history: Mutex<History>,
+    /// The state folder, where the history is saved.
+    pub state: &'a Dir,
+    /// This node's name, for the destination's claim.
+    pub node: String,
+    /// The node's clock as the run started.
+    pub now: Stamp,
+    /// The INI, for messages about the password.
+    pub ini: &'a Path,
+}
+
+impl Shared<'_> {
+    /// Change the history and save it at once (a later crash must not forget it).
+    pub fn update(&self, change: impl FnOnce(&mut History)) {
+        let Ok(mut history) = self.history.lock() else {
+            return;
+        };
+        change(&mut history);
+        if let Err(err) = state::save_history(self.state, &history) {
+            log::warn!("cannot save {}: {err}", self.state.path().display());
+        }
+    }
+
+    fn sealed(&self) -> Vec<SealedUpload> {
+        self.history
+            .lock()
+            .map(|h| h.sealed.clone())
+            .unwrap_or_default()
+    }
+
+    fn restate_of(&self, destination: &str) -> Vec<(String, String)> {
+        self.history
+            .lock()
+            .map(|mut h| h.restate_on(destination).clone())
+            .unwrap_or_default()
+    }
+}
+
+/// What tonight asks of every destination.
+pub struct Tonight<'a> {
+    pub files: &'a [LocalFile],
+    pub selection: &'a Selection,
+    /// Remote pruning is allowed once the set is verified there (not after a failed backup).
+    pub may_prune: bool,
+}
+
+/// What one destination's part of the night did.
+pub struct DestinationNight {
+    pub name: String,
+    /// Its part of the run's record: its files, bytes, errors, pruning and sets.
+    pub record: RunRecord,
+    pub code: ExitCode,
+    /// Every file of the set and its manifest are verified there.
+    pub verified: bool,
+}
+
+/// Copy tonight's set to `server` (with its password or secret key, or why there is none).
+pub fn copy_to(
+    server: &ServerConfig,
+    password: Result<Option<Secret>>,
+    tonight: &Tonight,
+    shared: &Shared,
+) -> DestinationNight {
+    let mut night = Night {
+        server,
+        shared,
+        record: RunRecord {
+            destination: server.label(),
+            ..RunRecord::default()
+        },
+        code: ExitCode::Success,
+    };
+    let verified = night.run(password, tonight);
+    if verified {
+        night.record.restore_set = tonight.selection.set.as_ref().map(|s| s.data.file_name());
+    }
+    night.record.exit_code = night.code.code();
+    night.record.destination_exit_code = Some(night.code.code());
+    night.record.megabytes_per_second = megabytes_per_second(
+        night.record.bytes_uploaded,
+        night.record.copy_seconds.unwrap_or(0.0),
+    );
+    DestinationNight {
+        name: server.name.clone(),
+        record: night.record,
+        code: night.code,
+        verified,
+    }
+}
+
+struct Night<'a> {
+    server: &'a ServerConfig,
+    shared: &'a Shared<'a>,
+    record: RunRecord,
+    code: ExitCode,
+}
+
+impl Night<'_> {
+    fn fail(&mut self, err: Error) {
+        log::error!("{err}");
+        self.record.errors.push(err.message);
+        self.code = self.code.most_severe(err.code);
+    }
+
+    /// Whether the set is verified there.
+    fn run(&mut self, password: Result<Option<Secret>>, tonight: &Tonight) -> bool {
+        let Tonight {
+            files,
+            selection,
+            may_prune,
+        } = *tonight;
+        if files.is_empty() {
+            return false;
+        }
+        let password = match password {
+            Ok(password) => password,
+            Err(err) => {
+                log::warn!(
+                    "copy to {} skipped: the password cannot be used",
+                    self.server.describe()
+                );
+                self.fail(err);
+                return false;
+            }
+        };
+        let mut link = match destination::open(self.server, password, files) {
+            Ok(link) => link,
+            Err(err) => {
+                self.fail(err);
+                return false;
+            }
+        };
+        let link = &mut *link;
+        let (clock, policy) = (Instant::now(), RetryPolicy::of(self.server));
+        let all_copied = self.copy_files(link, &policy, files, selection.set.as_ref());
+        let waited = policy.waited.get();
+        self.record.copy_seconds = Some(clock.elapsed().saturating_sub(waited).as_secs_f64());
+        self.record.retry_wait_seconds = Some(waited.as_secs_f64());
+        let verified = all_copied && selection.set.is_some();
+        if signals::received().is_some() {
+            return verified;
+        }
+        if !all_copied {
+            log::warn!(
+                "remote pruning skipped: not every file of the restore set is on the remote"
+            );
+            return verified;
+        }
+        if self.server.remote_limit > 0 && verified && may_prune {
+            match link.remote() {
+                Ok(remote) => self.prune_remote(remote, selection),
+                Err(err) => log::warn!("remote pruning skipped: {err}"),
+            }
+        }
+        self.count_remote_sets(link);
+        verified
+    }
+
+    fn copy_files(
+        &mut self,
+        link: &mut dyn Destination,
+        policy: &RetryPolicy,
+        files: &[LocalFile],
+        set: Option<&RestoreSet>,
+    ) -> bool {
+        match retry(policy, link, |link| {
+            let created = link.remote()?.ensure_destination()?;
+            link.plan_streams()?;
+            Ok(created)
+        }) {
+            Ok(true) => log::info!("created the destination {}", link.label()),
+            Ok(false) => {}
+            Err(err) => {
+                self.fail(err);
+                return false;
+            }
+        }
+        let node = self.shared.node.clone();
+        match retry(policy, link, |link| claim::claim(link.remote()?, &node)) {
+            Ok(claim::Claimed::Now) => log::info!(
+                "claimed {} for this node ({node}): other nodes are refused there",
+                link.label()
+            ),
+            Ok(claim::Claimed::Already) => {}
+            Err(err) => {
+                self.fail(err);
+                return false;
+            }
+        }
+        // What the server holds of each file (NAME or NAME.age), and its sha256.
+        let mut digests: HashMap<BackupName, (RemoteFile, String)> = HashMap::new();
+
+        let mut all_ok = true;
+        let sealed = self.shared.sealed();
+        let mut first_attempts = link.side_by_side(files, &sealed);
+        for (index, file) in files.iter().enumerate() {
+            let outcome = match first_attempts.remove(&index) {
+                Some(Err(err)) if err.transient && signals::received().is_none() => {
+                    log::warn!("{err}; trying {} again on its own", file.name);
+                    retry(policy, link, |link| copy_one(link, file, &sealed))
+                }
+                Some(outcome) => outcome,
+                None => retry(policy, link, |link| copy_one(link, file, &sealed)),
+            };
+            match outcome {
+                Ok(Copied::AlreadyThere {
+                    file: there,
+                    digest,
+                }) => {
+                    if there.sealed {
+                        log::info!(
+                            "{}: already on the remote as {there}, with its checksum file",
+                            file.name
+                        );
+                    } else {
+                        log::info!("{}: already on the remote, checksum matches", file.name);
+                    }
+                    digests.insert(file.name, (there, digest.clone()));
+                    self.record.files.push(CopiedFile {
+                        name: there.file_name(),
+                        bytes: file.size,
+                        uploaded: false,
+                        sha256: Some(digest),
+                        ..CopiedFile::default()
+                    });
+                }
+                Ok(Copied::Uploaded {
+                    file: sent,
+                    replaced,
+                    done,
+                    seconds,
+                    streams,
+                }) => {
+                    if replaced {
+                        // Saved at once: other sets' manifests still list the old sha256.
+                        let (name, digest) = (sent.file_name(), done.digest.clone());
+                        let destination = self.server.name.clone();
+                        self.shared.update(|history| {
+                            let restate = history.restate_on(&destination);
+                            restate.retain(|(n, _)| *n != name);
+                            restate.push((name, digest));
+                        });
+                    }
+                    log::info!(
+                        "{}: copied and verified, {} bytes in {seconds:.1} s ({:.1} MB/s over \
+                         {streams} stream{}; hashing added {:.2} s), sha256 {}",
+                        sent,
+                        done.bytes,
+                        megabytes_per_second(done.bytes, seconds),
+                        if streams == 1 { "" } else { "s" },
+                        done.hash_seconds,
+                        done.digest
+                    );
+                    self.record.bytes_uploaded += done.bytes;
+                    digests.insert(file.name, (sent, done.digest.clone()));
+                    if let (true, Some(recipients)) = (sent.sealed, &self.server.encrypt_to) {
+                        let upload = SealedUpload {
+                            name: sent.file_name(),
+                            sha256: done.digest.clone(),
+                            bytes: done.bytes,
+                            local_bytes: file.size,
+                            recipients: recipients.fingerprint.clone(),
+                        };
+                        self.shared.update(|history| history.record_sealed(upload));
+                    }
+                    self.record.files.push(CopiedFile {
+                        name: sent.file_name(),
+                        bytes: done.bytes,
+                        uploaded: true,
+                        sha256: Some(done.digest),
+                        seconds: Some(seconds),
+                        hash_seconds: Some(done.hash_seconds),
+                        streams: Some(streams),
+                    });
+                }
+                Err(err) => {
+                    self.fail(err);
+                    all_ok = false;
+                    if signals::received().is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        link.release_extras();
+        if let (true, Some(set)) = (all_ok, set) {
+            let members: Vec<Member> = set
+                .files()
+                .into_iter()
+                .filter_map(|name| {
+                    let (file, sha256) = digests.get(&name)?.clone();
+                    Some(Member { file, sha256 })
+                })
+                .collect();
+            let text = sets::render_manifest(&members);
+            match retry(policy, link, |link| {
+                transfer::publish_manifest(link.remote()?, set.data, &text)
+            }) {
+                Ok(true) => log::info!(
+                    "{}: the set's manifest, `sha256sum -c` checks every member",
+                    set.data.manifest_name()
+                ),
+                Ok(false) => {}
+                Err(err) => {
+                    self.fail(err);
+                    all_ok = false;
+                }
+            }
+        }
+        // Files that replaced one of the same name (a new encryption of a shared images file),
+        // tonight or on a night stopped before the older manifests were updated.
+        let replaced_files: Vec<(RemoteFile, String)> = self
+            .shared
+            .restate_of(&self.server.name)
+            .iter()
+            .filter_map(|(name, digest)| Some((RemoteFile::parse(name)?, digest.clone())))
+            .collect();
+        if !replaced_files.is_empty() && signals::received().is_none() {
+            let except = set.map(|s| s.data);
+            match retry(policy, link, |link| {
+                restate_manifests(link.remote()?, &replaced_files, except)
+            }) {
+                Ok(restated) => {
+                    for data in restated {
+                        log::info!(
+                            "{}: now lists the new sha256 of {}",
+                            data.manifest_name(),
+                            describe_files(&replaced_files)
+                        );
+                    }
+                    let destination = self.server.name.clone();
+                    self.shared
+                        .update(|history| history.restate_on(&destination).clear());
+                }
+                // Those sets' members are all there; only their manifest disagrees.
+                Err(err) => log::warn!(
+                    "cannot update older sets' manifests for {}: {err}; fetching those sets \
+                     reports the mismatch",
+                    describe_files(&replaced_files)
+                ),
+            }
+        }
+        all_ok
+    }
+
+    fn prune_remote(&mut self, remote: &mut dyn Remote, selection: &Selection) {
+        let current = selection.files();
+        let listing = match remote.list() {
+            Ok(listing) => listing.unwrap_or_default(),
+            Err(err) => return log::warn!("remote pruning skipped: {err}"),
+        };
+        let limit = self.server.remote_limit;
+        let mut known: Vec<RestoreSet> = selection.set.iter().cloned().collect();
+        // Which data files stay does not depend on their members; what each kept set needs
+        // is what its manifest lists (the rule only for sets without one).
+        let first = remote_retention(&listing, limit, &selection.protect, &known, self.shared.now);
+        for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
+            match remote.read_small(&data.manifest_name(), 64 * 1024) {
+                Ok(Some(text)) => {
+                    known.extend(sets::parse_manifest(&String::from_utf8_lossy(&text), *data));
+                }
+                Ok(None) => {}
+                Err(err) => return log::warn!("remote pruning skipped: {err}"),
+            }
+        }
+        let decision =
+            remote_retention(&listing, limit, &selection.protect, &known, self.shared.now);
+        crate::run::log_keeps("remote", &decision);
+        let mut removed = Vec::new();
+        for name in &decision.remove {
+            // Every form it is there in: NAME and NAME.age (encryption turned on meanwhile).
+            let forms: Vec<RemoteFile> = listing
+                .iter()
+                .filter_map(|e| match RemoteName::parse(&e.name) {
+                    Some(RemoteName::Backup(file)) if file.name == *name => Some(file),
+                    _ => None,
+                })
+                .collect();
+            let mut all_gone = true;
+            for file in forms {
+                match remote.remove(&file.file_name()) {
+                    Ok(()) => log::info!("pruned remote {file}"),
+                    Err(err) => {
+                        all_gone = false;
+                        log::warn!("cannot prune remote {file}: {err}");
+                    }
+                }
+            }
+            if all_gone {
+                self.record.pruned_remote += 1;
+                removed.push(*name);
+            }
+        }
+        let names: Vec<String> = listing.iter().map(|e| e.name.clone()).collect();
+        for leftover in retention::remote_leftovers(&names, &removed, &current) {
+            match remote.remove(&leftover) {
+                Ok(()) => log::info!(
+                    "removed remote {leftover} (its file is gone, or an abandoned upload)"
+                ),
+                Err(err) => log::warn!("cannot remove remote {leftover}: {err}"),
+            }
+        }
+    }
+
+    /// The data backups on the server once the night is done, for the metrics.
+    fn count_remote_sets(&mut self, link: &mut dyn Destination) {
+        match link.remote().and_then(|remote| remote.list()) {
+            Ok(listing) => {
+                // NAME and NAME.age of one data file are one set.
+                let data: HashSet<BackupName> = backup_names(&listing.unwrap_or_default())
+                    .into_iter()
+                    .filter(|name| name.kind == Kind::Data)
+                    .collect();
+                self.record.remote_sets = Some(data.len());
+            }
+            Err(err) => log::warn!("cannot count the sets on the remote: {err}"),
+        }
+    }
+}
+
+/// Other sets' manifests on the server that list a file just replaced (a shared images file
+/// encrypted anew): their line for it is rewritten with its new sha256, so those sets still
+/// verify as they are. The data files whose manifests changed.
+fn restate_manifests(
+    remote: &mut dyn Remote,
+    replaced: &[(RemoteFile, String)],
+    except: Option<BackupName>,
+) -> Result<Vec<BackupName>> {
+    let listing = remote.list()?.unwrap_or_default();
+    let mut restated = Vec::new();
+    for entry in &listing {
+        let Some(RemoteName::Manifest(data)) = RemoteName::parse(&entry.name) else {
+            continue;
+        };
+        if Some(data) == except {
+            continue;
+        }
+        let Some(bytes) = remote.read_small(&entry.name, 64 * 1024)? else {
+            continue;
+        };
+        let mut text = String::from_utf8_lossy(&bytes).into_owned();
+        let mut changed = false;
+        for (file, digest) in replaced {
+            if let Some(new) = sets::restate_manifest(&text, *file, digest) {
+                text = new;
+                changed = true;
+            }
+        }
+        if changed {
+            transfer::publish_manifest(remote, data, &text)?;
+            restated.push(data);
+        }
+    }
+    Ok(restated)
+}
+
+fn describe_files(files: &[(RemoteFile, String)]) -> String {
+    let names: Vec<String> = files.iter().map(|(f, _)| f.file_name()).collect();
+    names.join(", ")
+}
+
+pub(crate) fn megabytes_per_second(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / 1e6 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// The CVP files (plain or encrypted, one entry per copy) in a remote listing, by name.
+pub(crate) fn backup_names(listing: &[RemoteEntry]) -> Vec<BackupName> {
+    listing
+        .iter()
+        .filter_map(|e| match RemoteName::parse(&e.name) {
+            Some(RemoteName::Backup(file)) => Some(file.name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Only CVP-named files count (and are deleted; their sidecars and manifests follow as
+/// leftovers).
+pub(crate) fn remote_retention(
+    listing: &[RemoteEntry],
+    remote_limit: u32,
+    protect: &[BackupName],
+    known: &[RestoreSet],
+    now: Stamp,
+) -> Decision {
+    retention::apply_policy(
+        &backup_names(listing),
+        Policy::newest(remote_limit as usize),
+        protect,
+        known,
+        now,
+    )
+}

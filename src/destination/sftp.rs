@@ -1,0 +1,406 @@
+//! An SFTP server's folder: today's connection (`Link`), several streams for a large file,
+//! and the first attempt at a set's files side by side.
+
+use super::{Copied, Destination, Upload};
+use crate::config::{ServerConfig, Streams};
+use crate::error::{Error, Result};
+use crate::plan::{self, CopyDecision};
+use crate::progress;
+use crate::remote::known_hosts::Verified;
+use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
+use crate::remote::Remote;
+use crate::run::LocalFile;
+use crate::seal::Recipients;
+use crate::secret::Secret;
+use crate::state::SealedUpload;
+use crate::transfer::{self, Seen};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The connection to the backup server, made when first needed and made again after a
+/// connection or transfer error.
+pub struct SftpDestination {
+    server: Arc<ServerConfig>,
+    password: Option<Arc<Secret>>,
+    remote: Option<SftpRemote>,
+    /// More connections for parallel streams.
+    extra: Vec<SftpRemote>,
+    /// Those connections being made in the background while the main one looks at the
+    /// destination: on a WAN each handshake costs several round trips.
+    connecting: Option<std::thread::JoinHandle<Vec<Result<SftpRemote>>>>,
+    /// Whether a file of the restore set is large enough for several streams.
+    parallel: bool,
+    /// How many streams a large file goes over, and why: decided once the first
+    /// connection has measured the round trip (`streams = auto`), or as configured.
+    streams: Option<(usize, String)>,
+    /// How many extra connections a large file will want.
+    wanted_extra: usize,
+    /// The extra connections closing in the background once the set's files are done.
+    releasing: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SftpDestination {
+    fn drop(&mut self) {
+        if let Some(releasing) = self.releasing.take() {
+            let _ = releasing.join();
+        }
+    }
+}
+
+impl SftpDestination {
+    pub fn new(server: &ServerConfig, password: Option<Secret>, parallel: bool) -> Self {
+        SftpDestination {
+            server: Arc::new(server.clone()),
+            password: password.map(Arc::new),
+            remote: None,
+            extra: Vec::new(),
+            connecting: None,
+            parallel,
+            streams: None,
+            wanted_extra: 0,
+            releasing: None,
+        }
+    }
+
+    fn connection(&mut self) -> Result<&mut SftpRemote> {
+        if self.remote.is_none() {
+            let connected = sftp::connect(ConnectOptions {
+                server: &self.server,
+                password: self.password.as_deref(),
+                record_host_key: true,
+            })?;
+            if let Verified::Recorded { fingerprint } = &connected.host_key {
+                log::warn!(
+                    "new host {}: recorded its key {fingerprint} in {} (host_key_policy = accept-new)",
+                    crate::remote::known_hosts::host_pattern(&self.server.host, self.server.port),
+                    self.server.known_hosts.display()
+                );
+            }
+            log::info!(
+                "connected to {} (cipher {})",
+                connected.remote.describe(),
+                connected.cipher
+            );
+            self.remote = Some(connected.remote);
+            // Only now: the main connection records a new host's key the others check.
+            // (Once streams are decided: after a reconnection.)
+            if self.streams.is_some() {
+                self.start_connecting(self.wanted_extra.saturating_sub(self.extra.len()));
+            }
+        }
+        self.remote
+            .as_mut()
+            .ok_or_else(|| Error::connect("internal error: no connection"))
+    }
+
+    /// Decide how many streams a large file goes over (for `auto`, from the round trip
+    /// measured on the first connection) and start connecting the extra ones.
+    fn plan(&mut self) -> Result<()> {
+        if self.streams.is_none() {
+            let (count, why) = match self.server.streams {
+                Streams::Auto => transfer::auto_streams(self.connection()?.measure_round_trip()),
+                Streams::Fixed(n) => (n, format!("streams = {n}")),
+            };
+            if self.parallel {
+                log::info!("large files go over {count} stream(s): {why}");
+                self.wanted_extra = count - 1;
+            }
+            self.streams = Some((count, why));
+        }
+        self.connection()?;
+        self.start_connecting(self.wanted_extra.saturating_sub(self.extra.len()));
+        Ok(())
+    }
+
+    fn start_connecting(&mut self, count: usize) {
+        if count == 0 || self.connecting.is_some() {
+            return;
+        }
+        let (server, password) = (self.server.clone(), self.password.clone());
+        self.connecting = Some(std::thread::spawn(move || {
+            let options = ConnectOptions {
+                server: &server,
+                password: password.as_deref(),
+                record_host_key: false,
+            };
+            sftp::connect_several(options, count)
+        }));
+    }
+
+    /// Collect the background connections. A server that refuses some (MaxStartups, a
+    /// per-user limit) still gets the file, over those it accepted: a warning, not an error.
+    fn finish_connecting(&mut self) {
+        let Some(connecting) = self.connecting.take() else {
+            return;
+        };
+        let outcomes = connecting
+            .join()
+            .unwrap_or_else(|_| vec![Err(Error::connect("a connection attempt crashed"))]);
+        let asked = outcomes.len();
+        let mut refused = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok(remote) => self.extra.push(remote),
+                Err(err) => refused.push(err.message),
+            }
+        }
+        if let Some(first) = refused.first() {
+            log::warn!(
+                "the server accepted {} of {asked} extra connections ({first}): large files go \
+                 over {} streams; set `streams` lower to silence this",
+                asked - refused.len(),
+                self.extra.len() + 1
+            );
+            // Asking again for each file would meet the same limit.
+            self.wanted_extra = self.extra.len();
+        }
+    }
+
+    /// Up to `count` connections (the main one first), for a parallel upload: as many as
+    /// the server accepts, at least the main one.
+    fn streams(&mut self, count: usize) -> Result<Vec<&mut (dyn Remote + Send)>> {
+        self.connection()?;
+        self.finish_connecting();
+        let wanted = count.min(self.wanted_extra + 1);
+        self.start_connecting(wanted.saturating_sub(self.extra.len() + 1));
+        self.finish_connecting();
+        let mut all: Vec<&mut (dyn Remote + Send)> = Vec::with_capacity(count);
+        if let Some(main) = self.remote.as_mut() {
+            all.push(main);
+        }
+        for remote in self.extra.iter_mut().take(count - 1) {
+            all.push(remote);
+        }
+        Ok(all)
+    }
+
+    /// The set's files are done: close the extra connections in the background while the
+    /// main one writes the manifest and prunes.
+    fn release(&mut self) {
+        self.finish_connecting();
+        self.wanted_extra = 0;
+        if !self.extra.is_empty() && self.releasing.is_none() {
+            self.releasing = Some(sftp::release_all(std::mem::take(&mut self.extra)));
+        }
+    }
+
+    fn drop_connections(&mut self) {
+        if let Some(remote) = self.remote.take() {
+            remote.abandon();
+        }
+        if let Some(connecting) = self.connecting.take() {
+            for remote in connecting.join().unwrap_or_default().into_iter().flatten() {
+                remote.abandon();
+            }
+        }
+        for remote in self.extra.drain(..) {
+            remote.abandon();
+        }
+    }
+}
+
+impl Destination for SftpDestination {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn remote(&mut self) -> Result<&mut dyn Remote> {
+        Ok(self.connection()?)
+    }
+
+    fn plan_streams(&mut self) -> Result<()> {
+        self.plan()
+    }
+
+    /// Over several streams when the file is large and they were planned, else the main one.
+    fn upload(&mut self, file: &LocalFile, upload: Upload) -> Result<Copied> {
+        let recipients = self.server.encrypt_to.clone();
+        let (streams, because) = self.streams.clone().unwrap_or((1, String::new()));
+        let mut remotes = if streams > 1 && upload.size >= transfer::PARALLEL_THRESHOLD {
+            self.streams(streams)?
+        } else {
+            let main: &mut (dyn Remote + Send) = self.connection()?;
+            vec![main]
+        };
+        upload_over(
+            &mut remotes,
+            file,
+            upload,
+            (&because, recipients.as_deref()),
+        )
+    }
+
+    fn side_by_side(
+        &mut self,
+        files: &[LocalFile],
+        sent: &[SealedUpload],
+    ) -> HashMap<usize, Result<Copied>> {
+        if self.wanted_extra > 0 && files.len() > 1 {
+            side_by_side(self, files, sent)
+        } else {
+            HashMap::new()
+        }
+    }
+
+    fn release_extras(&mut self) {
+        self.release()
+    }
+
+    fn reset(&mut self) {
+        self.drop_connections()
+    }
+}
+
+/// Upload over the connections given: several streams for a large file, else the first.
+fn upload_over(
+    remotes: &mut [&mut (dyn Remote + Send)],
+    file: &LocalFile,
+    upload: Upload,
+    (because, recipients): (&str, Option<&Recipients>),
+) -> Result<Copied> {
+    let Upload {
+        target,
+        size,
+        why,
+        seen,
+    } = upload;
+    let started = Instant::now();
+    let bar = progress::bar(size, &target.file_name());
+    let used = if remotes.len() > 1 && size >= transfer::PARALLEL_THRESHOLD {
+        remotes.len()
+    } else {
+        1
+    };
+    let done = if used > 1 {
+        log::info!("{target}: uploading {size} bytes over {used} streams ({why}; {because})");
+        transfer::upload_parallel(remotes, &file.path, (target, recipients), seen, &bar)
+    } else {
+        log::info!("{target}: uploading {size} bytes ({why})");
+        transfer::upload(
+            &mut *remotes[0],
+            &file.path,
+            (target, recipients),
+            seen,
+            &bar,
+        )
+    };
+    bar.finish_and_clear();
+    Ok(Copied::Uploaded {
+        file: target,
+        replaced: seen.finals,
+        done: done?,
+        seconds: started.elapsed().as_secs_f64(),
+        streams: used,
+    })
+}
+
+/// The first attempt at a set's files when there are several connections: one listing,
+/// then every upload at once (the largest over the streams left once each other file has
+/// one), so the round trips of the small files hide behind the large one. What fails here
+/// (outcomes by index in `files`; a file missing was not tried) gets the usual retries,
+/// one file at a time.
+fn side_by_side(
+    link: &mut SftpDestination,
+    files: &[LocalFile],
+    sent: &[SealedUpload],
+) -> HashMap<usize, Result<Copied>> {
+    let mut outcomes = HashMap::new();
+    let recipients = link.server.encrypt_to.clone();
+    let recipients = recipients.as_deref();
+    let looked = (|| -> Result<Vec<(usize, CopyDecision, Seen)>> {
+        let remote = link.connection()?;
+        let listing = remote.list()?.unwrap_or_default();
+        files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| {
+                let encryption = recipients.map(|r| (r.fingerprint.as_str(), sent));
+                let decision =
+                    plan::decide(&super::gather_facts(remote, &listing, file, encryption)?);
+                let target = match &decision {
+                    CopyDecision::Upload { file, .. } | CopyDecision::AlreadyThere { file, .. } => {
+                        *file
+                    }
+                };
+                Ok((index, decision, Seen::in_listing(&listing, target)))
+            })
+            .collect()
+    })();
+    let decisions = match looked {
+        Ok(decisions) => decisions,
+        Err(err) => {
+            if err.transient {
+                link.drop_connections();
+            }
+            return outcomes;
+        }
+    };
+    let mut uploads = Vec::new();
+    for (index, decision, seen) in decisions {
+        match decision {
+            CopyDecision::AlreadyThere { file, digest, .. } => {
+                outcomes.insert(index, Ok(Copied::AlreadyThere { file, digest }));
+            }
+            CopyDecision::Upload {
+                file: target,
+                size,
+                why,
+            } => uploads.push((
+                index,
+                Upload {
+                    target,
+                    size,
+                    why,
+                    seen,
+                },
+            )),
+        }
+    }
+    // The largest first: it takes the streams the others leave.
+    uploads.sort_by_key(|(_, upload)| std::cmp::Reverse(upload.size));
+    let (count, because) = link.streams.clone().unwrap_or((1, String::new()));
+    let mut remotes = match link.streams(count) {
+        Ok(remotes) if remotes.len() >= uploads.len() && !uploads.is_empty() => remotes,
+        _ => return outcomes,
+    };
+    let for_largest = remotes.len() - (uploads.len() - 1);
+    let (largest, others) = remotes.split_at_mut(for_largest);
+    let results: Vec<(usize, Result<Copied>)> = std::thread::scope(|scope| {
+        let because = because.as_str();
+        let (first, rest) = uploads.split_first().expect("not empty");
+        let mut workers = vec![(first.0, {
+            let (index, upload) = *first;
+            scope.spawn(move || upload_over(largest, &files[index], upload, (because, recipients)))
+        })];
+        for ((index, upload), remote) in rest.iter().copied().zip(others.iter_mut()) {
+            workers.push((
+                index,
+                scope.spawn(move || {
+                    let remote = std::slice::from_mut(remote);
+                    upload_over(remote, &files[index], upload, (because, recipients))
+                }),
+            ));
+        }
+        workers
+            .into_iter()
+            .map(|(index, worker)| {
+                let outcome = worker.join().unwrap_or_else(|_| {
+                    Err(Error::copy(format!(
+                        "the upload of {} crashed",
+                        files[index].name
+                    )))
+                });
+                (index, outcome)
+            })
+            .collect()
+    });
+    if results
+        .iter()
+        .any(|(_, outcome)| outcome.as_ref().is_err_and(|err| err.transient))
+    {
+        link.drop_connections();
+    }
+    outcomes.extend(results);
+    outcomes
+}

@@ -1,0 +1,519 @@
+//! Copy one file to an S3 bucket so that its name only ever holds a complete, verified
+//! object: a multipart upload whose parts go up side by side, each with its SHA-256 for the
+//! server to check, resumed from the parts an earlier attempt finished (ListParts, each
+//! compared with the local bytes), completed only after the sidecar is written. Small files
+//! go up in one PUT.
+
+use crate::error::{Error, Result};
+use crate::names::{sidecar_line, RemoteFile};
+use crate::remote::s3::{self, Body, Request, S3Remote};
+use crate::remote::Remote;
+use crate::seal::{ReadAt, Recipients};
+use crate::signals;
+use crate::transfer::{self, Outgoing, Seen, Uploaded};
+use base64::Engine;
+use indicatif::ProgressBar;
+use rusty_s3::actions::S3Action;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
+const BUFFER: usize = 1024 * 1024;
+
+/// A part the server holds: its ETag and SHA-256 (base64), as CompleteMultipartUpload wants.
+#[derive(Clone, Debug)]
+struct DonePart {
+    etag: String,
+    sha256: String,
+}
+
+/// Upload `local` as `name` (encrypted to `recipients` when given) over `streams` parallel
+/// requests, and publish it with its sidecar.
+pub fn upload(
+    remote: &S3Remote,
+    local: &Path,
+    (name, recipients): (RemoteFile, Option<&Recipients>),
+    seen: Seen,
+    streams: usize,
+    progress: &ProgressBar,
+) -> Result<Uploaded> {
+    let snapshot = transfer::open_local(local)?;
+    let outgoing = Outgoing::new(&snapshot, recipients)?;
+    let len = outgoing.len();
+    let part = s3::part_size(len);
+    if len <= part {
+        return upload_whole(remote, local, &outgoing, name, seen, progress);
+    }
+    let key = remote.key(&name.file_name());
+    let label = remote.describe();
+    let count = usize::try_from(len.div_ceil(part))
+        .map_err(|_| Error::copy(format!("{name} is too large")))?;
+
+    // Earlier attempts' uploads of this key: resume the newest (a plain file's bytes are the
+    // same every time; an encrypted one's are not), abort the rest.
+    let mut earlier = if seen.partial.is_some() {
+        remote
+            .unfinished_uploads(&key)?
+            .into_iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, id)| id)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let resume = if outgoing.sealed() {
+        None
+    } else {
+        earlier.pop()
+    };
+    for id in earlier {
+        remote.abort_upload(&key, &id)?;
+    }
+    let mut done: Vec<Option<DonePart>> = vec![None; count];
+    let upload_id = match resume {
+        Some(id) => {
+            let kept = verify_listed_parts(remote, &key, &id, &outgoing, local, part, &mut done)?;
+            log::info!(
+                "{name}: resuming the upload: {kept} of {count} parts are on the server and \
+                 match the local file"
+            );
+            progress.set_position((kept as u64 * part).min(len));
+            id
+        }
+        None => create(remote, &key, &name)?,
+    };
+
+    let during = format!("the copy of {name}");
+    let results = Mutex::new(done);
+    let (outcome, hashed) = transfer::beside_hash(&outgoing, local, &during, |abandon| {
+        send_parts(
+            remote,
+            (&key, &upload_id),
+            &outgoing,
+            local,
+            (part, len),
+            &results,
+            streams.max(1),
+            abandon,
+            progress,
+        )
+    })?;
+    let _: () = outcome;
+    transfer::check_unchanged(local, &outgoing, hashed.bytes)?;
+    let parts: Vec<DonePart> = results
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::transient(format!("{name}: a part is missing after the upload")))?;
+
+    publish_sidecar(remote, name, &hashed.digest, seen.finals)?;
+    complete(remote, &key, &upload_id, &parts, &name)?;
+    match remote.head(&name.file_name())? {
+        Some(size) if size == len => {}
+        other => {
+            return Err(Error::transient(format!(
+                "verification failed for {name} on {label}: sent {len} bytes, the server has {}",
+                other.map_or_else(|| "no object".to_string(), |s| format!("{s} bytes"))
+            )))
+        }
+    }
+    Ok(Uploaded {
+        digest: hashed.digest,
+        bytes: len,
+        hash_seconds: hashed.lag.as_secs_f64(),
+    })
+}
+
+/// A file of one part or less: read whole (at most one part's memory), hashed, and sent in
+/// one PUT that the server checks against its SHA-256.
+fn upload_whole(
+    remote: &S3Remote,
+    local: &Path,
+    outgoing: &Outgoing,
+    name: RemoteFile,
+    seen: Seen,
+    progress: &ProgressBar,
+) -> Result<Uploaded> {
+    let started = std::time::Instant::now();
+    let len = outgoing.len();
+    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    let mut reader = outgoing.reader();
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = reader
+            .read_at(&mut bytes[at..], at as u64)
+            .map_err(transfer::read_error(local))?;
+        if n == 0 {
+            break;
+        }
+        at += n;
+    }
+    transfer::check_unchanged(local, outgoing, at as u64)?;
+    let digest = transfer::hex(&Sha256::digest(&bytes));
+    let hash_seconds = started.elapsed().as_secs_f64();
+    publish_sidecar(remote, name, &digest, seen.finals)?;
+    remote.put_bytes(&name.file_name(), &bytes)?;
+    progress.set_position(len);
+    Ok(Uploaded {
+        digest,
+        bytes: len,
+        hash_seconds,
+    })
+}
+
+/// The sidecar goes up before the object is completed; a stale object of the same name goes
+/// first: at no moment does a name hold an object its sidecar does not describe.
+fn publish_sidecar(
+    remote: &S3Remote,
+    name: RemoteFile,
+    digest: &str,
+    replacing: bool,
+) -> Result<()> {
+    if replacing {
+        let mut remote = remote.clone();
+        remote.remove(&name.file_name())?;
+    }
+    remote.put_bytes(
+        &name.sidecar_name(),
+        sidecar_line(digest, &name.file_name()).as_bytes(),
+    )
+}
+
+fn create(remote: &S3Remote, key: &str, name: &RemoteFile) -> Result<String> {
+    let mut action = remote
+        .bucket()
+        .create_multipart_upload(Some(remote.credentials()), key);
+    action
+        .headers_mut()
+        .insert("x-amz-checksum-algorithm", "SHA256");
+    let mut request = Request::new(rusty_s3::Method::Post, action.sign(SIGNED_FOR));
+    request
+        .headers
+        .push(("x-amz-checksum-algorithm", "SHA256".into()));
+    let mut answer = remote.send(
+        &format!("starting the upload of {name} (CreateMultipartUpload)"),
+        request,
+    )?;
+    let text = answer
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024)
+        .read_to_string()
+        .map_err(|err| Error::transient(format!("starting the upload of {name}: {err}")))?;
+    s3::xml_text(&text, "UploadId")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            Error::copy(format!(
+                "starting the upload of {name}: the server gave no upload ID"
+            ))
+        })
+}
+
+/// Mark the parts an earlier attempt finished as done when the server's ETag (MD5) and size
+/// match the local bytes of that part; the rest are sent again. How many are kept.
+fn verify_listed_parts(
+    remote: &S3Remote,
+    key: &str,
+    upload_id: &str,
+    outgoing: &Outgoing,
+    local: &Path,
+    part: u64,
+    done: &mut [Option<DonePart>],
+) -> Result<usize> {
+    let len = outgoing.len();
+    let mut marker: Option<u16> = None;
+    let mut listed: HashMap<u16, (String, u64)> = HashMap::new();
+    loop {
+        let mut action = remote
+            .bucket()
+            .list_parts(Some(remote.credentials()), key, upload_id);
+        if let Some(marker) = marker {
+            action.set_part_number_marker(marker);
+        }
+        let mut answer = remote.send(
+            &format!("listing the finished parts of {key} (ListParts)"),
+            Request::get(action.sign(SIGNED_FOR)),
+        )?;
+        let text = answer
+            .body_mut()
+            .with_config()
+            .limit(16 * 1024 * 1024)
+            .read_to_string()
+            .map_err(|err| Error::transient(format!("listing the parts of {key}: {err}")))?;
+        let parsed = rusty_s3::actions::ListParts::parse_response(&text)
+            .map_err(|err| Error::copy(format!("cannot read the parts of {key}: {err}")))?;
+        for p in parsed.parts {
+            listed.insert(
+                p.number,
+                (p.etag.trim_matches('"').to_ascii_lowercase(), p.size),
+            );
+        }
+        match parsed.next_part_number_marker {
+            Some(next) if Some(next) != marker => marker = Some(next),
+            _ => break,
+        }
+    }
+    let mut reader = outgoing.reader();
+    let mut buf = vec![0u8; BUFFER];
+    let mut kept = 0;
+    for (index, slot) in done.iter_mut().enumerate() {
+        let number = u16::try_from(index + 1).unwrap_or(u16::MAX);
+        let Some((etag, size)) = listed.get(&number) else {
+            continue;
+        };
+        let from = index as u64 * part;
+        let to = (from + part).min(len);
+        if *size != to - from {
+            continue;
+        }
+        signals::check("the check of an earlier upload's parts")?;
+        let (md5, sha256) = digests_of(&mut *reader, local, from..to, &mut buf)?;
+        if md5 == *etag {
+            *slot = Some(DonePart {
+                etag: format!("\"{md5}\""),
+                sha256,
+            });
+            kept += 1;
+        }
+    }
+    Ok(kept)
+}
+
+/// MD5 (hex, an S3 part's ETag) and SHA-256 (base64) of a range of the outgoing bytes.
+fn digests_of(
+    reader: &mut dyn ReadAt,
+    local: &Path,
+    range: std::ops::Range<u64>,
+    buf: &mut [u8],
+) -> Result<(String, String)> {
+    let mut md5 = md5::Md5::new();
+    let mut sha = Sha256::new();
+    let mut at = range.start;
+    while at < range.end {
+        let want = usize::try_from(range.end - at)
+            .unwrap_or(buf.len())
+            .min(buf.len());
+        let n = reader
+            .read_at(&mut buf[..want], at)
+            .map_err(transfer::read_error(local))?;
+        if n == 0 {
+            return Err(Error::copy(format!(
+                "{} is shorter than it was: it changed while it was copied",
+                local.display()
+            )));
+        }
+        md5.update(&buf[..n]);
+        sha.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok((
+        transfer::hex(&md5.finalize()),
+        base64::engine::general_purpose::STANDARD.encode(sha.finalize()),
+    ))
+}
+
+/// The parts not yet done, sent by `streams` workers that each take the next one.
+#[allow(clippy::too_many_arguments)]
+fn send_parts(
+    remote: &S3Remote,
+    (key, upload_id): (&str, &str),
+    outgoing: &Outgoing,
+    local: &Path,
+    (part, len): (u64, u64),
+    results: &Mutex<Vec<Option<DonePart>>>,
+    streams: usize,
+    abandon: &AtomicBool,
+    progress: &ProgressBar,
+) -> Result<()> {
+    let todo: Vec<usize> = results
+        .lock()
+        .map_err(|_| Error::copy("internal error: a part worker crashed"))?
+        .iter()
+        .enumerate()
+        .filter(|(_, done)| done.is_none())
+        .map(|(index, _)| index)
+        .collect();
+    let next = AtomicUsize::new(0);
+    let workers = streams.min(todo.len()).max(1);
+    let outcomes: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let mut reader = outgoing.reader();
+                    let mut buf = vec![0u8; BUFFER];
+                    loop {
+                        if abandon.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        signals::check("the copy")?;
+                        let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            return Ok(());
+                        };
+                        let from = index as u64 * part;
+                        let to = (from + part).min(len);
+                        let sent = send_part(
+                            remote,
+                            (key, upload_id),
+                            (&mut *reader, local),
+                            (index, from..to),
+                            &mut buf,
+                            abandon,
+                        );
+                        match sent {
+                            Ok(done) => {
+                                if let Ok(mut results) = results.lock() {
+                                    results[index] = Some(done);
+                                }
+                                progress.inc(to - from);
+                            }
+                            Err(err) => {
+                                abandon.store(true, Ordering::Relaxed);
+                                return Err(err);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::copy("a part upload crashed")))
+            })
+            .collect()
+    });
+    // The first error that is not "stopped because another failed".
+    outcomes.into_iter().collect::<Result<Vec<()>>>().map(drop)
+}
+
+fn send_part(
+    remote: &S3Remote,
+    (key, upload_id): (&str, &str),
+    (reader, local): (&mut dyn ReadAt, &Path),
+    (index, range): (usize, std::ops::Range<u64>),
+    buf: &mut [u8],
+    abandon: &AtomicBool,
+) -> Result<DonePart> {
+    let number = u16::try_from(index + 1)
+        .map_err(|_| Error::copy("internal error: more than 65535 parts"))?;
+    // Hashed first (from the page cache), so the server can refuse a damaged part.
+    let (_, sha256) = digests_of(reader, local, range.clone(), buf)?;
+    let mut action =
+        remote
+            .bucket()
+            .upload_part(Some(remote.credentials()), key, number, upload_id);
+    action
+        .headers_mut()
+        .insert("x-amz-checksum-sha256", sha256.clone());
+    let mut request = Request::new(rusty_s3::Method::Put, action.sign(SIGNED_FOR));
+    request
+        .headers
+        .push(("x-amz-checksum-sha256", sha256.clone()));
+    let mut body = RangeReader {
+        reader,
+        at: range.start,
+        end: range.end,
+        abandon,
+    };
+    request.body = Body::Reader(&mut body, range.end - range.start);
+    let answer = remote.send(
+        &format!("sending part {number} of {key} (UploadPart)"),
+        request,
+    )?;
+    let etag = answer
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::transient(format!("part {number} of {key}: no ETag in the answer"))
+        })?;
+    Ok(DonePart { etag, sha256 })
+}
+
+/// One part's bytes as the HTTP body.
+struct RangeReader<'a> {
+    reader: &'a mut dyn ReadAt,
+    at: u64,
+    end: u64,
+    abandon: &'a AtomicBool,
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.abandon.load(Ordering::Relaxed) || signals::received().is_some() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the upload was stopped",
+            ));
+        }
+        let want = usize::try_from(self.end - self.at)
+            .unwrap_or(buf.len())
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.reader.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the local file became shorter",
+            ));
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+fn complete(
+    remote: &S3Remote,
+    key: &str,
+    upload_id: &str,
+    parts: &[DonePart],
+    name: &RemoteFile,
+) -> Result<()> {
+    let action = remote.bucket().complete_multipart_upload(
+        Some(remote.credentials()),
+        key,
+        upload_id,
+        std::iter::empty::<&str>(),
+    );
+    let mut body = String::from("<CompleteMultipartUpload>");
+    for (index, part) in parts.iter().enumerate() {
+        body.push_str(&format!(
+            "<Part><ETag>{}</ETag><PartNumber>{}</PartNumber><ChecksumSHA256>{}</ChecksumSHA256></Part>",
+            part.etag.replace('"', "&quot;"),
+            index + 1,
+            part.sha256
+        ));
+    }
+    body.push_str("</CompleteMultipartUpload>");
+    let mut request = Request::new(rusty_s3::Method::Post, action.sign(SIGNED_FOR));
+    request.body = Body::Bytes(body.into_bytes());
+    request.deadline = Some(remote.sync_timeout());
+    let what = format!("completing the upload of {name} (CompleteMultipartUpload)");
+    let mut answer = remote.send(&what, request)?;
+    // S3 can answer 200 and still fail: the error is in the body.
+    let text = answer
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024)
+        .read_to_string()
+        .map_err(|err| Error::transient(format!("{what}: {err}")))?;
+    if text.contains("<Error>") {
+        let code = s3::xml_text(&text, "Code").unwrap_or_default();
+        let message = s3::xml_text(&text, "Message").unwrap_or_default();
+        return Err(Error::transient(format!(
+            "{what} on {}: {code}: {message}",
+            remote.describe()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,882 @@
+//! An S3-compatible bucket as a destination folder: requests signed by `rusty-s3` (which
+//! does no I/O), sent with the HTTP client the binary already has (ureq, native TLS).
+//! Objects are whole files: a name exists only once its upload is complete, so there are no
+//! partial names; an unfinished multipart upload shows in listings as NAME's partial.
+
+use crate::config::{S3Settings, ServerConfig};
+use crate::error::{Error, Result};
+use crate::exit_codes::ExitCode;
+use crate::names::{BackupName, RemoteName};
+use crate::remote::{Remote, RemoteEntry, SeekWrite};
+use crate::secret::Secret;
+use rusty_s3::actions::{ListObjectsV2, S3Action};
+use rusty_s3::{Bucket, Credentials, UrlStyle};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// How long a signed request stays valid (it is sent at once).
+const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// One part of a multipart upload (the last may be shorter). 8 MiB keeps a part's retry
+/// cheap; a file needs more only past 80 GB (S3 allows 10,000 parts).
+pub const PART_SIZE: u64 = 8 * 1024 * 1024;
+pub const MAX_PARTS: u64 = 10_000;
+
+/// A fetch reads an object in ranges this big, each with its own deadline.
+const READ_RANGE: u64 = 16 * 1024 * 1024;
+
+/// The part size for an object of `len` bytes: 8 MiB, or more (whole MiB) past 10,000 parts.
+pub fn part_size(len: u64) -> u64 {
+    let mib = 1024 * 1024;
+    PART_SIZE.max(len.div_ceil(MAX_PARTS).div_ceil(mib) * mib)
+}
+
+#[derive(Clone)]
+pub struct S3Remote {
+    label: String,
+    settings: S3Settings,
+    bucket: Bucket,
+    credentials: Credentials,
+    agent: ureq::Agent,
+    /// Seconds to connect and to get an answer; a part's body gets 8 times this.
+    timeout: Duration,
+    /// For a CompleteMultipartUpload, which may assemble GBs before it answers.
+    sync_timeout: Duration,
+}
+
+/// An S3 error answer: its code and message, and the request it answered.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl S3Remote {
+    pub fn new(server: &ServerConfig, secret: &Secret) -> Result<S3Remote> {
+        let settings = server
+            .s3()
+            .cloned()
+            .ok_or_else(|| Error::config("internal error: not an S3 destination"))?;
+        let endpoint: url::Url = settings.endpoint.parse().map_err(|err| {
+            Error::config(format!(
+                "{}: [{}] server `{}` is not a URL: {err}",
+                server.name, server.name, settings.endpoint
+            ))
+        })?;
+        let style = if settings.virtual_host {
+            UrlStyle::VirtualHost
+        } else {
+            UrlStyle::Path
+        };
+        let bucket = Bucket::new(
+            endpoint,
+            style,
+            settings.bucket.clone(),
+            settings.region.clone(),
+        )
+        .map_err(|err| {
+            Error::config(format!(
+                "destination {}: cannot address bucket {} at {}: {err}",
+                server.name, settings.bucket, settings.endpoint
+            ))
+        })?;
+        let secret_text = Ok::<&str, ()>(secret.expose()).map_err(|_| {
+            Error::config(format!(
+                "destination {}: the secret access key is not text",
+                server.name
+            ))
+        })?;
+        let credentials = Credentials::new(server.user.clone(), secret_text.to_string());
+        let agent = agent(&settings, Duration::from_secs(server.timeout))?;
+        Ok(S3Remote {
+            label: server.label(),
+            settings,
+            bucket,
+            credentials,
+            agent,
+            timeout: Duration::from_secs(server.timeout),
+            sync_timeout: Duration::from_secs(server.sync_timeout),
+        })
+    }
+
+    pub fn settings(&self) -> &S3Settings {
+        &self.settings
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        self.settings.key(name)
+    }
+
+    /// The part of `key` after the prefix, when it is directly inside it.
+    fn name_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let name = if self.settings.prefix.is_empty() {
+            key
+        } else {
+            key.strip_prefix(&self.settings.prefix)?.strip_prefix('/')?
+        };
+        (!name.is_empty() && !name.contains('/')).then_some(name)
+    }
+
+    fn list_prefix(&self) -> String {
+        if self.settings.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.settings.prefix)
+        }
+    }
+
+    /// Send a signed request and return the answer when it is a success; an error answer
+    /// becomes an Error naming `what` (the request, for "access denied").
+    pub(crate) fn send(
+        &self,
+        what: &str,
+        request: Request<'_>,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
+        let Request {
+            method,
+            url,
+            headers,
+            body,
+            deadline,
+        } = request;
+        let builder = ureq::http::Request::builder()
+            .method(method.to_str())
+            .uri(url.as_str());
+        let builder = headers
+            .iter()
+            .fold(builder, |b, (name, value)| b.header(*name, value.as_str()));
+        let deadline = deadline.unwrap_or(self.timeout);
+        let outcome = match body {
+            Body::Empty => {
+                let request = builder
+                    .body(())
+                    .map_err(|err| Error::copy(format!("{what}: {err}")))?;
+                let request = self
+                    .agent
+                    .configure_request(request)
+                    .timeout_recv_response(Some(deadline))
+                    .timeout_recv_body(Some(deadline))
+                    .build();
+                self.agent.run(request)
+            }
+            Body::Bytes(bytes) => {
+                let request = builder
+                    .header("content-length", bytes.len().to_string())
+                    .body(bytes)
+                    .map_err(|err| Error::copy(format!("{what}: {err}")))?;
+                let request = self
+                    .agent
+                    .configure_request(request)
+                    .timeout_send_body(Some(deadline * 8))
+                    .timeout_recv_response(Some(deadline))
+                    .build();
+                self.agent.run(request)
+            }
+            Body::Reader(reader, len) => {
+                let request = builder
+                    .header("content-length", len.to_string())
+                    .body(ureq::SendBody::from_reader(reader))
+                    .map_err(|err| Error::copy(format!("{what}: {err}")))?;
+                let request = self
+                    .agent
+                    .configure_request(request)
+                    .timeout_send_body(Some(self.timeout * 8))
+                    .timeout_recv_response(Some(deadline))
+                    .build();
+                self.agent.run(request)
+            }
+        };
+        let mut answer = outcome.map_err(|err| self.transport_error(what, err))?;
+        let status = answer.status().as_u16();
+        if (200..300).contains(&status) || status == 304 {
+            return Ok(answer);
+        }
+        let date = answer
+            .headers()
+            .get("date")
+            .and_then(|d| d.to_str().ok())
+            .map(str::to_string);
+        let text = answer
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        let refusal = Refusal {
+            status,
+            code: xml_text(&text, "Code").unwrap_or_default(),
+            message: xml_text(&text, "Message").unwrap_or_default(),
+        };
+        Err(self.refused(what, refusal, date))
+    }
+
+    fn transport_error(&self, what: &str, err: ureq::Error) -> Error {
+        let endpoint = &self.settings.endpoint;
+        match err {
+            ureq::Error::Tls(why) => Error::connect(format!(
+                "{what} on {}: the TLS certificate of {endpoint} does not verify ({why}): if \
+                 it is signed by a private CA, give its certificate in `ca_file`",
+                self.label
+            )),
+            ureq::Error::Io(io) if io.to_string().contains("certificate") => {
+                Error::connect(format!(
+                    "{what} on {}: the TLS certificate of {endpoint} does not verify ({io}): if \
+                     it is signed by a private CA, give its certificate in `ca_file`",
+                    self.label
+                ))
+            }
+            ureq::Error::HostNotFound => Error::connect(format!(
+                "{what}: the endpoint {endpoint} of {} does not resolve. This binary looks \
+                 names up in /etc/hosts and then in DNS, not through nsswitch.conf: give the \
+                 full name or the address in `server`",
+                self.label
+            )),
+            other => {
+                let why = other.to_string().replace(|c: char| c.is_control(), " ");
+                let why = if why.contains("ertificate") {
+                    format!(
+                        "{why}: if {endpoint}'s certificate is signed by a private CA, give it \
+                         in `ca_file`"
+                    )
+                } else {
+                    why
+                };
+                let mut error = Error::transient(format!("{what} on {}: {why}", self.label));
+                if matches!(other, ureq::Error::ConnectionFailed) {
+                    error.message = format!(
+                        "{what}: cannot connect to {endpoint} ({}): {why}",
+                        self.label
+                    );
+                    error.code = ExitCode::Connect;
+                }
+                error
+            }
+        }
+    }
+
+    fn refused(&self, what: &str, refusal: Refusal, date: Option<String>) -> Error {
+        let Refusal {
+            status,
+            code,
+            message,
+        } = refusal;
+        let said = if message.is_empty() {
+            code.clone()
+        } else {
+            format!("{code}: {message}")
+        };
+        let label = &self.label;
+        let connect = |text: String| Error::connect(text);
+        match code.as_str() {
+            "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidSecurity" => connect(format!(
+                "{what} on {label}: the access key or secret key does not match ({said}): set \
+                 `user` (the access key ID) and the password (the secret key) with \
+                 `cvp-backup-copy edit`"
+            )),
+            "NoSuchBucket" => connect(format!(
+                "no such bucket {} at {} ({what}): create it, or correct `destination`",
+                self.settings.bucket, self.settings.endpoint
+            )),
+            "AccessDenied" | "AllAccessDisabled" => connect(format!(
+                "access denied on {label}: the server refused {what} ({said}); the access key \
+                 needs read, write, list and delete rights on the bucket (README, S3 settings)"
+            )),
+            "RequestTimeTooSkewed" => {
+                let node = chrono::Utc::now().to_rfc2822();
+                connect(format!(
+                    "{what} on {label}: the node's clock is off: the server's time is {}, this \
+                     node's {node}; correct the node's time (chronyd/ntpd)",
+                    date.unwrap_or_else(|| "not given".into())
+                ))
+            }
+            "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" => {
+                Error::transient(format!("{what} on {label}: the server said {said}"))
+            }
+            _ if status >= 500 => {
+                Error::transient(format!("{what} on {label}: HTTP {status} {said}"))
+            }
+            _ if status == 403 => connect(format!(
+                "access denied on {label}: the server refused {what} (HTTP 403 {said})"
+            )),
+            _ => Error::copy(format!("{what} on {label}: HTTP {status} {said}")),
+        }
+    }
+
+    /// Keys of unfinished multipart uploads under the prefix, with their upload IDs, oldest
+    /// first (ListMultipartUploads; rusty-s3 has no action for it, only the signing).
+    pub fn unfinished_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let mut found = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query = vec![("prefix", prefix.to_string()), ("uploads", String::new())];
+            if let Some((key, id)) = &markers {
+                query.push(("key-marker", key.clone()));
+                query.push(("upload-id-marker", id.clone()));
+            }
+            query.sort();
+            let url = rusty_s3::signing::sign(
+                &jiff::Timestamp::now(),
+                rusty_s3::Method::Get,
+                self.bucket.base_url().clone(),
+                self.credentials.key(),
+                self.credentials.secret(),
+                None,
+                self.bucket.region(),
+                SIGNED_FOR.as_secs(),
+                query.iter().map(|(k, v)| (*k, v.as_str())),
+                std::iter::empty(),
+            );
+            let mut answer = self.send(
+                "listing unfinished uploads (ListMultipartUploads)",
+                Request::get(url),
+            )?;
+            let text = read_text(&mut answer, &self.label)?;
+            for upload in xml_elements(&text, "Upload") {
+                if let (Some(key), Some(id)) =
+                    (xml_text(upload, "Key"), xml_text(upload, "UploadId"))
+                {
+                    found.push((key, id));
+                }
+            }
+            let truncated = xml_text(&text, "IsTruncated").as_deref() == Some("true");
+            let next = (
+                xml_text(&text, "NextKeyMarker"),
+                xml_text(&text, "NextUploadIdMarker"),
+            );
+            match (truncated, next) {
+                (true, (Some(key), Some(id)))
+                    if markers.as_ref() != Some(&(key.clone(), id.clone())) =>
+                {
+                    markers = Some((key, id))
+                }
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        let action = self
+            .bucket
+            .abort_multipart_upload(Some(&self.credentials), key, upload_id);
+        match self.send(
+            &format!("aborting the unfinished upload of {key}"),
+            Request::new(rusty_s3::Method::Delete, action.sign(SIGNED_FOR)),
+        ) {
+            Ok(_) => Ok(()),
+            Err(err) if err.message.contains("NoSuchUpload") => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// PUT a small object whole, its SHA-256 checked by the server.
+    pub fn put_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let key = self.key(name);
+        let mut action = self.bucket.put_object(Some(&self.credentials), &key);
+        let checksum = base64_sha256(bytes);
+        action
+            .headers_mut()
+            .insert("x-amz-checksum-sha256", checksum.clone());
+        let mut request = Request::new(rusty_s3::Method::Put, action.sign(SIGNED_FOR));
+        request.headers.push(("x-amz-checksum-sha256", checksum));
+        request.body = Body::Bytes(bytes.to_vec());
+        self.send(&format!("writing {name} (PutObject)"), request)?;
+        Ok(())
+    }
+
+    pub fn head(&self, name: &str) -> Result<Option<u64>> {
+        let key = self.key(name);
+        let action = self.bucket.head_object(Some(&self.credentials), &key);
+        let what = format!("looking at {name} (HeadObject)");
+        match self.send(
+            &what,
+            Request::new(rusty_s3::Method::Head, action.sign(SIGNED_FOR)),
+        ) {
+            Ok(answer) => Ok(answer
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
+            // A HEAD answer has no body: a 404 is a 404, whatever its code.
+            Err(err) if err.message.contains("HTTP 404") || err.message.contains("NoSuchKey") => {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    pub fn sync_timeout(&self) -> Duration {
+        self.sync_timeout
+    }
+
+    /// The time one HEAD of the bucket takes: the round trip `streams = auto` sizes from.
+    pub fn measure_round_trip(&self) -> Duration {
+        let started = std::time::Instant::now();
+        let _ = self.head_bucket();
+        started.elapsed()
+    }
+
+    fn head_bucket(&self) -> Result<()> {
+        let action = self.bucket.head_bucket(Some(&self.credentials));
+        match self.send(
+            "looking at the bucket (HeadBucket)",
+            Request::new(rusty_s3::Method::Head, action.sign(SIGNED_FOR)),
+        ) {
+            Ok(_) => Ok(()),
+            // A HEAD answer has no body to say why: ask in a way that gets one.
+            Err(err) if !err.transient => self.list_page(None).map(drop),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn list_page(&self, token: Option<&str>) -> Result<rusty_s3::actions::ListObjectsV2Response> {
+        let mut action = ListObjectsV2::new(&self.bucket, Some(&self.credentials));
+        action.with_prefix(self.list_prefix());
+        action.with_delimiter("/");
+        if let Some(token) = token {
+            action.with_continuation_token(token.to_string());
+        }
+        let mut answer = self.send(
+            "listing the bucket (ListObjectsV2)",
+            Request::get(action.sign(SIGNED_FOR)),
+        )?;
+        let text = read_text(&mut answer, &self.label)?;
+        ListObjectsV2::parse_response(&text).map_err(|err| {
+            Error::copy(format!(
+                "{}: cannot read the bucket's listing: {err}",
+                self.label
+            ))
+        })
+    }
+
+    fn get(&self, name: &str, range: Option<(u64, u64)>) -> Result<Option<ureq::Body>> {
+        let key = self.key(name);
+        let action = self.bucket.get_object(Some(&self.credentials), &key);
+        let mut request = Request::get(action.sign(SIGNED_FOR));
+        if let Some((from, to)) = range {
+            request
+                .headers
+                .push(("range", format!("bytes={from}-{}", to.saturating_sub(1))));
+        }
+        request.deadline = Some(self.timeout * 8);
+        match self.send(&format!("reading {name} (GetObject)"), request) {
+            Ok(answer) => Ok(Some(answer.into_body())),
+            Err(err) if err.message.contains("NoSuchKey") => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+fn agent(settings: &S3Settings, timeout: Duration) -> Result<ureq::Agent> {
+    let roots = match &settings.ca_file {
+        None => ureq::tls::RootCerts::PlatformVerifier,
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|err| {
+                Error::config(format!("cannot read ca_file {}: {err}", path.display()))
+            })?;
+            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(Error::config(format!(
+                    "ca_file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            ureq::tls::RootCerts::new_with_certs(&certs)
+        }
+    };
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::NativeTls)
+        .root_certs(roots)
+        .build();
+    Ok(ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .https_only(settings.endpoint.starts_with("https://"))
+        .timeout_connect(Some(timeout))
+        .max_idle_connections_per_host(32)
+        .user_agent(concat!("cvp-backup-copy/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into())
+}
+
+pub(crate) enum Body<'a> {
+    Empty,
+    Bytes(Vec<u8>),
+    Reader(&'a mut dyn Read, u64),
+}
+
+/// A signed URL and what goes with it.
+pub(crate) struct Request<'a> {
+    pub method: rusty_s3::Method,
+    pub url: url::Url,
+    /// Exactly the headers that were signed (and a range, which is not).
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Body<'a>,
+    /// How long the answer may take (default: `timeout`).
+    pub deadline: Option<Duration>,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(method: rusty_s3::Method, url: url::Url) -> Request<'a> {
+        Request {
+            method,
+            url,
+            headers: Vec::new(),
+            body: Body::Empty,
+            deadline: None,
+        }
+    }
+
+    pub fn get(url: url::Url) -> Request<'a> {
+        Request::new(rusty_s3::Method::Get, url)
+    }
+}
+
+fn read_text(answer: &mut ureq::http::Response<ureq::Body>, label: &str) -> Result<String> {
+    answer
+        .body_mut()
+        .with_config()
+        .limit(16 * 1024 * 1024)
+        .read_to_string()
+        .map_err(|err| Error::transient(format!("reading an answer from {label}: {err}")))
+}
+
+pub fn base64_sha256(bytes: &[u8]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
+}
+
+/// The text of the first `<tag>` in an S3 answer (codes, IDs, markers: no entities but
+/// `&amp;` and friends, which are decoded).
+pub fn xml_text(text: &str, tag: &str) -> Option<String> {
+    xml_elements(text, tag).next().map(xml_unescape)
+}
+
+/// The insides of every `<tag>...</tag>`, in order.
+pub fn xml_elements<'t>(text: &'t str, tag: &str) -> impl Iterator<Item = &'t str> + 't {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let start = rest.find(&open)? + open.len();
+        let len = rest[start..].find(&close)?;
+        let inner = &rest[start..start + len];
+        rest = &rest[start + len + close.len()..];
+        Some(inner)
+    })
+}
+
+fn xml_unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// A whole small object, written when the writer is flushed (a claim, a check's probe).
+struct PutOnFlush<'a> {
+    remote: &'a S3Remote,
+    name: String,
+    bytes: Vec<u8>,
+    /// None once written.
+    exclusive: bool,
+}
+
+impl Write for PutOnFlush<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > 1024 * 1024 {
+            return Err(std::io::Error::other("a small file only"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.exclusive && self.remote.head(&self.name).ok().flatten().is_some() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} appeared meanwhile", self.name),
+            ));
+        }
+        self.remote
+            .put_bytes(&self.name, &self.bytes)
+            .map_err(|err| std::io::Error::other(err.message))
+    }
+}
+
+/// A fetch's reader: ranged GETs of `READ_RANGE` one after another, each with a deadline,
+/// so a stalled server is noticed without limiting the whole object's time.
+struct RangedReader<'a> {
+    remote: &'a S3Remote,
+    name: String,
+    offset: u64,
+    size: u64,
+    /// Where the range being read ends.
+    range_end: u64,
+    body: Option<Box<dyn Read + Send + 'static>>,
+}
+
+impl Read for RangedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.offset >= self.size {
+            return Ok(0);
+        }
+        if self.body.is_none() {
+            let end = (self.offset + READ_RANGE).min(self.size);
+            let body = self
+                .remote
+                .get(&self.name, Some((self.offset, end)))
+                .map_err(|err| {
+                    let kind = if err.transient {
+                        std::io::ErrorKind::ConnectionReset
+                    } else {
+                        std::io::ErrorKind::Other
+                    };
+                    std::io::Error::new(kind, err.message)
+                })?
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{} is gone from the bucket", self.name),
+                    )
+                })?;
+            self.body = Some(Box::new(body.into_reader().take(end - self.offset)));
+            self.range_end = end;
+        }
+        let n = match self.body.as_mut() {
+            Some(body) => body.read(buf)?,
+            None => 0,
+        };
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} ended early at {} bytes", self.name, self.offset),
+            ));
+        }
+        self.offset += n as u64;
+        if self.offset >= self.range_end {
+            self.body = None;
+        }
+        Ok(n)
+    }
+}
+
+impl Remote for S3Remote {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    /// A bucket is made by its owner (with the rights and lock settings it needs), never by
+    /// the node: missing is an error; a prefix needs nothing made.
+    fn ensure_destination(&mut self) -> Result<bool> {
+        self.head_bucket()?;
+        Ok(false)
+    }
+
+    fn list(&mut self) -> Result<Option<Vec<RemoteEntry>>> {
+        let mut entries = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.list_page(token.as_deref())?;
+            for object in &page.contents {
+                if let Some(name) = self.name_of(&object.key) {
+                    entries.push(RemoteEntry {
+                        name: name.to_string(),
+                        size: object.size.unwrap_or(0),
+                    });
+                }
+            }
+            match page.next_continuation_token {
+                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+                _ => break,
+            }
+        }
+        // An unfinished multipart upload of NAME is NAME's partial: resumed by the next
+        // attempt, aborted by remote hygiene like an SFTP partial file.
+        for (key, _) in self.unfinished_uploads(&self.list_prefix())? {
+            let Some(name) = self.name_of(&key) else {
+                continue;
+            };
+            if let Some(RemoteName::Backup(file)) = RemoteName::parse(name) {
+                let partial = file.partial_name();
+                if !entries.iter().any(|e| e.name == partial) {
+                    entries.push(RemoteEntry {
+                        name: partial,
+                        size: 0,
+                    });
+                }
+            }
+        }
+        Ok(Some(entries))
+    }
+
+    fn read_small(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+        let Some(body) = self.get(name, None)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        body.into_reader()
+            .take(max_bytes)
+            .read_to_end(&mut bytes)
+            .map_err(|err| {
+                Error::transient(format!("reading {name} from {}: {err}", self.label))
+            })?;
+        Ok(Some(bytes))
+    }
+
+    fn create(&mut self, name: &str) -> Result<Box<dyn Write + '_>> {
+        Ok(Box::new(PutOnFlush {
+            remote: self,
+            name: name.to_string(),
+            bytes: Vec::new(),
+            exclusive: false,
+        }))
+    }
+
+    /// S3 has no create-if-absent everywhere (AWS's If-None-Match is recent): a look, then
+    /// the write. Two nodes racing for one prefix within a round trip is the gap.
+    fn create_exclusive(&mut self, name: &str) -> Result<Option<Box<dyn Write + '_>>> {
+        if self.head(name)?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(PutOnFlush {
+            remote: self,
+            name: name.to_string(),
+            bytes: Vec::new(),
+            exclusive: true,
+        })))
+    }
+
+    fn open_at(&mut self, name: &str, _offset: u64) -> Result<Box<dyn SeekWrite + '_>> {
+        Err(Error::copy(format!(
+            "internal error: {name} on {} is written by a multipart upload, not in place",
+            self.label
+        )))
+    }
+
+    fn open_read_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn Read + '_>> {
+        let size = self
+            .head(name)?
+            .ok_or_else(|| Error::copy(format!("{name} is not in {}", self.label)))?;
+        Ok(Box::new(RangedReader {
+            remote: self,
+            name: name.to_string(),
+            offset,
+            size,
+            range_end: offset,
+            body: None,
+        }))
+    }
+
+    fn size_of(&mut self, name: &str) -> Result<Option<u64>> {
+        self.head(name)
+    }
+
+    fn round_trip(&mut self) -> Duration {
+        self.measure_round_trip()
+    }
+
+    fn rename_replace(&mut self, from: &str, to: &str) -> Result<()> {
+        Err(Error::copy(format!(
+            "internal error: no renames on {} ({from} to {to}): objects are written whole",
+            self.label
+        )))
+    }
+
+    fn rename_new(&mut self, from: &str, to: &str) -> Result<()> {
+        self.rename_replace(from, to)
+    }
+
+    /// A partial name is an unfinished multipart upload: removing it aborts that upload.
+    fn remove(&mut self, name: &str) -> Result<()> {
+        if let Some(RemoteName::Partial(data)) = RemoteName::parse(name) {
+            return self.abort_uploads_of(data, name);
+        }
+        let key = self.key(name);
+        let action = self.bucket.delete_object(Some(&self.credentials), &key);
+        match self.send(
+            &format!("deleting {name} (DeleteObject)"),
+            Request::new(rusty_s3::Method::Delete, action.sign(SIGNED_FOR)),
+        ) {
+            Ok(_) => Ok(()),
+            Err(err) if err.message.contains("NoSuchKey") => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn put_whole(&mut self, name: &str, bytes: &[u8], _replacing: bool) -> Result<()> {
+        self.put_bytes(name, bytes)
+    }
+}
+
+impl S3Remote {
+    /// Abort every unfinished upload whose key is the partial's file (NAME or NAME.age).
+    fn abort_uploads_of(&self, data: BackupName, partial: &str) -> Result<()> {
+        for (key, id) in self.unfinished_uploads(&self.list_prefix())? {
+            let matches = self
+                .name_of(&key)
+                .and_then(RemoteName::parse)
+                .is_some_and(|parsed| match parsed {
+                    RemoteName::Backup(file) => file.name == data && file.partial_name() == partial,
+                    _ => false,
+                });
+            if matches {
+                self.abort_upload(&key, &id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_8_mib_until_10000_would_not_hold_the_file() {
+        assert_eq!(part_size(0), PART_SIZE);
+        assert_eq!(part_size(2 << 30), PART_SIZE);
+        assert_eq!(part_size(PART_SIZE * MAX_PARTS), PART_SIZE);
+        let big = PART_SIZE * MAX_PARTS + 1;
+        assert_eq!(part_size(big), 9 * 1024 * 1024);
+        assert!(part_size(big) * MAX_PARTS >= big);
+        let huge = 5u64 << 40;
+        assert!(part_size(huge) * MAX_PARTS >= huge);
+        assert_eq!(part_size(huge) % (1024 * 1024), 0);
+    }
+
+    #[test]
+    fn error_answers_are_read() {
+        let text = "<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><Message>The \
+                    bucket &amp; all</Message></Error>";
+        assert_eq!(xml_text(text, "Code").as_deref(), Some("NoSuchBucket"));
+        assert_eq!(
+            xml_text(text, "Message").as_deref(),
+            Some("The bucket & all")
+        );
+        assert_eq!(xml_text(text, "Nope"), None);
+        let list = "<R><Upload><Key>a</Key><UploadId>1</UploadId></Upload>\
+                    <Upload><Key>b</Key><UploadId>2</UploadId></Upload></R>";
+        let keys: Vec<_> = xml_elements(list, "Upload")
+            .filter_map(|u| xml_text(u, "Key"))
+            .collect();
+        assert_eq!(keys, ["a", "b"]);
+    }
+}
