@@ -218,6 +218,11 @@ pub struct EditArgs {
     /// Set the password from one line of standard input
     #[arg(long)]
     pub password_stdin: bool,
+
+    /// Edit [Destination NAME] (made if missing) instead of [Server_Settings]: its server,
+    /// user, destination and password (for an S3 bucket: access key ID and secret key)
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args)]

@@ -226,7 +226,10 @@ pub fn check_value(
                 suggestion(option, all_options())
             ))
         }
-        Some(home) if !home.eq_ignore_ascii_case(section) => {
+        Some(home)
+            if !(home.eq_ignore_ascii_case(section)
+                || home == SERVER && destination_section(section).is_some()) =>
+        {
             return Err(format!("{option} belongs in [{home}], not [{section}]"))
         }
         Some(_) if option.eq_ignore_ascii_case("password") => {

@@ -94,6 +94,7 @@ pub fn copy_to(
         shared,
         record: RunRecord {
             destination: server.label(),
+            destination_name: Some(server.name.clone()),
             ..RunRecord::default()
         },
         code: ExitCode::Success,

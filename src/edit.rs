@@ -19,6 +19,9 @@ pub struct EditOptions {
     /// `Section.option=value`
     pub set: Vec<String>,
     pub password_stdin: bool,
+    /// `--destination NAME`: edit `[Destination NAME]` (made if missing) instead of
+    /// `[Server_Settings]`; the password then is that destination's (S3: its secret key).
+    pub destination: Option<String>,
 }
 
 struct Session {
@@ -32,6 +35,8 @@ struct Session {
     /// When root edits another account's INI: the files it names are read and written as
     /// that account.
     owner: Option<User>,
+    /// The destination section being edited: `[Server_Settings]` or `[Destination NAME]`.
+    section: String,
 }
 
 impl Session {
@@ -50,6 +55,7 @@ impl Session {
             new_key: None,
             changed: false,
             owner: privilege::key_owner(ini)?,
+            section: SERVER.to_string(),
         })
     }
 
@@ -66,6 +72,7 @@ impl Session {
             new_key: None,
             changed: true,
             owner: job_account.filter(|user| user.uid != 0 && privilege::is_root()),
+            section: SERVER.to_string(),
         }
     }
 
@@ -82,9 +89,71 @@ impl Session {
         if let Some(new) = &self.new_key {
             return Some(new.path.clone());
         }
-        self.value(SERVER, "keyFile")
+        self.key_path_of(&self.section)
+    }
+
+    /// The key file a section's password decrypts with: its own keyFile, else main's.
+    fn key_path_of(&self, section: &str) -> Option<PathBuf> {
+        self.value(section, "keyFile")
+            .or_else(|| self.value(SERVER, "keyFile"))
             .filter(|v| !v.contains("{{"))
             .map(|v| config::resolve_against(&self.ini, &v))
+    }
+
+    /// Every destination section: `[Server_Settings]` and each `[Destination NAME]`.
+    fn destination_sections(&self) -> Vec<String> {
+        let mut sections = vec![SERVER.to_string()];
+        sections.extend(
+            self.doc
+                .sections()
+                .into_iter()
+                .filter(|s| config::destination_section(s).is_some()),
+        );
+        sections
+    }
+
+    /// The other destinations' passwords that decrypt with the key file at `path` now (to
+    /// be encrypted again once it changes); a section whose token does not decrypt is named.
+    fn passwords_sharing(&self, path: &Path) -> Result<Vec<(String, Secret)>> {
+        let mut found = Vec::new();
+        for section in self.destination_sections() {
+            if section.eq_ignore_ascii_case(&self.section)
+                || self.key_path_of(&section).as_deref() != Some(path)
+            {
+                continue;
+            }
+            let Some(token) = self
+                .value(&section, "password")
+                .filter(|t| !t.contains("{{"))
+            else {
+                continue;
+            };
+            let secret = self
+                .as_owner(|| secret::decrypt_password(&token, path, &self.ini))
+                .map_err(|err| {
+                    Error::config(format!(
+                        "[{section}]'s password does not decrypt with {} ({err}): set it again \
+                         with `cvp-backup-copy edit --destination NAME` before changing the key",
+                        path.display()
+                    ))
+                })?;
+            found.push((section, secret));
+        }
+        Ok(found)
+    }
+
+    /// Encrypt those passwords again with the key they now decrypt with.
+    fn restore_passwords(&mut self, passwords: Vec<(String, Secret)>) -> Result<()> {
+        for (section, secret) in passwords {
+            let key = match (&self.new_key, self.key_path_of(&section)) {
+                (Some(new), Some(path)) if path == new.path => new.key.clone(),
+                (_, Some(path)) => self.as_owner(|| secret::read_key_text(&path))?,
+                (_, None) => continue,
+            };
+            let token = keygen::encrypt_with(key.trim(), &secret)?;
+            self.set(&section, "password", &token);
+        }
+        Ok(())
     }
 
     /// The key text that encrypts the password from now on.
@@ -100,7 +169,10 @@ impl Session {
 
     /// The current password in clear, when a token exists and the key decrypts it.
     fn current_password(&self) -> Result<Option<Secret>> {
-        let Some(token) = self.value(SERVER, "password").filter(|t| !t.contains("{{")) else {
+        let Some(token) = self
+            .value(&self.section, "password")
+            .filter(|t| !t.contains("{{"))
+        else {
             return Ok(None);
         };
         let path = self.key_path().ok_or_else(|| {
@@ -119,7 +191,8 @@ impl Session {
 
     fn set_password(&mut self, password: &Secret) -> Result<()> {
         let token = keygen::encrypt_with(&self.current_key()?, password)?;
-        self.set(SERVER, "password", &token);
+        let section = self.section.clone();
+        self.set(&section, "password", &token);
         Ok(())
     }
 
@@ -127,12 +200,19 @@ impl Session {
     fn assign_key(&mut self, path: PathBuf) -> Result<()> {
         let text = self.as_owner(|| secret::read_key_text(&path))?;
         let password = self.current_password()?;
+        // Sections that inherit this one's key follow it to the new file.
+        let others = match self.key_path() {
+            Some(old) if self.section == SERVER => self.passwords_sharing(&old)?,
+            _ => Vec::new(),
+        };
         self.new_key = None;
-        self.set(SERVER, "keyFile", &path.display().to_string());
+        let section = self.section.clone();
+        self.set(&section, "keyFile", &path.display().to_string());
         if let Some(password) = password {
             let token = keygen::encrypt_with(text.trim(), &password)?;
-            self.set(SERVER, "password", &token);
+            self.set(&section, "password", &token);
         }
+        self.restore_passwords(others)?;
         // Written nothing: the key file exists. Loose modes are for the operator to fix.
         if let Err(err) = self.as_owner(|| secret::check_key_is_private(&path)) {
             eprintln!("warning: {err}");
@@ -146,15 +226,18 @@ impl Session {
         let path = self
             .key_path()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
+        // Every section whose password this key decrypts is encrypted again with the new one.
+        let others = self.passwords_sharing(&path)?;
         let key = Zeroizing::new(secret::new_key());
+        let section = self.section.clone();
         if let Some(password) = password {
             let token = keygen::encrypt_with(&key, &password)?;
-            self.set(SERVER, "password", &token);
+            self.set(&section, "password", &token);
         }
-        self.set(SERVER, "keyFile", &path.display().to_string());
+        self.set(&section, "keyFile", &path.display().to_string());
         self.new_key = Some(NewKey { path, key });
         self.changed = true;
-        Ok(())
+        self.restore_passwords(others)
     }
 
     fn save(self) -> Result<()> {
@@ -238,6 +321,12 @@ pub fn edit(options: &EditOptions) -> Result<()> {
     } else {
         Session::load(&options.ini)?
     };
+    if let Some(name) = &options.destination {
+        if !name.eq_ignore_ascii_case(config::MAIN) {
+            config::check_destination_name(name).map_err(Error::config)?;
+            session.section = format!("{}{name}", config::DESTINATION_PREFIX);
+        }
+    }
     keygen::warn_if_loose(&options.ini);
     if scripted_edit {
         return scripted(session, options);
@@ -254,9 +343,19 @@ pub fn edit(options: &EditOptions) -> Result<()> {
         return Ok(());
     }
     println!("Type a new value, or press Enter to keep the current one.\n");
-    for (section, options) in KNOWN_OPTIONS {
+    let destination_only = [(session.section.clone(), KNOWN_OPTIONS[0].1)];
+    let sections: Vec<(String, &[&str])> = if session.section == SERVER {
+        KNOWN_OPTIONS
+            .iter()
+            .map(|(s, o)| (s.to_string(), *o))
+            .collect()
+    } else {
+        destination_only.to_vec()
+    };
+    for (section, options) in &sections {
+        let section = section.as_str();
         println!("[{section}]");
-        for option in options {
+        for option in options.iter() {
             match *option {
                 "password" => ask_password(&mut session)?,
                 "keyFile" => ask_key(&mut session)?,
@@ -318,7 +417,7 @@ fn ask_value(session: &mut Session, section: &str, option: &str) -> Result<()> {
 }
 
 fn ask_password(session: &mut Session) -> Result<()> {
-    let shown = session.display(SERVER, "password");
+    let shown = session.display(&session.section.clone(), "password");
     if !prompt::yes_no(&format!(
         "  password [{shown}]: change the password? (y/n) "
     ))? {
@@ -348,8 +447,10 @@ fn ask_password(session: &mut Session) -> Result<()> {
             ));
         }
     }
-    let user = session.value(SERVER, "user").unwrap_or_default();
-    let server = session.value(SERVER, "server").unwrap_or_default();
+    let user = session.value(&session.section, "user").unwrap_or_default();
+    let server = session
+        .value(&session.section, "server")
+        .unwrap_or_default();
     let new = prompt::new_password(&format!("{user}@{server}"))?;
     session.set_password(&new)?;
     println!("   password changed (it is saved encrypted)");
@@ -357,7 +458,7 @@ fn ask_password(session: &mut Session) -> Result<()> {
 }
 
 fn ask_key(session: &mut Session) -> Result<()> {
-    let shown = crate::error::printable(&session.display(SERVER, "keyFile"));
+    let shown = crate::error::printable(&session.display(&session.section.clone(), "keyFile"));
     if !prompt::yes_no(&format!(
         "  keyFile [{shown}]: update the key or key file? (y/n) "
     ))? {
@@ -393,15 +494,26 @@ fn scripted(mut session: Session, options: &EditOptions) -> Result<()> {
         let (section, option) = name.split_once('.').ok_or_else(|| {
             Error::config(format!("--set {assignment}: expected Section.option=value"))
         })?;
-        let section = [SERVER, BACKUP]
+        let section: String = match [SERVER, BACKUP]
             .into_iter()
             .find(|s| s.eq_ignore_ascii_case(section.trim()))
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "--set {assignment}: unknown section {section}{}",
-                    config::suggestion(section, [SERVER, BACKUP].into_iter())
-                ))
-            })?;
+        {
+            Some(known) => known.to_string(),
+            None => match config::destination_section(section.trim()) {
+                Some(name) => {
+                    config::check_destination_name(name)
+                        .map_err(|why| Error::config(format!("--set {assignment}: {why}")))?;
+                    format!("{}{name}", config::DESTINATION_PREFIX)
+                }
+                None => {
+                    return Err(Error::config(format!(
+                        "--set {assignment}: unknown section {section}{}",
+                        config::suggestion(section, [SERVER, BACKUP].into_iter())
+                    )))
+                }
+            },
+        };
+        let section = section.as_str();
         let option = option.trim();
         let value = value.trim();
         if option.eq_ignore_ascii_case("password") {
@@ -413,6 +525,12 @@ fn scripted(mut session: Session, options: &EditOptions) -> Result<()> {
             .check(section, option, value)
             .map_err(|why| Error::config(format!("--set {name}: {why}; nothing changed")))?;
         if option.eq_ignore_ascii_case("keyFile") {
+            if !section.eq_ignore_ascii_case(&session.section) {
+                return Err(Error::config(format!(
+                    "--set {name}: a destination's keyFile is set with --destination NAME, so \
+                     its password is encrypted again with it"
+                )));
+            }
             session.assign_key(config::resolve_against(&session.ini, value))?;
         } else {
             session.set(section, option, value);

@@ -154,6 +154,14 @@ impl IniDocument {
         found
     }
 
+    /// The sections' names, in the file's order.
+    pub fn sections(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter_map(|line| section_name(&line.text).map(str::to_string))
+            .collect()
+    }
+
     pub fn get(&self, section: &str, option: &str) -> Option<String> {
         self.find(section, option)
             .map(|(index, sep)| self.lines[index].text[sep + 1..].trim().to_string())

@@ -90,6 +90,31 @@ pub fn keygen(options: &KeygenOptions) -> Result<()> {
     };
     let token = encrypt_with(&key.key, &password)?;
     drop(password);
+    // The other destinations whose passwords this key file decrypts: encrypted again with
+    // the new key when the old one still decrypts them; else named, to be set again.
+    let mut lost = Vec::new();
+    for section in doc.sections() {
+        if config::destination_section(&section).is_none() {
+            continue;
+        }
+        let own = doc
+            .get(&section, "keyFile")
+            .filter(|v| !v.is_empty())
+            .map(|v| config::resolve_against(&options.ini, &v));
+        if own.as_ref().is_some_and(|own| *own != path) {
+            continue;
+        }
+        let Some(old_token) = doc.get(&section, "password").filter(|t| !t.contains("{{")) else {
+            continue;
+        };
+        let old = privilege::as_owner(owner.as_ref(), || {
+            secret::decrypt_password(&old_token, &path, &options.ini)
+        });
+        match old {
+            Ok(secret) => doc.set(&section, "password", &encrypt_with(&key.key, &secret)?),
+            Err(_) => lost.push(section),
+        }
+    }
     doc.set(SERVER, "password", &token);
     doc.set(SERVER, "keyFile", &path.display().to_string());
     if let Some(kept) = commit(
@@ -106,6 +131,13 @@ pub fn keygen(options: &KeygenOptions) -> Result<()> {
         path.display(),
         options.ini.display()
     );
+    for section in lost {
+        let name = config::destination_section(&section).unwrap_or_default();
+        eprintln!(
+            "cvp-backup-copy: warning: [{section}]'s password did not decrypt with the old key: \
+             set it again with `cvp-backup-copy edit --destination {name}`"
+        );
+    }
     Ok(())
 }
 

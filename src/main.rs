@@ -162,6 +162,7 @@ fn main() -> std::process::ExitCode {
             ini: cli.ini.clone(),
             set: args.set,
             password_stdin: args.password_stdin,
+            destination: args.destination,
         })
         .map(success),
         Some(cli::Command::GenerateAssets { out }) => {

@@ -97,12 +97,18 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
     let log_file = logging::start_run_log(&config.backup.state_dir);
     let mut monitoring = Monitoring::from_config(&config.backup);
     monitoring.run_started();
+    let destinations: Vec<String> = config
+        .destinations()
+        .map(|d| match config.extra.is_empty() {
+            true => d.label(),
+            false => format!("{} {}", d.name, d.label()),
+        })
+        .collect();
     log::info!(
-        "starting: configuration {}, destination {}@{}:{}, keeping {limit} local data backups",
+        "starting: configuration {}, destination{} {}, keeping {limit} local data backups",
         config.path.display(),
-        config.server.user,
-        config.server.host,
-        config.server.destination
+        if destinations.len() == 1 { "" } else { "s" },
+        destinations.join(", ")
     );
     let mut history = match state::load_history(&lock.dir) {
         Ok(history) => history,
@@ -198,7 +204,7 @@ fn refused(
 /// Save the run's record, with what it carries over from the one before.
 fn record_run(state_dir: &Path, record: &mut RunRecord) {
     let previous = state::load(state_dir).ok().flatten();
-    record.carry_over(previous.as_ref());
+    record.carry_over_all(previous.as_ref());
     if let Err(err) = state::save(state_dir, record) {
         log::warn!("cannot record this run in {}: {err}", state_dir.display());
     }
@@ -470,6 +476,7 @@ impl Job<'_> {
                 self.record.recovery_point = part.recovery_point;
                 self.record.recovery_point_verified = part.recovery_point_verified;
                 self.record.destination_exit_code = part.destination_exit_code;
+                self.record.destination_name = part.destination_name;
                 self.copy_seconds = part.copy_seconds.unwrap_or(0.0);
             } else {
                 self.record
@@ -845,6 +852,27 @@ impl Job<'_> {
         self.record.seconds = seconds;
         self.record.megabytes_per_second =
             megabytes_per_second(self.record.bytes_uploaded, self.copy_seconds);
+        for extra in &mut self.record.extra {
+            extra.finished = self.record.finished.clone();
+            extra.seconds = seconds;
+            let uploaded = extra.files.iter().filter(|f| f.uploaded).count();
+            let line = format!(
+                "summary for destination {}: files={} uploaded={uploaded} bytes={} \
+                 copy_seconds={:.1} MB/s={:.1} pruned_remote={} exit={}",
+                extra.destination_name.as_deref().unwrap_or("?"),
+                extra.files.len(),
+                extra.bytes_uploaded,
+                extra.copy_seconds.unwrap_or(0.0),
+                extra.megabytes_per_second,
+                extra.pruned_remote,
+                extra.exit_code
+            );
+            if extra.exit_code == 0 {
+                log::info!("{line}");
+            } else {
+                log::error!("{line}");
+            }
+        }
         let streams = self
             .record
             .files

@@ -88,6 +88,9 @@ pub struct RunRecord {
     /// run's, the worst of every destination's. Absent in records of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_exit_code: Option<i32>,
+    /// The destination's name (`main`, or NAME of `[Destination NAME]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_name: Option<String>,
     /// The other destinations' parts of the night (`[Destination NAME]`), one record each,
     /// in the INI's order: their files, errors, recovery point and sets; this record's own
     /// destination fields are `main`'s.

@@ -3,7 +3,7 @@
 
 use crate::backup;
 use crate::claim;
-use crate::config::{Config, Streams};
+use crate::config::{Config, DestinationKind, ServerConfig, Streams};
 use crate::error::Error;
 use crate::exit_codes::ExitCode;
 use crate::lock;
@@ -55,6 +55,8 @@ struct Report {
     warned: usize,
     failed: usize,
     code: Option<ExitCode>,
+    /// The destination the lines are about, when there are several.
+    scope: Option<String>,
 }
 
 impl Report {
@@ -76,7 +78,12 @@ impl Report {
                 ("FAIL", err.message)
             }
         };
-        println!("[{tag}] {what}: {}", crate::error::printable(&text));
+        let scope = self
+            .scope
+            .as_deref()
+            .map(|name| format!("{name}: "))
+            .unwrap_or_default();
+        println!("[{tag}] {scope}{what}: {}", crate::error::printable(&text));
     }
 
     fn fail(&mut self, what: &str, err: Error) {
@@ -102,23 +109,99 @@ pub fn check(options: &CheckOptions) -> ExitCode {
     for warning in &config.warnings {
         report.line("configuration", Outcome::Warn(warning.clone()));
     }
-    let password = credentials(&config, &mut report);
     check_backup_command(&config, &mut report);
     check_local_folders(&config, &mut report);
     check_state_dir(&config, &mut report);
     check_stamps(&config, &mut report);
-    check_encryption(&config, &mut report);
     check_monitoring(&config, &mut report);
-    check_server(&config, &password, &mut report);
     check_root_crontab(&options.root_crontab, &mut report);
+    let several = !config.extra.is_empty();
+    for server in config.destinations() {
+        // Each destination's lines say which (`destination main: ...`) when there are several.
+        report.scope = several.then(|| format!("destination {}", server.name));
+        let password = credentials(&config, server, &mut report);
+        check_encryption(server, &mut report);
+        match &server.kind {
+            DestinationKind::Sftp => check_server(&config, server, &password, &mut report),
+            DestinationKind::S3(_) => check_bucket(&config, server, &password, &mut report),
+        }
+    }
+    report.scope = None;
+    if several {
+        report.line(
+            "pruning",
+            Outcome::Pass(format!(
+                "the node keeps the last set verified on each of the {} destinations beyond \
+                 limit while that destination is behind: a destination that is down holds \
+                 pruning back by one set, never costs one",
+                config.extra.len() + 1
+            )),
+        );
+    }
     finish(report)
+}
+
+/// An S3 destination: the endpoint answers, the keys are accepted, the bucket exists and
+/// takes (and gives up) a test object, the prefix is this node's.
+fn check_bucket(config: &Config, server: &ServerConfig, password: &Password, report: &mut Report) {
+    let Password::Usable(secret) = password else {
+        report.line(
+            "bucket",
+            Outcome::Skip("not tried: the secret key cannot be used (see above)".into()),
+        );
+        return;
+    };
+    if let Some(s3) = server.s3() {
+        if s3.endpoint.starts_with("http://") && server.encrypt_to.is_none() {
+            report.line(
+                "endpoint",
+                Outcome::Warn(format!(
+                    "{} is plain http: the backups (and every request) travel in clear; use \
+                     https://, or set encrypt_to",
+                    s3.endpoint
+                )),
+            );
+        }
+    }
+    let mut remote = match crate::remote::s3::S3Remote::new(server, secret) {
+        Ok(remote) => remote,
+        Err(err) => return report.fail("bucket", err),
+    };
+    let remote: &mut dyn Remote = &mut remote;
+    match probe_destination(remote) {
+        Ok(detail) => report.line("bucket", Outcome::Pass(detail)),
+        Err(err) => return report.fail("bucket", err),
+    }
+    let node = &config.backup.node_name;
+    match claim::claim(remote, node) {
+        Ok(claim::Claimed::Now) => report.line(
+            "destination owner",
+            Outcome::Pass(format!(
+                "claimed for this node ({node}); other nodes are refused there"
+            )),
+        ),
+        Ok(claim::Claimed::Already) => report.line(
+            "destination owner",
+            Outcome::Pass(format!("this node ({node})")),
+        ),
+        Err(err) => report.fail("destination owner", err),
+    }
+    let (count, why) = crate::remote::s3::S3Remote::new(server, secret)
+        .map(|remote| crate::destination::s3::planned_parts(server.streams, &remote))
+        .unwrap_or((1, String::new()));
+    report.line(
+        "streams",
+        Outcome::Pass(format!(
+            "large files go up as multipart uploads, {count} parts of 8 MiB at a time ({why})"
+        )),
+    );
 }
 
 /// `encrypt_to` was parsed with the configuration (a bad recipient fails it): say who can
 /// read the backups, and warn about recipient files others may change.
-fn check_encryption(config: &Config, report: &mut Report) {
+fn check_encryption(server: &ServerConfig, report: &mut Report) {
     const WHAT: &str = "encryption at rest";
-    let Some(recipients) = &config.server.encrypt_to else {
+    let Some(recipients) = &server.encrypt_to else {
         report.line(
             WHAT,
             Outcome::Skip(
@@ -166,8 +249,7 @@ enum Password {
 }
 
 /// Key file and password; the decrypted password, for the login check.
-fn credentials(config: &Config, report: &mut Report) -> Password {
-    let server = &config.server;
+fn credentials(config: &Config, server: &ServerConfig, report: &mut Report) -> Password {
     if let Some(identity) = &server.identity_file {
         if identity.is_file() {
             match secret::check_identity_is_private(identity) {
@@ -399,7 +481,7 @@ fn check_stamps(config: &Config, report: &mut Report) {
     }
 }
 
-fn check_server(config: &Config, password: &Password, report: &mut Report) {
+fn check_server(config: &Config, server: &ServerConfig, password: &Password, report: &mut Report) {
     let password_ok = !matches!(password, Password::Unusable);
     let password = match password {
         Password::Usable(secret) => Some(secret),
@@ -408,7 +490,7 @@ fn check_server(config: &Config, password: &Password, report: &mut Report) {
     let mut passed: Vec<Stage> = Vec::new();
     let connected = sftp::connect_observed(
         ConnectOptions {
-            server: &config.server,
+            server,
             password,
             record_host_key: true,
         },
@@ -472,18 +554,18 @@ fn check_server(config: &Config, password: &Password, report: &mut Report) {
         Err(err) => report.fail("destination owner", err),
     }
     let round_trip = connected.remote.measure_round_trip();
-    check_streams(config, password, round_trip, report);
+    check_streams(server, password, round_trip, report);
 }
 
 /// Large files go over several connections at once: how many (for `auto`, from the round
 /// trip just measured), and does the server take them all?
 fn check_streams(
-    config: &Config,
+    server: &ServerConfig,
     password: Option<&Secret>,
     round_trip: std::time::Duration,
     report: &mut Report,
 ) {
-    let (wanted, why) = match config.server.streams {
+    let (wanted, why) = match server.streams {
         Streams::Auto => crate::transfer::auto_streams(round_trip),
         Streams::Fixed(n) => (n, format!("streams = {n}")),
     };
@@ -495,7 +577,7 @@ fn check_streams(
         return;
     }
     let options = ConnectOptions {
-        server: &config.server,
+        server,
         password,
         record_host_key: false,
     };

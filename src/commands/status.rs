@@ -154,8 +154,55 @@ pub fn nagios(options: &StatusOptions, limits: (Duration, Duration)) -> (PluginS
 }
 
 /// The line and state for a record (pure). `limits`: the ages of the last good copy beyond
-/// which it is WARNING and CRITICAL.
+/// which it is WARNING and CRITICAL. With several destinations, the worst one's line, naming
+/// it (all of them when every one is OK).
 pub fn plugin_line(
+    record: Option<&RunRecord>,
+    now: chrono::DateTime<chrono::FixedOffset>,
+    limits: (Duration, Duration),
+    state_dir: &std::path::Path,
+) -> (PluginState, String) {
+    let Some(record) = record.filter(|r| !r.extra.is_empty()) else {
+        return plugin_line_one(record, now, limits, state_dir);
+    };
+    let rank = |state: PluginState| match state {
+        PluginState::Ok => 0,
+        PluginState::Warning => 1,
+        PluginState::Unknown => 2,
+        PluginState::Critical => 3,
+    };
+    let lines: Vec<(String, PluginState, String)> = record
+        .per_destination()
+        .iter()
+        .map(|part| {
+            let name = part
+                .destination_name
+                .clone()
+                .unwrap_or_else(|| "main".into());
+            let (state, line) = plugin_line_one(Some(part), now, limits, state_dir);
+            (name, state, line)
+        })
+        .collect();
+    let Some((name, state, line)) = lines.iter().max_by_key(|(_, state, _)| rank(*state)) else {
+        return plugin_line_one(Some(record), now, limits, state_dir);
+    };
+    let prefix_end = line.find(" - ").map_or(0, |i| i + 3);
+    let (head, rest) = line.split_at(prefix_end);
+    if *state == PluginState::Ok {
+        let names: Vec<&str> = lines.iter().map(|(n, _, _)| n.as_str()).collect();
+        return (
+            *state,
+            format!(
+                "{head}{} destinations ({}); main: {rest}",
+                lines.len(),
+                names.join(", ")
+            ),
+        );
+    }
+    (*state, format!("{head}destination {name}: {rest}"))
+}
+
+fn plugin_line_one(
     record: Option<&RunRecord>,
     now: chrono::DateTime<chrono::FixedOffset>,
     (warning, critical): (Duration, Duration),
@@ -341,7 +388,15 @@ fn render(record: Option<&RunRecord>, verdict: &Verdict, path: &std::path::Path)
         record.started, record.finished
     );
     let _ = writeln!(out, "exit code:   {}", record.exit_code);
-    let _ = writeln!(out, "destination: {}", record.destination);
+    let _ = writeln!(
+        out,
+        "destination: {}{}",
+        record.destination,
+        match record.destination_exit_code {
+            Some(code) if !record.extra.is_empty() => format!(" (main, exit {code})"),
+            _ => String::new(),
+        }
+    );
     if record.exit_code != 0 {
         // What a failed night leaves on the server: the last good set, if any.
         let _ = writeln!(
@@ -408,6 +463,38 @@ fn render(record: Option<&RunRecord>, verdict: &Verdict, path: &std::path::Path)
     }
     if let Some(log) = &record.log_file {
         let _ = writeln!(out, "whole log:   {log}");
+    }
+    for extra in &record.extra {
+        let name = extra.destination_name.as_deref().unwrap_or("?");
+        let code = extra.destination_exit_code.unwrap_or(extra.exit_code);
+        let _ = writeln!(
+            out,
+            "destination {name}: {} (exit {code})",
+            extra.destination
+        );
+        let _ = writeln!(
+            out,
+            "  recovery point: {}",
+            match (&extra.recovery_point, &extra.recovery_point_verified) {
+                (Some(set), Some(when)) => format!("{set}, verified {when}"),
+                (Some(set), None) => set.clone(),
+                _ => "none recorded".into(),
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  copied:         {} in {:.0} s; pruned {} remote{}",
+            human_size(extra.bytes_uploaded),
+            extra.copy_seconds.unwrap_or(0.0),
+            extra.pruned_remote,
+            extra
+                .remote_sets
+                .map(|n| format!("; {n} sets there"))
+                .unwrap_or_default()
+        );
+        for error in &extra.errors {
+            let _ = writeln!(out, "  error:          {error}");
+        }
     }
     out
 }

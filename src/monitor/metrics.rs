@@ -10,15 +10,33 @@ use std::path::Path;
 /// The file node_exporter reads (it skips the `.NAME.random.tmp` a write goes through).
 pub const FILE: &str = "cvp_backup_copy.prom";
 
-/// The record in the text exposition format (pure).
+/// The record in the text exposition format (pure): one sample per destination, each
+/// labelled with it, under one HELP and TYPE per metric.
 pub fn render(record: &RunRecord) -> String {
-    let label = format!("{{destination=\"{}\"}}", escape(&record.destination));
+    let mut metrics: Vec<(String, String, Vec<String>)> = Vec::new();
+    for part in record.per_destination() {
+        let label = format!("{{destination=\"{}\"}}", escape(&part.destination));
+        samples(&part, &mut |name: &str, help: &str, value: String| {
+            let sample = format!("cvp_backup_copy_{name}{label} {value}");
+            match metrics.iter_mut().find(|(n, _, _)| n == name) {
+                Some((_, _, samples)) => samples.push(sample),
+                None => metrics.push((name.to_string(), help.to_string(), vec![sample])),
+            }
+        });
+    }
     let mut text = String::new();
-    let mut gauge = |name: &str, help: &str, value: String| {
+    for (name, help, samples) in metrics {
         let _ = writeln!(text, "# HELP cvp_backup_copy_{name} {help}");
         let _ = writeln!(text, "# TYPE cvp_backup_copy_{name} gauge");
-        let _ = writeln!(text, "cvp_backup_copy_{name}{label} {value}");
-    };
+        for sample in samples {
+            let _ = writeln!(text, "{sample}");
+        }
+    }
+    text
+}
+
+/// One destination's samples (its own exit code; the node's gauges come with `main`).
+fn samples(record: &RunRecord, gauge: &mut dyn FnMut(&str, &str, String)) {
     gauge(
         "last_run_timestamp_seconds",
         "When the last run finished (Unix time).",
@@ -36,7 +54,7 @@ pub fn render(record: &RunRecord) -> String {
     );
     gauge(
         "last_exit_code",
-        "Exit code of the last run (0 success; README, Exit codes).",
+        "Exit code of the last run for this destination (0 success; README, Exit codes).",
         record.exit_code.to_string(),
     );
     gauge(
@@ -84,7 +102,6 @@ pub fn render(record: &RunRecord) -> String {
             floor.to_string(),
         );
     }
-    text
 }
 
 /// Replace `DIR/cvp_backup_copy.prom` atomically, readable by node_exporter (0644).

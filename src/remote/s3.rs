@@ -226,6 +226,25 @@ impl S3Remote {
                     self.label
                 ))
             }
+            ureq::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                        | std::io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                // Worth another attempt (a restarting server), and a failure to connect.
+                Error {
+                    code: ExitCode::Connect,
+                    transient: true,
+                    message: format!(
+                        "{what}: cannot connect to {endpoint} ({}): {io}",
+                        self.label
+                    ),
+                }
+            }
             ureq::Error::HostNotFound => Error::connect(format!(
                 "{what}: the endpoint {endpoint} of {} does not resolve. This binary looks \
                  names up in /etc/hosts and then in DNS, not through nsswitch.conf: give the \
@@ -234,16 +253,19 @@ impl S3Remote {
             )),
             other => {
                 let why = other.to_string().replace(|c: char| c.is_control(), " ");
-                let why = if why.contains("ertificate") {
-                    format!(
-                        "{why}: if {endpoint}'s certificate is signed by a private CA, give it \
-                         in `ca_file`"
-                    )
-                } else {
-                    why
-                };
+                if why.contains("ertificate") {
+                    return Error::connect(format!(
+                        "{what} on {}: the TLS certificate of {endpoint} does not verify \
+                         ({why}): if it is signed by a private CA, give its certificate in \
+                         `ca_file`",
+                        self.label
+                    ));
+                }
                 let mut error = Error::transient(format!("{what} on {}: {why}", self.label));
-                if matches!(other, ureq::Error::ConnectionFailed) {
+                if matches!(
+                    other,
+                    ureq::Error::ConnectionFailed | ureq::Error::Timeout(ureq::Timeout::Connect)
+                ) {
                     error.message = format!(
                         "{what}: cannot connect to {endpoint} ({}): {why}",
                         self.label

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod proxy;
+pub mod weed;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -251,6 +252,36 @@ pub fn python_keygen(key_file: &Path, password: &str) -> String {
         .to_string()
 }
 
+/// `secret` encrypted with the Fernet key in `key_file` (Python's `cryptography`), as
+/// `edit` stores a password or an S3 secret key.
+pub fn python_encrypt(key_file: &Path, secret: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom cryptography.fernet import Fernet\n\
+             print(Fernet(open(sys.argv[1], 'rb').read().strip()).encrypt(sys.argv[2].encode()).decode())",
+        ])
+        .arg(key_file)
+        .arg(secret)
+        .output()
+        .expect("python3 with cryptography");
+    assert!(out.status.success(), "python encrypt failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Fixture {
+    /// A `[Destination NAME]` section for an S3 bucket on the test's SeaweedFS (`endpoint`:
+    /// another, e.g. a proxy's or a closed port), with the node's secret under this node's key.
+    pub fn s3_section(&self, name: &str, endpoint: &str, bucket: &str, extra: &str) -> String {
+        let token = python_encrypt(&self.key_file, weed::NODE_SECRET);
+        format!(
+            "[Destination {name}]\nuser = {}\nserver = {endpoint}\npassword = {token}\n\
+             destination = s3://{bucket}/nodes/cvp1\n{extra}\n",
+            weed::NODE_KEY
+        )
+    }
+}
+
 /// A captured run of the tool.
 pub struct Run {
     pub code: i32,
@@ -292,6 +323,8 @@ pub struct Fixture {
     pub cvpi_flags: String,
     pub server_extra: String,
     pub backup_extra: String,
+    /// More sections at the end of the INI (`[Destination NAME]`).
+    pub extra_sections: String,
 }
 
 impl Fixture {
@@ -334,6 +367,7 @@ impl Fixture {
             cvpi_flags: String::new(),
             server_extra: String::new(),
             backup_extra: String::new(),
+            extra_sections: String::new(),
         };
         std::fs::create_dir_all(&fixture.backup_dir).expect("backup dir");
         std::fs::create_dir_all(&fixture.log_dir).expect("log dir");
@@ -358,7 +392,8 @@ impl Fixture {
              known_hosts = {kh}\n{server_extra}\n\
              [Backup_Settings]\n# Backup script settings\nlimit = 5\n\
              backup_command = {cvpi} --backup-dir {bd} --log-dir {ld} {flags} backup cvp\n\
-             backup_user = root\nbackup_dir = {bd}\nlog_dir = {ld}\nstate_dir = {sd}\n{backup_extra}\n",
+             backup_user = root\nbackup_dir = {bd}\nlog_dir = {ld}\nstate_dir = {sd}\n{backup_extra}\n\
+             {extra_sections}\n",
             port = self.port,
             token = self.token,
             key = self.key_file.display(),
@@ -371,6 +406,7 @@ impl Fixture {
             flags = self.cvpi_flags,
             sd = self.state_dir.display(),
             backup_extra = self.backup_extra,
+            extra_sections = self.extra_sections,
         )
     }
 
