@@ -38,6 +38,9 @@ const SERVER_OPTIONS: &[&str] = &[
     "ca_file",
 ];
 
+/// Options only an S3 destination reads.
+pub const S3_ONLY_OPTIONS: &[&str] = &["region", "s3_virtual_host", "ca_file"];
+
 /// What a `[Destination NAME]` takes from `[Server_Settings]` when it does not say: how keys
 /// and hosts are trusted and how hard to try. Where and as whom (server, port, user,
 /// password, identity_file, destination), what to keep there (remote_limit) and the S3

@@ -355,7 +355,14 @@ pub fn edit(options: &EditOptions) -> Result<()> {
     for (section, options) in &sections {
         let section = section.as_str();
         println!("[{section}]");
+        let is_s3 = session
+            .value(section, "destination")
+            .is_some_and(|d| d.starts_with("s3://"));
         for option in options.iter() {
+            // The S3 settings are asked only of a bucket's section.
+            if !is_s3 && config::S3_ONLY_OPTIONS.contains(option) {
+                continue;
+            }
             match *option {
                 "password" => ask_password(&mut session)?,
                 "keyFile" => ask_key(&mut session)?,

