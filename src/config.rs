@@ -243,6 +243,10 @@ pub fn check_value(
     if value.is_empty() || value.contains("{{") {
         return Err("a value is required".into());
     }
+    // One line: a carriage return or another control character could add options.
+    if value.chars().any(char::is_control) {
+        return Err("a value is one line of text (no control characters)".into());
+    }
     let path = |v: &str| resolve_against(ini, v);
     match option.to_ascii_lowercase().as_str() {
         "port" => parse_number(value, 1, u16::MAX as u64).map(drop),
@@ -412,7 +416,15 @@ impl ServerConfig {
     pub fn label(&self) -> String {
         match &self.kind {
             DestinationKind::Sftp => destination_label(&self.user, &self.host, &self.destination),
-            DestinationKind::S3(_) => s3_label(&self.destination, &self.host),
+            DestinationKind::S3(s3) => s3_label(
+                &format!(
+                    "s3://{}{}{}",
+                    s3.bucket,
+                    if s3.prefix.is_empty() { "" } else { "/" },
+                    s3.prefix
+                ),
+                &self.host,
+            ),
         }
     }
 
@@ -449,6 +461,12 @@ impl Config {
                 ))
             })
     }
+}
+
+/// Two destinations that are one place (the same label, a folder's trailing `/` aside).
+fn same_place(a: &ServerConfig, b: &ServerConfig) -> bool {
+    let place = |d: &ServerConfig| (d.port, d.label().trim_end_matches('/').to_ascii_lowercase());
+    place(a) == place(b)
 }
 
 /// The name `[Server_Settings]` goes by in messages, labels and options.
@@ -586,7 +604,21 @@ impl Config {
                     path.display()
                 )));
             }
-            extra.push(reader.destination(props, section, name, Some(&server))?);
+            let added = reader.destination(props, section, name, Some(&server))?;
+            // Two destinations at one place would abort and prune each other's uploads.
+            if let Some(same) = std::iter::once(&server)
+                .chain(extra.iter())
+                .find(|d| same_place(d, &added))
+            {
+                return Err(Error::config(format!(
+                    "{}: [{section}] is the same place as destination {} ({}): give each \
+                     destination its own server, folder or bucket prefix",
+                    path.display(),
+                    same.name,
+                    added.label()
+                )));
+            }
+            extra.push(added);
         }
 
         let backup = ini.section(Some(BACKUP));
@@ -1326,6 +1358,61 @@ limit: 7
             &PYTHON_STYLE.replace("limit: 7", "backup_timeout = 0"),
             &["backup_timeout", "`0`"],
         );
+    }
+
+    #[test]
+    fn destinations_are_sections_with_main_first_and_keys_inherited() {
+        let text = "[Server_Settings]\nuser=u\nserver=h\ndestination=/d\npassword=t\n\
+                    keyFile=/k\nstreams=3\nencrypt_to=age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq\n\
+                    [Destination offsite]\nuser=AK\nserver=https://s3.example.net:9000/\n\
+                    password=t2\ndestination=s3://cvp-backups/nodes/cvp1/\n\
+                    [Destination plain]\nuser=v\nserver=h2\npassword=t3\ndestination=/e\n\
+                    encrypt_to=none\nkeyFile=/k2\n";
+        let config = match parse(text) {
+            Ok(config) => config,
+            Err(err) => panic!("{err}"),
+        };
+        let names: Vec<&str> = config.destinations().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["main", "offsite", "plain"]);
+        let offsite = config.destination("OFFSITE").expect("by name, any case");
+        let s3 = offsite.s3().expect("an S3 destination");
+        assert_eq!(s3.endpoint, "https://s3.example.net:9000");
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str()),
+            ("cvp-backups", "nodes/cvp1")
+        );
+        assert_eq!(s3.region, "us-east-1");
+        assert!(!s3.virtual_host);
+        assert_eq!(s3.key("cvp.x.tgz"), "nodes/cvp1/cvp.x.tgz");
+        assert_eq!(offsite.key_file.as_deref(), Some(Path::new("/k")));
+        assert_eq!(offsite.streams, Streams::Fixed(3));
+        assert!(offsite.encrypt_to.is_some(), "encrypt_to is inherited");
+        assert_eq!(
+            offsite.label(),
+            "s3://cvp-backups/nodes/cvp1@s3.example.net:9000"
+        );
+        let plain = config.destination("plain").expect("plain");
+        assert!(plain.encrypt_to.is_none(), "encrypt_to = none turns it off");
+        assert_eq!(plain.key_file.as_deref(), Some(Path::new("/k2")));
+        assert!(config.destination("ofsite").is_err());
+    }
+
+    #[test]
+    fn bad_destinations_are_refused_naming_the_section() {
+        let main = "[Server_Settings]\nuser=u\nserver=h\ndestination=/d\npassword=t\nkeyFile=/k\n";
+        let cases = [
+            ("[Destination bad name!]\nuser=u\nserver=h\ndestination=/e\npassword=t\n", "not a destination name"),
+            ("[Destination main]\nuser=u\nserver=h\ndestination=/e\npassword=t\n", "`main` is"),
+            ("[Destination x]\nuser=u\nserver=h\ndestination=/d\npassword=t\n", "the same place as destination main"),
+            ("[Destination x]\nuser=u\nserver=h\ndestination=s3://B/p\npassword=t\n", "not a bucket name"),
+            ("[Destination x]\nuser=u\nserver=h\ndestination=s3://bucket/p\npassword=t\n", "endpoint"),
+            ("[Destination x]\nuser=u\nserver=https://h/path\ndestination=s3://bucket/p\npassword=t\n", "only https://host"),
+            ("[Destination x]\nuser=u\nserver=https://h\ndestination=s3://bucket/../p\npassword=t\n", "not a usable prefix"),
+            ("[Destination x]\nuser=u\nserver=https://h\ndestination=s3://bucket\nidentity_file=/i\n", "secret access key"),
+        ];
+        for (section, needle) in cases {
+            expect_config_error(&format!("{main}{section}"), &[needle]);
+        }
     }
 
     #[test]

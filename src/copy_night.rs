@@ -4,7 +4,7 @@
 //! behind a lock and saved at once.
 
 use crate::claim;
-use crate::config::ServerConfig;
+use crate::config::{self, ServerConfig};
 use crate::destination::{self, copy_one, retry, Copied, Destination, RetryPolicy};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
@@ -49,10 +49,10 @@ impl Shared<'_> {
         }
     }
 
-    fn sealed(&self) -> Vec<SealedUpload> {
+    fn sealed(&self, destination: &str) -> Vec<SealedUpload> {
         self.history
             .lock()
-            .map(|h| h.sealed.clone())
+            .map(|h| h.sealed_at(destination))
             .unwrap_or_default()
     }
 
@@ -220,7 +220,7 @@ impl Night<'_> {
         let mut digests: HashMap<BackupName, (RemoteFile, String)> = HashMap::new();
 
         let mut all_ok = true;
-        let sealed = self.shared.sealed();
+        let sealed = self.shared.sealed(&self.server.name);
         let mut first_attempts = link.side_by_side(files, &sealed);
         for (index, file) in files.iter().enumerate() {
             let outcome = match first_attempts.remove(&index) {
@@ -289,6 +289,8 @@ impl Night<'_> {
                             bytes: done.bytes,
                             local_bytes: file.size,
                             recipients: recipients.fingerprint.clone(),
+                            destination: (!self.server.name.eq_ignore_ascii_case(config::MAIN))
+                                .then(|| self.server.name.to_ascii_lowercase()),
                         };
                         self.shared.update(|history| history.record_sealed(upload));
                     }
@@ -312,6 +314,8 @@ impl Night<'_> {
             }
         }
         link.release_extras();
+        // Tonight's set's manifest lists the new sha256s only once it is written tonight.
+        let mut manifest_written = false;
         if let (true, Some(set)) = (all_ok, set) {
             let members: Vec<Member> = set
                 .files()
@@ -325,11 +329,14 @@ impl Night<'_> {
             match retry(policy, link, |link| {
                 transfer::publish_manifest(link.remote()?, set.data, &text)
             }) {
-                Ok(true) => log::info!(
-                    "{}: the set's manifest, `sha256sum -c` checks every member",
-                    set.data.manifest_name()
-                ),
-                Ok(false) => {}
+                Ok(true) => {
+                    manifest_written = true;
+                    log::info!(
+                        "{}: the set's manifest, `sha256sum -c` checks every member",
+                        set.data.manifest_name()
+                    )
+                }
+                Ok(false) => manifest_written = true,
                 Err(err) => {
                     self.fail(err);
                     all_ok = false;
@@ -345,7 +352,7 @@ impl Night<'_> {
             .filter_map(|(name, digest)| Some((RemoteFile::parse(name)?, digest.clone())))
             .collect();
         if !replaced_files.is_empty() && signals::received().is_none() {
-            let except = set.map(|s| s.data);
+            let except = set.map(|s| s.data).filter(|_| manifest_written);
             match retry(policy, link, |link| {
                 restate_manifests(link.remote()?, &replaced_files, except)
             }) {

@@ -285,7 +285,7 @@ impl Session {
     fn show(&self, title: &str) {
         println!("\n#####  {title}  #####");
         for (section, options) in KNOWN_OPTIONS {
-            println!("[{section}]");
+            println!("[{}]", crate::error::printable(section));
             for option in options {
                 println!(
                     "  {option} : {}",
@@ -354,7 +354,7 @@ pub fn edit(options: &EditOptions) -> Result<()> {
     };
     for (section, options) in &sections {
         let section = section.as_str();
-        println!("[{section}]");
+        println!("[{}]", crate::error::printable(section));
         let is_s3 = session
             .value(section, "destination")
             .is_some_and(|d| d.starts_with("s3://"));

@@ -134,8 +134,10 @@ pub fn keygen(options: &KeygenOptions) -> Result<()> {
     for section in lost {
         let name = config::destination_section(&section).unwrap_or_default();
         eprintln!(
-            "cvp-backup-copy: warning: [{section}]'s password did not decrypt with the old key: \
-             set it again with `cvp-backup-copy edit --destination {name}`"
+            "cvp-backup-copy: warning: [{}]'s password did not decrypt with the old key: set it \
+             again with `cvp-backup-copy edit --destination {}`",
+            crate::error::printable(&section),
+            crate::error::printable(name)
         );
     }
     Ok(())

@@ -50,7 +50,6 @@ pub fn upload(
         return upload_whole(remote, local, &outgoing, name, seen, progress);
     }
     let key = remote.key(&name.file_name());
-    let label = remote.describe();
     let count = usize::try_from(len.div_ceil(part))
         .map_err(|_| Error::copy(format!("{name} is too large")))?;
 
@@ -90,20 +89,46 @@ pub fn upload(
 
     let during = format!("the copy of {name}");
     let results = Mutex::new(done);
-    let (outcome, hashed) = transfer::beside_hash(&outgoing, local, &during, |abandon| {
-        send_parts(
+    let digests = PartDigests::new(count);
+    let abandon = AtomicBool::new(false);
+    let (sent, hashed) = std::thread::scope(|scope| {
+        let hasher = scope.spawn(|| {
+            let outcome = hash_in_order(&outgoing, local, part, &digests, &abandon, &during);
+            if outcome.is_err() {
+                abandon.store(true, Ordering::Relaxed);
+                digests.ready.notify_all();
+            }
+            outcome
+        });
+        let sending = std::time::Instant::now();
+        let sent = send_parts(
             remote,
             (&key, &upload_id),
             &outgoing,
-            local,
             (part, len),
-            &results,
+            (&results, &digests),
             streams.max(1),
-            abandon,
+            &abandon,
             progress,
-        )
-    })?;
-    let _: () = outcome;
+        );
+        if sent.is_err() {
+            abandon.store(true, Ordering::Relaxed);
+            digests.ready.notify_all();
+        }
+        let sent_after = sending.elapsed();
+        let hashed = hasher
+            .join()
+            .unwrap_or_else(|_| Err(Error::copy(format!("hashing crashed during {during}"))));
+        let lag = sending.elapsed().saturating_sub(sent_after);
+        (sent, hashed.map(|(digest, bytes)| (digest, bytes, lag)))
+    });
+    sent?;
+    let (digest, hashed_bytes, lag) = hashed?;
+    let hashed = transfer::Hashed {
+        digest,
+        bytes: hashed_bytes,
+        lag,
+    };
     transfer::check_unchanged(local, &outgoing, hashed.bytes)?;
     let parts: Vec<DonePart> = results
         .into_inner()
@@ -112,16 +137,23 @@ pub fn upload(
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| Error::transient(format!("{name}: a part is missing after the upload")))?;
 
-    publish_sidecar(remote, name, &hashed.digest, seen.finals)?;
+    let sidecar = sidecar_line(&hashed.digest, &name.file_name());
+    // A new name: its checksum file first, so the object never stands without one. A name
+    // being replaced: the completion replaces the old object at once (it stays whole until
+    // then), and the checksum file follows.
+    if !seen.finals {
+        remote.put_bytes(&name.sidecar_name(), sidecar.as_bytes())?;
+    }
     complete(remote, &key, &upload_id, &parts, &name)?;
-    match remote.head(&name.file_name())? {
-        Some(size) if size == len => {}
-        other => {
-            return Err(Error::transient(format!(
-                "verification failed for {name} on {label}: sent {len} bytes, the server has {}",
-                other.map_or_else(|| "no object".to_string(), |s| format!("{s} bytes"))
-            )))
-        }
+    // The server's own composite SHA-256 of the parts (when it keeps one) must be ours.
+    let composite = composite_sha256(&parts);
+    if let Err(err) = verify_object(remote, &name, len, Some(&composite)) {
+        let mut gone = remote.clone();
+        let _ = gone.remove(&name.file_name());
+        return Err(err);
+    }
+    if seen.finals {
+        remote.put_bytes(&name.sidecar_name(), sidecar.as_bytes())?;
     }
     Ok(Uploaded {
         digest: hashed.digest,
@@ -157,8 +189,16 @@ fn upload_whole(
     transfer::check_unchanged(local, outgoing, at as u64)?;
     let digest = transfer::hex(&Sha256::digest(&bytes));
     let hash_seconds = started.elapsed().as_secs_f64();
-    publish_sidecar(remote, name, &digest, seen.finals)?;
+    let sidecar = sidecar_line(&digest, &name.file_name());
+    // As for a large file: a new name gets its checksum file first; a replaced one after.
+    if !seen.finals {
+        remote.put_bytes(&name.sidecar_name(), sidecar.as_bytes())?;
+    }
     remote.put_bytes(&name.file_name(), &bytes)?;
+    verify_object(remote, &name, len, None)?;
+    if seen.finals {
+        remote.put_bytes(&name.sidecar_name(), sidecar.as_bytes())?;
+    }
     progress.set_position(len);
     Ok(Uploaded {
         digest,
@@ -167,22 +207,58 @@ fn upload_whole(
     })
 }
 
-/// The sidecar goes up before the object is completed; a stale object of the same name goes
-/// first: at no moment does a name hold an object its sidecar does not describe.
-fn publish_sidecar(
-    remote: &S3Remote,
-    name: RemoteFile,
-    digest: &str,
-    replacing: bool,
-) -> Result<()> {
-    if replacing {
-        let mut remote = remote.clone();
-        remote.remove(&name.file_name())?;
+/// S3's checksum of a multipart object: the SHA-256 of the parts' SHA-256s, `-N` parts.
+fn composite_sha256(parts: &[DonePart]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&part.sha256) {
+            hasher.update(raw);
+        }
     }
-    remote.put_bytes(
-        &name.sidecar_name(),
-        sidecar_line(digest, &name.file_name()).as_bytes(),
+    format!(
+        "{}-{}",
+        base64::engine::general_purpose::STANDARD.encode(hasher.finalize()),
+        parts.len()
     )
+}
+
+/// The object under its final name has the size sent and, when the server reports a
+/// checksum, the one expected (`composite` for a multipart object; a whole PUT was checked
+/// against its SHA-256 header as it arrived, and its ETag against its MD5 by `put_bytes`).
+fn verify_object(
+    remote: &S3Remote,
+    name: &RemoteFile,
+    len: u64,
+    composite: Option<&str>,
+) -> Result<()> {
+    let label = remote.describe();
+    let (size, checksum) = match remote.head_with_checksum(&name.file_name())? {
+        Some(found) => found,
+        None => {
+            return Err(Error::transient(format!(
+                "verification failed for {name} on {label}: sent {len} bytes, the server has \
+                 no object"
+            )))
+        }
+    };
+    if size != len {
+        return Err(Error::transient(format!(
+            "verification failed for {name} on {label}: sent {len} bytes, the server has {size}"
+        )));
+    }
+    if let (Some(expected), Some(reported)) = (composite, checksum.as_deref()) {
+        // Servers spell a composite checksum with or without its part count.
+        let matches = reported == expected
+            || expected.split('-').next() == Some(reported.split('-').next().unwrap_or(""));
+        if !matches {
+            return Err(Error::transient(format!(
+                "verification failed for {name} on {label}: the server's SHA-256 of the parts \
+                 is {reported}, the parts sent make {expected}; the object is removed, the \
+                 next attempt sends it again"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn create(remote: &S3Remote, key: &str, name: &RemoteFile) -> Result<String> {
@@ -254,8 +330,9 @@ fn verify_listed_parts(
                 (p.etag.trim_matches('"').to_ascii_lowercase(), p.size),
             );
         }
+        // Part numbers only go up: anything else ends the listing.
         match parsed.next_part_number_marker {
-            Some(next) if Some(next) != marker => marker = Some(next),
+            Some(next) if marker.is_none_or(|m| next > m) => marker = Some(next),
             _ => break,
         }
     }
@@ -324,9 +401,8 @@ fn send_parts(
     remote: &S3Remote,
     (key, upload_id): (&str, &str),
     outgoing: &Outgoing,
-    local: &Path,
     (part, len): (u64, u64),
-    results: &Mutex<Vec<Option<DonePart>>>,
+    (results, digests): (&Mutex<Vec<Option<DonePart>>>, &PartDigests),
     streams: usize,
     abandon: &AtomicBool,
     progress: &ProgressBar,
@@ -346,7 +422,6 @@ fn send_parts(
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
                     let mut reader = outgoing.reader();
-                    let mut buf = vec![0u8; BUFFER];
                     loop {
                         if abandon.load(Ordering::Relaxed) {
                             return Ok(());
@@ -357,14 +432,15 @@ fn send_parts(
                         };
                         let from = index as u64 * part;
                         let to = (from + part).min(len);
-                        let sent = send_part(
-                            remote,
-                            (key, upload_id),
-                            (&mut *reader, local),
-                            (index, from..to),
-                            &mut buf,
-                            abandon,
-                        );
+                        let sent = digests.wait(index, abandon).and_then(|sha256| {
+                            send_part(
+                                remote,
+                                (key, upload_id),
+                                &mut *reader,
+                                (index, from..to, sha256),
+                                abandon,
+                            )
+                        });
                         match sent {
                             Ok(done) => {
                                 if let Ok(mut results) = results.lock() {
@@ -393,18 +469,17 @@ fn send_parts(
     outcomes.into_iter().collect::<Result<Vec<()>>>().map(drop)
 }
 
+/// One part, with the SHA-256 the in-order hasher gave it: the server refuses the part
+/// when its bytes do not match.
 fn send_part(
     remote: &S3Remote,
     (key, upload_id): (&str, &str),
-    (reader, local): (&mut dyn ReadAt, &Path),
-    (index, range): (usize, std::ops::Range<u64>),
-    buf: &mut [u8],
+    reader: &mut dyn ReadAt,
+    (index, range, sha256): (usize, std::ops::Range<u64>, String),
     abandon: &AtomicBool,
 ) -> Result<DonePart> {
     let number = u16::try_from(index + 1)
         .map_err(|_| Error::copy("internal error: more than 65535 parts"))?;
-    // Hashed first (from the page cache), so the server can refuse a damaged part.
-    let (_, sha256) = digests_of(reader, local, range.clone(), buf)?;
     let mut action =
         remote
             .bucket()
@@ -436,6 +511,100 @@ fn send_part(
             Error::transient(format!("part {number} of {key}: no ETag in the answer"))
         })?;
     Ok(DonePart { etag, sha256 })
+}
+
+/// Each part's SHA-256 (base64), as the in-order hasher reaches the part's end; a part's
+/// sender waits for its own.
+struct PartDigests {
+    slots: Mutex<Vec<Option<String>>>,
+    ready: std::sync::Condvar,
+}
+
+impl PartDigests {
+    fn new(count: usize) -> PartDigests {
+        PartDigests {
+            slots: Mutex::new(vec![None; count]),
+            ready: std::sync::Condvar::new(),
+        }
+    }
+
+    fn set(&self, index: usize, digest: String) {
+        if let Ok(mut slots) = self.slots.lock() {
+            if let Some(slot) = slots.get_mut(index) {
+                *slot = Some(digest);
+            }
+        }
+        self.ready.notify_all();
+    }
+
+    fn wait(&self, index: usize, abandon: &AtomicBool) -> Result<String> {
+        let mut slots = self
+            .slots
+            .lock()
+            .map_err(|_| Error::copy("internal error: the hasher crashed"))?;
+        loop {
+            if let Some(Some(digest)) = slots.get(index) {
+                return Ok(digest.clone());
+            }
+            if abandon.load(Ordering::Relaxed) {
+                return Err(Error::copy("the upload was stopped"));
+            }
+            slots = self
+                .ready
+                .wait_timeout(slots, Duration::from_millis(200))
+                .map_err(|_| Error::copy("internal error: the hasher crashed"))?
+                .0;
+        }
+    }
+}
+
+/// The whole file's SHA-256 (hex, for its sidecar) and each part's (for the server to
+/// check), in one pass in order beside the senders (from the page cache: cvpi has just
+/// written it).
+fn hash_in_order(
+    outgoing: &Outgoing,
+    local: &Path,
+    part: u64,
+    digests: &PartDigests,
+    abandon: &AtomicBool,
+    during: &str,
+) -> Result<(String, u64)> {
+    let len = outgoing.len();
+    let mut reader = outgoing.reader();
+    let mut whole = Sha256::new();
+    let mut this_part = Sha256::new();
+    let mut buf = vec![0u8; BUFFER];
+    let mut at = 0u64;
+    let mut index = 0usize;
+    while at < len {
+        signals::check(during)?;
+        if abandon.load(Ordering::Relaxed) {
+            return Err(Error::copy(format!("{during} stopped")));
+        }
+        let part_end = ((index as u64 + 1) * part).min(len);
+        let want = usize::try_from(part_end - at).unwrap_or(BUFFER).min(BUFFER);
+        let n = reader
+            .read_at(&mut buf[..want], at)
+            .map_err(transfer::read_error(local))?;
+        if n == 0 {
+            return Err(Error::copy(format!(
+                "{} is shorter than it was: it changed while it was copied",
+                local.display()
+            )));
+        }
+        whole.update(&buf[..n]);
+        this_part.update(&buf[..n]);
+        at += n as u64;
+        if at == part_end {
+            let digest = std::mem::take(&mut this_part).finalize();
+            digests.set(
+                index,
+                base64::engine::general_purpose::STANDARD.encode(digest),
+            );
+            index += 1;
+        }
+    }
+    Ok((transfer::hex(&whole.finalize()), at))
 }
 
 /// One part's bytes as the HTTP body.

@@ -332,6 +332,20 @@ pub struct SealedUpload {
     pub local_bytes: u64,
     /// `Recipients::fingerprint` of the recipients it was encrypted to.
     pub recipients: String,
+    /// The destination it went to (its name, lower case); None: `main` (records of earlier
+    /// versions, which had one destination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+impl SealedUpload {
+    /// Sent to `destination` (a name).
+    pub fn went_to(&self, destination: &str) -> bool {
+        match &self.destination {
+            Some(to) => to.eq_ignore_ascii_case(destination),
+            None => destination.eq_ignore_ascii_case(crate::config::MAIN),
+        }
+    }
 }
 
 /// One set's members, by name.
@@ -366,10 +380,20 @@ impl History {
     /// Record an encrypted upload (replacing an older record of the same name), keeping only
     /// the newest 200: more than any retention keeps.
     pub fn record_sealed(&mut self, upload: SealedUpload) {
-        self.sealed.retain(|s| s.name != upload.name);
+        self.sealed
+            .retain(|s| !(s.name == upload.name && s.destination == upload.destination));
         self.sealed.push(upload);
-        let excess = self.sealed.len().saturating_sub(200);
+        let excess = self.sealed.len().saturating_sub(1000);
         self.sealed.drain(..excess);
+    }
+
+    /// The encrypted copies this node sent to `destination`.
+    pub fn sealed_at(&self, destination: &str) -> Vec<SealedUpload> {
+        self.sealed
+            .iter()
+            .filter(|s| s.went_to(destination))
+            .cloned()
+            .collect()
     }
 
     /// Record (or re-record) a set's members.
@@ -400,29 +424,31 @@ impl History {
 
     /// The newest set verified complete on `destination`.
     pub fn last_verified_at(&self, destination: &str) -> Option<BackupName> {
-        if destination == crate::config::MAIN {
+        if destination.eq_ignore_ascii_case(crate::config::MAIN) {
             return self.last_verified();
         }
         self.last_verified_on
-            .get(destination)
+            .get(&destination.to_ascii_lowercase())
             .and_then(|name| BackupName::parse(name))
     }
 
     pub fn set_last_verified(&mut self, destination: &str, data: BackupName) {
-        if destination == crate::config::MAIN {
+        if destination.eq_ignore_ascii_case(crate::config::MAIN) {
             self.last_verified = Some(data.file_name());
         } else {
             self.last_verified_on
-                .insert(destination.to_string(), data.file_name());
+                .insert(destination.to_ascii_lowercase(), data.file_name());
         }
     }
 
     /// The replaced files whose new sha256 `destination`'s older manifests may not list yet.
     pub fn restate_on(&mut self, destination: &str) -> &mut Vec<(String, String)> {
-        if destination == crate::config::MAIN {
+        if destination.eq_ignore_ascii_case(crate::config::MAIN) {
             &mut self.restate
         } else {
-            self.restate_at.entry(destination.to_string()).or_default()
+            self.restate_at
+                .entry(destination.to_ascii_lowercase())
+                .or_default()
         }
     }
 

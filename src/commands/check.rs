@@ -152,12 +152,17 @@ fn check_bucket(config: &Config, server: &ServerConfig, password: &Password, rep
         return;
     };
     if let Some(s3) = server.s3() {
-        if s3.endpoint.starts_with("http://") && server.encrypt_to.is_none() {
+        if s3.endpoint.starts_with("http://") {
+            let data = if server.encrypt_to.is_none() {
+                "the backups travel in clear (set encrypt_to, or use https://), and "
+            } else {
+                "the backups are encrypted (encrypt_to), but "
+            };
             report.line(
                 "endpoint",
                 Outcome::Warn(format!(
-                    "{} is plain http: the backups (and every request) travel in clear; use \
-                     https://, or set encrypt_to",
+                    "{} is plain http: {data}anyone on the path can read the requests and \
+                     forge the answers a copy is verified by; use https://",
                     s3.endpoint
                 )),
             );

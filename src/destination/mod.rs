@@ -47,6 +47,31 @@ pub trait Destination: Send {
     fn reset(&mut self);
 }
 
+/// Decrypt a destination's password (or S3 secret key) when there is one; also check that
+/// an identity file exists. `ini` names the configuration in messages.
+pub fn credentials(server: &ServerConfig, ini: &std::path::Path) -> Result<Option<Secret>> {
+    if let Some(identity) = &server.identity_file {
+        if !identity.is_file() {
+            return Err(Error::config(format!(
+                "{}: identity_file {} of destination {} does not exist",
+                ini.display(),
+                identity.display(),
+                server.name
+            )));
+        }
+        if let Err(err) = crate::secret::check_identity_is_private(identity) {
+            log::warn!("{err}");
+        }
+    }
+    match (&server.password_token, &server.key_file) {
+        (Some(token), Some(key)) => {
+            crate::secret::check_key_is_private(key)?;
+            crate::secret::decrypt_password(token, key, ini).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// A connection to `server` for a command that lists, reads or removes files (`list`,
 /// `fetch`, `check`, `--dry-run`), with its password or secret key from the INI at `ini`.
 /// `record_host_key`: whether a new SFTP host's key may be written under accept-new (`fetch`
@@ -56,7 +81,7 @@ pub fn connect(
     ini: &std::path::Path,
     record_host_key: bool,
 ) -> Result<Box<dyn Remote + Send>> {
-    let password = crate::run::credentials(server, ini)?;
+    let password = credentials(server, ini)?;
     match &server.kind {
         DestinationKind::Sftp => {
             let connected = crate::remote::sftp::connect(crate::remote::sftp::ConnectOptions {
@@ -96,7 +121,7 @@ pub fn connect_several(
     ini: &std::path::Path,
     count: usize,
 ) -> Vec<Result<Box<dyn Remote + Send>>> {
-    let password = match crate::run::credentials(server, ini) {
+    let password = match credentials(server, ini) {
         Ok(password) => password,
         Err(err) => return vec![Err(err)],
     };

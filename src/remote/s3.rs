@@ -22,6 +22,9 @@ const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
 pub const PART_SIZE: u64 = 8 * 1024 * 1024;
 pub const MAX_PARTS: u64 = 10_000;
 
+/// Pages of a listing at most (1000 names each): a server cannot keep a listing going.
+const MAX_PAGES: usize = 10_000;
+
 /// A fetch reads an object in ranges this big, each with its own deadline.
 const READ_RANGE: u64 = 16 * 1024 * 1024;
 
@@ -133,6 +136,29 @@ impl S3Remote {
         what: &str,
         request: Request<'_>,
     ) -> Result<ureq::http::Response<ureq::Body>> {
+        self.exchange(what, request).map_err(|(_, err)| err)
+    }
+
+    /// The same, and None when the server says the thing is not there: HTTP 404, or the
+    /// error code `absent` (judged by the answer's status and code, never by its words).
+    fn send_unless_absent(
+        &self,
+        what: &str,
+        request: Request<'_>,
+        absent: &str,
+    ) -> Result<Option<ureq::http::Response<ureq::Body>>> {
+        match self.exchange(what, request) {
+            Ok(answer) => Ok(Some(answer)),
+            Err((Some(refusal), _)) if refusal.status == 404 || refusal.code == absent => Ok(None),
+            Err((_, err)) => Err(err),
+        }
+    }
+
+    fn exchange(
+        &self,
+        what: &str,
+        request: Request<'_>,
+    ) -> std::result::Result<ureq::http::Response<ureq::Body>, (Option<Refusal>, Error)> {
         let Request {
             method,
             url,
@@ -151,7 +177,7 @@ impl S3Remote {
             Body::Empty => {
                 let request = builder
                     .body(())
-                    .map_err(|err| Error::copy(format!("{what}: {err}")))?;
+                    .map_err(|err| (None, Error::copy(format!("{what}: {err}"))))?;
                 let request = self
                     .agent
                     .configure_request(request)
@@ -164,12 +190,13 @@ impl S3Remote {
                 let request = builder
                     .header("content-length", bytes.len().to_string())
                     .body(bytes)
-                    .map_err(|err| Error::copy(format!("{what}: {err}")))?;
+                    .map_err(|err| (None, Error::copy(format!("{what}: {err}"))))?;
                 let request = self
                     .agent
                     .configure_request(request)
                     .timeout_send_body(Some(deadline * 8))
                     .timeout_recv_response(Some(deadline))
+                    .timeout_recv_body(Some(deadline))
                     .build();
                 self.agent.run(request)
             }
@@ -177,19 +204,20 @@ impl S3Remote {
                 let request = builder
                     .header("content-length", len.to_string())
                     .body(ureq::SendBody::from_reader(reader))
-                    .map_err(|err| Error::copy(format!("{what}: {err}")))?;
+                    .map_err(|err| (None, Error::copy(format!("{what}: {err}"))))?;
                 let request = self
                     .agent
                     .configure_request(request)
                     .timeout_send_body(Some(self.timeout * 8))
                     .timeout_recv_response(Some(deadline))
+                    .timeout_recv_body(Some(deadline))
                     .build();
                 self.agent.run(request)
             }
         };
-        let mut answer = outcome.map_err(|err| self.transport_error(what, err))?;
+        let mut answer = outcome.map_err(|err| (None, self.transport_error(what, err)))?;
         let status = answer.status().as_u16();
-        if (200..300).contains(&status) || status == 304 {
+        if (200..300).contains(&status) {
             return Ok(answer);
         }
         let date = answer
@@ -203,12 +231,19 @@ impl S3Remote {
             .limit(64 * 1024)
             .read_to_string()
             .unwrap_or_default();
+        // The server's words reach logs and terminals: one short line, no control characters.
+        let said = |tag: &str| {
+            let text = xml_text(&text, tag).unwrap_or_default();
+            crate::error::printable(&text.chars().take(300).collect::<String>())
+        };
         let refusal = Refusal {
             status,
-            code: xml_text(&text, "Code").unwrap_or_default(),
-            message: xml_text(&text, "Message").unwrap_or_default(),
+            code: said("Code"),
+            message: said("Message"),
         };
-        Err(self.refused(what, refusal, date))
+        let date = date.map(|d| crate::error::printable(&d.chars().take(64).collect::<String>()));
+        let error = self.refused(what, &refusal, date);
+        Err((Some(refusal), error))
     }
 
     fn transport_error(&self, what: &str, err: ureq::Error) -> Error {
@@ -277,12 +312,13 @@ impl S3Remote {
         }
     }
 
-    fn refused(&self, what: &str, refusal: Refusal, date: Option<String>) -> Error {
+    fn refused(&self, what: &str, refusal: &Refusal, date: Option<String>) -> Error {
         let Refusal {
             status,
             code,
             message,
         } = refusal;
+        let status = *status;
         let said = if message.is_empty() {
             code.clone()
         } else {
@@ -330,7 +366,10 @@ impl S3Remote {
     pub fn unfinished_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         let mut found = Vec::new();
         let mut markers: Option<(String, String)> = None;
+        let mut seen: std::collections::HashSet<(String, String)> =
+            std::collections::HashSet::new();
         loop {
+            crate::signals::check("listing unfinished uploads")?;
             let mut query = vec![("prefix", prefix.to_string()), ("uploads", String::new())];
             if let Some((key, id)) = &markers {
                 query.push(("key-marker", key.clone()));
@@ -366,11 +405,18 @@ impl S3Remote {
                 xml_text(&text, "NextKeyMarker"),
                 xml_text(&text, "NextUploadIdMarker"),
             );
+            // Markers met before (or too many pages) end it: a server cannot loop us.
             match (truncated, next) {
                 (true, (Some(key), Some(id)))
-                    if markers.as_ref() != Some(&(key.clone(), id.clone())) =>
+                    if seen.len() < MAX_PAGES && seen.insert((key.clone(), id.clone())) =>
                 {
                     markers = Some((key, id))
+                }
+                (true, _) => {
+                    return Err(Error::copy(format!(
+                        "{}: the list of unfinished uploads does not end",
+                        self.label
+                    )))
                 }
                 _ => break,
             }
@@ -382,17 +428,17 @@ impl S3Remote {
         let action = self
             .bucket
             .abort_multipart_upload(Some(&self.credentials), key, upload_id);
-        match self.send(
+        self.send_unless_absent(
             &format!("aborting the unfinished upload of {key}"),
             Request::new(rusty_s3::Method::Delete, action.sign(SIGNED_FOR)),
-        ) {
-            Ok(_) => Ok(()),
-            Err(err) if err.message.contains("NoSuchUpload") => Ok(()),
-            Err(err) => Err(err),
-        }
+            "NoSuchUpload",
+        )
+        .map(drop)
     }
 
-    /// PUT a small object whole, its SHA-256 checked by the server.
+    /// PUT a small object whole, its SHA-256 checked by the server as it arrives, and the
+    /// ETag it answers (an MD5 for such objects) checked here: a server that ignores the
+    /// checksum header still cannot keep damaged bytes unnoticed.
     pub fn put_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let key = self.key(name);
         let mut action = self.bucket.put_object(Some(&self.credentials), &key);
@@ -403,8 +449,58 @@ impl S3Remote {
         let mut request = Request::new(rusty_s3::Method::Put, action.sign(SIGNED_FOR));
         request.headers.push(("x-amz-checksum-sha256", checksum));
         request.body = Body::Bytes(bytes.to_vec());
-        self.send(&format!("writing {name} (PutObject)"), request)?;
+        let answer = self.send(&format!("writing {name} (PutObject)"), request)?;
+        let etag = answer
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_ascii_lowercase());
+        if let Some(etag) =
+            etag.filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            use md5::Digest;
+            let md5 = crate::transfer::hex(&md5::Md5::digest(bytes));
+            if etag != md5 {
+                return Err(Error::transient(format!(
+                    "writing {name} on {}: the server stored other bytes (ETag {etag}, MD5 of \
+                     what was sent {md5})",
+                    self.label
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The size of `name` and the SHA-256 checksum the server keeps for it (base64, `-N`
+    /// for a multipart object), when it keeps one.
+    pub fn head_with_checksum(&self, name: &str) -> Result<Option<(u64, Option<String>)>> {
+        let key = self.key(name);
+        let mut action = self.bucket.head_object(Some(&self.credentials), &key);
+        action
+            .headers_mut()
+            .insert("x-amz-checksum-mode", "ENABLED");
+        let mut request = Request::new(rusty_s3::Method::Head, action.sign(SIGNED_FOR));
+        request
+            .headers
+            .push(("x-amz-checksum-mode", "ENABLED".into()));
+        let what = format!("looking at {name} (HeadObject)");
+        match self.send_unless_absent(&what, request, "NoSuchKey") {
+            Ok(Some(answer)) => {
+                let header = |name: &str| {
+                    answer
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let size = header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                Ok(Some((size, header("x-amz-checksum-sha256"))))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     pub fn head(&self, name: &str) -> Result<Option<u64>> {
@@ -490,11 +586,9 @@ impl S3Remote {
                 .push(("range", format!("bytes={from}-{}", to.saturating_sub(1))));
         }
         request.deadline = Some(self.timeout * 8);
-        match self.send(&format!("reading {name} (GetObject)"), request) {
-            Ok(answer) => Ok(Some(answer.into_body())),
-            Err(err) if err.message.contains("NoSuchKey") => Ok(None),
-            Err(err) => Err(err),
-        }
+        Ok(self
+            .send_unless_absent(&format!("reading {name} (GetObject)"), request, "NoSuchKey")?
+            .map(|answer| answer.into_body()))
     }
 }
 
@@ -502,9 +596,13 @@ fn agent(settings: &S3Settings, timeout: Duration) -> Result<ureq::Agent> {
     let roots = match &settings.ca_file {
         None => ureq::tls::RootCerts::PlatformVerifier,
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|err| {
-                Error::config(format!("cannot read ca_file {}: {err}", path.display()))
-            })?;
+            // A regular file of at most 1 MiB (a CA bundle), opened as a plain file.
+            let mut pem = Vec::new();
+            crate::safe_fs::open_file(path)
+                .and_then(|file| file.take(1024 * 1024).read_to_end(&mut pem))
+                .map_err(|err| {
+                    Error::config(format!("cannot read ca_file {}: {err}", path.display()))
+                })?;
             let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
                 .filter_map(|item| match item {
                     Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
@@ -715,7 +813,9 @@ impl Remote for S3Remote {
     fn list(&mut self) -> Result<Option<Vec<RemoteEntry>>> {
         let mut entries = Vec::new();
         let mut token: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
         loop {
+            crate::signals::check("listing the bucket")?;
             let page = self.list_page(token.as_deref())?;
             for object in &page.contents {
                 if let Some(name) = self.name_of(&object.key) {
@@ -725,9 +825,19 @@ impl Remote for S3Remote {
                     });
                 }
             }
+            // A token met before (or too many pages) ends it: a server cannot loop us.
             match page.next_continuation_token {
-                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
-                _ => break,
+                Some(next) if seen.len() < MAX_PAGES && seen.insert(next.clone()) => {
+                    token = Some(next)
+                }
+                Some(_) => {
+                    return Err(Error::copy(format!(
+                        "{}: the bucket's listing does not end (a continuation token came \
+                         twice, or more than {MAX_PAGES} pages)",
+                        self.label
+                    )))
+                }
+                None => break,
             }
         }
         // An unfinished multipart upload of NAME is NAME's partial: resumed by the next
@@ -833,14 +943,12 @@ impl Remote for S3Remote {
         }
         let key = self.key(name);
         let action = self.bucket.delete_object(Some(&self.credentials), &key);
-        match self.send(
+        self.send_unless_absent(
             &format!("deleting {name} (DeleteObject)"),
             Request::new(rusty_s3::Method::Delete, action.sign(SIGNED_FOR)),
-        ) {
-            Ok(_) => Ok(()),
-            Err(err) if err.message.contains("NoSuchKey") => Ok(()),
-            Err(err) => Err(err),
-        }
+            "NoSuchKey",
+        )
+        .map(drop)
     }
 
     fn put_whole(&mut self, name: &str, bytes: &[u8], _replacing: bool) -> Result<()> {
