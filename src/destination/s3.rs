@@ -5,17 +5,22 @@ use super::{Copied, Destination, Upload};
 use crate::config::{ServerConfig, Streams};
 use crate::error::Result;
 use crate::multipart;
+use crate::plan::{self, CopyDecision};
 use crate::progress;
 use crate::remote::s3::S3Remote;
 use crate::remote::Remote;
 use crate::run::LocalFile;
 use crate::secret::Secret;
+use crate::state::SealedUpload;
 use crate::transfer;
+use crate::transfer::Seen;
+use std::collections::HashMap;
 use std::time::Instant;
 
-/// Parts in flight at least: an object store spreads parts over its servers, and one
-/// request at a time leaves a round trip idle after each part.
-const MIN_PARTS_IN_FLIGHT: usize = 4;
+/// Parts in flight at least (the set's other files take theirs from them): an object store
+/// spreads parts over its servers, and one request at a time leaves a round trip idle
+/// after each part.
+const MIN_PARTS_IN_FLIGHT: usize = 6;
 
 pub struct S3Destination {
     server: ServerConfig,
@@ -78,42 +83,149 @@ impl Destination for S3Destination {
     }
 
     fn upload(&mut self, file: &LocalFile, upload: Upload) -> Result<Copied> {
-        let Upload {
-            target,
-            size,
-            why,
-            seen,
-        } = upload;
-        let streams = match &self.streams {
-            Some((count, _)) => *count,
-            None => MIN_PARTS_IN_FLIGHT,
+        let streams = self.parts_in_flight();
+        upload_one(&self.remote, &self.server, file, upload, streams)
+    }
+
+    /// The set's files at once, one listing for all: the large one with the parts in flight
+    /// the others leave, each other one beside it; their round trips hide behind the large
+    /// one's. What fails gets the usual retries, one file at a time.
+    fn side_by_side(
+        &mut self,
+        files: &[LocalFile],
+        sent: &[SealedUpload],
+    ) -> HashMap<usize, Result<Copied>> {
+        let mut outcomes = HashMap::new();
+        if files.len() < 2 {
+            return outcomes;
+        }
+        let recipients = self.server.encrypt_to.clone();
+        let remote: &mut dyn Remote = &mut self.remote;
+        let Ok(listing) = remote.list().map(Option::unwrap_or_default) else {
+            return outcomes;
         };
-        let started = Instant::now();
-        let bar = progress::bar(size, &target.file_name());
-        log::info!("{target}: uploading {size} bytes ({why})");
-        let done = multipart::upload(
-            &self.remote,
-            &file.path,
-            (target, self.server.encrypt_to.as_deref()),
-            seen,
-            streams,
-            &bar,
-        );
-        bar.finish_and_clear();
-        let used = if size > crate::remote::s3::part_size(size) {
-            streams
-        } else {
-            1
-        };
-        Ok(Copied::Uploaded {
-            file: target,
-            replaced: seen.finals,
-            done: done?,
-            seconds: started.elapsed().as_secs_f64(),
-            streams: used,
-        })
+        let mut uploads = Vec::new();
+        for (index, file) in files.iter().enumerate() {
+            let encryption = recipients
+                .as_deref()
+                .map(|r| (r.fingerprint.as_str(), sent));
+            let facts = match super::gather_facts(remote, &listing, file, encryption) {
+                Ok(facts) => facts,
+                Err(_) => return HashMap::new(),
+            };
+            match plan::decide(&facts) {
+                CopyDecision::AlreadyThere { file, digest, .. } => {
+                    outcomes.insert(index, Ok(Copied::AlreadyThere { file, digest }));
+                }
+                CopyDecision::Upload {
+                    file: target,
+                    size,
+                    why,
+                } => uploads.push((
+                    index,
+                    Upload {
+                        target,
+                        size,
+                        why,
+                        seen: Seen::in_listing(&listing, target),
+                    },
+                )),
+            }
+        }
+        let parts = self.parts_in_flight();
+        let largest = uploads.iter().map(|(_, u)| u.size).max().unwrap_or(0);
+        let others = uploads.len().saturating_sub(1);
+        let (remote, server) = (&self.remote, &self.server);
+        let results: Vec<(usize, Result<Copied>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = uploads
+                .into_iter()
+                .map(|(index, upload)| {
+                    let streams = if upload.size == largest {
+                        parts.saturating_sub(others).max(1)
+                    } else {
+                        1
+                    };
+                    let file = &files[index];
+                    let context = crate::logging::context();
+                    (
+                        index,
+                        scope.spawn(move || {
+                            crate::logging::set_context(context);
+                            upload_one(remote, server, file, upload, streams)
+                        }),
+                    )
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|(index, worker)| {
+                    let outcome = worker.join().unwrap_or_else(|_| {
+                        Err(crate::error::Error::copy(format!(
+                            "the upload of {} crashed",
+                            files[index].name
+                        )))
+                    });
+                    (index, outcome)
+                })
+                .collect()
+        });
+        outcomes.extend(results);
+        outcomes
     }
 
     /// Nothing to drop: the HTTP client remakes a broken connection itself.
     fn reset(&mut self) {}
+}
+
+impl S3Destination {
+    fn parts_in_flight(&self) -> usize {
+        match &self.streams {
+            Some((count, _)) => *count,
+            None => MIN_PARTS_IN_FLIGHT,
+        }
+    }
+}
+
+/// One file to the bucket, `streams` parts in flight when it is large.
+fn upload_one(
+    remote: &S3Remote,
+    server: &ServerConfig,
+    file: &LocalFile,
+    upload: Upload,
+    streams: usize,
+) -> Result<Copied> {
+    let Upload {
+        target,
+        size,
+        why,
+        seen,
+    } = upload;
+    let started = Instant::now();
+    let bar = progress::bar(size, &target.file_name());
+    let used = if size > crate::remote::s3::part_size(size) {
+        streams
+    } else {
+        1
+    };
+    if used > 1 {
+        log::info!("{target}: uploading {size} bytes over {used} streams ({why})");
+    } else {
+        log::info!("{target}: uploading {size} bytes ({why})");
+    }
+    let done = multipart::upload(
+        remote,
+        &file.path,
+        (target, server.encrypt_to.as_deref()),
+        seen,
+        streams,
+        &bar,
+    );
+    bar.finish_and_clear();
+    Ok(Copied::Uploaded {
+        file: target,
+        replaced: seen.finals,
+        done: done?,
+        seconds: started.elapsed().as_secs_f64(),
+        streams: used,
+    })
 }

@@ -371,12 +371,18 @@ fn side_by_side(
         let (first, rest) = uploads.split_first().expect("not empty");
         let mut workers = vec![(first.0, {
             let (index, upload) = *first;
-            scope.spawn(move || upload_over(largest, &files[index], upload, (because, recipients)))
+            let context = crate::logging::context();
+            scope.spawn(move || {
+                crate::logging::set_context(context);
+                upload_over(largest, &files[index], upload, (because, recipients))
+            })
         })];
         for ((index, upload), remote) in rest.iter().copied().zip(others.iter_mut()) {
+            let context = crate::logging::context();
             workers.push((
                 index,
                 scope.spawn(move || {
+                    crate::logging::set_context(context);
                     let remote = std::slice::from_mut(remote);
                     upload_over(remote, &files[index], upload, (because, recipients))
                 }),
