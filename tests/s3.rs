@@ -164,6 +164,8 @@ fn a_destination_that_is_down_fails_the_night_but_not_the_other_and_never_costs_
     let proxy = Proxy::start(weed().port, Fault::Pass);
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let mut fx = Fixture::new();
+    let metrics = tempfile::tempdir().expect("metrics dir");
+    fx.backup_extra = format!("metrics_dir = {}", metrics.path().display());
     fx.cvpi_flags = "--images --size 20000000".into();
     fx.extra_sections = fx.s3_section("offsite", &endpoint, &bucket, "retries = 0");
     let write = |fx: &Fixture| {
@@ -570,4 +572,151 @@ fn edit_sets_a_destinations_secret_and_keygen_keeps_every_destination_decrypting
         .iter()
         .any(|n| n.ends_with(".set.sha256")));
     assert_newest_set_in_bucket(&fx, &bucket);
+}
+
+/// An S3 endpoint that answers every request with one error (status, code, message) and a
+/// Date header an hour ahead. Arguments: port, status, code.
+const ERROR_SERVER: &str = r#"
+import email.utils, http.server, sys, time
+status, code = int(sys.argv[2]), sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        body = ('<Error><Code>%s</Code><Message>said by the test</Message></Error>' % code).encode()
+        self.send_response(status)
+        self.send_header('Date', email.utils.formatdate(time.time() + 3600, usegmt=True))
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        if self.command != 'HEAD':
+            self.wfile.write(body)
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = answer
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+"#;
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn error_server(status: u16, code: &str) -> (u16, Killed) {
+    let port = free_port();
+    let child = std::process::Command::new("python3")
+        .args(["-c", ERROR_SERVER])
+        .arg(port.to_string())
+        .arg(status.to_string())
+        .arg(code)
+        .spawn()
+        .expect("python3");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "the error server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (port, Killed(child))
+}
+
+#[test]
+fn slow_down_is_retried_with_backoff_and_a_skewed_clock_names_both_times() {
+    let mut fx = Fixture::new();
+    fx.seed("cvp.20240101020010.tgz", 1000);
+    let (slow, _slow) = error_server(503, "SlowDown");
+    fx.extra_sections = fx.s3_section(
+        "busy",
+        &format!("http://127.0.0.1:{slow}"),
+        "cvpbc-busy",
+        "retries = 2\nretry_wait = 1",
+    );
+    fx.write_ini();
+    let busy = fx.run(&["--no-backup"]);
+    assert_eq!(busy.code, 5, "{}", busy.all_output());
+    assert!(busy.stderr.contains("SlowDown"), "{}", busy.stderr);
+    assert!(
+        busy.stderr.contains("retry 1 of 2 in 1 s") && busy.stderr.contains("retry 2 of 2 in 2 s"),
+        "{}",
+        busy.stderr
+    );
+    // main (the sshd) has the set all the same.
+    assert!(fx
+        .remote_names()
+        .contains(&"cvp.20240101020010.tgz".to_string()));
+    let (skewed, _skewed) = error_server(403, "RequestTimeTooSkewed");
+    fx.extra_sections = fx.s3_section(
+        "busy",
+        &format!("http://127.0.0.1:{skewed}"),
+        "cvpbc-busy",
+        "retries = 0",
+    );
+    fx.write_ini();
+    let clock = fx.run(&["--no-backup"]);
+    assert_eq!(clock.code, 4, "{}", clock.all_output());
+    assert!(
+        clock
+            .stderr
+            .contains("the node's clock is off: the server's time is")
+            && clock.stderr.contains("this node's"),
+        "{}",
+        clock.stderr
+    );
+}
+
+#[test]
+fn an_encrypted_copy_in_a_bucket_is_fetched_with_the_identity_and_another_node_is_refused() {
+    let bucket = new_bucket();
+    let keys = tempfile::tempdir().expect("keys");
+    let identity = keys.path().join("identity.txt");
+    let out = std::process::Command::new(bin())
+        .args(["keygen", "--age-identity"])
+        .arg(&identity)
+        .output()
+        .expect("keygen");
+    assert!(out.status.success(), "{out:?}");
+    let recipient_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut fx = Fixture::new();
+    fx.cvpi_flags = "--images --size 12000000".into();
+    fx.extra_sections = fx.s3_section("offsite", &weed().endpoint(), &bucket, &recipient_line);
+    fx.write_ini();
+    let run = fx.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    let data = newest_data(&fx);
+    let names = weed().names(&bucket, PREFIX);
+    assert!(names.contains(&format!("{data}.age")), "{names:?}");
+    assert!(!names.contains(&data), "stored in clear: {names:?}");
+    // main stays plain (encrypt_to was set for offsite only).
+    assert!(fx.remote_names().contains(&data));
+    let to = keys.path().join("restore");
+    let fetch = fx.run(&[
+        "fetch",
+        "--destination",
+        "offsite",
+        "--identity",
+        identity.to_str().expect("utf-8"),
+        "--to",
+        to.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(fetch.code, 0, "{}", fetch.all_output());
+    assert_eq!(
+        std::fs::read(to.join(&data)).expect("decrypted"),
+        std::fs::read(fx.local_path(&data)).expect("local")
+    );
+    // Another node pointed at this prefix is refused there, and writes nothing.
+    let before = weed().names(&bucket, PREFIX);
+    let mut other = Fixture::new();
+    other.seed("cvp.20240101020010.tgz", 1000);
+    other.backup_extra = "node_name = another-node".into();
+    other.extra_sections = other.s3_section("offsite", &weed().endpoint(), &bucket, "");
+    other.write_ini();
+    let refused = other.run(&["--no-backup"]);
+    assert_eq!(refused.code, 3, "{}", refused.all_output());
+    assert!(
+        refused.stderr.contains("belongs to node"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(weed().names(&bucket, PREFIX), before);
 }

@@ -128,17 +128,60 @@ pub fn check(options: &CheckOptions) -> ExitCode {
     }
     report.scope = None;
     if several {
+        check_pruning_held_back(&config, &mut report);
+    }
+    finish(report)
+}
+
+/// With several destinations the node keeps the last set verified on each: say which
+/// destination is behind the others and so holds a set on the node beyond `limit`.
+fn check_pruning_held_back(config: &Config, report: &mut Report) {
+    const WHAT: &str = "pruning";
+    let history = state::peek_history(&config.backup.state_dir);
+    let verified: Vec<(&str, Option<crate::names::BackupName>)> = config
+        .destinations()
+        .map(|d| (d.name.as_str(), history.last_verified_at(&d.name)))
+        .collect();
+    let newest = verified
+        .iter()
+        .filter_map(|(_, set)| *set)
+        .max_by_key(|n| n.stamp);
+    let behind: Vec<String> = verified
+        .iter()
+        .filter(|(_, set)| *set != newest)
+        .map(|(name, set)| match set {
+            Some(set) => format!("{name} (its newest verified set is {set}, kept on the node)"),
+            None => format!("{name} (no set verified there yet)"),
+        })
+        .collect();
+    if newest.is_none() {
         report.line(
-            "pruning",
+            WHAT,
+            Outcome::Pass(
+                "no set is verified on any destination yet; from then on the node keeps the \
+                 last set verified on each beyond limit while one is behind"
+                    .into(),
+            ),
+        );
+    } else if behind.is_empty() {
+        report.line(
+            WHAT,
             Outcome::Pass(format!(
-                "the node keeps the last set verified on each of the {} destinations beyond \
-                 limit while that destination is behind: a destination that is down holds \
-                 pruning back by one set, never costs one",
-                config.extra.len() + 1
+                "every destination has the newest verified set{}; the node keeps the last set \
+                 verified on each beyond limit while one is behind",
+                newest.map(|n| format!(" ({n})")).unwrap_or_default()
+            )),
+        );
+    } else {
+        report.line(
+            WHAT,
+            Outcome::Warn(format!(
+                "held back on the node for {}: a destination that is down never costs the node \
+                 the newest set it has; the next good night there releases it",
+                behind.join(", ")
             )),
         );
     }
-    finish(report)
 }
 
 /// An S3 destination: the endpoint answers, the keys are accepted, the bucket exists and
@@ -197,7 +240,7 @@ fn check_bucket(config: &Config, server: &ServerConfig, password: &Password, rep
     report.line(
         "streams",
         Outcome::Pass(format!(
-            "large files go up as multipart uploads, {count} parts of 8 MiB at a time ({why})"
+            "large files go up as multipart uploads, {count} parts of 16 MiB at a time ({why})"
         )),
     );
 }

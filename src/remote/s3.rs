@@ -354,10 +354,12 @@ impl S3Remote {
             message,
         } = refusal;
         let status = *status;
-        let said = if message.is_empty() {
-            code.clone()
-        } else {
-            format!("{code}: {message}")
+        let said = match (code.is_empty(), message.is_empty()) {
+            // A HEAD answer has no body to say why.
+            (true, _) if status == 503 => "the server is busy or unavailable (SlowDown)".into(),
+            (true, _) => "no reason given".into(),
+            (false, true) => code.clone(),
+            (false, false) => format!("{code}: {message}"),
         };
         let label = &self.label;
         let connect = |text: String| Error::connect(text);
@@ -387,12 +389,12 @@ impl S3Remote {
                 Error::transient(format!("{what} on {label}: the server said {said}"))
             }
             _ if status >= 500 => {
-                Error::transient(format!("{what} on {label}: HTTP {status} {said}"))
+                Error::transient(format!("{what} on {label}: HTTP {status}, {said}"))
             }
             _ if status == 403 => connect(format!(
-                "access denied on {label}: the server refused {what} (HTTP 403 {said})"
+                "access denied on {label}: the server refused {what} (HTTP 403, {said})"
             )),
-            _ => Error::copy(format!("{what} on {label}: HTTP {status} {said}")),
+            _ => Error::copy(format!("{what} on {label}: HTTP {status}, {said}")),
         }
     }
 
