@@ -23,6 +23,23 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// How a sender or the hasher says it stopped because another one failed: never the cause.
+const STOPPED: &str = "stopped: another part of the upload failed";
+
+fn stopped() -> Error {
+    Error::transient(STOPPED)
+}
+
+/// The error that says why, of several: the first that is not "stopped".
+fn first_cause(errors: impl IntoIterator<Item = Error>) -> Option<Error> {
+    let mut errors: Vec<Error> = errors.into_iter().collect();
+    let cause = errors
+        .iter()
+        .position(|e| e.message != STOPPED)
+        .unwrap_or(0);
+    (!errors.is_empty()).then(|| errors.swap_remove(cause))
+}
 const BUFFER: usize = 1024 * 1024;
 
 /// A part the server holds: its ETag and SHA-256 (base64), as CompleteMultipartUpload wants.
@@ -136,8 +153,13 @@ pub fn upload(
         let lag = sending.elapsed().saturating_sub(sent_after);
         (sent, hashed.map(|(digest, bytes)| (digest, bytes, lag)))
     });
-    sent?;
-    let (digest, hashed_bytes, lag) = hashed?;
+    let (digest, hashed_bytes, lag) = match (sent, hashed) {
+        (Ok(()), Ok(hashed)) => hashed,
+        (sent, hashed) => {
+            let errors = [sent.err(), hashed.err()].into_iter().flatten();
+            return Err(first_cause(errors).unwrap_or_else(stopped));
+        }
+    };
     let hashed = transfer::Hashed {
         digest,
         bytes: hashed_bytes,
@@ -155,13 +177,11 @@ pub fn upload(
     // A new name's checksum file is there already (the hasher wrote it), so the object
     // never stands without one. A name being replaced: the completion replaces the old
     // object at once (it stays whole until then), and the checksum file follows.
-    complete(remote, &key, &upload_id, &parts, &name)?;
-    // The server's own composite SHA-256 of the parts (when it keeps one) must be ours.
     let composite = composite_sha256(&parts);
-    if let Err(err) = verify_object(remote, &name, len, Some(&composite)) {
-        let mut gone = remote.clone();
-        let _ = gone.remove(&name.file_name());
-        return Err(err);
+    complete(remote, &key, &upload_id, &parts, &name, (len, &composite))?;
+    // The server's own composite SHA-256 of the parts (when it keeps one) must be ours.
+    if let Some(wrong) = verify_object(remote, &name, len, Some(&composite))? {
+        return Err(discard(remote, &name, seen.finals, wrong));
     }
     if seen.finals {
         remote.put_bytes(&name.sidecar_name(), sidecar.as_bytes())?;
@@ -206,7 +226,9 @@ fn upload_whole(
         remote.put_bytes(&name.sidecar_name(), sidecar.as_bytes())?;
     }
     remote.put_bytes(&name.file_name(), &bytes)?;
-    verify_object(remote, &name, len, None)?;
+    if let Some(wrong) = verify_object(remote, &name, len, None)? {
+        return Err(discard(remote, &name, seen.finals, wrong));
+    }
     if seen.finals {
         remote.put_bytes(&name.sidecar_name(), sidecar.as_bytes())?;
     }
@@ -233,43 +255,59 @@ fn composite_sha256(parts: &[DonePart]) -> String {
     )
 }
 
-/// The object under its final name has the size sent and, when the server reports a
+/// Whether the object under its final name has the size sent and, when the server reports a
 /// checksum, the one expected (`composite` for a multipart object; a whole PUT was checked
-/// against its SHA-256 header as it arrived, and its ETag against its MD5 by `put_bytes`).
+/// against its SHA-256 header as it arrived, and its ETag against its MD5 by `put_bytes`):
+/// None when it does, else what is wrong; an error when it could not be looked at (then
+/// nothing is known to be wrong, and nothing is removed).
 fn verify_object(
     remote: &S3Remote,
     name: &RemoteFile,
     len: u64,
     composite: Option<&str>,
-) -> Result<()> {
-    let label = remote.describe();
-    let (size, checksum) = match remote.head_with_checksum(&name.file_name())? {
-        Some(found) => found,
-        None => {
-            return Err(Error::transient(format!(
-                "verification failed for {name} on {label}: sent {len} bytes, the server has \
-                 no object"
-            )))
-        }
+) -> Result<Option<String>> {
+    let Some((size, checksum)) = remote.head_with_checksum(&name.file_name())? else {
+        return Ok(Some(format!("sent {len} bytes, the server has no object")));
     };
     if size != len {
-        return Err(Error::transient(format!(
-            "verification failed for {name} on {label}: sent {len} bytes, the server has {size}"
-        )));
+        return Ok(Some(format!("sent {len} bytes, the server has {size}")));
     }
     if let (Some(expected), Some(reported)) = (composite, checksum.as_deref()) {
         // Servers spell a composite checksum with or without its part count.
         let matches = reported == expected
             || expected.split('-').next() == Some(reported.split('-').next().unwrap_or(""));
         if !matches {
-            return Err(Error::transient(format!(
-                "verification failed for {name} on {label}: the server's SHA-256 of the parts \
-                 is {reported}, the parts sent make {expected}; the object is removed, the \
-                 next attempt sends it again"
+            return Ok(Some(format!(
+                "the server's SHA-256 of the parts is {reported}, the parts sent make {expected}"
             )));
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The object is not what was sent. A new name: its checksum file and the object go (the
+/// checksum file first, so a name never stands with a checksum file that vouches for it),
+/// and the next attempt sends it again. A replaced name: the earlier object is gone already;
+/// the checksum file still describes it, so nothing vouches for the wrong bytes, and the
+/// next attempt replaces them.
+fn discard(remote: &S3Remote, name: &RemoteFile, replacing: bool, wrong: String) -> Error {
+    let label = remote.describe();
+    let mut remote = remote.clone();
+    let removed = if replacing {
+        Ok(())
+    } else {
+        remote
+            .remove(&name.sidecar_name())
+            .and_then(|()| remote.remove(&name.file_name()))
+    };
+    let after = match removed {
+        Ok(()) if replacing => "the next attempt replaces it".to_string(),
+        Ok(()) => "removed; the next attempt sends it again".to_string(),
+        Err(err) => format!("it could not be removed ({err}): remove it by hand"),
+    };
+    Error::transient(format!(
+        "verification failed for {name} on {label}: {wrong}; {after}"
+    ))
 }
 
 fn create(remote: &S3Remote, key: &str, name: &RemoteFile) -> Result<String> {
@@ -484,7 +522,10 @@ fn send_parts(
             .collect()
     });
     // The first error that is not "stopped because another failed".
-    outcomes.into_iter().collect::<Result<Vec<()>>>().map(drop)
+    match first_cause(outcomes.into_iter().filter_map(Result::err)) {
+        Some(cause) => Err(cause),
+        None => Ok(()),
+    }
 }
 
 /// One part, with the SHA-256 the in-order hasher gave it: the server refuses the part
@@ -565,7 +606,7 @@ impl PartDigests {
                 return Ok(digest.clone());
             }
             if abandon.load(Ordering::Relaxed) {
-                return Err(Error::copy("the upload was stopped"));
+                return Err(stopped());
             }
             slots = self
                 .ready
@@ -597,7 +638,7 @@ fn hash_in_order(
     while at < len {
         signals::check(during)?;
         if abandon.load(Ordering::Relaxed) {
-            return Err(Error::copy(format!("{during} stopped")));
+            return Err(stopped());
         }
         let part_end = plan.get(index).map_or(len, |range| range.end);
         let want = usize::try_from(part_end - at).unwrap_or(BUFFER).min(BUFFER);
@@ -636,10 +677,7 @@ struct RangeReader<'a> {
 impl Read for RangeReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.abandon.load(Ordering::Relaxed) || signals::received().is_some() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "the upload was stopped",
-            ));
+            return Err(std::io::Error::other(STOPPED));
         }
         let want = usize::try_from(self.end - self.at)
             .unwrap_or(buf.len())
@@ -665,6 +703,7 @@ fn complete(
     upload_id: &str,
     parts: &[DonePart],
     name: &RemoteFile,
+    (len, composite): (u64, &str),
 ) -> Result<()> {
     let action = remote.bucket().complete_multipart_upload(
         Some(remote.credentials()),
@@ -686,7 +725,18 @@ fn complete(
     request.body = Body::Bytes(body.into_bytes());
     request.deadline = Some(remote.sync_timeout());
     let what = format!("completing the upload of {name} (CompleteMultipartUpload)");
-    let mut answer = remote.send(&what, request)?;
+    let mut answer = match remote.send(&what, request) {
+        Ok(answer) => answer,
+        // An earlier completion whose answer was lost may have gone through: then the
+        // object is there, with the parts' checksum.
+        Err(err) if err.message.contains("NoSuchUpload") => {
+            return match verify_object(remote, name, len, Some(composite)) {
+                Ok(None) => Ok(()),
+                _ => Err(err),
+            };
+        }
+        Err(err) => Err(err)?,
+    };
     // S3 can answer 200 and still fail: the error is in the body.
     let text = answer
         .body_mut()
@@ -703,4 +753,41 @@ fn complete(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_is_the_first_error_that_is_not_a_stop() {
+        let cause = first_cause([stopped(), Error::transient("connection reset"), stopped()]);
+        assert_eq!(
+            cause.map(|e| e.message).as_deref(),
+            Some("connection reset")
+        );
+        let only_stops = first_cause([stopped(), stopped()]);
+        assert_eq!(
+            only_stops.map(|e| e.transient),
+            Some(true),
+            "a stop is worth a retry"
+        );
+        assert!(first_cause(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn the_composite_checksum_is_the_sha256_of_the_parts_sha256s() {
+        let part = |bytes: &[u8]| DonePart {
+            etag: String::new(),
+            sha256: base64::engine::general_purpose::STANDARD.encode(Sha256::digest(bytes)),
+        };
+        let parts = [part(b"one"), part(b"two")];
+        let mut joined = Sha256::digest(b"one").to_vec();
+        joined.extend_from_slice(&Sha256::digest(b"two"));
+        let expected = format!(
+            "{}-2",
+            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&joined))
+        );
+        assert_eq!(composite_sha256(&parts), expected);
+    }
 }

@@ -134,43 +134,42 @@ pub fn check(options: &CheckOptions) -> ExitCode {
 }
 
 /// With several destinations the node keeps the last set verified on each: say which
-/// destination is behind the others and so holds a set on the node beyond `limit`.
+/// destination is behind and holds a set on the node beyond `limit` (as the run will see it).
 fn check_pruning_held_back(config: &Config, report: &mut Report) {
     const WHAT: &str = "pruning";
-    let history = state::peek_history(&config.backup.state_dir);
-    let verified: Vec<(&str, Option<crate::names::BackupName>)> = config
-        .destinations()
-        .map(|d| (d.name.as_str(), history.last_verified_at(&d.name)))
+    let mut history = state::peek_history(&config.backup.state_dir);
+    run::fill_last_verified(&mut history, &config.backup.state_dir, config);
+    let limit = config
+        .effective_limit(None)
+        .unwrap_or(crate::config::DEFAULT_LIMIT) as usize;
+    let mut local: Vec<crate::names::BackupName> = run::list_local(config)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| f.name)
+        .filter(|n| n.kind == crate::names::Kind::Data)
         .collect();
-    let newest = verified
-        .iter()
-        .filter_map(|(_, set)| *set)
-        .max_by_key(|n| n.stamp);
-    let behind: Vec<String> = verified
-        .iter()
-        .filter(|(_, set)| *set != newest)
-        .map(|(name, set)| match set {
-            Some(set) => format!("{name} (its newest verified set is {set}, kept on the node)"),
-            None => format!("{name} (no set verified there yet)"),
+    local.sort_by_key(|n| std::cmp::Reverse(n.stamp));
+    let within_limit: Vec<_> = local.into_iter().take(limit).collect();
+    let held: Vec<String> = config
+        .destinations()
+        .filter_map(|d| {
+            let set = history.last_verified_at(&d.name)?;
+            (!within_limit.contains(&set)).then(|| {
+                format!(
+                    "{} (its newest verified set, {set}, is older than the newest {limit})",
+                    d.name
+                )
+            })
         })
         .collect();
-    if newest.is_none() {
+    if held.is_empty() {
         report.line(
             WHAT,
             Outcome::Pass(
-                "no set is verified on any destination yet; from then on the node keeps the \
-                 last set verified on each beyond limit while one is behind"
+                "no destination holds a set on the node beyond limit; one that falls behind \
+                 keeps its newest verified set there until it has a newer one"
                     .into(),
             ),
-        );
-    } else if behind.is_empty() {
-        report.line(
-            WHAT,
-            Outcome::Pass(format!(
-                "every destination has the newest verified set{}; the node keeps the last set \
-                 verified on each beyond limit while one is behind",
-                newest.map(|n| format!(" ({n})")).unwrap_or_default()
-            )),
         );
     } else {
         report.line(
@@ -178,7 +177,7 @@ fn check_pruning_held_back(config: &Config, report: &mut Report) {
             Outcome::Warn(format!(
                 "held back on the node for {}: a destination that is down never costs the node \
                  the newest set it has; the next good night there releases it",
-                behind.join(", ")
+                held.join(", ")
             )),
         );
     }
@@ -220,20 +219,7 @@ fn check_bucket(config: &Config, server: &ServerConfig, password: &Password, rep
         Ok(detail) => report.line("bucket", Outcome::Pass(detail)),
         Err(err) => return report.fail("bucket", err),
     }
-    let node = &config.backup.node_name;
-    match claim::claim(remote, node) {
-        Ok(claim::Claimed::Now) => report.line(
-            "destination owner",
-            Outcome::Pass(format!(
-                "claimed for this node ({node}); other nodes are refused there"
-            )),
-        ),
-        Ok(claim::Claimed::Already) => report.line(
-            "destination owner",
-            Outcome::Pass(format!("this node ({node})")),
-        ),
-        Err(err) => report.fail("destination owner", err),
-    }
+    check_claim(config, remote, report);
     let (count, why) = crate::remote::s3::S3Remote::new(server, secret)
         .map(|remote| crate::destination::s3::planned_parts(server.streams, &remote))
         .unwrap_or((1, String::new()));
@@ -587,22 +573,27 @@ fn check_server(config: &Config, server: &ServerConfig, password: &Password, rep
             return;
         }
     }
+    check_claim(config, remote, report);
+    let round_trip = connected.remote.measure_round_trip();
+    check_streams(server, password, round_trip, report);
+}
+
+/// The destination is this node's (claimed now, or before), or another node's (refused).
+fn check_claim(config: &Config, remote: &mut dyn Remote, report: &mut Report) {
+    const WHAT: &str = "destination owner";
     let node = &config.backup.node_name;
     match claim::claim(remote, node) {
         Ok(claim::Claimed::Now) => report.line(
-            "destination owner",
+            WHAT,
             Outcome::Pass(format!(
                 "claimed for this node ({node}); other nodes are refused there"
             )),
         ),
-        Ok(claim::Claimed::Already) => report.line(
-            "destination owner",
-            Outcome::Pass(format!("this node ({node})")),
-        ),
-        Err(err) => report.fail("destination owner", err),
+        Ok(claim::Claimed::Already) => {
+            report.line(WHAT, Outcome::Pass(format!("this node ({node})")))
+        }
+        Err(err) => report.fail(WHAT, err),
     }
-    let round_trip = connected.remote.measure_round_trip();
-    check_streams(server, password, round_trip, report);
 }
 
 /// Large files go over several connections at once: how many (for `auto`, from the round

@@ -103,12 +103,7 @@ pub fn connect(
             Ok(Box::new(connected.remote))
         }
         DestinationKind::S3(_) => {
-            let secret = password.ok_or_else(|| {
-                Error::config(format!(
-                    "{}: an S3 destination needs its secret key as `password`",
-                    server.describe()
-                ))
-            })?;
+            let secret = s3_secret(server, password)?;
             Ok(Box::new(crate::remote::s3::S3Remote::new(server, &secret)?))
         }
     }
@@ -141,6 +136,16 @@ pub fn connect_several(
     }
 }
 
+/// An S3 destination's secret key: its decrypted `password`, which it cannot do without.
+fn s3_secret(server: &ServerConfig, password: Option<Secret>) -> Result<Secret> {
+    password.ok_or_else(|| {
+        Error::config(format!(
+            "{}: an S3 destination needs its secret key as `password`",
+            server.describe()
+        ))
+    })
+}
+
 /// The destination `server` describes, not yet connected. `password`: the SFTP password or
 /// the S3 secret key; `files`: tonight's, to know whether several streams will be wanted.
 pub fn open(
@@ -155,12 +160,7 @@ pub fn open(
     Ok(match &server.kind {
         DestinationKind::Sftp => Box::new(sftp::SftpDestination::new(server, password, parallel)),
         DestinationKind::S3(_) => {
-            let secret = password.ok_or_else(|| {
-                Error::config(format!(
-                    "{}: an S3 destination needs its secret key as `password`",
-                    server.describe()
-                ))
-            })?;
+            let secret = s3_secret(server, password)?;
             Box::new(s3::S3Destination::new(server, &secret, parallel)?)
         }
     })

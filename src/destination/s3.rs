@@ -96,7 +96,8 @@ impl Destination for S3Destination {
         sent: &[SealedUpload],
     ) -> HashMap<usize, Result<Copied>> {
         let mut outcomes = HashMap::new();
-        if files.len() < 2 {
+        // `streams = 1`: one request at a time, as configured.
+        if files.len() < 2 || self.server.streams == Streams::Fixed(1) {
             return outcomes;
         }
         let recipients = self.server.encrypt_to.clone();

@@ -62,7 +62,9 @@ pub fn part_plan(len: u64) -> Vec<std::ops::Range<u64>> {
 /// The part size for an object of `len` bytes: 8 MiB, or more (whole MiB) past 10,000 parts.
 pub fn part_size(len: u64) -> u64 {
     let mib = 1024 * 1024;
-    PART_SIZE.max(len.div_ceil(MAX_PARTS).div_ceil(mib) * mib)
+    // Room for the smaller parts at the end (and the one that rounds up) within S3's limit.
+    let budget = MAX_PARTS - TAIL_PARTS - 2;
+    PART_SIZE.max(len.div_ceil(budget).div_ceil(mib) * mib)
 }
 
 #[derive(Clone)]
@@ -184,7 +186,12 @@ impl S3Remote {
     ) -> Result<Option<ureq::http::Response<ureq::Body>>> {
         match self.exchange(what, request) {
             Ok(answer) => Ok(Some(answer)),
-            Err((Some(refusal), _)) if refusal.status == 404 || refusal.code == absent => Ok(None),
+            // A 404 saying the bucket is missing is not the file missing.
+            Err((Some(refusal), _))
+                if refusal.code == absent || (refusal.status == 404 && refusal.code.is_empty()) =>
+            {
+                Ok(None)
+            }
             Err((_, err)) => Err(err),
         }
     }
@@ -385,10 +392,16 @@ impl S3Remote {
                     date.unwrap_or_else(|| "not given".into())
                 ))
             }
-            "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" => {
+            "SlowDown"
+            | "ServiceUnavailable"
+            | "InternalError"
+            | "RequestTimeout"
+            | "BadDigest"
+            | "XAmzContentSHA256Mismatch"
+            | "TooManyRequests" => {
                 Error::transient(format!("{what} on {label}: the server said {said}"))
             }
-            _ if status >= 500 => {
+            _ if status >= 500 || status == 429 => {
                 Error::transient(format!("{what} on {label}: HTTP {status}, {said}"))
             }
             _ if status == 403 => connect(format!(
@@ -487,14 +500,22 @@ impl S3Remote {
         request.headers.push(("x-amz-checksum-sha256", checksum));
         request.body = Body::Bytes(bytes.to_vec());
         let answer = self.send(&format!("writing {name} (PutObject)"), request)?;
+        // With server-side encryption by KMS or a customer key the ETag is no MD5.
+        let encrypted = answer
+            .headers()
+            .get("x-amz-server-side-encryption")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("aws:kms"))
+            || answer
+                .headers()
+                .contains_key("x-amz-server-side-encryption-customer-algorithm");
         let etag = answer
             .headers()
             .get("etag")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim_matches('"').to_ascii_lowercase());
-        if let Some(etag) =
-            etag.filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
+        let md5_shaped = |e: &String| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit());
+        if let Some(etag) = etag.filter(md5_shaped).filter(|_| !encrypted) {
             use md5::Digest;
             let md5 = crate::transfer::hex(&md5::Md5::digest(bytes));
             if etag != md5 {
@@ -1019,10 +1040,11 @@ mod tests {
     fn parts_are_16_mib_until_10000_would_not_hold_the_file() {
         assert_eq!(part_size(0), PART_SIZE);
         assert_eq!(part_size(2 << 30), PART_SIZE);
-        assert_eq!(part_size(PART_SIZE * MAX_PARTS), PART_SIZE);
-        let big = PART_SIZE * MAX_PARTS + 1;
+        let budget = MAX_PARTS - TAIL_PARTS - 2;
+        assert_eq!(part_size(PART_SIZE * budget), PART_SIZE);
+        let big = PART_SIZE * budget + 1;
         assert_eq!(part_size(big), 17 * 1024 * 1024);
-        assert!(part_size(big) * MAX_PARTS >= big);
+        assert!(part_size(big) * budget >= big);
         let huge = 5u64 << 40;
         assert!(part_size(huge) * MAX_PARTS >= huge);
         assert_eq!(part_size(huge) % (1024 * 1024), 0);

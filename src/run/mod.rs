@@ -156,8 +156,9 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
 /// it kept it, one that was damaged and started anew, a destination renamed in the INI):
 /// the previous run's record says it, read the way `RunRecord::carry_over` reads records of
 /// any version (the recovery point, or an older record's successful restore set), for the
-/// same destination only (`main`'s, and each other's part by its name or its place).
-fn fill_last_verified(history: &mut History, state_dir: &Path, config: &Config) {
+/// same destination only (`main`'s, and each other's part by its place: a destination that
+/// moved has none of what the old place has).
+pub(crate) fn fill_last_verified(history: &mut History, state_dir: &Path, config: &Config) {
     let Some(previous) = state::load(state_dir).ok().flatten() else {
         return;
     };
@@ -169,13 +170,7 @@ fn fill_last_verified(history: &mut History, state_dir: &Path, config: &Config) 
         let part = if server.name == config::MAIN {
             Some(&previous)
         } else {
-            previous.extra.iter().find(|part| {
-                part.destination == label
-                    || part
-                        .destination_name
-                        .as_deref()
-                        .is_some_and(|n| n.eq_ignore_ascii_case(&server.name))
-            })
+            previous.extra.iter().find(|part| part.destination == label)
         };
         let Some(part) = part else { continue };
         let mut reading = RunRecord {
