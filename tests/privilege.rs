@@ -624,3 +624,39 @@ fn metrics_planted_symlink_or_root_folder_get_nothing_from_a_root_run() {
     );
     node.assert_nothing_lent("metrics_dir in root's folder");
 }
+
+/// An S3 destination's `ca_file` is read as the INI's owner, never followed through a
+/// symlink: cvp cannot make a root run read a file only root may read, or one it points at.
+#[test]
+fn a_ca_file_cvp_names_is_read_as_cvp_and_never_through_a_symlink() {
+    let node = Node::new();
+    let secret_pem = node.fx.root.path().join("root-only.pem");
+    std::fs::write(&secret_pem, "-----BEGIN CERTIFICATE-----\nroot only\n").expect("pem");
+    mode(&secret_pem, 0o600);
+    let planted = node.fx.root.path().join("home/planted-ca.pem");
+    std::fs::create_dir_all(planted.parent().expect("home")).expect("home");
+    node.plant(&planted);
+    for (what, ca_file) in [("root-only", &secret_pem), ("symlink", &planted)] {
+        let section = node.fx.s3_section(
+            "bucket",
+            "https://127.0.0.1:1",
+            "cvpbc-ca",
+            &format!("ca_file = {}", ca_file.display()),
+        );
+        node.cvp_edits_ini(|text| match text.find("[Destination bucket]") {
+            Some(at) => format!("{}{section}", &text[..at]),
+            None => format!("{text}\n{section}"),
+        });
+        let check = node.as_root(&["check"]);
+        assert!(
+            check.stdout.contains("cannot read ca_file"),
+            "{what}: {}",
+            check.all_output()
+        );
+        assert!(
+            !check.stdout.contains("holds no PEM certificate"),
+            "{what}: it was read"
+        );
+        node.assert_nothing_lent(&format!("ca_file {what}"));
+    }
+}

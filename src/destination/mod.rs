@@ -271,6 +271,42 @@ pub fn copy_one(
     }
 }
 
+/// The first look at a set's files, from one listing: the outcomes of those already there
+/// (by index in `files`) and the uploads the plan wants for the others.
+#[allow(clippy::type_complexity)]
+pub(crate) fn first_look(
+    remote: &mut dyn Remote,
+    files: &[LocalFile],
+    recipients: Option<&crate::seal::Recipients>,
+    sent: &[SealedUpload],
+) -> Result<(HashMap<usize, Result<Copied>>, Vec<(usize, Upload)>)> {
+    let listing = remote.list()?.unwrap_or_default();
+    let mut outcomes = HashMap::new();
+    let mut uploads = Vec::new();
+    for (index, file) in files.iter().enumerate() {
+        let encryption = recipients.map(|r| (r.fingerprint.as_str(), sent));
+        match plan::decide(&gather_facts(remote, &listing, file, encryption)?) {
+            CopyDecision::AlreadyThere { file, digest, .. } => {
+                outcomes.insert(index, Ok(Copied::AlreadyThere { file, digest }));
+            }
+            CopyDecision::Upload {
+                file: target,
+                size,
+                why,
+            } => uploads.push((
+                index,
+                Upload {
+                    target,
+                    size,
+                    why,
+                    seen: Seen::in_listing(&listing, target),
+                },
+            )),
+        }
+    }
+    Ok((outcomes, uploads))
+}
+
 /// A file to upload, as the listing and the plan saw it.
 #[derive(Clone, Copy)]
 pub struct Upload {

@@ -5,7 +5,6 @@ use super::{Copied, Destination, Upload};
 use crate::config::{ServerConfig, Streams};
 use crate::error::Result;
 use crate::multipart;
-use crate::plan::{self, CopyDecision};
 use crate::progress;
 use crate::remote::s3::S3Remote;
 use crate::remote::Remote;
@@ -13,7 +12,6 @@ use crate::run::LocalFile;
 use crate::secret::Secret;
 use crate::state::SealedUpload;
 use crate::transfer;
-use crate::transfer::Seen;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -95,44 +93,16 @@ impl Destination for S3Destination {
         files: &[LocalFile],
         sent: &[SealedUpload],
     ) -> HashMap<usize, Result<Copied>> {
-        let mut outcomes = HashMap::new();
         // `streams = 1`: one request at a time, as configured.
         if files.len() < 2 || self.server.streams == Streams::Fixed(1) {
-            return outcomes;
+            return HashMap::new();
         }
         let recipients = self.server.encrypt_to.clone();
-        let remote: &mut dyn Remote = &mut self.remote;
-        let Ok(listing) = remote.list().map(Option::unwrap_or_default) else {
-            return outcomes;
+        let Ok((mut outcomes, uploads)) =
+            super::first_look(&mut self.remote, files, recipients.as_deref(), sent)
+        else {
+            return HashMap::new();
         };
-        let mut uploads = Vec::new();
-        for (index, file) in files.iter().enumerate() {
-            let encryption = recipients
-                .as_deref()
-                .map(|r| (r.fingerprint.as_str(), sent));
-            let facts = match super::gather_facts(remote, &listing, file, encryption) {
-                Ok(facts) => facts,
-                Err(_) => return HashMap::new(),
-            };
-            match plan::decide(&facts) {
-                CopyDecision::AlreadyThere { file, digest, .. } => {
-                    outcomes.insert(index, Ok(Copied::AlreadyThere { file, digest }));
-                }
-                CopyDecision::Upload {
-                    file: target,
-                    size,
-                    why,
-                } => uploads.push((
-                    index,
-                    Upload {
-                        target,
-                        size,
-                        why,
-                        seen: Seen::in_listing(&listing, target),
-                    },
-                )),
-            }
-        }
         let parts = self.parts_in_flight();
         let largest = uploads.iter().map(|(_, u)| u.size).max().unwrap_or(0);
         let others = uploads.len().saturating_sub(1);

@@ -4,7 +4,6 @@
 use super::{Copied, Destination, Upload};
 use crate::config::{ServerConfig, Streams};
 use crate::error::{Error, Result};
-use crate::plan::{self, CopyDecision};
 use crate::progress;
 use crate::remote::known_hosts::Verified;
 use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
@@ -13,7 +12,7 @@ use crate::run::LocalFile;
 use crate::seal::Recipients;
 use crate::secret::Secret;
 use crate::state::SealedUpload;
-use crate::transfer::{self, Seen};
+use crate::transfer;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -305,58 +304,20 @@ fn side_by_side(
     files: &[LocalFile],
     sent: &[SealedUpload],
 ) -> HashMap<usize, Result<Copied>> {
-    let mut outcomes = HashMap::new();
     let recipients = link.server.encrypt_to.clone();
     let recipients = recipients.as_deref();
-    let looked = (|| -> Result<Vec<(usize, CopyDecision, Seen)>> {
-        let remote = link.connection()?;
-        let listing = remote.list()?.unwrap_or_default();
-        files
-            .iter()
-            .enumerate()
-            .map(|(index, file)| {
-                let encryption = recipients.map(|r| (r.fingerprint.as_str(), sent));
-                let decision =
-                    plan::decide(&super::gather_facts(remote, &listing, file, encryption)?);
-                let target = match &decision {
-                    CopyDecision::Upload { file, .. } | CopyDecision::AlreadyThere { file, .. } => {
-                        *file
-                    }
-                };
-                Ok((index, decision, Seen::in_listing(&listing, target)))
-            })
-            .collect()
-    })();
-    let decisions = match looked {
-        Ok(decisions) => decisions,
+    let looked = link
+        .connection()
+        .and_then(|remote| super::first_look(remote, files, recipients, sent));
+    let (mut outcomes, mut uploads) = match looked {
+        Ok(looked) => looked,
         Err(err) => {
             if err.transient {
                 link.drop_connections();
             }
-            return outcomes;
+            return HashMap::new();
         }
     };
-    let mut uploads = Vec::new();
-    for (index, decision, seen) in decisions {
-        match decision {
-            CopyDecision::AlreadyThere { file, digest, .. } => {
-                outcomes.insert(index, Ok(Copied::AlreadyThere { file, digest }));
-            }
-            CopyDecision::Upload {
-                file: target,
-                size,
-                why,
-            } => uploads.push((
-                index,
-                Upload {
-                    target,
-                    size,
-                    why,
-                    seen,
-                },
-            )),
-        }
-    }
     // The largest first: it takes the streams the others leave.
     uploads.sort_by_key(|(_, upload)| std::cmp::Reverse(upload.size));
     let (count, because) = link.streams.clone().unwrap_or((1, String::new()));
