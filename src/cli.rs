@@ -54,6 +54,11 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Status(StatusArgs),
 
+    /// On the backup server: keep the newest N sets in DIR, for destinations the node may
+    /// not prune (append_only); run by the server's cron as the account that owns DIR
+    #[command(name = "prune-dir", after_help = PRUNE_DIR_HELP)]
+    PruneDir(PruneDirArgs),
+
     /// Write the man page and bash completion into DIR (used to build the RPM)
     #[command(hide = true)]
     GenerateAssets {
@@ -155,6 +160,32 @@ pub struct FetchArgs {
     #[arg(long, value_name = "NAME")]
     pub destination: Option<String>,
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct PruneDirArgs {
+    /// The folder the node's sets are in (its `destination` on this server)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// How many sets to keep (the newest complete set is always kept as well)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: u32,
+
+    /// Print what would be removed, remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+const PRUNE_DIR_HELP: &str = "\
+The same rules as remote_limit on the node: sets by their manifests (cvp.<ts>.set.sha256), the
+images file a kept set needs, CVP names only (nothing else in DIR is touched). Checksum files
+without their file, partial uploads and test files go once they are a day old (a night may be
+under way). The INI is not read: the same static binary runs on any x86-64 Linux.
+
+Example, in the backup account's crontab on the server:
+  30 5 * * * /usr/local/bin/cvp-backup-copy prune-dir /srv/backups/cvp1 --keep 14
+
+Exit codes: 0 done, 2 usage, 3 DIR cannot be opened, 5 a file could not be removed.";
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {

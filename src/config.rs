@@ -36,10 +36,14 @@ const SERVER_OPTIONS: &[&str] = &[
     "region",
     "s3_virtual_host",
     "ca_file",
+    "append_only",
 ];
 
 /// Options only an S3 destination reads.
 pub const S3_ONLY_OPTIONS: &[&str] = &["region", "s3_virtual_host", "ca_file"];
+
+/// Options only an SFTP destination reads.
+pub const SFTP_ONLY_OPTIONS: &[&str] = &["append_only"];
 
 /// What a `[Destination NAME]` takes from `[Server_Settings]` when it does not say: how keys
 /// and hosts are trusted and how hard to try. Where and as whom (server, port, user,
@@ -96,6 +100,7 @@ pub fn default_value(option: &str) -> Option<&'static str> {
         "min_free_space" => "auto",
         "region" => "us-east-1",
         "s3_virtual_host" => "no",
+        "append_only" => "no",
         _ => return None,
     })
 }
@@ -256,7 +261,7 @@ pub fn check_value(
         "timeout" | "sync_timeout" => parse_number(value, 1, 86_400).map(drop),
         "backup_timeout" => parse_number(value, 1, 7 * 86_400).map(drop),
         "streams" => parse_streams(value).map(drop),
-        "s3_virtual_host" => parse_yes_no(value).map(drop),
+        "s3_virtual_host" | "append_only" => parse_yes_no(value).map(drop),
         "ca_file" if !path(value).is_file() => {
             Err(format!("{} does not exist", path(value).display()))
         }
@@ -344,6 +349,10 @@ pub struct ServerConfig {
     pub destination: String,
     /// 0: never delete on the remote.
     pub remote_limit: u32,
+    /// SFTP: never remove, truncate, overwrite or chmod anything there (files are created
+    /// 0444 and published by renames that cannot replace); for servers whose sftp-server
+    /// refuses those requests to the node's account.
+    pub append_only: bool,
     /// Further attempts per file after a connection or transfer error.
     pub retries: u32,
     /// Seconds before the first retry; doubles each time.
@@ -925,6 +934,30 @@ impl Reader<'_> {
         let remote_limit = self
             .number(props, section, "remote_limit", 0, u32::MAX as u64)?
             .unwrap_or(0) as u32;
+        let append_only = match self.optional(props, section, "append_only")? {
+            None => false,
+            Some(text) => {
+                parse_yes_no(&text).map_err(|why| self.bad(section, "append_only", &why))?
+            }
+        };
+        if append_only && is_s3 {
+            return Err(self.bad(
+                section,
+                "append_only",
+                "is for SFTP destinations: a bucket is made immutable by Object Lock (a bucket \
+                 with a default retention, README: A stolen node)",
+            ));
+        }
+        if append_only && remote_limit > 0 {
+            return Err(self.bad(
+                section,
+                "remote_limit",
+                "cannot be used with append_only = yes: the node never deletes on an \
+                 append-only server; prune there instead, with `cvp-backup-copy prune-dir DIR \
+                 --keep N` in the server's crontab (README: Append-only SFTP), and set \
+                 remote_limit = 0",
+            ));
+        }
         let number = |option: &str, min: u64, max: u64, inherited: Option<u64>| -> Result<u64> {
             Ok(self
                 .number(props, section, option, min, max)?
@@ -972,6 +1005,7 @@ impl Reader<'_> {
             host_key_policy,
             destination,
             remote_limit,
+            append_only,
             retries,
             retry_wait,
             timeout,

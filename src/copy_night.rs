@@ -182,7 +182,27 @@ impl Night<'_> {
             }
         }
         self.count_remote_sets(link);
+        self.test_immutability(link);
         verified
+    }
+
+    /// Once a night: could an intruder holding these credentials destroy the copies there?
+    /// A warning when it could, never a failure: the copy itself is good.
+    fn test_immutability(&mut self, link: &mut dyn Destination) {
+        let outcome = link
+            .remote()
+            .and_then(|remote| crate::immutable::probe(remote, self.server, self.shared.now));
+        match outcome {
+            Ok(verdict) => {
+                self.record.immutable = Some(verdict.immutable);
+                if verdict.immutable {
+                    log::info!("immutable: {}", verdict.detail);
+                } else {
+                    log::warn!("{} is not immutable: {}", link.label(), verdict.detail);
+                }
+            }
+            Err(err) => log::warn!("cannot test whether {} is immutable: {err}", link.label()),
+        }
     }
 
     fn copy_files(
@@ -389,7 +409,13 @@ impl Night<'_> {
         let mut known: Vec<RestoreSet> = selection.set.iter().cloned().collect();
         // Which data files stay does not depend on their members; what each kept set needs
         // is what its manifest lists (the rule only for sets without one).
-        let first = remote_retention(&listing, limit, &selection.protect, &known, self.shared.now);
+        let first = remote_retention(
+            &listing,
+            (limit, &[]),
+            &selection.protect,
+            &known,
+            self.shared.now,
+        );
         for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
             match remote.read_small(&data.manifest_name(), 64 * 1024) {
                 Ok(Some(text)) => {
@@ -399,8 +425,13 @@ impl Night<'_> {
                 Err(err) => return log::warn!("remote pruning skipped: {err}"),
             }
         }
-        let decision =
-            remote_retention(&listing, limit, &selection.protect, &known, self.shared.now);
+        let decision = remote_retention(
+            &listing,
+            (limit, &[]),
+            &selection.protect,
+            &known,
+            self.shared.now,
+        );
         crate::run::log_keeps("remote", &decision);
         let mut removed = Vec::new();
         for name in &decision.remove {
@@ -443,7 +474,11 @@ impl Night<'_> {
         match link.remote().and_then(|remote| remote.list()) {
             Ok(listing) => {
                 // NAME and NAME.age of one data file are one set.
-                let data: HashSet<BackupName> = backup_names(&listing.unwrap_or_default())
+                let listing = listing.unwrap_or_default();
+                if self.server.append_only {
+                    log_partials_left(&listing, &link.label());
+                }
+                let data: HashSet<BackupName> = backup_names(&listing)
                     .into_iter()
                     .filter(|name| name.kind == Kind::Data)
                     .collect();
@@ -451,6 +486,24 @@ impl Night<'_> {
             }
             Err(err) => log::warn!("cannot count the sets on the remote: {err}"),
         }
+    }
+}
+
+/// An append-only server keeps the partial uploads of interrupted attempts: named here, for
+/// the server's `prune-dir`, which removes them once they are a day old.
+fn log_partials_left(listing: &[RemoteEntry], label: &str) {
+    let partials: Vec<&str> = listing
+        .iter()
+        .filter(|e| matches!(RemoteName::parse(&e.name), Some(RemoteName::Partial(_))))
+        .map(|e| e.name.as_str())
+        .collect();
+    if !partials.is_empty() {
+        log::info!(
+            "{label} keeps {} partial upload(s) of interrupted attempts (append_only: the node \
+             never removes them; prune-dir on the server does after a day): {}",
+            partials.len(),
+            partials.join(", ")
+        );
     }
 }
 
@@ -515,17 +568,21 @@ pub(crate) fn backup_names(listing: &[RemoteEntry]) -> Vec<BackupName> {
 }
 
 /// Only CVP-named files count (and are deleted; their sidecars and manifests follow as
-/// leftovers).
+/// leftovers). `protect`: kept and counted among the `remote_limit` newest; `also_keep`:
+/// kept beyond them (`prune-dir`'s newest complete set).
 pub(crate) fn remote_retention(
     listing: &[RemoteEntry],
-    remote_limit: u32,
+    (remote_limit, also_keep): (u32, &[BackupName]),
     protect: &[BackupName],
     known: &[RestoreSet],
     now: Stamp,
 ) -> Decision {
     retention::apply_policy(
         &backup_names(listing),
-        Policy::newest(remote_limit as usize),
+        Policy {
+            keep_data: remote_limit as usize,
+            also_keep: also_keep.to_vec(),
+        },
         protect,
         known,
         now,

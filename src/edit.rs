@@ -360,7 +360,11 @@ pub fn edit(options: &EditOptions) -> Result<()> {
             .is_some_and(|d| d.starts_with("s3://"));
         for option in options.iter() {
             // The S3 settings are asked only of a bucket's section.
-            if !is_s3 && config::S3_ONLY_OPTIONS.contains(option) {
+            // append_only is never asked: the server must be set up for it first (README,
+            // Append-only SFTP); `--set` sets it.
+            if !is_s3 && config::S3_ONLY_OPTIONS.contains(option)
+                || config::SFTP_ONLY_OPTIONS.contains(option)
+            {
                 continue;
             }
             match *option {

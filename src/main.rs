@@ -1,7 +1,7 @@
 //! cvp-backup-copy: back up CloudVision Portal and copy a verified restore set off the node.
 
 use cvp_backup_copy::cli::KeygenArgs;
-use cvp_backup_copy::commands::{check, fetch, list, status};
+use cvp_backup_copy::commands::{check, fetch, list, prune_dir, status};
 use cvp_backup_copy::exit_codes::ExitCode;
 use cvp_backup_copy::seal::open::Identities;
 use cvp_backup_copy::{cli, edit, error, keygen, logging, privilege, run, signals};
@@ -165,6 +165,11 @@ fn main() -> std::process::ExitCode {
             destination: args.destination,
         })
         .map(success),
+        Some(cli::Command::PruneDir(args)) => prune_dir::prune_dir(&prune_dir::PruneDirOptions {
+            dir: args.dir,
+            keep: args.keep,
+            dry_run: args.dry_run,
+        }),
         Some(cli::Command::GenerateAssets { out }) => {
             cli::generate_assets(&out).map(success).map_err(|err| {
                 error::Error::new(

@@ -195,10 +195,10 @@ pub enum RemoteName {
 
 impl RemoteName {
     pub fn parse(name: &str) -> Option<RemoteName> {
-        if let Some(inner) = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(PARTIAL_SUFFIX))
-        {
+        if let Some(inner) = name.strip_prefix('.').and_then(|n| {
+            n.strip_suffix(PARTIAL_SUFFIX)
+                .or_else(|| strip_fresh_suffix(n))
+        }) {
             return match RemoteName::parse(inner)? {
                 RemoteName::Backup(f) | RemoteName::Sidecar(f) => Some(RemoteName::Partial(f.name)),
                 RemoteName::Manifest(n) => Some(RemoteName::Partial(n)),
@@ -217,6 +217,26 @@ impl RemoteName {
         }
         RemoteFile::parse(name).map(RemoteName::Backup)
     }
+}
+
+/// A partial name no earlier attempt used: `.X.cvpbc-part-<hex>`. An append-only server
+/// keeps every partial (read-only, never truncated or removed by the node), so each attempt
+/// writes a new one.
+pub fn fresh_partial(partial: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{partial}-{nanos:x}{count:x}")
+}
+
+/// `X.cvpbc-part-<hex>` → `X`.
+fn strip_fresh_suffix(name: &str) -> Option<&str> {
+    let (inner, tag) = name.rsplit_once(&format!("{PARTIAL_SUFFIX}-"))?;
+    (!tag.is_empty() && tag.bytes().all(|b| b.is_ascii_hexdigit())).then_some(inner)
 }
 
 /// Parse the first line of a `sha256sum` file: `<64 hex>  <name>` (or `<hex> *<name>`).
@@ -280,6 +300,30 @@ mod tests {
             if let Some(parsed) = parsed {
                 assert_eq!(parsed.file_name(), name, "round trip");
             }
+        }
+    }
+
+    #[test]
+    fn fresh_partials_are_partials_of_their_file_and_never_repeat() {
+        let file = RemoteFile::plain(BackupName::parse("cvp.20210715101112.tgz").expect("name"));
+        let (one, two) = (
+            fresh_partial(&file.partial_name()),
+            fresh_partial(&file.partial_name()),
+        );
+        assert_ne!(one, two);
+        for name in [&one, &two, &fresh_partial(&file.sidecar_partial_name())] {
+            assert_eq!(
+                RemoteName::parse(name),
+                Some(RemoteName::Partial(file.name)),
+                "{name}"
+            );
+        }
+        for not_ours in [
+            ".cvp.20210715101112.tgz.cvpbc-part-",
+            ".cvp.20210715101112.tgz.cvpbc-part-xyz",
+            "cvp.20210715101112.tgz.cvpbc-part-12",
+        ] {
+            assert_eq!(RemoteName::parse(not_ours), None, "{not_ours}");
         }
     }
 

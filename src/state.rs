@@ -91,6 +91,10 @@ pub struct RunRecord {
     /// The destination's name (`main`, or NAME of `[Destination NAME]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_name: Option<String>,
+    /// Whether the server refused, tonight, to let the node's credentials destroy a test
+    /// file there (`immutable`); None: not tested (no connection, or a dry run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
     /// The other destinations' parts of the night (`[Destination NAME]`), one record each,
     /// in the INI's order: their files, errors, recovery point and sets; this record's own
     /// destination fields are `main`'s.

@@ -139,12 +139,12 @@ fn check_sent(
     remote: &mut dyn Remote,
     local: &Path,
     outgoing: &Outgoing,
-    file: RemoteFile,
+    (file, partial): (RemoteFile, &str),
     bytes: u64,
     via: &str,
 ) -> Result<()> {
     check_unchanged(local, outgoing, bytes)?;
-    match remote.size_of(&file.partial_name())? {
+    match remote.size_of(partial)? {
         Some(size) if size == bytes => Ok(()),
         other => Err(Error::transient(format!(
             "verification failed for {file} on {}: sent {bytes} bytes{via}, the server has {}",
@@ -214,10 +214,18 @@ pub fn upload(
     let snapshot = open_local(local)?;
     let outgoing = Outgoing::new(&snapshot, recipients)?;
     let expected = outgoing.len();
-    let partial = name.partial_name();
+    // An append-only server's partials are read-only: each attempt writes a new one.
+    let append_only = remote.append_only();
+    let partial = if append_only {
+        crate::names::fresh_partial(&name.partial_name())
+    } else {
+        name.partial_name()
+    };
 
     let resume_at = match seen.partial {
-        Some(size) if size > 0 && size <= expected && outgoing.sealer.is_none() => size,
+        Some(size) if size > 0 && size <= expected && outgoing.sealer.is_none() && !append_only => {
+            size
+        }
         _ => 0,
     };
     if resume_at > 0 {
@@ -251,7 +259,7 @@ pub fn upload(
     })?;
     let digest = hashed.digest;
     check_unchanged(local, &outgoing, hashed.bytes)?;
-    check_sent(remote, local, &outgoing, name, bytes, "")?;
+    check_sent(remote, local, &outgoing, (name, &partial), bytes, "")?;
     if resume_at > 0 {
         // Part of the file came from an earlier connection: check every byte that is there.
         let remote_digest = sha256_remote(remote, &partial)?;
@@ -561,7 +569,7 @@ pub fn upload_parallel(
     let remote = &mut *remotes[0];
     let via = format!(" over {streams} streams");
     check_unchanged(local, &outgoing, hashed.bytes)?;
-    check_sent(remote, local, &outgoing, name, sent, &via)?;
+    check_sent(remote, local, &outgoing, (name, &partial), sent, &via)?;
     publish(remote, name, &partial, &digest, seen.finals)?;
     Ok(Uploaded {
         digest,
@@ -925,6 +933,9 @@ fn publish(
     digest: &str,
     replacing: bool,
 ) -> Result<()> {
+    if remote.append_only() {
+        return publish_appending(remote, name, partial, digest, replacing);
+    }
     if replacing {
         remote.remove(&name.file_name())?;
     }
@@ -943,6 +954,47 @@ fn publish(
     }
 }
 
+/// On an append-only server nothing is replaced: a checksum file already there (left by an
+/// attempt stopped between its two renames) must say what ours would; a final name taken is
+/// an error the node cannot fix, and says who can.
+fn publish_appending(
+    remote: &mut dyn Remote,
+    name: RemoteFile,
+    partial: &str,
+    digest: &str,
+    finals_seen: bool,
+) -> Result<()> {
+    let label = remote.describe();
+    let line = sidecar_line(digest, &name.file_name());
+    let sidecar_there = if finals_seen {
+        match remote.read_small(&name.sidecar_name(), 4096)? {
+            Some(text) if text == line.as_bytes() => true,
+            Some(_) => return Err(taken_on_append_only(&name.sidecar_name(), &label, partial)),
+            None => false,
+        }
+    } else {
+        false
+    };
+    if !sidecar_there {
+        let sidecar_partial = crate::names::fresh_partial(&name.sidecar_partial_name());
+        write_small(remote, &sidecar_partial, line.as_bytes())?;
+        remote.rename_new(&sidecar_partial, &name.sidecar_name())?;
+    }
+    if finals_seen && remote.size_of(&name.file_name())?.is_some() {
+        return Err(taken_on_append_only(&name.file_name(), &label, partial));
+    }
+    remote.rename_new(partial, &name.file_name())
+}
+
+fn taken_on_append_only(taken: &str, label: &str, partial: &str) -> Error {
+    Error::copy(format!(
+        "{taken} on {label} holds other bytes than tonight's file and the destination is \
+         append_only: the node never replaces a file there. Tonight's copy stays as {partial}; \
+         remove {taken} on the server (as its owner) if it is damaged, and the next night \
+         publishes the set"
+    ))
+}
+
 /// The set's manifest beside its data file, written under a partial name and renamed, once
 /// every member is verified on the server. False when the server already has this text.
 pub fn publish_manifest(remote: &mut dyn Remote, data: BackupName, text: &str) -> Result<bool> {
@@ -951,6 +1003,14 @@ pub fn publish_manifest(remote: &mut dyn Remote, data: BackupName, text: &str) -
     let there = remote.size_of(&name)?.is_some();
     if there && remote.read_small(&name, 64 * 1024)?.as_deref() == Some(text.as_bytes()) {
         return Ok(false);
+    }
+    if there && remote.append_only() {
+        return Err(Error::copy(format!(
+            "{name} on {} lists other files or checksums than tonight's set and the \
+             destination is append_only: the node never replaces it; remove it on the server \
+             (as its owner) and the next night writes it again",
+            remote.describe()
+        )));
     }
     remote.put_whole(&name, text.as_bytes(), there)?;
     Ok(true)

@@ -720,3 +720,61 @@ fn an_encrypted_copy_in_a_bucket_is_fetched_with_the_identity_and_another_node_i
     );
     assert_eq!(weed().names(&bucket, PREFIX), before);
 }
+
+#[test]
+fn check_and_the_night_say_a_plain_bucket_is_not_immutable_and_a_locked_one_is() {
+    let plain = new_bucket();
+    let fx = two_destinations(&plain, "");
+    let check = fx.run(&["check"]);
+    assert!(
+        check
+            .stdout
+            .contains("[WARN] destination offsite: immutable: no (")
+            && check.stdout.contains("Object Lock"),
+        "{}",
+        check.stdout
+    );
+    // The plain bucket's test object is gone with the test (nothing left but the claim).
+    let names = weed().names(&plain, PREFIX);
+    assert!(names.iter().all(|n| !n.contains("canary")), "{names:?}");
+
+    let locked = weed::new_locked_bucket(1);
+    let fx = two_destinations(&locked, "");
+    let check = fx.run(&["check"]);
+    assert!(
+        check
+            .stdout
+            .contains("[ok  ] destination offsite: immutable: yes (")
+            && check.stdout.contains("delete its version"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("[WARN] destination main: immutable: no ("),
+        "{}",
+        check.stdout
+    );
+    // A night into the locked bucket: its objects come back locked, the set verifies, and
+    // the record tells each destination's verdict.
+    let run = fx.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert_newest_set_in_bucket(&fx, &locked);
+    let data = newest_data(&fx);
+    let mode = weed().boto3(
+        &format!(
+            "print(s3.head_object(Bucket='{locked}', Key='{PREFIX}/{data}').get('ObjectLockMode'))"
+        ),
+        true,
+    );
+    assert_eq!(mode.trim(), "COMPLIANCE");
+    assert_eq!(offsite_record(&fx)["immutable"], true);
+    assert_eq!(record(&fx)["immutable"], false);
+    assert!(
+        run.all_output().contains("is not immutable")
+            && run.all_output().contains("[offsite] immutable:"),
+        "{}",
+        run.all_output()
+    );
+}

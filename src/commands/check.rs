@@ -220,6 +220,7 @@ fn check_bucket(config: &Config, server: &ServerConfig, password: &Password, rep
         Err(err) => return report.fail("bucket", err),
     }
     check_claim(config, remote, report);
+    check_immutable(server, remote, report);
     let (count, why) = crate::remote::s3::S3Remote::new(server, secret)
         .map(|remote| crate::destination::s3::planned_parts(server.streams, &remote))
         .unwrap_or((1, String::new()));
@@ -574,6 +575,7 @@ fn check_server(config: &Config, server: &ServerConfig, password: &Password, rep
         }
     }
     check_claim(config, remote, report);
+    check_immutable(server, remote, report);
     let round_trip = connected.remote.measure_round_trip();
     check_streams(server, password, round_trip, report);
 }
@@ -605,6 +607,11 @@ fn check_streams(
     report: &mut Report,
 ) {
     let (wanted, why) = match server.streams {
+        _ if server.append_only => (
+            1,
+            "append_only = yes: a read-only file is written through the one handle that made it"
+                .to_string(),
+        ),
         Streams::Auto => crate::transfer::auto_streams(round_trip),
         Streams::Fixed(n) => (n, format!("streams = {n}")),
     };
@@ -647,10 +654,33 @@ fn check_streams(
     }
 }
 
+/// `immutable: yes (...)` when the server refused the node's own credentials every request
+/// that would destroy a test file, `immutable: no (...)` with what an intruder could do and
+/// the fix.
+fn check_immutable(server: &ServerConfig, remote: &mut dyn Remote, report: &mut Report) {
+    const WHAT: &str = "immutable";
+    match crate::immutable::probe(remote, server, crate::names::Stamp::now()) {
+        Ok(verdict) if verdict.immutable => {
+            report.line(WHAT, Outcome::Pass(format!("yes ({})", verdict.detail)))
+        }
+        Ok(verdict) => report.line(WHAT, Outcome::Warn(format!("no ({})", verdict.detail))),
+        Err(err) => report.fail(WHAT, err),
+    }
+}
+
 /// The destination exists (made as a run would make it) and takes a file.
 fn probe_destination(remote: &mut dyn Remote) -> crate::error::Result<String> {
     let label = remote.describe();
     let created = remote.ensure_destination()?;
+    if remote.append_only() {
+        // The node may not remove a test file there: the immutability test's file shows
+        // that it takes one.
+        return Ok(if created {
+            format!("{label} did not exist: created it")
+        } else {
+            format!("{label} exists")
+        });
+    }
     let probe = format!(".cvp-backup-copy-check.{}", std::process::id());
     {
         let mut sink = remote.create(&probe)?;

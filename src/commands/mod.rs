@@ -3,6 +3,7 @@
 pub mod check;
 pub mod fetch;
 pub mod list;
+pub mod prune_dir;
 pub mod status;
 
 use crate::names::{RemoteFile, RemoteName};

@@ -98,6 +98,9 @@ impl SftpDestination {
     fn plan(&mut self) -> Result<()> {
         if self.streams.is_none() {
             let (count, why) = match self.server.streams {
+                // A file created read-only can be written only through the handle that
+                // created it: no second connection can write its other ranges.
+                _ if self.server.append_only => (1, "append_only = yes".to_string()),
                 Streams::Auto => transfer::auto_streams(self.connection()?.measure_round_trip()),
                 Streams::Fixed(n) => (n, format!("streams = {n}")),
             };

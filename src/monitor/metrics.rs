@@ -87,6 +87,15 @@ fn samples(record: &RunRecord, gauge: &mut dyn FnMut(&str, &str, String)) {
             count.to_string(),
         );
     }
+    if let Some(immutable) = record.immutable {
+        gauge(
+            "destination_immutable",
+            "1 when the destination refused, at the last run, to let the node's own \
+             credentials destroy a test file (overwrite, remove, chmod; S3: delete a version): \
+             an intruder on this node cannot destroy the copies there. 0: it can.",
+            u8::from(immutable).to_string(),
+        );
+    }
     if let Some(free) = record.free_bytes {
         gauge(
             "backup_dir_free_bytes",

@@ -14,6 +14,26 @@ pub struct RemoteEntry {
     pub size: u64,
 }
 
+/// One destructive request an intruder holding the node's credentials would send against a
+/// copy, and whether the server carried it out.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub what: &'static str,
+    pub allowed: bool,
+    /// The server's answer, for the report.
+    pub said: String,
+}
+
+impl Attempt {
+    pub fn new(what: &'static str, allowed: bool, said: String) -> Attempt {
+        Attempt {
+            what,
+            allowed,
+            said,
+        }
+    }
+}
+
 /// A writer that can also move to an offset: resumed uploads and parallel ranges use it.
 pub trait SeekWrite: Write + Seek {}
 impl<T: Write + Seek> SeekWrite for T {}
@@ -53,11 +73,23 @@ pub trait Remote {
     fn round_trip(&mut self) -> std::time::Duration;
     /// Remove a file; Ok when it was already gone.
     fn remove(&mut self, name: &str) -> Result<()>;
+    /// Whether the node never removes, truncates or replaces anything there (SFTP
+    /// `append_only`): then each attempt writes under a new partial name.
+    fn append_only(&self) -> bool {
+        false
+    }
+    /// Send what an intruder holding the node's credentials would send to destroy `name`
+    /// (a test file), whatever the configuration allows the node itself: `check`'s and the
+    /// night's proof of immutability.
+    fn try_to_destroy(&mut self, name: &str) -> Result<Vec<Attempt>>;
     /// A small file (a manifest) made visible whole under `name`: written under its partial
     /// name and renamed (replacing what is there when `replacing`), or, where a write is
     /// whole by itself (an S3 PUT), written at once.
     fn put_whole(&mut self, name: &str, bytes: &[u8], replacing: bool) -> Result<()> {
-        let partial = format!(".{name}.cvpbc-part");
+        let mut partial = format!(".{name}.cvpbc-part");
+        if self.append_only() {
+            partial = crate::names::fresh_partial(&partial);
+        }
         let label = self.describe();
         {
             let mut sink = self.create(&partial)?;

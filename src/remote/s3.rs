@@ -7,7 +7,7 @@ use crate::config::{S3Settings, ServerConfig};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::names::{BackupName, RemoteName};
-use crate::remote::{Remote, RemoteEntry, SeekWrite};
+use crate::remote::{Attempt, Remote, RemoteEntry, SeekWrite};
 use crate::secret::Secret;
 use rusty_s3::actions::{ListObjectsV2, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
@@ -1010,6 +1010,62 @@ impl Remote for S3Remote {
 
     fn put_whole(&mut self, name: &str, bytes: &[u8], _replacing: bool) -> Result<()> {
         self.put_bytes(name, bytes)
+    }
+
+    /// In a versioned bucket: delete the object's version (a plain DELETE only hides it
+    /// behind a marker); in one without versions: overwrite it, then delete it.
+    fn try_to_destroy(&mut self, name: &str) -> Result<Vec<Attempt>> {
+        let key = self.key(name);
+        let head = self.bucket.head_object(Some(&self.credentials), &key);
+        let answer = self.send(
+            &format!("looking at {name} (HeadObject)"),
+            Request::new(rusty_s3::Method::Head, head.sign(SIGNED_FOR)),
+        )?;
+        let version = answer
+            .headers()
+            .get("x-amz-version-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && *v != "null")
+            .map(str::to_string);
+        let mut attempts = Vec::new();
+        match version {
+            Some(version) => {
+                let mut delete = self.bucket.delete_object(Some(&self.credentials), &key);
+                delete.query_mut().insert("versionId", version);
+                attempts.push(self.attempt(
+                    "delete its version (DeleteObject with versionId)",
+                    Request::new(rusty_s3::Method::Delete, delete.sign(SIGNED_FOR)),
+                )?);
+            }
+            None => {
+                let put = self.bucket.put_object(Some(&self.credentials), &key);
+                let mut request = Request::new(rusty_s3::Method::Put, put.sign(SIGNED_FOR));
+                request.body = Body::Bytes(b"overwritten\n".to_vec());
+                attempts
+                    .push(self.attempt("overwrite it (the bucket keeps no versions)", request)?);
+                let delete = self.bucket.delete_object(Some(&self.credentials), &key);
+                attempts.push(self.attempt(
+                    "delete it (DeleteObject)",
+                    Request::new(rusty_s3::Method::Delete, delete.sign(SIGNED_FOR)),
+                )?);
+            }
+        }
+        Ok(attempts)
+    }
+}
+
+impl S3Remote {
+    /// A destructive request and the server's verdict; no answer at all is no test.
+    fn attempt(&self, what: &'static str, request: Request<'_>) -> Result<Attempt> {
+        match self.exchange(what, request) {
+            Ok(_) => Ok(Attempt::new(what, true, "done".into())),
+            Err((Some(refusal), _)) => Ok(Attempt::new(
+                what,
+                false,
+                crate::error::printable(&format!("{}: {}", refusal.code, refusal.message)),
+            )),
+            Err((None, err)) => Err(err),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! SFTP over libssh2 (the ssh2 crate): the one `Remote` implementation.
 
 use super::known_hosts::{self, Verified};
-use super::{Remote, RemoteEntry, SeekWrite};
+use super::{Attempt, Remote, RemoteEntry, SeekWrite};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -64,7 +64,14 @@ pub struct SftpRemote {
     /// libssh2 timeouts (ms): for any one operation, and for syncing and closing a file.
     idle_ms: u32,
     sync_ms: u32,
+    /// `append_only = yes`: never remove, truncate, reopen or replace anything there.
+    append_only: bool,
 }
+
+/// Files the node writes to an append-only server: nobody may write to them once created,
+/// and the node's account is refused the chmod that would allow it.
+const READ_ONLY: i32 = 0o444;
+const OWNER_WRITES: i32 = 0o640;
 
 fn millis(seconds: u64) -> u32 {
     seconds.saturating_mul(1000).min(u32::MAX as u64) as u32
@@ -251,6 +258,7 @@ pub fn connect_observed(
             label,
             idle_ms: millis(server.timeout),
             sync_ms: millis(server.sync_timeout.max(server.timeout)),
+            append_only: server.append_only,
         },
         host_key,
         cipher,
@@ -417,6 +425,23 @@ impl SftpRemote {
         }
     }
 
+    fn mode(&self) -> i32 {
+        if self.append_only {
+            READ_ONLY
+        } else {
+            OWNER_WRITES
+        }
+    }
+
+    /// What append_only forbids the node to do, refused before anything is sent.
+    fn forbidden(&self, what: &str, name: &str) -> Error {
+        Error::copy(format!(
+            "not {what} {name} on {}: the destination is append_only, where the node never \
+             removes, truncates or replaces a file",
+            self.label
+        ))
+    }
+
     fn fail(&self, action: &str, path: &Path, err: &ssh2::Error) -> Error {
         let hint = match sftp_code(err) {
             Some(FX_PERMISSION_DENIED) => {
@@ -513,9 +538,16 @@ impl Remote for SftpRemote {
     }
 
     fn create(&mut self, name: &str) -> Result<Box<dyn Write + '_>> {
+        if self.append_only {
+            let taken = self.forbidden("overwriting", name);
+            return self.create_exclusive(name)?.ok_or(taken);
+        }
         let path = self.path(name);
         let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
-        match self.sftp.open_mode(&path, flags, 0o640, OpenType::File) {
+        match self
+            .sftp
+            .open_mode(&path, flags, OWNER_WRITES, OpenType::File)
+        {
             Ok(file) => Ok(Box::new(self.writer(file))),
             Err(err) => Err(self.fail("cannot create", &path, &err)),
         }
@@ -524,7 +556,10 @@ impl Remote for SftpRemote {
     fn create_exclusive(&mut self, name: &str) -> Result<Option<Box<dyn Write + '_>>> {
         let path = self.path(name);
         let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE;
-        match self.sftp.open_mode(&path, flags, 0o640, OpenType::File) {
+        match self
+            .sftp
+            .open_mode(&path, flags, self.mode(), OpenType::File)
+        {
             Ok(file) => Ok(Some(Box::new(self.writer(file)))),
             // OpenSSH answers O_EXCL on an existing file with a bare "failure".
             Err(err) if sftp_code(&err) == Some(FX_FAILURE) && self.size_of(name)?.is_some() => {
@@ -535,10 +570,13 @@ impl Remote for SftpRemote {
     }
 
     fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn SeekWrite + '_>> {
+        if self.append_only {
+            return Err(self.forbidden("reopening", name));
+        }
         let path = self.path(name);
         let mut file = self
             .sftp
-            .open_mode(&path, OpenFlags::WRITE, 0o640, OpenType::File)
+            .open_mode(&path, OpenFlags::WRITE, OWNER_WRITES, OpenType::File)
             .map_err(|err| self.fail("cannot reopen", &path, &err))?;
         file.seek(SeekFrom::Start(offset)).map_err(|err| {
             Error::transient(format!(
@@ -585,6 +623,9 @@ impl Remote for SftpRemote {
     }
 
     fn rename_replace(&mut self, from: &str, to: &str) -> Result<()> {
+        if self.append_only {
+            return Err(self.forbidden("replacing", to));
+        }
         // SFTP v3 rename fails when the target exists (OpenSSH uses link+unlink).
         self.remove(to)?;
         self.rename_new(from, to)
@@ -602,12 +643,57 @@ impl Remote for SftpRemote {
     }
 
     fn remove(&mut self, name: &str) -> Result<()> {
+        if self.append_only {
+            return Err(self.forbidden("removing", name));
+        }
         let path = self.path(name);
         match self.sftp.unlink(&path) {
             Ok(()) => Ok(()),
             Err(err) if sftp_code(&err) == Some(FX_NO_SUCH_FILE) => Ok(()),
             Err(err) => Err(self.fail("cannot delete", &path, &err)),
         }
+    }
+
+    fn append_only(&self) -> bool {
+        self.append_only
+    }
+
+    /// Overwrite, make writable, remove: what an intruder with the node's account would do
+    /// to a copy, each asked of the server whatever the configuration says.
+    fn try_to_destroy(&mut self, name: &str) -> Result<Vec<Attempt>> {
+        let path = self.path(name);
+        let label = self.label.clone();
+        // The server's answer; no answer at all (a session error) is no test.
+        let answer =
+            |what: &'static str, outcome: std::result::Result<(), ssh2::Error>| match outcome {
+                Ok(()) => Ok(Attempt::new(what, true, "done".into())),
+                Err(err) if sftp_code(&err).is_some() => {
+                    Ok(Attempt::new(what, false, err.message().to_string()))
+                }
+                Err(err) => Err(Error::transient(format!(
+                    "testing whether {label} lets the node {what}: {err}"
+                ))),
+            };
+        let flags = OpenFlags::WRITE | OpenFlags::TRUNCATE;
+        let overwrite = self
+            .sftp
+            .open_mode(&path, flags, OWNER_WRITES, OpenType::File)
+            .map(drop);
+        let writable = ssh2::FileStat {
+            size: None,
+            uid: None,
+            gid: None,
+            perm: Some(0o644),
+            atime: None,
+            mtime: None,
+        };
+        let chmod = self.sftp.setstat(&path, writable);
+        let remove = self.sftp.unlink(&path);
+        Ok(vec![
+            answer("overwrite it", overwrite)?,
+            answer("make it writable (chmod)", chmod)?,
+            answer("remove it", remove)?,
+        ])
     }
 }
 

@@ -168,7 +168,7 @@ pub(super) fn plan_destination(
     if server.remote_limit > 0 {
         plan.remote_retention = Some(copy_night::remote_retention(
             &after_copy,
-            server.remote_limit,
+            (server.remote_limit, &[]),
             &selection.protect,
             known,
             now,

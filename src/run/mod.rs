@@ -496,6 +496,7 @@ impl Job<'_> {
                 self.record.bytes_uploaded = part.bytes_uploaded;
                 self.record.pruned_remote = part.pruned_remote;
                 self.record.remote_sets = part.remote_sets;
+                self.record.immutable = part.immutable;
                 self.record.copy_seconds = part.copy_seconds;
                 self.record.retry_wait_seconds = part.retry_wait_seconds;
                 self.record.recovery_point = part.recovery_point;

@@ -98,6 +98,61 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// The requests an append-only server refuses the node's account (the README's list).
+pub const APPEND_ONLY_DENY: &str =
+    "remove,rmdir,setstat,fsetstat,lsetstat,posix-rename,symlink,hardlink";
+
+/// Run OpenSSH's `sftp` as an intruder holding the node's password would, with `batch`
+/// (each line prefixed with `-` so a refused request does not end it); its output.
+pub fn attacker_sftp(port: u16, batch: &str) -> String {
+    let dir = tempfile::tempdir().expect("attacker dir");
+    let askpass = dir.path().join("askpass");
+    std::fs::write(&askpass, format!("#!/bin/sh\necho '{TEST_PASSWORD}'\n")).expect("askpass");
+    set_mode(&askpass, 0o700);
+    let batch_file = dir.path().join("batch");
+    let lines: String = batch
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("-{}\n", l.trim()))
+        .collect();
+    std::fs::write(&batch_file, lines).expect("batch");
+    let out = Command::new("setsid")
+        .arg("-w")
+        .arg("sftp")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password",
+        ])
+        .args([
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "-P",
+            &port.to_string(),
+            "-b",
+        ])
+        .arg(&batch_file)
+        .arg(format!("{TEST_USER}@127.0.0.1"))
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sftp");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub struct Sshd {
     pub port: u16,
     pub dir: tempfile::TempDir,
@@ -111,15 +166,24 @@ impl Sshd {
 
     /// An sshd whose SFTP server is `subsystem` (a command line), e.g. a slowed-down one.
     pub fn start_with(subsystem: &str) -> Sshd {
-        Sshd::start_full(subsystem, &[])
+        Sshd::start_full(subsystem, &[], "")
+    }
+
+    /// An append-only server as the README sets one up: OpenSSH's own sftp-server, with a
+    /// deny list for the node's account, forced in a `Match User` block.
+    pub fn start_append_only() -> Sshd {
+        let block = format!(
+            "Match User {TEST_USER}\n    ForceCommand internal-sftp -P {APPEND_ONLY_DENY}\n"
+        );
+        Sshd::start_full("internal-sftp", &[], &block)
     }
 
     /// An sshd with more host keys besides ed25519 (`ecdsa`, `rsa`), listed first.
     pub fn start_with_host_keys(extra: &[&str]) -> Sshd {
-        Sshd::start_full("internal-sftp", extra)
+        Sshd::start_full("internal-sftp", extra, "")
     }
 
-    fn start_full(subsystem: &str, extra_keys: &[&str]) -> Sshd {
+    fn start_full(subsystem: &str, extra_keys: &[&str], match_block: &str) -> Sshd {
         ensure_user(TEST_USER, TEST_PASSWORD);
         std::fs::create_dir_all("/run/sshd").expect("privilege separation dir");
         let dir = tempfile::tempdir().expect("sshd dir");
@@ -151,7 +215,8 @@ impl Sshd {
                      AuthorizedKeysFile {dir}/authorized_keys/%u\nPasswordAuthentication yes\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
                      StrictModes no\nPermitRootLogin no\nAllowUsers {TEST_USER}\n\
-                     Subsystem sftp {subsystem}\nLogLevel VERBOSE\nMaxStartups 100:30:200\n",
+                     Subsystem sftp {subsystem}\nLogLevel VERBOSE\nMaxStartups 100:30:200\n\
+                     {match_block}",
                     dir = dir.path().display()
                 ),
             )

@@ -45,6 +45,26 @@ pub fn new_bucket() -> String {
     name
 }
 
+/// A new bucket of the node's with Object Lock and a default retention of `days` in
+/// COMPLIANCE mode (made by the admin): every object the node writes there comes back locked.
+pub fn new_locked_bucket(days: u32) -> String {
+    let index = NEXT_BUCKET.fetch_add(1, Ordering::SeqCst);
+    let name = BUCKETS
+        .get(index)
+        .expect("more buckets than BUCKETS lists: add some")
+        .to_string();
+    weed().boto3(
+        &format!(
+            "s3.create_bucket(Bucket='{name}', ObjectLockEnabledForBucket=True)\n\
+             s3.put_object_lock_configuration(Bucket='{name}', ObjectLockConfiguration={{\
+             'ObjectLockEnabled': 'Enabled', 'Rule': {{'DefaultRetention': {{'Mode': \
+             'COMPLIANCE', 'Days': {days}}}}}}})"
+        ),
+        true,
+    );
+    name
+}
+
 impl Weed {
     fn start() -> Weed {
         let dir = std::env::temp_dir().join(format!("cvpbc-weed-{}", std::process::id()));

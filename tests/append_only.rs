@@ -1,0 +1,354 @@
+//! A stolen node cannot destroy its copies on an append-only SFTP server: the harness's sshd
+//! forces OpenSSH's own sftp-server with the README's deny list on the node's account, the
+//! tool writes read-only files and never removes one, an intruder with the node's password
+//! (OpenSSH's `sftp`) tries every destructive request, `fetch` restores, and `prune-dir`
+//! does the retention on the server. `check` and the metrics say `immutable` from what the
+//! server refused, on this server and on an ordinary one.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+fn append_only_node() -> Fixture {
+    let mut fx = Fixture::on(Sshd::start_append_only());
+    fx.server_extra = "append_only = yes".into();
+    fx.cvpi_flags = "--images --size 3000000".into();
+    fx.write_ini();
+    fx.make_remote_dir();
+    fx
+}
+
+fn night(fx: &mut Fixture, stamp: &str) -> Run {
+    fx.cvpi_flags = format!("--images --size 3000000 --stamp {stamp}");
+    fx.write_ini();
+    fx.run(&["-v"])
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Every file in the destination with its sha256 and mode.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, String, u32)> {
+    let mut files: Vec<(String, String, u32)> = file_names(dir)
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            (name, sha256(&path), mode(&path))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn as_server_account(fx: &Fixture, args: &[&str]) -> std::process::Output {
+    // The binary must be reachable by the account: a copy of its own.
+    let copy = fx.remote_root.path().join("cvp-backup-copy");
+    if !copy.exists() {
+        std::fs::copy(bin(), &copy).expect("copy the binary");
+        set_mode(&copy, 0o755);
+    }
+    Command::new("runuser")
+        .args(["-u", TEST_USER, "--"])
+        .arg(&copy)
+        .args(args)
+        .output()
+        .expect("runuser")
+}
+
+fn age_by_days(path: &std::path::Path, days: u64) {
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 24 * 3600);
+    let file = std::fs::File::options()
+        .write(false)
+        .read(true)
+        .open(path)
+        .expect("open to age");
+    file.set_modified(when).expect("set mtime");
+}
+
+#[test]
+fn append_only_nights_write_read_only_files_an_intruder_cannot_destroy_and_fetch_restores() {
+    let mut fx = append_only_node();
+    let check = fx.run(&["check"]);
+    assert!(
+        check.stdout.contains("[ok  ] immutable: yes ("),
+        "{}",
+        check.stdout
+    );
+    assert!(check.stdout.contains("remove it (") && check.stdout.contains("overwrite it ("));
+
+    let first = night(&mut fx, "20261201020000");
+    assert_eq!(first.code, 0, "{}", first.all_output());
+    // An attempt interrupted on an earlier night left a read-only partial of tonight's file.
+    let planted = fx.dest.join(".cvp.20261202020000.tgz.cvpbc-part");
+    std::fs::write(&planted, b"half a file").expect("plant a partial");
+    std::os::unix::fs::chown(&planted, Some(uid_of(TEST_USER)), Some(gid_of(TEST_USER)))
+        .expect("chown");
+    set_mode(&planted, 0o444);
+    let second = night(&mut fx, "20261202020000");
+    assert_eq!(second.code, 0, "{}", second.all_output());
+    let log = second.all_output();
+    assert!(
+        log.contains("keeps 1 partial upload(s)")
+            && log.contains(".cvp.20261202020000.tgz.cvpbc-part"),
+        "the partial is left and named: {log}"
+    );
+    assert!(!log.contains("is not immutable"), "{log}");
+    assert_eq!(
+        std::fs::read(&planted).expect("partial kept"),
+        b"half a file"
+    );
+
+    // What the node wrote is read-only from the moment it was made; nothing was removed.
+    let names = fx.remote_names();
+    for stamp in ["20261201020000", "20261202020000"] {
+        for name in [
+            format!("cvp.{stamp}.tgz"),
+            format!("cvp.{stamp}.tgz.sha256"),
+            format!("cvp.{stamp}.set.sha256"),
+        ] {
+            assert!(names.contains(&name), "{name} missing: {names:?}");
+            assert_eq!(mode(&fx.dest.join(&name)), 0o444, "{name}");
+        }
+    }
+    assert_eq!(mode(&fx.dest.join(".cvp-backup-copy-owner")), 0o444);
+    let canaries = names
+        .iter()
+        .filter(|n| n.starts_with(".cvp-backup-copy-canary."))
+        .count();
+    assert_eq!(
+        canaries, 3,
+        "check's and two nights' test files stay: {names:?}"
+    );
+    fx.assert_remote_checksums_verify();
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.state_dir.join("last-run.json")).expect("record"),
+    )
+    .expect("json");
+    assert_eq!(record["immutable"], true, "{record}");
+
+    // An intruder with the node's password tries everything destructive.
+    let before = snapshot(&fx.dest);
+    let dest = fx.dest.display().to_string();
+    let junk = fx.root.path().join("junk");
+    std::fs::write(&junk, b"ransom note").expect("junk");
+    let mut batch = String::new();
+    for (name, _, _) in &before {
+        let path = format!("{dest}/{name}");
+        batch.push_str(&format!(
+            "rm {path}\nchmod 666 {path}\nput {} {path}\nrename {dest}/cvp.20261201020000.tgz {path}\n\
+             ln -s /etc/passwd {path}.lnk\nln {path} {path}.hard\n",
+            junk.display()
+        ));
+    }
+    batch.push_str(&format!(
+        "rename {dest}/cvp.20261202020000.tgz {dest}/cvp.20261201020000.tgz\nrmdir {dest}\n"
+    ));
+    let said = attacker_sftp(fx.sshd.port, &batch);
+    assert!(said.contains("Permission denied"), "{said}");
+    assert_eq!(
+        snapshot(&fx.dest),
+        before,
+        "the server let the intruder change something: {said}"
+    );
+
+    // The node is lost: fetch on a rebuilt one restores the newest set, verified.
+    let rebuilt = fx.root.path().join("rebuilt");
+    let fetch = fx.run(&["fetch", "latest", "--to", rebuilt.to_str().expect("utf-8")]);
+    assert_eq!(fetch.code, 0, "{}", fetch.all_output());
+    assert_eq!(
+        std::fs::read(rebuilt.join("cvp.20261202020000.tgz")).expect("fetched"),
+        std::fs::read(fx.local_path("cvp.20261202020000.tgz")).expect("local")
+    );
+
+    // Retention on the server, as the account that owns the folder, nights later.
+    let third = night(&mut fx, "20261203020000");
+    assert_eq!(third.code, 0, "{}", third.all_output());
+    for name in fx.remote_names() {
+        let days = if name.contains("20261201020000") {
+            3
+        } else if name.contains("20261202020000") && !name.contains("cvpbc-part") {
+            2
+        } else {
+            continue;
+        };
+        age_by_days(&fx.dest.join(name), days);
+    }
+    let untouched = snapshot(&fx.dest);
+    let dry = as_server_account(&fx, &["prune-dir", &dest, "--keep", "1", "--dry-run"]);
+    let dry_out = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{dry_out}{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        dry_out.contains("would remove cvp.20261201020000.tgz"),
+        "{dry_out}"
+    );
+    assert!(
+        dry_out.contains("newest complete set: cvp.20261203020000.tgz"),
+        "{dry_out}"
+    );
+    assert_eq!(snapshot(&fx.dest), untouched, "a dry run removes nothing");
+    // Young leftovers stay; once a day old they go.
+    let pruned = as_server_account(&fx, &["prune-dir", &dest, "--keep", "1"]);
+    let pruned_out = String::from_utf8_lossy(&pruned.stdout);
+    assert!(
+        pruned.status.success(),
+        "{pruned_out}{}",
+        String::from_utf8_lossy(&pruned.stderr)
+    );
+    let names = fx.remote_names();
+    for gone in [
+        "cvp.20261201020000.tgz",
+        "cvp.20261201020000.set.sha256",
+        "cvp.20261202020000.tgz.sha256",
+    ] {
+        assert!(
+            !names.contains(&gone.to_string()),
+            "{gone} stays: {pruned_out}"
+        );
+    }
+    assert!(
+        names.contains(&".cvp.20261202020000.tgz.cvpbc-part".to_string()),
+        "young partial"
+    );
+    for name in &names {
+        if name.starts_with('.') && name != ".cvp-backup-copy-owner" {
+            age_by_days(&fx.dest.join(name), 2);
+        }
+    }
+    let aged = as_server_account(&fx, &["prune-dir", &dest, "--keep", "1"]);
+    assert!(aged.status.success());
+    let names = fx.remote_names();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains("cvpbc-part") && !n.starts_with(".cvp-backup-copy-canary.")),
+        "{names:?}"
+    );
+    assert!(names.contains(&".cvp-backup-copy-owner".to_string()));
+    // The newest set is whole and verifies on the server.
+    let check = Command::new("sha256sum")
+        .args(["-c", "cvp.20261203020000.set.sha256"])
+        .current_dir(&fx.dest)
+        .output()
+        .expect("sha256sum");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let after = fx.run(&["--no-backup"]);
+    assert_eq!(
+        after.code,
+        0,
+        "a night after prune-dir: {}",
+        after.all_output()
+    );
+}
+
+#[test]
+fn an_ordinary_server_is_reported_not_immutable_by_check_the_night_and_the_metrics() {
+    let mut fx = Fixture::new();
+    let metrics = fx.root.path().join("metrics");
+    std::fs::create_dir_all(&metrics).expect("metrics dir");
+    fx.backup_extra = format!("metrics_dir = {}", metrics.display());
+    fx.write_ini();
+    let check = fx.run(&["check"]);
+    assert!(
+        check.stdout.contains("[WARN] immutable: no (")
+            && check.stdout.contains("remove it")
+            && check.stdout.contains("append_only = yes"),
+        "{}",
+        check.stdout
+    );
+    let run = fx.run(&[]);
+    assert_eq!(
+        run.code,
+        0,
+        "not immutable is a warning: {}",
+        run.all_output()
+    );
+    assert!(
+        run.all_output().contains("is not immutable"),
+        "{}",
+        run.all_output()
+    );
+    let prom = std::fs::read_to_string(metrics.join("cvp_backup_copy.prom")).expect("metrics");
+    assert!(
+        prom.contains("cvp_backup_copy_destination_immutable{destination=\"")
+            && prom
+                .lines()
+                .any(|l| l.starts_with("cvp_backup_copy_destination_immutable{")
+                    && l.ends_with(" 0")),
+        "{prom}"
+    );
+    // The test file went with the test: nothing of it is left on an ordinary server.
+    assert!(
+        fx.remote_names()
+            .iter()
+            .all(|n| !n.starts_with(".cvp-backup-copy-canary.")),
+        "{:?}",
+        fx.remote_names()
+    );
+
+    // append_only on a server that allows everything: the node's files are read-only, but
+    // the account can still chmod and remove them, and the check says so.
+    fx.server_extra = "append_only = yes".into();
+    fx.write_ini();
+    let check = fx.run(&["check"]);
+    assert!(
+        check.stdout.contains("[WARN] immutable: no ("),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("make it writable (chmod)"),
+        "{}",
+        check.stdout
+    );
+}
+
+#[test]
+fn append_only_refuses_remote_limit_and_buckets_as_configuration_errors() {
+    let mut fx = Fixture::new();
+    fx.server_extra = "append_only = yes\nremote_limit = 3".into();
+    fx.write_ini();
+    let run = fx.run(&[]);
+    assert_eq!(run.code, 3, "{}", run.all_output());
+    assert!(run.stderr.contains("prune-dir"), "{}", run.stderr);
+    assert!(
+        fx.local_names().is_empty(),
+        "no backup is started: {:?}",
+        fx.local_names()
+    );
+    fx.server_extra = "append_only = maybe".into();
+    fx.write_ini();
+    let run = fx.run(&["check"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.all_output().contains("append_only"),
+        "{}",
+        run.all_output()
+    );
+}
