@@ -84,7 +84,9 @@ pub fn claim(remote: &mut dyn Remote, node: &str) -> Result<Claimed> {
             sink.write_all(render(node).as_bytes())
                 .and_then(|()| sink.flush())
                 .map_err(|err| {
-                    Error::copy(format!("cannot write {OWNER_MARKER} in {label}: {err}"))
+                    Error::inside(&err).unwrap_or_else(|| {
+                        Error::copy(format!("cannot write {OWNER_MARKER} in {label}: {err}"))
+                    })
                 })?;
             true
         }

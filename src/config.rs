@@ -37,13 +37,18 @@ const SERVER_OPTIONS: &[&str] = &[
     "s3_virtual_host",
     "ca_file",
     "append_only",
+    "lock_days",
+    "lock_mode",
 ];
 
 /// Options only an S3 destination reads.
-pub const S3_ONLY_OPTIONS: &[&str] = &["region", "s3_virtual_host", "ca_file"];
-
-/// Options only an SFTP destination reads.
-pub const SFTP_ONLY_OPTIONS: &[&str] = &["append_only"];
+pub const S3_ONLY_OPTIONS: &[&str] = &[
+    "region",
+    "s3_virtual_host",
+    "ca_file",
+    "lock_days",
+    "lock_mode",
+];
 
 /// What a `[Destination NAME]` takes from `[Server_Settings]` when it does not say: how keys
 /// and hosts are trusted and how hard to try. Where and as whom (server, port, user,
@@ -101,6 +106,7 @@ pub fn default_value(option: &str) -> Option<&'static str> {
         "region" => "us-east-1",
         "s3_virtual_host" => "no",
         "append_only" => "no",
+        "lock_mode" => "compliance",
         _ => return None,
     })
 }
@@ -262,6 +268,8 @@ pub fn check_value(
         "backup_timeout" => parse_number(value, 1, 7 * 86_400).map(drop),
         "streams" => parse_streams(value).map(drop),
         "s3_virtual_host" | "append_only" => parse_yes_no(value).map(drop),
+        "lock_days" => parse_number(value, 1, MAX_LOCK_DAYS).map(drop),
+        "lock_mode" => parse_lock_mode(value).map(drop),
         "ca_file" if !path(value).is_file() => {
             Err(format!("{} does not exist", path(value).display()))
         }
@@ -318,6 +326,45 @@ pub struct S3Settings {
     pub virtual_host: bool,
     /// A private CA's certificate(s), PEM, instead of the system's.
     pub ca_file: Option<PathBuf>,
+    /// `lock_days`: every object written carries a retention, extended each night for the
+    /// sets kept there.
+    pub lock: Option<ObjectLock>,
+}
+
+/// S3 Object Lock retention the node sets on what it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub days: u32,
+    pub mode: LockMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Nobody can shorten or lift it, the bucket's owner included.
+    Compliance,
+    /// Accounts with s3:BypassGovernanceRetention can.
+    Governance,
+}
+
+impl LockMode {
+    /// As the S3 API spells it.
+    pub fn as_s3(self) -> &'static str {
+        match self {
+            LockMode::Compliance => "COMPLIANCE",
+            LockMode::Governance => "GOVERNANCE",
+        }
+    }
+}
+
+/// A hundred years: beyond it a retention date is a typo.
+const MAX_LOCK_DAYS: u64 = 36_500;
+
+fn parse_lock_mode(text: &str) -> std::result::Result<LockMode, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "compliance" => Ok(LockMode::Compliance),
+        "governance" => Ok(LockMode::Governance),
+        _ => Err(format!("`{text}` is neither `compliance` nor `governance`")),
+    }
 }
 
 impl S3Settings {
@@ -893,6 +940,17 @@ impl Reader<'_> {
                         .unwrap_or_else(|| default_of("region").into()),
                     virtual_host,
                     ca_file: self.path(props, section, "ca_file")?,
+                    lock: match self.number(props, section, "lock_days", 1, MAX_LOCK_DAYS)? {
+                        None => None,
+                        Some(days) => Some(ObjectLock {
+                            days: days as u32,
+                            mode: match self.optional(props, section, "lock_mode")? {
+                                None => LockMode::Compliance,
+                                Some(text) => parse_lock_mode(&text)
+                                    .map_err(|why| self.bad(section, "lock_mode", &why))?,
+                            },
+                        }),
+                    },
                 })
             }
         };
@@ -940,6 +998,14 @@ impl Reader<'_> {
                 parse_yes_no(&text).map_err(|why| self.bad(section, "append_only", &why))?
             }
         };
+        if !is_s3 && self.optional(props, section, "lock_days")?.is_some() {
+            return Err(self.bad(
+                section,
+                "lock_days",
+                "is for S3 buckets with Object Lock: an SFTP server is made immutable by \
+                 append_only = yes and its deny list (README: Append-only SFTP)",
+            ));
+        }
         if append_only && is_s3 {
             return Err(self.bad(
                 section,

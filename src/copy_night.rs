@@ -181,6 +181,12 @@ impl Night<'_> {
                 Err(err) => log::warn!("remote pruning skipped: {err}"),
             }
         }
+        if self.server.s3().is_some_and(|s3| s3.lock.is_some()) {
+            match link.remote() {
+                Ok(remote) => self.extend_locks(remote, selection),
+                Err(err) => self.fail(err),
+            }
+        }
         self.count_remote_sets(link);
         self.test_immutability(link);
         verified
@@ -399,39 +405,73 @@ impl Night<'_> {
         all_ok
     }
 
+    /// What `remote_limit` keeps and removes there (every CVP file is kept without it).
+    fn remote_decision(
+        &self,
+        remote: &mut dyn Remote,
+        listing: &[RemoteEntry],
+        selection: &Selection,
+    ) -> Result<Decision> {
+        let limit = match self.server.remote_limit {
+            0 => u32::MAX,
+            limit => limit,
+        };
+        let mut known: Vec<RestoreSet> = selection.set.iter().cloned().collect();
+        // Which data files stay does not depend on their members; what each kept set needs
+        // is what its manifest lists (the rule only for sets without one).
+        let now = self.shared.now;
+        let first = remote_retention(listing, (limit, &[]), &selection.protect, &known, now);
+        for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
+            if let Some(text) = remote.read_small(&data.manifest_name(), 64 * 1024)? {
+                known.extend(sets::parse_manifest(&String::from_utf8_lossy(&text), *data));
+            }
+        }
+        Ok(remote_retention(
+            listing,
+            (limit, &[]),
+            &selection.protect,
+            &known,
+            now,
+        ))
+    }
+
+    /// With `lock_days`: every object of the sets kept there (and the claim) is retained
+    /// `lock_days` from tonight, so a kept set stays locked however many nights fail after.
+    fn extend_locks(&mut self, remote: &mut dyn Remote, selection: &Selection) {
+        let Some(lock) = self.server.s3().and_then(|s3| s3.lock) else {
+            return;
+        };
+        let outcome = remote.list().and_then(|listing| {
+            let listing = listing.unwrap_or_default();
+            let decision = self.remote_decision(remote, &listing, selection)?;
+            let names = objects_of(&listing, &decision);
+            for name in &names {
+                signals::check("extending the locks")?;
+                remote.extend_lock(name)?;
+            }
+            Ok(names.len())
+        });
+        match outcome {
+            Ok(count) => log::info!(
+                "retention of the {count} objects of the kept sets extended to {} days from now \
+                 ({})",
+                lock.days,
+                lock.mode.as_s3()
+            ),
+            Err(err) => self.fail(err),
+        }
+    }
+
     fn prune_remote(&mut self, remote: &mut dyn Remote, selection: &Selection) {
         let current = selection.files();
         let listing = match remote.list() {
             Ok(listing) => listing.unwrap_or_default(),
             Err(err) => return log::warn!("remote pruning skipped: {err}"),
         };
-        let limit = self.server.remote_limit;
-        let mut known: Vec<RestoreSet> = selection.set.iter().cloned().collect();
-        // Which data files stay does not depend on their members; what each kept set needs
-        // is what its manifest lists (the rule only for sets without one).
-        let first = remote_retention(
-            &listing,
-            (limit, &[]),
-            &selection.protect,
-            &known,
-            self.shared.now,
-        );
-        for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
-            match remote.read_small(&data.manifest_name(), 64 * 1024) {
-                Ok(Some(text)) => {
-                    known.extend(sets::parse_manifest(&String::from_utf8_lossy(&text), *data));
-                }
-                Ok(None) => {}
-                Err(err) => return log::warn!("remote pruning skipped: {err}"),
-            }
-        }
-        let decision = remote_retention(
-            &listing,
-            (limit, &[]),
-            &selection.protect,
-            &known,
-            self.shared.now,
-        );
+        let decision = match self.remote_decision(remote, &listing, selection) {
+            Ok(decision) => decision,
+            Err(err) => return log::warn!("remote pruning skipped: {err}"),
+        };
         crate::run::log_keeps("remote", &decision);
         let mut removed = Vec::new();
         for name in &decision.remove {
@@ -445,6 +485,11 @@ impl Night<'_> {
                 .collect();
             let mut all_gone = true;
             for file in forms {
+                if let Some(until) = still_locked(remote, &file.file_name()) {
+                    log::info!("kept remote {file}: locked until {until}; pruned once it ends");
+                    all_gone = false;
+                    continue;
+                }
                 match remote.remove(&file.file_name()) {
                     Ok(()) => log::info!("pruned remote {file}"),
                     Err(err) => {
@@ -460,6 +505,10 @@ impl Night<'_> {
         }
         let names: Vec<String> = listing.iter().map(|e| e.name.clone()).collect();
         for leftover in retention::remote_leftovers(&names, &removed, &current) {
+            if let Some(until) = still_locked(remote, &leftover) {
+                log::info!("kept remote {leftover}: locked until {until}; removed once it ends");
+                continue;
+            }
             match remote.remove(&leftover) {
                 Ok(()) => log::info!(
                     "removed remote {leftover} (its file is gone, or an abandoned upload)"
@@ -487,6 +536,33 @@ impl Night<'_> {
             Err(err) => log::warn!("cannot count the sets on the remote: {err}"),
         }
     }
+}
+
+/// Until when `name` is locked there; a lock that cannot be read counts as one (never send
+/// a delete the lock may refuse).
+fn still_locked(remote: &mut dyn Remote, name: &str) -> Option<String> {
+    match remote.locked_until(name) {
+        Ok(until) => until,
+        Err(err) => Some(format!("(unknown: {err})")),
+    }
+}
+
+/// The names of every object of the kept sets in a listing: each form (NAME, NAME.age) and
+/// its checksum file, each kept data file's manifest, and the claim.
+fn objects_of(listing: &[RemoteEntry], decision: &Decision) -> Vec<String> {
+    let kept: HashSet<BackupName> = decision.keep.iter().map(|(name, _)| *name).collect();
+    listing
+        .iter()
+        .filter(|entry| match RemoteName::parse(&entry.name) {
+            Some(RemoteName::Backup(file)) | Some(RemoteName::Sidecar(file)) => {
+                kept.contains(&file.name)
+            }
+            Some(RemoteName::Manifest(data)) => kept.contains(&data),
+            Some(RemoteName::Partial(_)) => false,
+            None => entry.name == crate::names::OWNER_MARKER,
+        })
+        .map(|entry| entry.name.clone())
+        .collect()
 }
 
 /// An append-only server keeps the partial uploads of interrupted attempts: named here, for

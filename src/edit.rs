@@ -360,10 +360,10 @@ pub fn edit(options: &EditOptions) -> Result<()> {
             .is_some_and(|d| d.starts_with("s3://"));
         for option in options.iter() {
             // The S3 settings are asked only of a bucket's section.
-            // append_only is never asked: the server must be set up for it first (README,
-            // Append-only SFTP); `--set` sets it.
+            // The immutability options are never asked: the server or bucket must be set up
+            // for them first (README, A stolen node); `--set` sets them.
             if !is_s3 && config::S3_ONLY_OPTIONS.contains(option)
-                || config::SFTP_ONLY_OPTIONS.contains(option)
+                || ["append_only", "lock_days", "lock_mode"].contains(option)
             {
                 continue;
             }

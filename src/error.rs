@@ -38,6 +38,16 @@ impl Error {
     pub fn copy(message: impl Into<String>) -> Self {
         Self::new(ExitCode::Copy, message)
     }
+    /// The tool's own error a writer carried through `std::io::Error` (an S3 object written
+    /// on flush), with its code; None for a plain I/O error.
+    pub fn inside(err: &std::io::Error) -> Option<Error> {
+        let inner = err.get_ref()?.downcast_ref::<Error>()?;
+        Some(Error {
+            code: inner.code,
+            message: inner.message.clone(),
+            transient: inner.transient,
+        })
+    }
 }
 
 impl fmt::Display for Error {

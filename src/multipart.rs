@@ -317,13 +317,20 @@ fn create(remote: &S3Remote, key: &str, name: &RemoteFile) -> Result<String> {
     action
         .headers_mut()
         .insert("x-amz-checksum-algorithm", "SHA256");
+    let locks = remote.lock_headers();
+    for (header, value) in &locks {
+        action.headers_mut().insert(*header, value.clone());
+    }
     let mut request = Request::new(rusty_s3::Method::Post, action.sign(SIGNED_FOR));
     request
         .headers
         .push(("x-amz-checksum-algorithm", "SHA256".into()));
-    let mut answer = remote.send(
+    let locked = !locks.is_empty();
+    request.headers.extend(locks);
+    let mut answer = remote.send_write(
         &format!("starting the upload of {name} (CreateMultipartUpload)"),
         request,
+        locked,
     )?;
     let text = answer
         .body_mut()

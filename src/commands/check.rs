@@ -219,6 +219,18 @@ fn check_bucket(config: &Config, server: &ServerConfig, password: &Password, rep
         Ok(detail) => report.line("bucket", Outcome::Pass(detail)),
         Err(err) => return report.fail("bucket", err),
     }
+    if let Some(lock) = server.s3().and_then(|s3| s3.lock) {
+        report.line(
+            "object lock",
+            Outcome::Pass(format!(
+                "lock_days = {} ({}): every object written carries a retention of {} days, \
+                 extended each night for the sets kept there; pruning waits for it to end",
+                lock.days,
+                lock.mode.as_s3(),
+                lock.days
+            )),
+        );
+    }
     check_claim(config, remote, report);
     check_immutable(server, remote, report);
     let (count, why) = crate::remote::s3::S3Remote::new(server, secret)
@@ -672,7 +684,7 @@ fn check_immutable(server: &ServerConfig, remote: &mut dyn Remote, report: &mut 
 fn probe_destination(remote: &mut dyn Remote) -> crate::error::Result<String> {
     let label = remote.describe();
     let created = remote.ensure_destination()?;
-    if remote.append_only() {
+    if remote.keeps_what_it_writes() {
         // The node may not remove a test file there: the immutability test's file shows
         // that it takes one.
         return Ok(if created {

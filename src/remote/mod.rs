@@ -78,6 +78,20 @@ pub trait Remote {
     fn append_only(&self) -> bool {
         false
     }
+    /// Whether nothing the node writes there may be removed by it (append-only SFTP, an S3
+    /// destination with `lock_days`): `check` then leaves its test file.
+    fn keeps_what_it_writes(&self) -> bool {
+        self.append_only()
+    }
+    /// Until when `name` is locked (S3 with `lock_days`: the latest retention among its
+    /// versions still ahead); None: it may be removed now.
+    fn locked_until(&mut self, _name: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Retain `name` for `lock_days` from now (S3 with `lock_days`; elsewhere nothing).
+    fn extend_lock(&mut self, _name: &str) -> Result<()> {
+        Ok(())
+    }
     /// Send what an intruder holding the node's credentials would send to destroy `name`
     /// (a test file), whatever the configuration allows the node itself: `check`'s and the
     /// night's proof of immutability.

@@ -84,11 +84,49 @@ pub struct S3Remote {
 }
 
 /// An S3 error answer: its code and message, and the request it answered.
+/// One version of an object, or a delete marker, in a versioned bucket.
+#[derive(Debug, Clone)]
+pub struct ObjectVersion {
+    pub key: String,
+    pub id: String,
+    pub delete_marker: bool,
+    pub latest: bool,
+    pub size: u64,
+    /// As the server wrote it (ISO 8601, so it sorts).
+    pub modified: String,
+}
+
+/// Whether a retention date (ISO 8601) is still ahead.
+pub fn still_locked(until: &str) -> bool {
+    chrono::DateTime::parse_from_rfc3339(until)
+        .map(|until| until > chrono::Utc::now())
+        // A date we cannot read is kept as locked: never send a delete it may refuse.
+        .unwrap_or(true)
+}
+
 #[derive(Debug)]
 pub struct Refusal {
     pub status: u16,
     pub code: String,
     pub message: String,
+}
+
+/// For the tests only: how many seconds a day of `lock_days` lasts, so that locks end while a
+/// test waits (a shorter lock weakens nothing an intruder with root could not change in the
+/// INI).
+pub const DAY_SECONDS_ENV: &str = "CVP_BACKUP_COPY_TEST_DAY_SECONDS";
+
+fn day_seconds() -> i64 {
+    std::env::var(DAY_SECONDS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(86_400)
+}
+
+/// A time as S3's retention dates are written.
+fn s3_time(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 impl S3Remote {
@@ -142,6 +180,25 @@ impl S3Remote {
 
     pub fn settings(&self) -> &S3Settings {
         &self.settings
+    }
+
+    /// With `lock_days`: the retention every object written now carries (mode, until).
+    pub fn retention(&self) -> Option<(&'static str, String)> {
+        let lock = self.settings.lock?;
+        let seconds = i64::from(lock.days).saturating_mul(day_seconds());
+        let until = chrono::Utc::now() + chrono::Duration::seconds(seconds);
+        Some((lock.mode.as_s3(), s3_time(until)))
+    }
+
+    /// The Object Lock headers of a write (none without `lock_days`), to sign and send.
+    pub fn lock_headers(&self) -> Vec<(&'static str, String)> {
+        match self.retention() {
+            Some((mode, until)) => vec![
+                ("x-amz-object-lock-mode", mode.to_string()),
+                ("x-amz-object-lock-retain-until-date", until),
+            ],
+            None => Vec::new(),
+        }
     }
 
     pub fn key(&self, name: &str) -> String {
@@ -474,6 +531,251 @@ impl S3Remote {
         Ok(found)
     }
 
+    /// A write; one that carried a retention (`locked`) and is refused says what the lock
+    /// needs: the right to set retention (4), or a bucket with Object Lock (3).
+    pub(crate) fn send_write(
+        &self,
+        what: &str,
+        request: Request<'_>,
+        locked: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
+        match self.exchange(what, request) {
+            Ok(answer) => Ok(answer),
+            Err((Some(refusal), err)) if locked => Err(self.lock_refused(what, &refusal, err)),
+            Err((_, err)) => Err(err),
+        }
+    }
+
+    fn lock_refused(&self, what: &str, refusal: &Refusal, err: Error) -> Error {
+        let said = crate::error::printable(&format!("{}: {}", refusal.code, refusal.message));
+        let bucket = &self.settings.bucket;
+        match refusal.code.as_str() {
+            "AccessDenied" => Error::connect(format!(
+                "access denied on {}: the server refused {what} with a retention (lock_days) \
+                 ({said}); the access key needs the right to set retention \
+                 (s3:PutObjectRetention on AWS; Admin:{bucket} in SeaweedFS's identities), or \
+                 remove lock_days and give the bucket a default retention, which needs no such \
+                 right",
+                self.label
+            )),
+            "InvalidRequest" | "ObjectLockConfigurationNotFoundError" => Error::config(format!(
+                "{what} on {}: lock_days is set but bucket {bucket} has no Object Lock \
+                 ({said}): Object Lock is chosen when a bucket is created; create one with it \
+                 (README: A stolen node), or remove lock_days",
+                self.label
+            )),
+            _ => err,
+        }
+    }
+
+    /// A request rusty-s3 has no action for, signed by its `signing::sign` with `headers`
+    /// (to be sent as they are); `key` None: the bucket.
+    fn signed(
+        &self,
+        method: rusty_s3::Method,
+        key: Option<&str>,
+        query: &[(&str, String)],
+        headers: &[(&'static str, String)],
+    ) -> url::Url {
+        let url = match key {
+            Some(key) => self.bucket.object_url(key),
+            None => self.bucket.base_url().clone(),
+        };
+        let mut query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        query.sort();
+        let mut headers: Vec<(&str, &str)> =
+            headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        headers.sort();
+        rusty_s3::signing::sign(
+            &jiff::Timestamp::now(),
+            method,
+            url,
+            self.credentials.key(),
+            self.credentials.secret(),
+            None,
+            self.bucket.region(),
+            SIGNED_FOR.as_secs(),
+            query.iter().copied(),
+            headers.iter().copied(),
+        )
+    }
+
+    /// The bucket's Object Lock (GetObjectLockConfiguration): None when it has none, else
+    /// its default retention in words ("no default retention" when it has none, "not
+    /// readable with this key" when the key may not ask: the first locked write tells).
+    pub fn object_lock(&self) -> Result<Option<String>> {
+        let url = self.signed(
+            rusty_s3::Method::Get,
+            None,
+            &[("object-lock", String::new())],
+            &[],
+        );
+        let what = "reading the bucket's Object Lock (GetObjectLockConfiguration)";
+        let mut answer = match self.exchange(what, Request::get(url)) {
+            Ok(answer) => answer,
+            Err((Some(refusal), _))
+                if refusal.code == "ObjectLockConfigurationNotFoundError"
+                    || (refusal.status == 404 && refusal.code.is_empty()) =>
+            {
+                return Ok(None)
+            }
+            Err((Some(refusal), _)) if refusal.code == "AccessDenied" => {
+                return Ok(Some("not readable with this key".into()))
+            }
+            Err((_, err)) => return Err(err),
+        };
+        let text = read_text(&mut answer, &self.label)?;
+        if xml_text(&text, "ObjectLockEnabled").as_deref() != Some("Enabled") {
+            return Ok(None);
+        }
+        let period = match (xml_text(&text, "Days"), xml_text(&text, "Years")) {
+            (Some(days), _) => Some(format!("{days} days")),
+            (None, Some(years)) => Some(format!("{years} years")),
+            _ => None,
+        };
+        Ok(Some(match (xml_text(&text, "Mode"), period) {
+            (Some(mode), Some(period)) => {
+                format!(
+                    "default retention {} {period}",
+                    crate::error::printable(&mode)
+                )
+            }
+            _ => "no default retention".to_string(),
+        }))
+    }
+
+    /// Retain `name` (its current version) until now + lock_days (PutObjectRetention); a
+    /// retention already longer stays (COMPLIANCE never shortens).
+    pub fn extend_retention(&self, name: &str) -> Result<()> {
+        let Some((mode, until)) = self.retention() else {
+            return Ok(());
+        };
+        let key = self.key(name);
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{mode}</Mode>\
+             <RetainUntilDate>{until}</RetainUntilDate></Retention>"
+        );
+        let md5 = {
+            use base64::Engine;
+            use md5::Digest;
+            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body.as_bytes()))
+        };
+        let headers = vec![("content-md5", md5)];
+        let url = self.signed(
+            rusty_s3::Method::Put,
+            Some(&key),
+            &[("retention", String::new())],
+            &headers,
+        );
+        let mut request = Request::new(rusty_s3::Method::Put, url);
+        request.headers = headers;
+        request.body = Body::Bytes(body.into_bytes());
+        self.send_write(
+            &format!("extending the retention of {name} (PutObjectRetention)"),
+            request,
+            true,
+        )
+        .map(drop)
+    }
+
+    /// Every version of `name` (id, and whether it is a delete marker), newest first as the
+    /// server lists them (ListObjectVersions).
+    pub fn versions_of(&self, name: &str) -> Result<Vec<ObjectVersion>> {
+        let key = self.key(name);
+        Ok(self
+            .versions_under(&key)?
+            .into_iter()
+            .filter(|v| v.key == key)
+            .collect())
+    }
+
+    /// Every version of every key starting with `prefix` (ListObjectVersions).
+    pub fn versions_under(&self, prefix: &str) -> Result<Vec<ObjectVersion>> {
+        let mut found = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            crate::signals::check("listing object versions")?;
+            let mut query = vec![("prefix", prefix.to_string()), ("versions", String::new())];
+            if let Some((key, id)) = &markers {
+                query.push(("key-marker", key.clone()));
+                query.push(("version-id-marker", id.clone()));
+            }
+            let url = self.signed(rusty_s3::Method::Get, None, &query, &[]);
+            let mut answer = self.send(
+                "listing object versions (ListObjectVersions)",
+                Request::get(url),
+            )?;
+            let text = read_text(&mut answer, &self.label)?;
+            for (tag, delete_marker) in [("Version", false), ("DeleteMarker", true)] {
+                for element in xml_elements(&text, tag) {
+                    if let (Some(key), Some(id)) =
+                        (xml_text(element, "Key"), xml_text(element, "VersionId"))
+                    {
+                        found.push(ObjectVersion {
+                            key,
+                            id,
+                            delete_marker,
+                            latest: xml_text(element, "IsLatest").as_deref() == Some("true"),
+                            size: xml_text(element, "Size")
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0),
+                            modified: xml_text(element, "LastModified").unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+            let truncated = xml_text(&text, "IsTruncated").as_deref() == Some("true");
+            let next = (
+                xml_text(&text, "NextKeyMarker"),
+                xml_text(&text, "NextVersionIdMarker"),
+            );
+            match (truncated, next) {
+                (true, (Some(key), Some(id)))
+                    if seen.len() < MAX_PAGES && seen.insert((key.clone(), id.clone())) =>
+                {
+                    markers = Some((key, id))
+                }
+                (true, _) => {
+                    return Err(Error::copy(format!(
+                        "{}: the list of object versions does not end",
+                        self.label
+                    )))
+                }
+                _ => break,
+            }
+        }
+        // Newest first within a key (servers list them so; the dates decide ties).
+        found.sort_by(|a, b| a.key.cmp(&b.key).then(b.modified.cmp(&a.modified)));
+        Ok(found)
+    }
+
+    /// Until when one version of `key` is retained (None: not locked, or no date given).
+    pub fn retained_until(&self, key: &str, version: &str) -> Result<Option<String>> {
+        let mut action = self.bucket.head_object(Some(&self.credentials), key);
+        action.query_mut().insert("versionId", version.to_string());
+        let answer = self.send(
+            &format!("looking at a version of {key} (HeadObject)"),
+            Request::new(rusty_s3::Method::Head, action.sign(SIGNED_FOR)),
+        )?;
+        Ok(answer
+            .headers()
+            .get("x-amz-object-lock-retain-until-date")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string))
+    }
+
+    fn delete_version(&self, key: &str, version: &str) -> Result<()> {
+        let mut action = self.bucket.delete_object(Some(&self.credentials), key);
+        action.query_mut().insert("versionId", version.to_string());
+        self.send_unless_absent(
+            &format!("deleting a version of {key} (DeleteObject with versionId)"),
+            Request::new(rusty_s3::Method::Delete, action.sign(SIGNED_FOR)),
+            "NoSuchVersion",
+        )
+        .map(drop)
+    }
+
     pub fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
         let action = self
             .bucket
@@ -496,10 +798,16 @@ impl S3Remote {
         action
             .headers_mut()
             .insert("x-amz-checksum-sha256", checksum.clone());
+        let locks = self.lock_headers();
+        for (header, value) in &locks {
+            action.headers_mut().insert(*header, value.clone());
+        }
         let mut request = Request::new(rusty_s3::Method::Put, action.sign(SIGNED_FOR));
         request.headers.push(("x-amz-checksum-sha256", checksum));
+        let locked = !locks.is_empty();
+        request.headers.extend(locks);
         request.body = Body::Bytes(bytes.to_vec());
-        let answer = self.send(&format!("writing {name} (PutObject)"), request)?;
+        let answer = self.send_write(&format!("writing {name} (PutObject)"), request, locked)?;
         // With server-side encryption by KMS or a customer key the ETag is no MD5.
         let encrypted = answer
             .headers()
@@ -798,7 +1106,7 @@ impl Write for PutOnFlush<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.remote
             .put_bytes(&self.name, &self.bytes)
-            .map_err(|err| std::io::Error::other(err.message))
+            .map_err(std::io::Error::other)
     }
 }
 
@@ -868,6 +1176,14 @@ impl Remote for S3Remote {
     /// the node: missing is an error; a prefix needs nothing made.
     fn ensure_destination(&mut self) -> Result<bool> {
         self.head_bucket()?;
+        if self.settings.lock.is_some() && self.object_lock()?.is_none() {
+            return Err(Error::config(format!(
+                "{}: lock_days is set but bucket {} has no Object Lock: Object Lock is chosen \
+                 when a bucket is created; create one with it (README: A stolen node), or \
+                 remove lock_days",
+                self.label, self.settings.bucket
+            )));
+        }
         Ok(false)
     }
 
@@ -999,6 +1315,17 @@ impl Remote for S3Remote {
             return self.abort_uploads_of(data, name);
         }
         let key = self.key(name);
+        if self.settings.lock.is_some() {
+            // Every version goes (a plain DELETE would only hide the object behind a marker),
+            // never one still locked: the caller asked `locked_until` first.
+            let versions = self.versions_of(name)?;
+            let (objects, markers): (Vec<_>, Vec<_>) =
+                versions.into_iter().partition(|v| !v.delete_marker);
+            for version in objects.iter().chain(&markers) {
+                self.delete_version(&key, &version.id)?;
+            }
+            return Ok(());
+        }
         let action = self.bucket.delete_object(Some(&self.credentials), &key);
         self.send_unless_absent(
             &format!("deleting {name} (DeleteObject)"),
@@ -1010,6 +1337,33 @@ impl Remote for S3Remote {
 
     fn put_whole(&mut self, name: &str, bytes: &[u8], _replacing: bool) -> Result<()> {
         self.put_bytes(name, bytes)
+    }
+
+    fn keeps_what_it_writes(&self) -> bool {
+        self.settings.lock.is_some()
+    }
+
+    fn locked_until(&mut self, name: &str) -> Result<Option<String>> {
+        if self.settings.lock.is_none() {
+            return Ok(None);
+        }
+        let key = self.key(name);
+        let mut latest: Option<String> = None;
+        for version in self.versions_of(name)? {
+            if version.delete_marker {
+                continue;
+            }
+            if let Some(until) = self.retained_until(&key, &version.id)? {
+                if still_locked(&until) && latest.as_ref().is_none_or(|l| until > *l) {
+                    latest = Some(until);
+                }
+            }
+        }
+        Ok(latest)
+    }
+
+    fn extend_lock(&mut self, name: &str) -> Result<()> {
+        self.extend_retention(name)
     }
 
     /// In a versioned bucket: delete the object's version (a plain DELETE only hides it

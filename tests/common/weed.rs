@@ -21,6 +21,42 @@ pub const BUCKETS: &[&str] = &[
     "cvpbc-i", "cvpbc-j", "cvpbc-k", "cvpbc-l",
 ];
 
+/// Buckets where the node identity also has `Admin` (SeaweedFS wants it to set a retention).
+pub const LOCK_BUCKETS: &[&str] = &[
+    "cvpbc-lock-a",
+    "cvpbc-lock-b",
+    "cvpbc-lock-c",
+    "cvpbc-lock-d",
+];
+static NEXT_LOCK_BUCKET: AtomicUsize = AtomicUsize::new(0);
+
+/// A new bucket with Object Lock where the node may set retentions, with a default
+/// retention of `default_days` (COMPLIANCE) when given.
+pub fn new_lock_bucket(default_days: Option<u32>) -> String {
+    new_admin_bucket(true, default_days)
+}
+
+/// A new bucket where the node has `Admin` too, with or without Object Lock.
+pub fn new_admin_bucket(object_lock: bool, default_days: Option<u32>) -> String {
+    let index = NEXT_LOCK_BUCKET.fetch_add(1, Ordering::SeqCst);
+    let name = LOCK_BUCKETS
+        .get(index)
+        .expect("more lock buckets than LOCK_BUCKETS lists: add some")
+        .to_string();
+    let lock = if object_lock { "True" } else { "False" };
+    let mut code =
+        format!("s3.create_bucket(Bucket='{name}', ObjectLockEnabledForBucket={lock})\n");
+    if let Some(days) = default_days {
+        code.push_str(&format!(
+            "s3.put_object_lock_configuration(Bucket='{name}', ObjectLockConfiguration={{\
+             'ObjectLockEnabled': 'Enabled', 'Rule': {{'DefaultRetention': {{'Mode': \
+             'COMPLIANCE', 'Days': {days}}}}}}})\n"
+        ));
+    }
+    weed().boto3(&code, true);
+    name
+}
+
 pub struct Weed {
     pub port: u16,
     pub dir: PathBuf,
@@ -71,8 +107,9 @@ impl Weed {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("weed dir");
         std::fs::create_dir_all(dir.join("logs")).expect("weed logs");
-        let actions: Vec<String> = BUCKETS
+        let mut actions: Vec<String> = BUCKETS
             .iter()
+            .chain(LOCK_BUCKETS)
             .flat_map(|b| {
                 [
                     format!("Read:{b}"),
@@ -81,6 +118,7 @@ impl Weed {
                 ]
             })
             .collect();
+        actions.extend(LOCK_BUCKETS.iter().map(|b| format!("Admin:{b}")));
         let identities = serde_json::json!({"identities": [
             {"name": "admin", "credentials": [{"accessKey": ADMIN_KEY, "secretKey": ADMIN_SECRET}],
              "actions": ["Admin", "Read", "Write", "List", "Tagging"]},

@@ -1,0 +1,247 @@
+//! A stolen node cannot destroy its copies in a bucket: `lock_days` on SeaweedFS (`weed
+//! mini`) buckets with Object Lock. Every object the node writes is retained, each night
+//! extends the kept sets' retention, pruning waits for a lock to end, and the setups that
+//! cannot work are clear errors. A lock day lasts a few seconds here (the test knob
+//! CVP_BACKUP_COPY_TEST_DAY_SECONDS), so locks end while the test waits.
+
+mod common;
+
+use common::weed::{self, new_lock_bucket, weed};
+use common::*;
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "nodes/cvp1";
+const DAY_SECONDS: u64 = 3;
+
+fn node_with_bucket(bucket: &str, extra: &str) -> Fixture {
+    let mut fx = Fixture::new();
+    fx.cvpi_flags = "--images --size 12000000".into();
+    fx.extra_sections = fx.s3_section("offsite", &weed().endpoint(), bucket, extra);
+    fx.write_ini();
+    fx
+}
+
+/// A run with lock days of DAY_SECONDS seconds.
+fn run(fx: &Fixture, args: &[&str]) -> Run {
+    let mut cmd = fx.command(args);
+    cmd.env("CVP_BACKUP_COPY_TEST_DAY_SECONDS", DAY_SECONDS.to_string());
+    run_captured(&mut cmd, fx.root.path())
+}
+
+fn night(fx: &mut Fixture, stamp: &str, extra_flags: &str) -> Run {
+    fx.cvpi_flags = format!("--images --size 12000000 --stamp {stamp} {extra_flags}");
+    fx.write_ini();
+    run(fx, &["-v"])
+}
+
+/// Each version of each key under the prefix: (name, version id, delete marker).
+fn versions(bucket: &str) -> Vec<(String, String, bool)> {
+    let out = weed().boto3(
+        &format!(
+            "r = s3.list_object_versions(Bucket='{bucket}', Prefix='{PREFIX}/')\n\
+             for v in r.get('Versions', []): print(v['Key'], v['VersionId'], 'v')\n\
+             for v in r.get('DeleteMarkers', []): print(v['Key'], v['VersionId'], 'd')"
+        ),
+        true,
+    );
+    out.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let key = words
+                .next()?
+                .strip_prefix(&format!("{PREFIX}/"))?
+                .to_string();
+            Some((key, words.next()?.to_string(), words.next()? == "d"))
+        })
+        .collect()
+}
+
+/// Seconds from now until the current version of `name` is no longer retained.
+fn seconds_locked(bucket: &str, name: &str) -> f64 {
+    let out = weed().boto3(
+        &format!(
+            "import datetime\n\
+             h = s3.head_object(Bucket='{bucket}', Key='{PREFIX}/{name}')\n\
+             print(h.get('ObjectLockMode'), (h['ObjectLockRetainUntilDate'] - \
+             datetime.datetime.now(datetime.timezone.utc)).total_seconds())"
+        ),
+        true,
+    );
+    let mut words = out.split_whitespace();
+    assert_eq!(words.next(), Some("COMPLIANCE"), "{out}");
+    words
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no retention: {out}"))
+}
+
+fn set_of(stamp: &str) -> Vec<String> {
+    vec![
+        format!("cvp.{stamp}.tgz"),
+        format!("cvp.{stamp}.tgz.sha256"),
+        format!("cvp.eosimages.{stamp}.tgz"),
+        format!("cvp.eosimages.{stamp}.tgz.sha256"),
+        format!("cvp.{stamp}.set.sha256"),
+    ]
+}
+
+fn assert_whole_in_bucket(fx: &Fixture, bucket: &str, stamp: &str) {
+    let names = weed().names(bucket, PREFIX);
+    for name in set_of(stamp) {
+        assert!(names.contains(&name), "{name} not in the bucket: {names:?}");
+    }
+    let to = tempfile::tempdir().expect("download dir");
+    let checked = weed().download_and_check(bucket, PREFIX, to.path());
+    assert!(
+        checked.contains(&format!("cvp.{stamp}.tgz: OK")),
+        "{checked}"
+    );
+    let data = format!("cvp.{stamp}.tgz");
+    assert_eq!(
+        std::fs::read(to.path().join(&data)).expect("downloaded"),
+        std::fs::read(fx.local_path(&data)).expect("local")
+    );
+}
+
+#[test]
+fn lock_days_needs_a_bucket_with_object_lock_and_the_right_to_set_retention() {
+    // A bucket without Object Lock: a configuration error (3), at check and at the run.
+    let plain = weed::new_admin_bucket(false, None);
+    let fx = node_with_bucket(&plain, "lock_days = 7");
+    let check = run(&fx, &["check"]);
+    assert_eq!(check.code, 3, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("[FAIL] destination offsite: bucket:")
+            && check.stdout.contains("has no Object Lock"),
+        "{}",
+        check.stdout
+    );
+    let night = run(&fx, &[]);
+    assert_eq!(night.code, 3, "{}", night.all_output());
+    assert!(
+        night.stderr.contains("has no Object Lock"),
+        "{}",
+        night.stderr
+    );
+    assert!(
+        weed().names(&plain, PREFIX).is_empty(),
+        "nothing written unlocked"
+    );
+
+    // A locked bucket, but the node's key may not set a retention: 4, naming the right.
+    let locked = weed::new_locked_bucket(1);
+    let fx = node_with_bucket(&locked, "lock_days = 7");
+    let check = run(&fx, &["check"]);
+    assert_eq!(check.code, 4, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("s3:PutObjectRetention") && check.stdout.contains("Admin:"),
+        "{}",
+        check.stdout
+    );
+    let night = run(&fx, &[]);
+    assert_eq!(night.code, 4, "{}", night.all_output());
+    assert!(
+        night.stderr.contains("s3:PutObjectRetention"),
+        "{}",
+        night.stderr
+    );
+    // Without lock_days the bucket's own default retention locks what the node writes, and
+    // the node needs no such right: immutable.
+    let fx = node_with_bucket(&locked, "");
+    let check = run(&fx, &["check"]);
+    assert!(
+        check
+            .stdout
+            .contains("[ok  ] destination offsite: immutable: yes ("),
+        "{}",
+        check.stdout
+    );
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    // lock_days on an SFTP destination is refused as configuration.
+    let mut fx = Fixture::new();
+    fx.server_extra = "lock_days = 3".into();
+    fx.write_ini();
+    let refused = run(&fx, &[]);
+    assert_eq!(refused.code, 3, "{}", refused.all_output());
+    assert!(refused.stderr.contains("append_only"), "{}", refused.stderr);
+}
+
+#[test]
+fn nights_keep_the_kept_sets_locked_and_prune_a_set_only_once_its_lock_ends() {
+    let bucket = new_lock_bucket(None);
+    // Locks of 2 "days" (6 s); one set kept in the bucket.
+    let mut fx = node_with_bucket(&bucket, "lock_days = 2\nremote_limit = 1");
+    let check = run(&fx, &["check"]);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    assert!(
+        check
+            .stdout
+            .contains("object lock: lock_days = 2 (COMPLIANCE)")
+            && check
+                .stdout
+                .contains("[ok  ] destination offsite: immutable: yes ("),
+        "{}",
+        check.stdout
+    );
+
+    let a = "20261201020000";
+    let first = night(&mut fx, a, "");
+    let started = Instant::now();
+    assert_eq!(first.code, 0, "{}", first.all_output());
+    // Locked from the moment it was written, for lock_days (6 s here).
+    for name in set_of(a) {
+        let left = seconds_locked(&bucket, &name);
+        assert!(left > 0.5 && left <= 6.5, "{name}: {left} s");
+    }
+    assert_whole_in_bucket(&fx, &bucket, a);
+    assert!(
+        first.all_output().contains("retention of the"),
+        "{}",
+        first.all_output()
+    );
+
+    // Night 2: set a is beyond remote_limit but locked: kept, nothing refused is sent.
+    let b = "20261202020000";
+    let second = night(&mut fx, b, "");
+    assert_eq!(second.code, 0, "{}", second.all_output());
+    assert_whole_in_bucket(&fx, &bucket, b);
+    let log = second.all_output();
+    assert!(
+        log.contains(&format!("kept remote cvp.{a}.tgz: locked until")),
+        "{log}"
+    );
+    assert!(!log.contains("cannot prune"), "{log}");
+    assert!(weed()
+        .names(&bucket, PREFIX)
+        .contains(&format!("cvp.{a}.tgz")));
+
+    // Night 3 fails its backup; the last good set is verified again and its lock extended.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = seconds_locked(&bucket, &format!("cvp.{b}.tgz"));
+    let third = night(&mut fx, "20261203020000", "--fail");
+    assert_eq!(third.code, 1, "{}", third.all_output());
+    let after = seconds_locked(&bucket, &format!("cvp.{b}.tgz"));
+    assert!(after > before + 1.0, "extended: {before} -> {after}");
+    for name in set_of(b) {
+        assert!(seconds_locked(&bucket, &name) > 2.0, "{name}");
+    }
+
+    // Once a's lock has ended, the next night removes it whole, every version.
+    let a_ends = Duration::from_secs(2 * DAY_SECONDS + 2);
+    if let Some(wait) = a_ends.checked_sub(started.elapsed()) {
+        std::thread::sleep(wait);
+    }
+    let c = "20261204020000";
+    let fourth = night(&mut fx, c, "");
+    assert_eq!(fourth.code, 0, "{}", fourth.all_output());
+    assert_whole_in_bucket(&fx, &bucket, c);
+    let left: Vec<_> = versions(&bucket)
+        .into_iter()
+        .filter(|(key, _, _)| key.contains(a))
+        .collect();
+    assert!(left.is_empty(), "set a is still there: {left:?}");
+    // The kept set is locked ahead again.
+    for name in set_of(c) {
+        assert!(seconds_locked(&bucket, &name) > 0.5, "{name}");
+    }
+}
