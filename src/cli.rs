@@ -171,21 +171,30 @@ pub struct PruneDirArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: u32,
 
+    /// Never remove a file written or renamed less than DAYS days ago, whatever its name
+    /// says: names planted with the node's credentials cannot take a recent copy
+    #[arg(long, value_name = "DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=3650))]
+    pub min_age: u32,
+
     /// Print what would be removed, remove nothing
     #[arg(long)]
     pub dry_run: bool,
 }
 
 const PRUNE_DIR_HELP: &str = "\
-The same rules as remote_limit on the node: sets by their manifests (cvp.<ts>.set.sha256), the
-images file a kept set needs, CVP names only (nothing else in DIR is touched). Checksum files
-without their file, partial uploads and test files go once they are a day old (a night may be
-under way). The INI is not read: the same static binary runs on any x86-64 Linux.
+The rules of remote_limit on the node: sets by their manifests (cvp.<ts>.set.sha256), the
+images file a kept set needs, CVP names only (nothing else in DIR is touched). Also kept: the
+complete set whose manifest arrived last, and anything written or renamed within --min-age
+days (default 7), with what it needs: whoever holds the node's password can write names here,
+but cannot make prune-dir remove a recent copy. Checksum files without their file, partial
+uploads and test files go once older than --min-age. The INI is not read: the same static
+binary runs on any x86-64 Linux.
 
 Example, in the backup account's crontab on the server:
   30 5 * * * /usr/local/bin/cvp-backup-copy prune-dir /srv/backups/cvp1 --keep 14
 
-Exit codes: 0 done, 2 usage, 3 DIR cannot be opened, 5 a file could not be removed.";
+Exit codes: 0 done, 2 usage, 3 DIR cannot be opened, 5 DIR cannot be read or a file could not
+be removed.";
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {

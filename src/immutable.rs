@@ -37,7 +37,7 @@ pub fn judge(server: &ServerConfig, canary: &str, attempts: &[Attempt]) -> Verdi
     let allowed: Vec<&str> = attempts
         .iter()
         .filter(|a| a.allowed)
-        .map(|a| a.what)
+        .map(|a| a.what.as_str())
         .collect();
     if allowed.is_empty() && !attempts.is_empty() {
         let refused: Vec<String> = attempts

@@ -27,6 +27,7 @@ pub mod privilege;
 pub mod progress;
 pub mod prompt;
 pub mod prune_dir;
+pub mod recover;
 pub mod remote;
 pub mod restore_set;
 pub mod retention;

@@ -168,6 +168,7 @@ fn main() -> std::process::ExitCode {
         Some(cli::Command::PruneDir(args)) => prune_dir::prune_dir(&prune_dir::PruneDirOptions {
             dir: args.dir,
             keep: args.keep,
+            min_age: std::time::Duration::from_secs(u64::from(args.min_age) * 86_400),
             dry_run: args.dry_run,
         }),
         Some(cli::Command::GenerateAssets { out }) => {

@@ -966,6 +966,11 @@ fn publish_appending(
 ) -> Result<()> {
     let label = remote.describe();
     let line = sidecar_line(digest, &name.file_name());
+    // The data name first: a checksum file must never be written beside bytes it was not
+    // computed from.
+    if finals_seen && remote.size_of(&name.file_name())?.is_some() {
+        return Err(taken_on_append_only(&name.file_name(), &label, partial));
+    }
     let sidecar_there = if finals_seen {
         match remote.read_small(&name.sidecar_name(), 4096)? {
             Some(text) if text == line.as_bytes() => true,
@@ -980,18 +985,16 @@ fn publish_appending(
         write_small(remote, &sidecar_partial, line.as_bytes())?;
         remote.rename_new(&sidecar_partial, &name.sidecar_name())?;
     }
-    if finals_seen && remote.size_of(&name.file_name())?.is_some() {
-        return Err(taken_on_append_only(&name.file_name(), &label, partial));
-    }
     remote.rename_new(partial, &name.file_name())
 }
 
 fn taken_on_append_only(taken: &str, label: &str, partial: &str) -> Error {
     Error::copy(format!(
-        "{taken} on {label} holds other bytes than tonight's file and the destination is \
-         append_only: the node never replaces a file there. Tonight's copy stays as {partial}; \
-         remove {taken} on the server (as its owner) if it is damaged, and the next night \
-         publishes the set"
+        "{taken} on {label} is there but cannot be shown to hold tonight's file (a checksum \
+         file that differs or is missing; an encrypted copy counts only by this node's record \
+         of what it sent), and the destination is append_only: the node never replaces a file \
+         there. Tonight's copy stays as {partial}; if {taken} is no good copy, remove it and \
+         its .sha256 on the server (as their owner) and the next night publishes the set"
     ))
 }
 

@@ -245,3 +245,126 @@ fn nights_keep_the_kept_sets_locked_and_prune_a_set_only_once_its_lock_ends() {
         assert!(seconds_locked(&bucket, &name) > 0.5, "{name}");
     }
 }
+
+#[test]
+fn an_intruder_with_the_nodes_key_cannot_destroy_a_locked_set_and_fetch_restores_it() {
+    // A bucket whose default retention locks what the node writes (a real day here), and
+    // lock_days on top.
+    let bucket = new_lock_bucket(Some(1));
+    let mut fx = node_with_bucket(&bucket, "lock_days = 1");
+    let stamp = "20261205020000";
+    fx.cvpi_flags = format!("--images --size 12000000 --stamp {stamp}");
+    fx.write_ini();
+    let night = fx.run(&[]);
+    assert_eq!(night.code, 0, "{}", night.all_output());
+    assert_whole_in_bucket(&fx, &bucket, stamp);
+    let before = versions(&bucket);
+
+    // The intruder: the node's INI and key, so its access key and secret; boto3.
+    let report = weed().boto3(
+        &format!(
+            "import datetime\n\
+             b, p = '{bucket}', '{PREFIX}/'\n\
+             refused, allowed = [], []\n\
+             def attempt(what, call):\n\
+             \x20   try:\n\
+             \x20       call(); allowed.append(what)\n\
+             \x20   except botocore.exceptions.ClientError as e:\n\
+             \x20       refused.append(what + ':' + e.response['Error']['Code'])\n\
+             r = s3.list_object_versions(Bucket=b, Prefix=p)\n\
+             soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)\n\
+             for v in r.get('Versions', []):\n\
+             \x20   k, i = v['Key'], v['VersionId']\n\
+             \x20   attempt('delete ' + k, lambda: s3.delete_object(Bucket=b, Key=k, VersionId=i))\n\
+             \x20   attempt('bypass ' + k, lambda: s3.delete_object(Bucket=b, Key=k, VersionId=i, BypassGovernanceRetention=True))\n\
+             \x20   attempt('shorten ' + k, lambda: s3.put_object_retention(Bucket=b, Key=k, VersionId=i, Retention={{'Mode': 'COMPLIANCE', 'RetainUntilDate': soon}}))\n\
+             \x20   attempt('governance ' + k, lambda: s3.put_object_retention(Bucket=b, Key=k, VersionId=i, Retention={{'Mode': 'GOVERNANCE', 'RetainUntilDate': soon}}))\n\
+             for v in r.get('Versions', []):\n\
+             \x20   s3.delete_object(Bucket=b, Key=v['Key'])\n\
+             s3.put_object(Bucket=b, Key=p + 'cvp.{stamp}.tgz', Body=b'ransom note')\n\
+             s3.put_object(Bucket=b, Key=p + 'cvp.{stamp}.set.sha256', Body=b'0' * 64 + b'  cvp.{stamp}.tgz\\n')\n\
+             print('ALLOWED', len(allowed), allowed)\n\
+             print('REFUSED', len(refused))"
+        ),
+        false,
+    );
+    assert!(report.contains("ALLOWED 0 []"), "{report}");
+    let node_versions = before.iter().filter(|(_, _, marker)| !marker).count();
+    let refused: usize = report
+        .lines()
+        .find_map(|l| l.strip_prefix("REFUSED "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        node_versions >= 5 && refused == 4 * node_versions,
+        "{node_versions} versions, {refused} refusals: {report}"
+    );
+    // Every version the node wrote is still there, each under its lock.
+    let after = versions(&bucket);
+    for (key, id, marker) in &before {
+        assert!(
+            after
+                .iter()
+                .any(|(k, i, m)| k == key && i == id && m == marker),
+            "{key} {id} is gone: {after:?}"
+        );
+    }
+    // The bucket's current view is the intruder's: hidden members, junk data and manifest.
+    let current = weed().names(&bucket, PREFIX);
+    assert!(
+        !current.contains(&format!("cvp.eosimages.{stamp}.tgz")),
+        "{current:?}"
+    );
+
+    // `list` still shows the set, as hidden or written over, and restorable.
+    let list = fx.run(&["list", "--destination", "offsite"]);
+    assert_eq!(list.code, 0, "{}", list.all_output());
+    assert!(
+        list.stdout
+            .contains(&format!("hidden or written over: cvp.{stamp}.tgz")),
+        "{}",
+        list.stdout
+    );
+    // The node is lost: `fetch` restores the set from the versions whose sha256 match its
+    // manifest's earlier version, byte for byte what the node sent.
+    let rebuilt = fx.root.path().join("rebuilt");
+    let fetch = fx.run(&[
+        "fetch",
+        "latest",
+        "--destination",
+        "offsite",
+        "--to",
+        rebuilt.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(fetch.code, 0, "{}", fetch.all_output());
+    assert!(
+        fetch.stdout.contains("earlier versions") && fetch.stdout.contains("cvpi restore cvp"),
+        "{}",
+        fetch.stdout
+    );
+    for name in [
+        format!("cvp.{stamp}.tgz"),
+        format!("cvp.eosimages.{stamp}.tgz"),
+    ] {
+        assert_eq!(
+            std::fs::read(rebuilt.join(&name)).expect("fetched"),
+            std::fs::read(fx.local_path(&name)).expect("local"),
+            "{name}"
+        );
+    }
+    // A set no version can make whole is a clear error naming what is missing.
+    let missing = fx.run(&[
+        "fetch",
+        "20261101020000",
+        "--destination",
+        "offsite",
+        "--to",
+        fx.root.path().join("none").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(missing.code, 5, "{}", missing.all_output());
+    assert!(
+        missing.stderr.contains("no set of 20261101020000"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -103,7 +103,62 @@ fn fetch_into(config: &Config, dir: &Dir, options: &FetchOptions, wanted: Wanted
     Err(first_error.unwrap_or_else(|| Error::config("no destination to fetch from")))
 }
 
+/// From one destination; from a bucket whose current objects do not give a whole, verified
+/// set (hidden behind delete markers, junk written over them), from its earlier versions.
 fn fetch_from(
+    config: &Config,
+    server: &ServerConfig,
+    dir: &Dir,
+    options: &FetchOptions,
+    wanted: Wanted,
+) -> Result<()> {
+    let fetched = fetch_current(config, server, dir, options, wanted);
+    match fetched {
+        Err(err)
+            if err.code == ExitCode::Copy
+                && server.s3().is_some()
+                && crate::signals::received().is_none() =>
+        {
+            say!("{err}");
+            say!("looking for the set among the bucket's earlier versions");
+            fetch_from_versions(config, server, dir, options, wanted)
+                .map_err(|why| Error::copy(format!("{}; and {}", err.message, why.message)))
+        }
+        other => other,
+    }
+}
+
+fn fetch_from_versions(
+    config: &Config,
+    server: &ServerConfig,
+    dir: &Dir,
+    options: &FetchOptions,
+    wanted: Wanted,
+) -> Result<()> {
+    let secret = destination::credentials(server, &config.path)?.ok_or_else(|| {
+        Error::config(format!(
+            "{}: no secret key to read it with",
+            server.describe()
+        ))
+    })?;
+    let mut remote = crate::remote::s3::S3Remote::new(server, &secret)?;
+    let data = crate::recover::pin_set(&mut remote, wanted)?;
+    say!(
+        "{data}: a version of its manifest and of each member with the sha256 the manifest \
+         lists are in the bucket; fetching those"
+    );
+    let identities = options.identities.as_ref();
+    let asked = Asked {
+        wanted: Wanted::At(data.stamp),
+        identities,
+        expect_sealed: !options.allow_plain
+            && (identities.is_some() || server.encrypt_to.is_some()),
+    };
+    let mut first: Connection = Box::new(remote);
+    fetch_set(config, dir, &mut first, asked, &mut |_| Vec::new())
+}
+
+fn fetch_current(
     config: &Config,
     server: &ServerConfig,
     dir: &Dir,

@@ -62,6 +62,9 @@ struct SetRow {
     restorable: bool,
     /// Archives of a backup that failed: set aside on the node, never copied.
     failed: bool,
+    /// In a bucket, behind a delete marker: its versions are there, `fetch` restores it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    hidden: bool,
     files: Vec<FileRow>,
 }
 
@@ -86,12 +89,30 @@ pub fn list(options: &ListOptions) -> Result<()> {
         .map(|set| set_row(set, &local, remote))
         .collect::<Result<Vec<_>>>()?;
     rows.extend(failed_rows(&config));
+    let hidden = hidden_sets(server, &config)?;
+    rows.extend(hidden.iter().map(|data| SetRow {
+        timestamp: data.stamp.to_string(),
+        data_size: 0,
+        restorable: true,
+        failed: false,
+        hidden: true,
+        files: Vec::new(),
+    }));
     if options.json {
         let json = serde_json::to_string_pretty(&rows)
             .map_err(|err| Error::copy(format!("cannot write JSON: {err}")))?;
         println!("{json}");
     } else {
-        print!("{}", render(&rows, &remote.describe()));
+        let shown: Vec<SetRow> = rows.into_iter().filter(|row| !row.hidden).collect();
+        print!("{}", render(&shown, &remote.describe()));
+        for data in &hidden {
+            println!(
+                "hidden or written over: {data} (in the bucket after the node wrote it: a delete \
+                 marker or another version; its earlier versions are there, and `cvp-backup-copy \
+                 fetch {} --destination {}` restores the set from them)",
+                data.stamp, server.name
+            );
+        }
         let others: Vec<&str> = config
             .destinations()
             .filter(|d| d.name != server.name)
@@ -106,6 +127,25 @@ pub fn list(options: &ListOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The data backups a bucket hides behind delete markers (none on SFTP).
+fn hidden_sets(server: &crate::config::ServerConfig, config: &Config) -> Result<Vec<BackupName>> {
+    if server.s3().is_none() {
+        return Ok(Vec::new());
+    }
+    let Some(secret) = crate::destination::credentials(server, &config.path)? else {
+        return Ok(Vec::new());
+    };
+    let remote = crate::remote::s3::S3Remote::new(server, &secret)?;
+    // A key without the right to list versions still lists the current objects.
+    match crate::recover::versions_by_name(&remote) {
+        Ok(versions) => Ok(crate::recover::hidden_data(&versions)),
+        Err(err) => {
+            log::warn!("cannot look at the bucket's earlier versions: {err}");
+            Ok(Vec::new())
+        }
+    }
 }
 
 fn set_row(set: &BackupSet, local: &[LocalFile], remote: &mut dyn Remote) -> Result<SetRow> {
@@ -137,6 +177,7 @@ fn set_row(set: &BackupSet, local: &[LocalFile], remote: &mut dyn Remote) -> Res
         data_size: set.data.local_size.or(set.data.remote_size).unwrap_or(0),
         restorable: set.images.is_some(),
         failed: false,
+        hidden: false,
         files,
     })
 }
@@ -167,6 +208,7 @@ fn failed_rows(config: &Config) -> Vec<SetRow> {
                     data_size: 0,
                     restorable: false,
                     failed: true,
+                    hidden: false,
                     files: Vec::new(),
                 });
                 rows.last_mut().expect("just pushed")

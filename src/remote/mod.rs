@@ -18,16 +18,16 @@ pub struct RemoteEntry {
 /// copy, and whether the server carried it out.
 #[derive(Debug, Clone)]
 pub struct Attempt {
-    pub what: &'static str,
+    pub what: String,
     pub allowed: bool,
     /// The server's answer, for the report.
     pub said: String,
 }
 
 impl Attempt {
-    pub fn new(what: &'static str, allowed: bool, said: String) -> Attempt {
+    pub fn new(what: impl Into<String>, allowed: bool, said: String) -> Attempt {
         Attempt {
-            what,
+            what: what.into(),
             allowed,
             said,
         }

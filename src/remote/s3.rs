@@ -11,6 +11,7 @@ use crate::remote::{Attempt, Remote, RemoteEntry, SeekWrite};
 use crate::secret::Secret;
 use rusty_s3::actions::{ListObjectsV2, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -81,6 +82,9 @@ pub struct S3Remote {
     /// How long the first look at the bucket took: the round trip `streams = auto` sizes
     /// from, without a request of its own.
     round_trip: std::sync::Arc<std::sync::OnceLock<Duration>>,
+    /// A restore after an attack reads chosen versions: name -> (version id, size). When
+    /// set, the listing shows only these names and reads go to these versions.
+    pins: HashMap<String, (String, u64)>,
 }
 
 /// An S3 error answer: its code and message, and the request it answered.
@@ -175,6 +179,7 @@ impl S3Remote {
             timeout: Duration::from_secs(server.timeout),
             sync_timeout: Duration::from_secs(server.sync_timeout),
             round_trip: Default::default(),
+            pins: HashMap::new(),
         })
     }
 
@@ -206,7 +211,17 @@ impl S3Remote {
     }
 
     /// The part of `key` after the prefix, when it is directly inside it.
-    fn name_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+    /// Read `name` from the given version from now on (and list only pinned names).
+    pub fn pin(&mut self, name: &str, version: &str, size: u64) {
+        self.pins
+            .insert(name.to_string(), (version.to_string(), size));
+    }
+
+    pub fn unpin_all(&mut self) {
+        self.pins.clear();
+    }
+
+    pub(crate) fn name_of<'k>(&self, key: &'k str) -> Option<&'k str> {
         let name = if self.settings.prefix.is_empty() {
             key
         } else {
@@ -215,7 +230,7 @@ impl S3Remote {
         (!name.is_empty() && !name.contains('/')).then_some(name)
     }
 
-    fn list_prefix(&self) -> String {
+    pub(crate) fn list_prefix(&self) -> String {
         if self.settings.prefix.is_empty() {
             String::new()
         } else {
@@ -870,6 +885,9 @@ impl S3Remote {
     }
 
     pub fn head(&self, name: &str) -> Result<Option<u64>> {
+        if !self.pins.is_empty() {
+            return Ok(self.pins.get(name).map(|(_, size)| *size));
+        }
         let key = self.key(name);
         let action = self.bucket.head_object(Some(&self.credentials), &key);
         let what = format!("looking at {name} (HeadObject)");
@@ -955,7 +973,12 @@ impl S3Remote {
 
     fn get(&self, name: &str, range: Option<(u64, u64)>) -> Result<Option<ureq::Body>> {
         let key = self.key(name);
-        let action = self.bucket.get_object(Some(&self.credentials), &key);
+        let mut action = self.bucket.get_object(Some(&self.credentials), &key);
+        if let Some((version, _)) = self.pins.get(name) {
+            action.query_mut().insert("versionId", version.clone());
+        } else if !self.pins.is_empty() {
+            return Ok(None);
+        }
         let mut request = Request::get(action.sign(SIGNED_FOR));
         if let Some((from, to)) = range {
             request
@@ -1188,6 +1211,17 @@ impl Remote for S3Remote {
     }
 
     fn list(&mut self) -> Result<Option<Vec<RemoteEntry>>> {
+        if !self.pins.is_empty() {
+            return Ok(Some(
+                self.pins
+                    .iter()
+                    .map(|(name, (_, size))| RemoteEntry {
+                        name: name.clone(),
+                        size: *size,
+                    })
+                    .collect(),
+            ));
+        }
         let mut entries = Vec::new();
         let mut token: Option<String> = None;
         let mut seen = std::collections::HashSet::new();
@@ -1385,11 +1419,27 @@ impl Remote for S3Remote {
         match version {
             Some(version) => {
                 let mut delete = self.bucket.delete_object(Some(&self.credentials), &key);
-                delete.query_mut().insert("versionId", version);
+                delete.query_mut().insert("versionId", version.clone());
                 attempts.push(self.attempt(
                     "delete its version (DeleteObject with versionId)",
                     Request::new(rusty_s3::Method::Delete, delete.sign(SIGNED_FOR)),
                 )?);
+                // GOVERNANCE gives way to a key allowed to bypass it.
+                if attempts.iter().all(|a| !a.allowed) {
+                    let bypass = [("x-amz-bypass-governance-retention", "true".to_string())];
+                    let url = self.signed(
+                        rusty_s3::Method::Delete,
+                        Some(&key),
+                        &[("versionId", version)],
+                        &bypass,
+                    );
+                    let mut request = Request::new(rusty_s3::Method::Delete, url);
+                    request.headers = bypass.to_vec();
+                    attempts.push(self.attempt(
+                        "delete its version bypassing a GOVERNANCE retention",
+                        request,
+                    )?);
+                }
             }
             None => {
                 let put = self.bucket.put_object(Some(&self.credentials), &key);
@@ -1409,16 +1459,19 @@ impl Remote for S3Remote {
 }
 
 impl S3Remote {
-    /// A destructive request and the server's verdict; no answer at all is no test.
+    /// A destructive request and the server's verdict: only a 403 is a refusal; another
+    /// error answer, or none, is no test.
     fn attempt(&self, what: &'static str, request: Request<'_>) -> Result<Attempt> {
         match self.exchange(what, request) {
             Ok(_) => Ok(Attempt::new(what, true, "done".into())),
-            Err((Some(refusal), _)) => Ok(Attempt::new(
+            Err((Some(refusal), _)) if refusal.status == 403 => Ok(Attempt::new(
                 what,
                 false,
                 crate::error::printable(&format!("{}: {}", refusal.code, refusal.message)),
             )),
-            Err((None, err)) => Err(err),
+            Err((_, err)) => Err(Error::transient(format!(
+                "testing whether the node's key can {what}: {err}; cannot tell"
+            ))),
         }
     }
 }

@@ -4,6 +4,7 @@ use super::known_hosts::{self, Verified};
 use super::{Attempt, Remote, RemoteEntry, SeekWrite};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
+use crate::names::RemoteName;
 use crate::secret::Secret;
 use ssh2::{ErrorCode, MethodType, OpenFlags, OpenType, Session, Sftp};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -663,23 +664,23 @@ impl Remote for SftpRemote {
     fn try_to_destroy(&mut self, name: &str) -> Result<Vec<Attempt>> {
         let path = self.path(name);
         let label = self.label.clone();
-        // The server's answer; no answer at all (a session error) is no test.
-        let answer =
-            |what: &'static str, outcome: std::result::Result<(), ssh2::Error>| match outcome {
-                Ok(()) => Ok(Attempt::new(what, true, "done".into())),
-                Err(err) if sftp_code(&err).is_some() => {
-                    Ok(Attempt::new(what, false, err.message().to_string()))
-                }
-                Err(err) => Err(Error::transient(format!(
-                    "testing whether {label} lets the node {what}: {err}"
-                ))),
-            };
+        // Only "permission denied" is a refusal; any other answer, or none, is no test.
+        let answer = |what: &str, outcome: std::result::Result<(), ssh2::Error>| match outcome {
+            Ok(()) => Ok(Attempt::new(what, true, "done".into())),
+            Err(err) if sftp_code(&err) == Some(FX_PERMISSION_DENIED) => {
+                Ok(Attempt::new(what, false, err.message().to_string()))
+            }
+            Err(err) => Err(Error::transient(format!(
+                "testing whether {label} lets the node {what}: the server answered {err}, \
+                 which is no refusal: cannot tell"
+            ))),
+        };
         let flags = OpenFlags::WRITE | OpenFlags::TRUNCATE;
         let overwrite = self
             .sftp
             .open_mode(&path, flags, OWNER_WRITES, OpenType::File)
             .map(drop);
-        let writable = ssh2::FileStat {
+        let writable = || ssh2::FileStat {
             size: None,
             uid: None,
             gid: None,
@@ -687,13 +688,72 @@ impl Remote for SftpRemote {
             atime: None,
             mtime: None,
         };
-        let chmod = self.sftp.setstat(&path, writable);
+        let chmod = self.sftp.setstat(&path, writable());
+        let handle_chmod = self
+            .sftp
+            .open(&path)
+            .and_then(|mut file| file.setstat(writable()));
         let remove = self.sftp.unlink(&path);
-        Ok(vec![
+        let mut attempts = vec![
             answer("overwrite it", overwrite)?,
             answer("make it writable (chmod)", chmod)?,
+            answer("make it writable through a handle (fsetstat)", handle_chmod)?,
             answer("remove it", remove)?,
-        ])
+        ];
+        attempts.push(self.try_a_command());
+        // Copies made before append_only (or by hand) may still be writable: a truncate
+        // needs no request the deny list refuses.
+        let writable_copies: Vec<String> = self
+            .sftp
+            .readdir(&self.destination)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, stat)| stat.is_file() && stat.perm.unwrap_or(0) & 0o222 != 0)
+            .filter_map(|(path, _)| path.file_name()?.to_str().map(str::to_string))
+            .filter(|n| RemoteName::parse(n).is_some() || n == crate::names::OWNER_MARKER)
+            .collect();
+        if !writable_copies.is_empty() {
+            let shown: Vec<&str> = writable_copies.iter().take(3).map(String::as_str).collect();
+            attempts.push(Attempt::new(
+                format!(
+                    "overwrite the {} copies there that are writable ({}{}; chmod 0444 them on \
+                     the server)",
+                    writable_copies.len(),
+                    shown.join(", "),
+                    if writable_copies.len() > 3 {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                ),
+                true,
+                "writable".into(),
+            ));
+        }
+        Ok(attempts)
+    }
+}
+
+impl SftpRemote {
+    /// A command on the server (`rm` would do): refused when the account is forced into
+    /// SFTP (ForceCommand internal-sftp), which reads the command's channel as SFTP.
+    fn try_a_command(&mut self) -> Attempt {
+        const WHAT: &str = "run a command on the server (ssh)";
+        const MARK: &str = "cvp-backup-copy-command-test";
+        let ran = (|| -> std::result::Result<bool, ssh2::Error> {
+            let mut channel = self.session.channel_session()?;
+            channel.exec(&format!("echo {MARK}"))?;
+            channel.send_eof()?;
+            let mut output = String::new();
+            let _ = (&mut channel).take(4096).read_to_string(&mut output);
+            let _ = channel.wait_close();
+            Ok(output.contains(MARK))
+        })();
+        match ran {
+            Ok(true) => Attempt::new(WHAT, true, "ran".into()),
+            Ok(false) => Attempt::new(WHAT, false, "forced into SFTP".into()),
+            Err(err) => Attempt::new(WHAT, false, err.message().to_string()),
+        }
     }
 }
 
