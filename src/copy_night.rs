@@ -169,6 +169,12 @@ impl Night<'_> {
         if signals::received().is_some() {
             return verified;
         }
+        if self.server.s3().is_some_and(|s3| s3.lock.is_some()) {
+            match link.remote() {
+                Ok(remote) => self.extend_locks(remote, selection),
+                Err(err) => log::warn!("cannot extend the locks there: {err}"),
+            }
+        }
         if !all_copied {
             log::warn!(
                 "remote pruning skipped: not every file of the restore set is on the remote"
@@ -179,12 +185,6 @@ impl Night<'_> {
             match link.remote() {
                 Ok(remote) => self.prune_remote(remote, selection),
                 Err(err) => log::warn!("remote pruning skipped: {err}"),
-            }
-        }
-        if self.server.s3().is_some_and(|s3| s3.lock.is_some()) {
-            match link.remote() {
-                Ok(remote) => self.extend_locks(remote, selection),
-                Err(err) => self.fail(err),
             }
         }
         self.count_remote_sets(link);
@@ -406,11 +406,14 @@ impl Night<'_> {
     }
 
     /// What `remote_limit` keeps and removes there (every CVP file is kept without it).
+    /// `strict`: a manifest that cannot be read is an error (pruning then waits); else the
+    /// set is judged by the rule (extending locks: more rather than fewer).
     fn remote_decision(
         &self,
         remote: &mut dyn Remote,
         listing: &[RemoteEntry],
         selection: &Selection,
+        strict: bool,
     ) -> Result<Decision> {
         let limit = match self.server.remote_limit {
             0 => u32::MAX,
@@ -422,8 +425,13 @@ impl Night<'_> {
         let now = self.shared.now;
         let first = remote_retention(listing, (limit, &[]), &selection.protect, &known, now);
         for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
-            if let Some(text) = remote.read_small(&data.manifest_name(), 64 * 1024)? {
-                known.extend(sets::parse_manifest(&String::from_utf8_lossy(&text), *data));
+            match remote.read_small(&data.manifest_name(), 64 * 1024) {
+                Ok(Some(text)) => {
+                    known.extend(sets::parse_manifest(&String::from_utf8_lossy(&text), *data));
+                }
+                Ok(None) => {}
+                Err(err) if strict => return Err(err),
+                Err(err) => log::warn!("{err}: its set is judged by the naming rule"),
             }
         }
         Ok(remote_retention(
@@ -435,40 +443,69 @@ impl Night<'_> {
         ))
     }
 
-    /// With `lock_days`: every object of the sets kept there (and the claim) is retained
-    /// `lock_days` from tonight, so a kept set stays locked however many nights fail after.
+    /// With `lock_days`: every version of every object of the sets kept there (and the
+    /// claim) is retained `lock_days` from tonight, so a kept set stays locked however many
+    /// nights fail after; hidden sets count (their versions are the node's). Run on every
+    /// night that reaches the bucket, whether or not tonight's copy worked; one object's
+    /// failure does not stop the others.
     fn extend_locks(&mut self, remote: &mut dyn Remote, selection: &Selection) {
         let Some(lock) = self.server.s3().and_then(|s3| s3.lock) else {
             return;
         };
-        let outcome = remote.list().and_then(|listing| {
+        let names = match remote.list_for_locks().and_then(|listing| {
             let listing = listing.unwrap_or_default();
-            let decision = self.remote_decision(remote, &listing, selection)?;
-            let names = objects_of(&listing, &decision);
-            for name in &names {
-                signals::check("extending the locks")?;
-                remote.extend_lock(name)?;
+            let decision = self.remote_decision(remote, &listing, selection, false)?;
+            Ok(objects_of(&listing, &decision))
+        }) {
+            Ok(names) => names,
+            Err(err) => return self.fail(err),
+        };
+        match remote.hidden_sets() {
+            Ok(hidden) if !hidden.is_empty() => {
+                let hidden: Vec<String> = hidden.iter().map(|n| n.file_name()).collect();
+                log::warn!(
+                    "{}: sets hidden or written over since the node wrote them: {} (an intruder \
+                     with this node's key?); their versions stay locked and `fetch` restores \
+                     from them",
+                    remote.describe(),
+                    hidden.join(", ")
+                );
             }
-            Ok(names.len())
-        });
-        match outcome {
-            Ok(count) => log::info!(
-                "retention of the {count} objects of the kept sets extended to {} days from now \
-                 ({})",
+            Ok(_) => {}
+            Err(err) => log::warn!("cannot look at the bucket's versions: {err}"),
+        }
+        let (mut versions, mut first_error) = (0, None);
+        for name in &names {
+            if signals::received().is_some() {
+                return;
+            }
+            match remote.extend_lock(name) {
+                Ok(count) => versions += count,
+                Err(err) => {
+                    log::warn!("{err}");
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            None => log::info!(
+                "retention of the {versions} versions of the {} objects of the kept sets \
+                 extended to {} days from now ({})",
+                names.len(),
                 lock.days,
                 lock.mode.as_s3()
             ),
-            Err(err) => self.fail(err),
+            Some(err) => self.fail(err),
         }
     }
 
     fn prune_remote(&mut self, remote: &mut dyn Remote, selection: &Selection) {
         let current = selection.files();
-        let listing = match remote.list() {
+        let listing = match remote.list_for_locks() {
             Ok(listing) => listing.unwrap_or_default(),
             Err(err) => return log::warn!("remote pruning skipped: {err}"),
         };
-        let decision = match self.remote_decision(remote, &listing, selection) {
+        let decision = match self.remote_decision(remote, &listing, selection, true) {
             Ok(decision) => decision,
             Err(err) => return log::warn!("remote pruning skipped: {err}"),
         };

@@ -55,18 +55,20 @@ pub fn hidden_data(by_name: &BTreeMap<String, Vec<ObjectVersion>>) -> Vec<Backup
 /// An error names what no version could supply.
 pub fn pin_set(remote: &mut S3Remote, wanted: Wanted) -> Result<BackupName> {
     let by_name = versions_by_name(remote)?;
-    let mut candidates: Vec<BackupName> = by_name
+    let names: Vec<BackupName> = by_name
         .keys()
         .filter_map(|name| RemoteFile::parse(name))
         .map(|file| file.name)
-        .filter(|name| name.kind == Kind::Data)
+        .collect();
+    // Newest first as everywhere else: a stamp in the future (a planted set, a clock once
+    // ahead) comes last.
+    let candidates: Vec<BackupName> = sets::data_by_recency(&names, crate::names::Stamp::now())
+        .into_iter()
         .filter(|name| match wanted {
             Wanted::Latest => true,
             Wanted::At(stamp) => name.stamp == stamp,
         })
         .collect();
-    candidates.sort_by_key(|n| std::cmp::Reverse(n.stamp));
-    candidates.dedup();
     let label = remote.describe();
     let mut digests: HashMap<(String, String), String> = HashMap::new();
     let mut why_not = Vec::new();
@@ -76,8 +78,18 @@ pub fn pin_set(remote: &mut S3Remote, wanted: Wanted) -> Result<BackupName> {
             why_not.push(format!("{data}: no version of {manifest}"));
             continue;
         };
-        for manifest_version in manifest_versions.iter().filter(|v| !v.delete_marker) {
-            let text = read_version(remote, &manifest, manifest_version, 64 * 1024)?;
+        // The oldest version first: the node writes a set's manifest once (an intruder's
+        // comes after it).
+        for manifest_version in manifest_versions.iter().rev().filter(|v| !v.delete_marker) {
+            let text = match read_version(remote, &manifest, manifest_version, 64 * 1024) {
+                Ok(text) => text,
+                Err(err) => {
+                    why_not.push(format!(
+                        "{data}: a version of {manifest} cannot be read ({err})"
+                    ));
+                    continue;
+                }
+            };
             let Some(set) = sets::parse_manifest(&text, data) else {
                 why_not.push(format!(
                     "{data}: a version of {manifest} that lists no set (junk?)"
@@ -137,7 +149,16 @@ fn members_of(
             let digest = match digests.get(&key) {
                 Some(digest) => digest.clone(),
                 None => {
-                    let digest = sha256_of_version(remote, &file, version)?;
+                    // One version that cannot be read (archived, another key's encryption)
+                    // is not the one; the others are still looked at.
+                    let digest = match sha256_of_version(remote, &file, version) {
+                        Ok(digest) => digest,
+                        Err(err) if err.transient => return Err(err),
+                        Err(err) => {
+                            log::warn!("{file}: a version cannot be read: {err}");
+                            String::new()
+                        }
+                    };
                     digests.insert(key, digest.clone());
                     digest
                 }

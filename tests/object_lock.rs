@@ -255,6 +255,15 @@ fn an_intruder_with_the_nodes_key_cannot_destroy_a_locked_set_and_fetch_restores
     let stamp = "20261205020000";
     fx.cvpi_flags = format!("--images --size 12000000 --stamp {stamp}");
     fx.write_ini();
+    let check = fx.run(&["check"]);
+    assert!(
+        check.stdout.contains("immutable: yes (")
+            && check
+                .stdout
+                .contains("remote_limit = 0: every set stays kept"),
+        "{}",
+        check.stdout
+    );
     let night = fx.run(&[]);
     assert_eq!(night.code, 0, "{}", night.all_output());
     assert_whole_in_bucket(&fx, &bucket, stamp);
@@ -338,7 +347,8 @@ fn an_intruder_with_the_nodes_key_cannot_destroy_a_locked_set_and_fetch_restores
     ]);
     assert_eq!(fetch.code, 0, "{}", fetch.all_output());
     assert!(
-        fetch.stdout.contains("earlier versions") && fetch.stdout.contains("cvpi restore cvp"),
+        fetch.stdout.contains("from the versions the node wrote")
+            && fetch.stdout.contains("cvpi restore cvp"),
         "{}",
         fetch.stdout
     );
@@ -352,6 +362,16 @@ fn an_intruder_with_the_nodes_key_cannot_destroy_a_locked_set_and_fetch_restores
             "{name}"
         );
     }
+    // The next night says so, re-locks the node's versions, and the set is whole again.
+    let next = fx.run(&["--no-backup"]);
+    assert_eq!(next.code, 0, "{}", next.all_output());
+    assert!(
+        next.all_output()
+            .contains("sets hidden or written over since the node wrote them"),
+        "{}",
+        next.all_output()
+    );
+    assert_whole_in_bucket(&fx, &bucket, stamp);
     // A set no version can make whole is a clear error naming what is missing.
     let missing = fx.run(&[
         "fetch",
@@ -367,4 +387,71 @@ fn an_intruder_with_the_nodes_key_cannot_destroy_a_locked_set_and_fetch_restores
         "{}",
         missing.stderr
     );
+}
+
+/// Seconds from now until one version of `name` is no longer retained.
+fn version_seconds_locked(bucket: &str, name: &str, version: &str) -> f64 {
+    let out = weed().boto3(
+        &format!(
+            "import datetime\n\
+             h = s3.head_object(Bucket='{bucket}', Key='{PREFIX}/{name}', VersionId='{version}')\n\
+             print((h['ObjectLockRetainUntilDate'] - \
+             datetime.datetime.now(datetime.timezone.utc)).total_seconds())"
+        ),
+        true,
+    );
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no retention: {out}"))
+}
+
+#[test]
+fn hiding_a_kept_set_or_locking_an_object_longer_changes_nothing_the_night_keeps() {
+    let bucket = new_lock_bucket(None);
+    let mut fx = node_with_bucket(&bucket, "lock_days = 2\nremote_limit = 2");
+    let a = "20261206020000";
+    let first = night(&mut fx, a, "");
+    assert_eq!(first.code, 0, "{}", first.all_output());
+    let data = format!("cvp.{a}.tgz");
+    let version = versions(&bucket)
+        .into_iter()
+        .find(|(key, _, marker)| *key == data && !marker)
+        .map(|(_, id, _)| id)
+        .expect("the data file's version");
+    // With the node's key: hide the data file behind a delete marker, and lock the claim an
+    // hour ahead (longer than any night would ask).
+    weed().boto3(
+        &format!(
+            "import datetime\n\
+             s3.delete_object(Bucket='{bucket}', Key='{PREFIX}/{data}')\n\
+             later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)\n\
+             s3.put_object_retention(Bucket='{bucket}', Key='{PREFIX}/.cvp-backup-copy-owner', \
+             Retention={{'Mode': 'COMPLIANCE', 'RetainUntilDate': later}})"
+        ),
+        false,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let before = version_seconds_locked(&bucket, &data, &version);
+    let b = "20261207020000";
+    let second = night(&mut fx, b, "");
+    // Neither stops the night: the hidden version is extended, the longer lock left as it is.
+    assert_eq!(second.code, 0, "{}", second.all_output());
+    let log = second.all_output();
+    assert!(
+        log.contains("sets hidden or written over since the node wrote them")
+            && log.contains(&data),
+        "{log}"
+    );
+    let after = version_seconds_locked(&bucket, &data, &version);
+    assert!(
+        after > before + 1.0,
+        "the hidden version extended: {before} -> {after}"
+    );
+    // Its checksum file and manifest are no leftovers: they stay, and so does the version.
+    let names = weed().names(&bucket, PREFIX);
+    assert!(names.contains(&format!("{data}.sha256")), "{names:?}");
+    assert!(names.contains(&format!("cvp.{a}.set.sha256")), "{names:?}");
+    assert!(versions(&bucket)
+        .iter()
+        .any(|(key, id, _)| *key == data && *id == version));
 }

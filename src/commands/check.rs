@@ -220,16 +220,7 @@ fn check_bucket(config: &Config, server: &ServerConfig, password: &Password, rep
         Err(err) => return report.fail("bucket", err),
     }
     if let Some(lock) = server.s3().and_then(|s3| s3.lock) {
-        report.line(
-            "object lock",
-            Outcome::Pass(format!(
-                "lock_days = {} ({}): every object written carries a retention of {} days, \
-                 extended each night for the sets kept there; pruning waits for it to end",
-                lock.days,
-                lock.mode.as_s3(),
-                lock.days
-            )),
-        );
+        check_object_lock(server, lock, secret, report);
     }
     check_claim(config, remote, report);
     check_immutable(server, remote, report);
@@ -242,6 +233,61 @@ fn check_bucket(config: &Config, server: &ServerConfig, password: &Password, rep
             "large files go up as multipart uploads, {count} parts of 16 MiB at a time ({why})"
         )),
     );
+}
+
+/// lock_days against the bucket's own settings: the node's explicit retention replaces the
+/// bucket's default on what it writes, so a shorter or weaker one is a warning; so is a lock
+/// that nothing will ever prune (remote_limit = 0).
+fn check_object_lock(
+    server: &ServerConfig,
+    lock: crate::config::ObjectLock,
+    secret: &crate::secret::Secret,
+    report: &mut Report,
+) {
+    use crate::remote::s3::BucketLock;
+    const WHAT: &str = "object lock";
+    let bucket = crate::remote::s3::S3Remote::new(server, secret).and_then(|r| r.object_lock());
+    let Ok(Some(bucket)) = bucket else {
+        return; // the bucket line above has said why
+    };
+    report.line(
+        WHAT,
+        Outcome::Pass(format!(
+            "lock_days = {} ({}): every object written carries a retention of {} days, \
+             extended each night for the sets kept there; pruning waits for it to end (the \
+             bucket: {bucket})",
+            lock.days,
+            lock.mode.as_s3(),
+            lock.days
+        )),
+    );
+    if let BucketLock::Default { mode, days } = &bucket {
+        let weaker_mode = mode == "COMPLIANCE" && lock.mode == crate::config::LockMode::Governance;
+        if *days > lock.days || weaker_mode {
+            report.line(
+                WHAT,
+                Outcome::Warn(format!(
+                    "the bucket's default retention ({mode}, {days} days) is stronger than \
+                     lock_days = {} ({}), which replaces it on everything the node writes: \
+                     raise lock_days (or lock_mode = compliance), or remove them and let the \
+                     default lock",
+                    lock.days,
+                    lock.mode.as_s3()
+                )),
+            );
+        }
+    }
+    if server.remote_limit == 0 {
+        report.line(
+            WHAT,
+            Outcome::Warn(
+                "remote_limit = 0: every set stays kept, so its lock is extended every night \
+                 and nothing there is ever pruned (the bucket grows for good); set \
+                 remote_limit"
+                    .into(),
+            ),
+        );
+    }
 }
 
 /// `encrypt_to` was parsed with the configuration (a bad recipient fails it): say who can

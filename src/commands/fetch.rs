@@ -112,6 +112,21 @@ fn fetch_from(
     options: &FetchOptions,
     wanted: Wanted,
 ) -> Result<()> {
+    // A bucket where sets were hidden or written over after the node wrote them: the
+    // current objects may be an intruder's, consistent with themselves; the node's versions
+    // decide.
+    if let Some(touched) = touched_sets(config, server) {
+        if !touched.is_empty() {
+            let names: Vec<String> = touched.iter().map(|n| n.file_name()).collect();
+            say!(
+                "{} holds sets hidden or written over after the node wrote them ({}): fetching \
+                 from the versions the node wrote",
+                server.describe(),
+                names.join(", ")
+            );
+            return fetch_from_versions(config, server, dir, options, wanted);
+        }
+    }
     let fetched = fetch_current(config, server, dir, options, wanted);
     match fetched {
         Err(err)
@@ -126,6 +141,16 @@ fn fetch_from(
         }
         other => other,
     }
+}
+
+/// An S3 destination's sets hidden or written over (None: not S3, or its versions cannot be
+/// listed with this key).
+fn touched_sets(config: &Config, server: &ServerConfig) -> Option<Vec<BackupName>> {
+    server.s3()?;
+    let secret = destination::credentials(server, &config.path).ok()??;
+    let remote = crate::remote::s3::S3Remote::new(server, &secret).ok()?;
+    let versions = crate::recover::versions_by_name(&remote).ok()?;
+    Some(crate::recover::hidden_data(&versions))
 }
 
 fn fetch_from_versions(

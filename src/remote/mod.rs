@@ -88,9 +88,19 @@ pub trait Remote {
     fn locked_until(&mut self, _name: &str) -> Result<Option<String>> {
         Ok(None)
     }
-    /// Retain `name` for `lock_days` from now (S3 with `lock_days`; elsewhere nothing).
-    fn extend_lock(&mut self, _name: &str) -> Result<()> {
-        Ok(())
+    /// Retain every version of `name` for `lock_days` from now (S3 with `lock_days`;
+    /// elsewhere nothing); how many versions.
+    fn extend_lock(&mut self, _name: &str) -> Result<usize> {
+        Ok(0)
+    }
+    /// Data backups hidden or written over after the node wrote them (S3 with versions).
+    fn hidden_sets(&mut self) -> Result<Vec<crate::names::BackupName>> {
+        Ok(Vec::new())
+    }
+    /// The listing the night's keep and prune decisions count on: with `lock_days`, names
+    /// hidden behind a delete marker too (their versions are the node's).
+    fn list_for_locks(&mut self) -> Result<Option<Vec<RemoteEntry>>> {
+        self.list()
     }
     /// Send what an intruder holding the node's credentials would send to destroy `name`
     /// (a test file), whatever the configuration allows the node itself: `check`'s and the

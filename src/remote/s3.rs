@@ -100,6 +100,24 @@ pub struct ObjectVersion {
     pub modified: String,
 }
 
+/// A bucket's Object Lock, as far as the node's key may read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketLock {
+    Default { mode: String, days: u32 },
+    NoDefault,
+    Unreadable,
+}
+
+impl std::fmt::Display for BucketLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BucketLock::Default { mode, days } => write!(f, "default retention {mode} {days} days"),
+            BucketLock::NoDefault => f.write_str("no default retention"),
+            BucketLock::Unreadable => f.write_str("its settings not readable with this key"),
+        }
+    }
+}
+
 /// Whether a retention date (ISO 8601) is still ahead.
 pub fn still_locked(until: &str) -> bool {
     chrono::DateTime::parse_from_rfc3339(until)
@@ -125,7 +143,8 @@ fn day_seconds() -> i64 {
         .ok()
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(86_400)
+        // Shorter only: never a date past what the bucket can hold.
+        .map_or(86_400, |n| n.min(86_400))
 }
 
 /// A time as S3's retention dates are written.
@@ -573,13 +592,28 @@ impl S3Remote {
                  right",
                 self.label
             )),
-            "InvalidRequest" | "ObjectLockConfigurationNotFoundError" => Error::config(format!(
-                "{what} on {}: lock_days is set but bucket {bucket} has no Object Lock \
+            "InvalidRequest"
+                if refusal.message.to_ascii_lowercase().contains("object lock")
+                    || refusal.message.to_ascii_lowercase().contains("objectlock") =>
+            {
+                self.lock_refused_config(what, &said)
+            }
+            "ObjectLockConfigurationNotFoundError" => self.lock_refused_config(what, &said),
+            _ => err,
+        }
+    }
+
+    fn lock_refused_config(&self, what: &str, said: &str) -> Error {
+        let bucket = &self.settings.bucket;
+        {
+            {
+                Error::config(format!(
+                    "{what} on {}: lock_days is set but bucket {bucket} has no Object Lock \
                  ({said}): Object Lock is chosen when a bucket is created; create one with it \
                  (README: A stolen node), or remove lock_days",
-                self.label
-            )),
-            _ => err,
+                    self.label
+                ))
+            }
         }
     }
 
@@ -618,7 +652,7 @@ impl S3Remote {
     /// The bucket's Object Lock (GetObjectLockConfiguration): None when it has none, else
     /// its default retention in words ("no default retention" when it has none, "not
     /// readable with this key" when the key may not ask: the first locked write tells).
-    pub fn object_lock(&self) -> Result<Option<String>> {
+    pub fn object_lock(&self) -> Result<Option<BucketLock>> {
         let url = self.signed(
             rusty_s3::Method::Get,
             None,
@@ -635,7 +669,7 @@ impl S3Remote {
                 return Ok(None)
             }
             Err((Some(refusal), _)) if refusal.code == "AccessDenied" => {
-                return Ok(Some("not readable with this key".into()))
+                return Ok(Some(BucketLock::Unreadable))
             }
             Err((_, err)) => return Err(err),
         };
@@ -643,29 +677,34 @@ impl S3Remote {
         if xml_text(&text, "ObjectLockEnabled").as_deref() != Some("Enabled") {
             return Ok(None);
         }
-        let period = match (xml_text(&text, "Days"), xml_text(&text, "Years")) {
-            (Some(days), _) => Some(format!("{days} days")),
-            (None, Some(years)) => Some(format!("{years} years")),
+        let days = match (xml_text(&text, "Days"), xml_text(&text, "Years")) {
+            (Some(days), _) => days.parse::<u32>().ok(),
+            (None, Some(years)) => years.parse::<u32>().ok().map(|y| y.saturating_mul(365)),
             _ => None,
         };
-        Ok(Some(match (xml_text(&text, "Mode"), period) {
-            (Some(mode), Some(period)) => {
-                format!(
-                    "default retention {} {period}",
-                    crate::error::printable(&mode)
-                )
-            }
-            _ => "no default retention".to_string(),
+        Ok(Some(match (xml_text(&text, "Mode"), days) {
+            (Some(mode), Some(days)) => BucketLock::Default {
+                mode: crate::error::printable(&mode),
+                days,
+            },
+            _ => BucketLock::NoDefault,
         }))
     }
 
-    /// Retain `name` (its current version) until now + lock_days (PutObjectRetention); a
-    /// retention already longer stays (COMPLIANCE never shortens).
-    pub fn extend_retention(&self, name: &str) -> Result<()> {
+    /// Retain every version of `name` (hidden and written-over ones too: an intruder cannot
+    /// let the node's versions lapse by hiding them) until now + lock_days
+    /// (PutObjectRetention by versionId). A version already retained longer stays as it is
+    /// (COMPLIANCE never shortens). The number of versions.
+    pub fn extend_retention(&self, name: &str) -> Result<usize> {
         let Some((mode, until)) = self.retention() else {
-            return Ok(());
+            return Ok(0);
         };
         let key = self.key(name);
+        let versions: Vec<ObjectVersion> = self
+            .versions_of(name)?
+            .into_iter()
+            .filter(|v| !v.delete_marker)
+            .collect();
         let body = format!(
             "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{mode}</Mode>\
              <RetainUntilDate>{until}</RetainUntilDate></Retention>"
@@ -675,22 +714,56 @@ impl S3Remote {
             use md5::Digest;
             base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body.as_bytes()))
         };
-        let headers = vec![("content-md5", md5)];
-        let url = self.signed(
-            rusty_s3::Method::Put,
-            Some(&key),
-            &[("retention", String::new())],
-            &headers,
-        );
-        let mut request = Request::new(rusty_s3::Method::Put, url);
-        request.headers = headers;
-        request.body = Body::Bytes(body.into_bytes());
-        self.send_write(
-            &format!("extending the retention of {name} (PutObjectRetention)"),
-            request,
-            true,
-        )
-        .map(drop)
+        for version in &versions {
+            let headers = vec![("content-md5", md5.clone())];
+            let mut query = vec![("retention", String::new())];
+            if version.id != "null" {
+                query.push(("versionId", version.id.clone()));
+            }
+            let url = self.signed(rusty_s3::Method::Put, Some(&key), &query, &headers);
+            let mut request = Request::new(rusty_s3::Method::Put, url);
+            request.headers = headers;
+            request.body = Body::Bytes(body.clone().into_bytes());
+            let what = format!("extending the retention of {name} (PutObjectRetention)");
+            match self.exchange(&what, request) {
+                Ok(_) => {}
+                // Refused: fine when that version is already retained as long or longer.
+                Err((Some(refusal), err)) => {
+                    let held = self
+                        .retained_until(&key, &version.id)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|current| current.as_str() >= until.as_str());
+                    if !held {
+                        return Err(self.lock_refused(&what, &refusal, err));
+                    }
+                }
+                Err((None, err)) => return Err(err),
+            }
+        }
+        Ok(versions.len())
+    }
+
+    /// Names under the prefix with a version the node wrote, hidden ones included (a delete
+    /// marker on top, or written over): what the night's decisions count on a locked bucket,
+    /// so an intruder hiding objects changes nothing the node keeps or extends.
+    pub fn list_with_hidden(&self) -> Result<Vec<RemoteEntry>> {
+        let mut entries: Vec<RemoteEntry> = Vec::new();
+        for version in self.versions_under(&self.list_prefix())? {
+            if version.delete_marker {
+                continue;
+            }
+            let Some(name) = self.name_of(&version.key) else {
+                continue;
+            };
+            if !entries.iter().any(|e| e.name == name) {
+                entries.push(RemoteEntry {
+                    name: name.to_string(),
+                    size: version.size,
+                });
+            }
+        }
+        Ok(entries)
     }
 
     /// Every version of `name` (id, and whether it is a delete marker), newest first as the
@@ -1396,8 +1469,27 @@ impl Remote for S3Remote {
         Ok(latest)
     }
 
-    fn extend_lock(&mut self, name: &str) -> Result<()> {
+    fn extend_lock(&mut self, name: &str) -> Result<usize> {
         self.extend_retention(name)
+    }
+
+    fn hidden_sets(&mut self) -> Result<Vec<BackupName>> {
+        Ok(crate::recover::hidden_data(
+            &crate::recover::versions_by_name(self)?,
+        ))
+    }
+
+    fn list_for_locks(&mut self) -> Result<Option<Vec<RemoteEntry>>> {
+        if self.settings.lock.is_none() {
+            return self.list();
+        }
+        let mut entries = self.list()?.unwrap_or_default();
+        for hidden in self.list_with_hidden()? {
+            if !entries.iter().any(|e| e.name == hidden.name) {
+                entries.push(hidden);
+            }
+        }
+        Ok(Some(entries))
     }
 
     /// In a versioned bucket: delete the object's version (a plain DELETE only hides it

@@ -744,10 +744,13 @@ impl SftpRemote {
             let mut channel = self.session.channel_session()?;
             channel.exec(&format!("echo {MARK}"))?;
             channel.send_eof()?;
-            let mut output = String::new();
-            let _ = (&mut channel).take(4096).read_to_string(&mut output);
+            // Bytes, not text: a banner or junk before the mark must not hide it.
+            let mut output = Vec::new();
+            let _ = (&mut channel).take(64 * 1024).read_to_end(&mut output);
             let _ = channel.wait_close();
-            Ok(output.contains(MARK))
+            Ok(output
+                .windows(MARK.len())
+                .any(|window| window == MARK.as_bytes()))
         })();
         match ran {
             Ok(true) => Attempt::new(WHAT, true, "ran".into()),
