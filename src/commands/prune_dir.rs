@@ -45,8 +45,15 @@ pub fn prune_dir(options: &PruneDirOptions) -> Result<ExitCode> {
         let age = now
             .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(changed))
             .unwrap_or_default();
-        match RemoteName::parse(&name) {
-            Some(RemoteName::Manifest(data)) => match dir.read(&name, 64 * 1024) {
+        let parsed = RemoteName::parse(&name);
+        if parsed.is_some() {
+            ours += 1;
+            if ours > prune_dir::MAX_NAMES {
+                break;
+            }
+        }
+        if let Some(RemoteName::Manifest(data)) = parsed {
+            match dir.read(&name, 64 * 1024) {
                 Ok(Some(bytes)) => {
                     manifests.insert(data, String::from_utf8_lossy(&bytes).into_owned());
                 }
@@ -58,16 +65,14 @@ pub fn prune_dir(options: &PruneDirOptions) -> Result<ExitCode> {
                      manifest",
                     printable(&name)
                 ),
-            },
-            Some(_) => ours += 1,
-            None => {}
+            }
         }
         entries.push(Entry { name, age });
     }
     if ours > prune_dir::MAX_NAMES {
         return Err(Error::copy(format!(
-            "{shown} holds {ours} files with CVP names (more than {}): not a backup folder any \
-             more; look at it before pruning",
+            "{shown} holds more than {} files with CVP names: not a backup folder any more; \
+             look at it before pruning",
             prune_dir::MAX_NAMES
         )));
     }
