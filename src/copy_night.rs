@@ -613,7 +613,7 @@ fn log_partials_left(listing: &[RemoteEntry], label: &str) {
     if !partials.is_empty() {
         log::info!(
             "{label} keeps {} partial upload(s) of interrupted attempts (append_only: the node \
-             never removes them; prune-dir on the server does after a day): {}",
+             never removes them; prune-dir on the server does, after its --min-age): {}",
             partials.len(),
             partials.join(", ")
         );

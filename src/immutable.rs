@@ -51,7 +51,8 @@ pub fn judge(server: &ServerConfig, canary: &str, attempts: &[Attempt]) -> Verdi
                  file {canary} stays{}",
                 refused.join(", "),
                 match server.kind {
-                    DestinationKind::Sftp => " (prune-dir on the server removes it after a day)",
+                    DestinationKind::Sftp =>
+                        " (prune-dir on the server removes it once older than its --min-age)",
                     DestinationKind::S3(_) => " until its retention ends",
                 }
             ),
