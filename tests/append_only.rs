@@ -238,6 +238,41 @@ fn append_only_nights_write_read_only_files_an_intruder_cannot_destroy_and_fetch
         "a night after prune-dir: {}",
         after.all_output()
     );
+
+    // The server's account plants symlinks with CVP names (to a file, to a folder, as a
+    // manifest); prune-dir run by root neither follows nor removes them.
+    let passwd = sha256(std::path::Path::new("/etc/passwd"));
+    for (target, name) in [
+        ("/etc/passwd", "cvp.20200101020000.tgz"),
+        ("/etc/shadow", "cvp.20200101020000.set.sha256"),
+        ("/etc", "cvp.20200102020000.tgz"),
+    ] {
+        let planted = Command::new("runuser")
+            .args(["-u", TEST_USER, "--", "ln", "-s", target])
+            .arg(fx.dest.join(name))
+            .status()
+            .expect("ln");
+        assert!(planted.success());
+    }
+    let as_root = Command::new(bin())
+        .args(["prune-dir", dest.as_str(), "--keep", "1", "--min-age", "0"])
+        .output()
+        .expect("prune-dir as root");
+    let said = String::from_utf8_lossy(&as_root.stdout);
+    assert!(as_root.status.success(), "{said}");
+    assert!(!said.contains("cvp.202001"), "{said}");
+    for name in [
+        "cvp.20200101020000.tgz",
+        "cvp.20200101020000.set.sha256",
+        "cvp.20200102020000.tgz",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(fx.dest.join(name)).is_ok_and(|m| m.file_type().is_symlink()),
+            "{name}"
+        );
+    }
+    assert_eq!(sha256(std::path::Path::new("/etc/passwd")), passwd);
+    assert!(std::path::Path::new("/etc/shadow").exists());
 }
 
 #[test]

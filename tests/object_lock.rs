@@ -169,14 +169,14 @@ fn lock_days_needs_a_bucket_with_object_lock_and_the_right_to_set_retention() {
 #[test]
 fn nights_keep_the_kept_sets_locked_and_prune_a_set_only_once_its_lock_ends() {
     let bucket = new_lock_bucket(None);
-    // Locks of 2 "days" (6 s); one set kept in the bucket.
-    let mut fx = node_with_bucket(&bucket, "lock_days = 2\nremote_limit = 1");
+    // Locks of 5 "days" (15 s: the checks between nights take seconds); one set kept there.
+    let mut fx = node_with_bucket(&bucket, "lock_days = 5\nremote_limit = 1");
     let check = run(&fx, &["check"]);
     assert_eq!(check.code, 0, "{}", check.stdout);
     assert!(
         check
             .stdout
-            .contains("object lock: lock_days = 2 (COMPLIANCE)")
+            .contains("object lock: lock_days = 5 (COMPLIANCE)")
             && check
                 .stdout
                 .contains("[ok  ] destination offsite: immutable: yes ("),
@@ -188,10 +188,10 @@ fn nights_keep_the_kept_sets_locked_and_prune_a_set_only_once_its_lock_ends() {
     let first = night(&mut fx, a, "");
     let started = Instant::now();
     assert_eq!(first.code, 0, "{}", first.all_output());
-    // Locked from the moment it was written, for lock_days (6 s here).
+    // Locked from the moment it was written, for lock_days (15 s here).
     for name in set_of(a) {
         let left = seconds_locked(&bucket, &name);
-        assert!(left > 0.5 && left <= 6.5, "{name}: {left} s");
+        assert!(left > 0.5 && left <= 15.5, "{name}: {left} s");
     }
     assert_whole_in_bucket(&fx, &bucket, a);
     assert!(
@@ -227,7 +227,7 @@ fn nights_keep_the_kept_sets_locked_and_prune_a_set_only_once_its_lock_ends() {
     }
 
     // Once a's lock has ended, the next night removes it whole, every version.
-    let a_ends = Duration::from_secs(2 * DAY_SECONDS + 2);
+    let a_ends = Duration::from_secs(5 * DAY_SECONDS + 2);
     if let Some(wait) = a_ends.checked_sub(started.elapsed()) {
         std::thread::sleep(wait);
     }

@@ -506,63 +506,68 @@ impl S3Remote {
     /// first (ListMultipartUploads; rusty-s3 has no action for it, only the signing).
     pub fn unfinished_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         let mut found = Vec::new();
-        let mut markers: Option<(String, String)> = None;
+        self.paged(
+            ("unfinished uploads", "ListMultipartUploads"),
+            vec![("prefix", prefix.to_string()), ("uploads", String::new())],
+            [
+                ("key-marker", "NextKeyMarker"),
+                ("upload-id-marker", "NextUploadIdMarker"),
+            ],
+            |text| {
+                for upload in xml_elements(text, "Upload") {
+                    if let (Some(key), Some(id)) =
+                        (xml_text(upload, "Key"), xml_text(upload, "UploadId"))
+                    {
+                        found.push((key, id));
+                    }
+                }
+            },
+        )?;
+        Ok(found)
+    }
+
+    /// A listing paged by two markers (ListMultipartUploads, ListObjectVersions): each page's
+    /// text to `page` until the server says it is complete. Markers met before, or more than
+    /// MAX_PAGES pages, end it with an error: a server cannot loop us.
+    fn paged(
+        &self,
+        (what, request): (&str, &str),
+        query: Vec<(&'static str, String)>,
+        markers: [(&'static str, &'static str); 2],
+        mut page: impl FnMut(&str),
+    ) -> Result<()> {
+        let mut next_markers: Option<(String, String)> = None;
         let mut seen: std::collections::HashSet<(String, String)> =
             std::collections::HashSet::new();
         loop {
-            crate::signals::check("listing unfinished uploads")?;
-            let mut query = vec![("prefix", prefix.to_string()), ("uploads", String::new())];
-            if let Some((key, id)) = &markers {
-                query.push(("key-marker", key.clone()));
-                query.push(("upload-id-marker", id.clone()));
+            crate::signals::check(&format!("listing {what}"))?;
+            let mut query = query.clone();
+            if let Some((first, second)) = &next_markers {
+                query.push((markers[0].0, first.clone()));
+                query.push((markers[1].0, second.clone()));
             }
-            query.sort();
-            let url = rusty_s3::signing::sign(
-                &jiff::Timestamp::now(),
-                rusty_s3::Method::Get,
-                self.bucket.base_url().clone(),
-                self.credentials.key(),
-                self.credentials.secret(),
-                None,
-                self.bucket.region(),
-                SIGNED_FOR.as_secs(),
-                query.iter().map(|(k, v)| (*k, v.as_str())),
-                std::iter::empty(),
-            );
-            let mut answer = self.send(
-                "listing unfinished uploads (ListMultipartUploads)",
-                Request::get(url),
-            )?;
+            let url = self.signed(rusty_s3::Method::Get, None, &query, &[]);
+            let mut answer =
+                self.send(&format!("listing {what} ({request})"), Request::get(url))?;
             let text = read_text(&mut answer, &self.label)?;
-            for upload in xml_elements(&text, "Upload") {
-                if let (Some(key), Some(id)) =
-                    (xml_text(upload, "Key"), xml_text(upload, "UploadId"))
-                {
-                    found.push((key, id));
-                }
-            }
+            page(&text);
             let truncated = xml_text(&text, "IsTruncated").as_deref() == Some("true");
-            let next = (
-                xml_text(&text, "NextKeyMarker"),
-                xml_text(&text, "NextUploadIdMarker"),
-            );
-            // Markers met before (or too many pages) end it: a server cannot loop us.
+            let next = (xml_text(&text, markers[0].1), xml_text(&text, markers[1].1));
             match (truncated, next) {
-                (true, (Some(key), Some(id)))
-                    if seen.len() < MAX_PAGES && seen.insert((key.clone(), id.clone())) =>
+                (true, (Some(first), Some(second)))
+                    if seen.len() < MAX_PAGES && seen.insert((first.clone(), second.clone())) =>
                 {
-                    markers = Some((key, id))
+                    next_markers = Some((first, second))
                 }
                 (true, _) => {
                     return Err(Error::copy(format!(
-                        "{}: the list of unfinished uploads does not end",
+                        "{}: the list of {what} does not end",
                         self.label
                     )))
                 }
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        Ok(found)
     }
 
     /// A write; one that carried a retention (`locked`) and is refused says what the lock
@@ -780,59 +785,34 @@ impl S3Remote {
     /// Every version of every key starting with `prefix` (ListObjectVersions).
     pub fn versions_under(&self, prefix: &str) -> Result<Vec<ObjectVersion>> {
         let mut found = Vec::new();
-        let mut markers: Option<(String, String)> = None;
-        let mut seen = std::collections::HashSet::new();
-        loop {
-            crate::signals::check("listing object versions")?;
-            let mut query = vec![("prefix", prefix.to_string()), ("versions", String::new())];
-            if let Some((key, id)) = &markers {
-                query.push(("key-marker", key.clone()));
-                query.push(("version-id-marker", id.clone()));
-            }
-            let url = self.signed(rusty_s3::Method::Get, None, &query, &[]);
-            let mut answer = self.send(
-                "listing object versions (ListObjectVersions)",
-                Request::get(url),
-            )?;
-            let text = read_text(&mut answer, &self.label)?;
-            for (tag, delete_marker) in [("Version", false), ("DeleteMarker", true)] {
-                for element in xml_elements(&text, tag) {
-                    if let (Some(key), Some(id)) =
-                        (xml_text(element, "Key"), xml_text(element, "VersionId"))
-                    {
-                        found.push(ObjectVersion {
-                            key,
-                            id,
-                            delete_marker,
-                            latest: xml_text(element, "IsLatest").as_deref() == Some("true"),
-                            size: xml_text(element, "Size")
-                                .and_then(|s| s.parse().ok())
-                                .unwrap_or(0),
-                            modified: xml_text(element, "LastModified").unwrap_or_default(),
-                        });
+        self.paged(
+            ("object versions", "ListObjectVersions"),
+            vec![("prefix", prefix.to_string()), ("versions", String::new())],
+            [
+                ("key-marker", "NextKeyMarker"),
+                ("version-id-marker", "NextVersionIdMarker"),
+            ],
+            |text| {
+                for (tag, delete_marker) in [("Version", false), ("DeleteMarker", true)] {
+                    for element in xml_elements(text, tag) {
+                        if let (Some(key), Some(id)) =
+                            (xml_text(element, "Key"), xml_text(element, "VersionId"))
+                        {
+                            found.push(ObjectVersion {
+                                key,
+                                id,
+                                delete_marker,
+                                latest: xml_text(element, "IsLatest").as_deref() == Some("true"),
+                                size: xml_text(element, "Size")
+                                    .and_then(|s| s.parse().ok())
+                                    .unwrap_or(0),
+                                modified: xml_text(element, "LastModified").unwrap_or_default(),
+                            });
+                        }
                     }
                 }
-            }
-            let truncated = xml_text(&text, "IsTruncated").as_deref() == Some("true");
-            let next = (
-                xml_text(&text, "NextKeyMarker"),
-                xml_text(&text, "NextVersionIdMarker"),
-            );
-            match (truncated, next) {
-                (true, (Some(key), Some(id)))
-                    if seen.len() < MAX_PAGES && seen.insert((key.clone(), id.clone())) =>
-                {
-                    markers = Some((key, id))
-                }
-                (true, _) => {
-                    return Err(Error::copy(format!(
-                        "{}: the list of object versions does not end",
-                        self.label
-                    )))
-                }
-                _ => break,
-            }
-        }
+            },
+        )?;
         // Newest first within a key (servers list them so; the dates decide ties).
         found.sort_by(|a, b| a.key.cmp(&b.key).then(b.modified.cmp(&a.modified)));
         Ok(found)
