@@ -603,7 +603,7 @@ fn objects_of(listing: &[RemoteEntry], decision: &Decision) -> Vec<String> {
 }
 
 /// An append-only server keeps the partial uploads of interrupted attempts: named here, for
-/// the server's `prune-dir`, which removes them once they are a day old.
+/// the server's `prune-dir`, which removes them once older than its `--min-age`.
 fn log_partials_left(listing: &[RemoteEntry], label: &str) {
     let partials: Vec<&str> = listing
         .iter()
