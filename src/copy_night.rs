@@ -425,7 +425,7 @@ impl Night<'_> {
         let now = self.shared.now;
         let first = remote_retention(listing, (limit, &[]), &selection.protect, &known, now);
         for (data, _) in first.keep.iter().filter(|(n, _)| n.kind == Kind::Data) {
-            match remote.read_small(&data.manifest_name(), 64 * 1024) {
+            match remote.read_kept(&data.manifest_name(), 64 * 1024) {
                 Ok(Some(text)) => {
                     known.extend(sets::parse_manifest(&String::from_utf8_lossy(&text), *data));
                 }

@@ -51,9 +51,23 @@ pub fn hidden_data(by_name: &BTreeMap<String, Vec<ObjectVersion>>) -> Vec<Backup
     hidden
 }
 
+/// Data backups the current view shows (their newest entry is no delete marker).
+pub fn current_data(by_name: &BTreeMap<String, Vec<ObjectVersion>>) -> Vec<BackupName> {
+    by_name
+        .iter()
+        .filter(|(_, versions)| versions.iter().any(|v| v.latest && !v.delete_marker))
+        .filter_map(|(name, _)| match RemoteName::parse(name) {
+            Some(RemoteName::Backup(file)) if file.name.kind == Kind::Data => Some(file.name),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Find the set `wanted` among the versions and pin `remote` to it; the set's data name.
-/// An error names what no version could supply.
-pub fn pin_set(remote: &mut S3Remote, wanted: Wanted) -> Result<BackupName> {
+/// `skip`: how many whole candidates to pass over (the caller's fetch of an earlier one
+/// failed, e.g. an older encryption its identity cannot open). An error names what no
+/// version could supply.
+pub fn pin_set(remote: &mut S3Remote, wanted: Wanted, skip: usize) -> Result<BackupName> {
     let by_name = versions_by_name(remote)?;
     let names: Vec<BackupName> = by_name
         .keys()
@@ -72,6 +86,7 @@ pub fn pin_set(remote: &mut S3Remote, wanted: Wanted) -> Result<BackupName> {
     let label = remote.describe();
     let mut digests: HashMap<(String, String), String> = HashMap::new();
     let mut why_not = Vec::new();
+    let mut passed = 0;
     for data in candidates {
         let manifest = data.manifest_name();
         let Some(manifest_versions) = by_name.get(&manifest) else {
@@ -97,6 +112,7 @@ pub fn pin_set(remote: &mut S3Remote, wanted: Wanted) -> Result<BackupName> {
                 continue;
             };
             match members_of(remote, &by_name, &text, &set, &mut digests)? {
+                Ok(_) if passed < skip => passed += 1,
                 Ok(members) => {
                     remote.unpin_all();
                     remote.pin(&manifest, &manifest_version.id, manifest_version.size);

@@ -455,3 +455,59 @@ fn hiding_a_kept_set_or_locking_an_object_longer_changes_nothing_the_night_keeps
         .iter()
         .any(|(key, id, _)| *key == data && *id == version));
 }
+
+#[test]
+fn in_a_versioned_bucket_sets_the_node_pruned_are_no_attack_and_fetch_reads_the_current_set() {
+    // Versions kept, no lock_days: the node's pruning leaves delete markers over what it
+    // pruned; the newest set is as the node wrote it.
+    let bucket = new_lock_bucket(None);
+    let mut fx = node_with_bucket(&bucket, "remote_limit = 1");
+    let (a, b) = ("20261208020000", "20261209020000");
+    for stamp in [a, b] {
+        let ran = night(&mut fx, stamp, "");
+        assert_eq!(ran.code, 0, "{}", ran.all_output());
+    }
+    assert!(
+        versions(&bucket)
+            .iter()
+            .any(|(key, _, marker)| *marker && key.contains(a)),
+        "pruning left a delete marker"
+    );
+    let rebuilt = fx.root.path().join("rebuilt");
+    let fetch = run(
+        &fx,
+        &[
+            "fetch",
+            "latest",
+            "--destination",
+            "offsite",
+            "--to",
+            rebuilt.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(fetch.code, 0, "{}", fetch.all_output());
+    assert!(
+        !fetch.stdout.contains("from the versions"),
+        "{}",
+        fetch.stdout
+    );
+    assert!(rebuilt.join(format!("cvp.{b}.tgz")).exists());
+    // The pruned set, asked for by its stamp, comes back from the versions.
+    let older = fx.root.path().join("older");
+    let fetch = run(
+        &fx,
+        &[
+            "fetch",
+            a,
+            "--destination",
+            "offsite",
+            "--to",
+            older.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(fetch.code, 0, "{}", fetch.all_output());
+    assert_eq!(
+        std::fs::read(older.join(format!("cvp.{a}.tgz"))).expect("fetched"),
+        std::fs::read(fx.local_path(&format!("cvp.{a}.tgz"))).expect("local")
+    );
+}

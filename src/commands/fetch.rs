@@ -112,11 +112,23 @@ fn fetch_from(
     options: &FetchOptions,
     wanted: Wanted,
 ) -> Result<()> {
-    // A bucket where sets were hidden or written over after the node wrote them: the
-    // current objects may be an intruder's, consistent with themselves; the node's versions
-    // decide.
-    if let Some(touched) = touched_sets(config, server) {
-        if !touched.is_empty() {
+    // The set asked for was hidden or written over after the node wrote it (or, for
+    // `latest`, a hidden set is newer than any the current view shows): the current objects
+    // may be an intruder's, consistent with themselves; the node's versions decide.
+    if let Some((touched, current)) = touched_sets(config, server) {
+        let now = Stamp::now();
+        let newest = |names: &[BackupName]| sets::data_by_recency(names, now).first().copied();
+        let asked_touched = match wanted {
+            Wanted::At(stamp) => touched.iter().any(|n| n.stamp == stamp),
+            Wanted::Latest => match (newest(&touched), newest(&current)) {
+                (Some(touched), Some(current)) => {
+                    sets::recency(&touched, now) <= sets::recency(&current, now)
+                }
+                (Some(_), None) => true,
+                _ => false,
+            },
+        };
+        if asked_touched {
             let names: Vec<String> = touched.iter().map(|n| n.file_name()).collect();
             say!(
                 "{} holds sets hidden or written over after the node wrote them ({}): fetching \
@@ -145,12 +157,18 @@ fn fetch_from(
 
 /// An S3 destination's sets hidden or written over (None: not S3, or its versions cannot be
 /// listed with this key).
-fn touched_sets(config: &Config, server: &ServerConfig) -> Option<Vec<BackupName>> {
+fn touched_sets(
+    config: &Config,
+    server: &ServerConfig,
+) -> Option<(Vec<BackupName>, Vec<BackupName>)> {
     server.s3()?;
     let secret = destination::credentials(server, &config.path).ok()??;
     let remote = crate::remote::s3::S3Remote::new(server, &secret).ok()?;
     let versions = crate::recover::versions_by_name(&remote).ok()?;
-    Some(crate::recover::hidden_data(&versions))
+    Some((
+        crate::recover::hidden_data(&versions),
+        crate::recover::current_data(&versions),
+    ))
 }
 
 fn fetch_from_versions(
@@ -166,22 +184,42 @@ fn fetch_from_versions(
             server.describe()
         ))
     })?;
-    let mut remote = crate::remote::s3::S3Remote::new(server, &secret)?;
-    let data = crate::recover::pin_set(&mut remote, wanted)?;
-    say!(
-        "{data}: a version of its manifest and of each member with the sha256 the manifest \
-         lists are in the bucket; fetching those"
-    );
     let identities = options.identities.as_ref();
-    let asked = Asked {
-        wanted: Wanted::At(data.stamp),
-        identities,
-        expect_sealed: !options.allow_plain
-            && (identities.is_some() || server.encrypt_to.is_some()),
-    };
-    let mut first: Connection = Box::new(remote);
-    fetch_set(config, dir, &mut first, asked, &mut |_| Vec::new())
+    let expect_sealed =
+        !options.allow_plain && (identities.is_some() || server.encrypt_to.is_some());
+    let mut first_error: Option<Error> = None;
+    // A candidate whose fetch fails (an older encryption the identity cannot open, a
+    // version that went meanwhile) gives way to the next one.
+    for skip in 0..VERSION_CANDIDATES {
+        let mut remote = crate::remote::s3::S3Remote::new(server, &secret)?;
+        let data = match crate::recover::pin_set(&mut remote, wanted, skip) {
+            Ok(data) => data,
+            Err(err) => return Err(first_error.unwrap_or(err)),
+        };
+        say!(
+            "{data}: a version of its manifest and of each member with the sha256 the \
+             manifest lists are in the bucket; fetching those"
+        );
+        let asked = Asked {
+            wanted: Wanted::At(data.stamp),
+            identities,
+            expect_sealed,
+        };
+        let mut first: Connection = Box::new(remote);
+        match fetch_set(config, dir, &mut first, asked, &mut |_| Vec::new()) {
+            Ok(()) => return Ok(()),
+            Err(err) if crate::signals::received().is_none() && err.code != ExitCode::Usage => {
+                say!("{err}; trying the next candidate among the versions");
+                first_error.get_or_insert(err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(first_error.unwrap_or_else(|| Error::copy("no candidate among the versions")))
 }
+
+/// How many sets put together from versions a fetch tries before it gives up.
+const VERSION_CANDIDATES: usize = 4;
 
 fn fetch_current(
     config: &Config,

@@ -93,6 +93,11 @@ pub trait Remote {
     fn extend_lock(&mut self, _name: &str) -> Result<usize> {
         Ok(0)
     }
+    /// A small file the night's decisions read (a manifest): as `read_small`, or on a locked
+    /// bucket, when hidden, its oldest version.
+    fn read_kept(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+        self.read_small(name, max_bytes)
+    }
     /// Data backups hidden or written over after the node wrote them (S3 with versions).
     fn hidden_sets(&mut self) -> Result<Vec<crate::names::BackupName>> {
         Ok(Vec::new())

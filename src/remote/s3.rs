@@ -118,6 +118,13 @@ impl std::fmt::Display for BucketLock {
     }
 }
 
+/// A retention date as an instant (servers write `Z`, `.000Z` or `+00:00`).
+fn instant(date: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(date)
+        .ok()
+        .map(|d| d.with_timezone(&chrono::Utc))
+}
+
 /// Whether a retention date (ISO 8601) is still ahead.
 pub fn still_locked(until: &str) -> bool {
     chrono::DateTime::parse_from_rfc3339(until)
@@ -705,9 +712,11 @@ impl S3Remote {
             return Ok(0);
         };
         let key = self.key(name);
+        // The oldest first: the node's versions before any written over them.
         let versions: Vec<ObjectVersion> = self
             .versions_of(name)?
             .into_iter()
+            .rev()
             .filter(|v| !v.delete_marker)
             .collect();
         let body = format!(
@@ -719,12 +728,14 @@ impl S3Remote {
             use md5::Digest;
             base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body.as_bytes()))
         };
+        let mut first_error = None;
         for version in &versions {
+            crate::signals::check("extending the locks")?;
             let headers = vec![("content-md5", md5.clone())];
-            let mut query = vec![("retention", String::new())];
-            if version.id != "null" {
-                query.push(("versionId", version.id.clone()));
-            }
+            let query = vec![
+                ("retention", String::new()),
+                ("versionId", version.id.clone()),
+            ];
             let url = self.signed(rusty_s3::Method::Put, Some(&key), &query, &headers);
             let mut request = Request::new(rusty_s3::Method::Put, url);
             request.headers = headers;
@@ -732,21 +743,31 @@ impl S3Remote {
             let what = format!("extending the retention of {name} (PutObjectRetention)");
             match self.exchange(&what, request) {
                 Ok(_) => {}
-                // Refused: fine when that version is already retained as long or longer.
+                // Refused: fine only when that version is already retained at least as long,
+                // in this mode or COMPLIANCE (nothing can shorten a lock; a longer one stays).
                 Err((Some(refusal), err)) => {
                     let held = self
-                        .retained_until(&key, &version.id)
+                        .retention_of(&key, &version.id)
                         .ok()
                         .flatten()
-                        .is_some_and(|current| current.as_str() >= until.as_str());
+                        .is_some_and(|(held_mode, held_until)| {
+                            (held_mode == mode || held_mode == "COMPLIANCE")
+                                && instant(&held_until).is_some()
+                                && instant(&held_until) >= instant(&until)
+                        });
                     if !held {
-                        return Err(self.lock_refused(&what, &refusal, err));
+                        first_error.get_or_insert(self.lock_refused(&what, &refusal, err));
                     }
                 }
-                Err((None, err)) => return Err(err),
+                Err((None, err)) => {
+                    first_error.get_or_insert(err);
+                }
             }
         }
-        Ok(versions.len())
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(versions.len()),
+        }
     }
 
     /// Names under the prefix with a version the node wrote, hidden ones included (a delete
@@ -754,6 +775,7 @@ impl S3Remote {
     /// so an intruder hiding objects changes nothing the node keeps or extends.
     pub fn list_with_hidden(&self) -> Result<Vec<RemoteEntry>> {
         let mut entries: Vec<RemoteEntry> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for version in self.versions_under(&self.list_prefix())? {
             if version.delete_marker {
                 continue;
@@ -761,7 +783,7 @@ impl S3Remote {
             let Some(name) = self.name_of(&version.key) else {
                 continue;
             };
-            if !entries.iter().any(|e| e.name == name) {
+            if seen.insert(name.to_string()) {
                 entries.push(RemoteEntry {
                     name: name.to_string(),
                     size: version.size,
@@ -820,17 +842,26 @@ impl S3Remote {
 
     /// Until when one version of `key` is retained (None: not locked, or no date given).
     pub fn retained_until(&self, key: &str, version: &str) -> Result<Option<String>> {
+        Ok(self.retention_of(key, version)?.map(|(_, until)| until))
+    }
+
+    /// One version's retention: its mode and until when (None: not locked).
+    fn retention_of(&self, key: &str, version: &str) -> Result<Option<(String, String)>> {
         let mut action = self.bucket.head_object(Some(&self.credentials), key);
         action.query_mut().insert("versionId", version.to_string());
         let answer = self.send(
             &format!("looking at a version of {key} (HeadObject)"),
             Request::new(rusty_s3::Method::Head, action.sign(SIGNED_FOR)),
         )?;
-        Ok(answer
-            .headers()
-            .get("x-amz-object-lock-retain-until-date")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string))
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Ok(header("x-amz-object-lock-retain-until-date")
+            .map(|until| (header("x-amz-object-lock-mode").unwrap_or_default(), until)))
     }
 
     fn delete_version(&self, key: &str, version: &str) -> Result<()> {
@@ -1441,7 +1472,10 @@ impl Remote for S3Remote {
                 continue;
             }
             if let Some(until) = self.retained_until(&key, &version.id)? {
-                if still_locked(&until) && latest.as_ref().is_none_or(|l| until > *l) {
+                let later = latest
+                    .as_deref()
+                    .is_none_or(|l| instant(&until) > instant(l) || instant(l).is_none());
+                if still_locked(&until) && later {
                     latest = Some(until);
                 }
             }
@@ -1451,6 +1485,29 @@ impl Remote for S3Remote {
 
     fn extend_lock(&mut self, name: &str) -> Result<usize> {
         self.extend_retention(name)
+    }
+
+    /// With `lock_days`, a name hidden behind a delete marker is read from its oldest
+    /// version (the node's): a hidden kept set is judged by its own manifest.
+    fn read_kept(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+        if let Some(bytes) = self.read_small(name, max_bytes)? {
+            return Ok(Some(bytes));
+        }
+        if self.settings.lock.is_none() || !self.pins.is_empty() {
+            return Ok(None);
+        }
+        let Some(oldest) = self
+            .versions_of(name)?
+            .into_iter()
+            .rev()
+            .find(|v| !v.delete_marker)
+        else {
+            return Ok(None);
+        };
+        self.pin(name, &oldest.id, oldest.size);
+        let bytes = self.read_small(name, max_bytes);
+        self.unpin_all();
+        bytes
     }
 
     fn hidden_sets(&mut self) -> Result<Vec<BackupName>> {
@@ -1464,8 +1521,10 @@ impl Remote for S3Remote {
             return self.list();
         }
         let mut entries = self.list()?.unwrap_or_default();
+        let mut seen: std::collections::HashSet<String> =
+            entries.iter().map(|e| e.name.clone()).collect();
         for hidden in self.list_with_hidden()? {
-            if !entries.iter().any(|e| e.name == hidden.name) {
+            if seen.insert(hidden.name.clone()) {
                 entries.push(hidden);
             }
         }

@@ -27,6 +27,10 @@ pub const LOCK_BUCKETS: &[&str] = &[
     "cvpbc-lock-b",
     "cvpbc-lock-c",
     "cvpbc-lock-d",
+    "cvpbc-lock-e",
+    "cvpbc-lock-f",
+    "cvpbc-lock-g",
+    "cvpbc-lock-h",
 ];
 static NEXT_LOCK_BUCKET: AtomicUsize = AtomicUsize::new(0);
 
