@@ -49,7 +49,7 @@ test: lint rpm
 FUZZ_SECONDS ?= 60
 fuzz:
 	@tests/prereqs.sh fuzz
-	for target in names ini; do \
+	for target in names ini archive; do \
 	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --target x86_64-unknown-linux-gnu $$target -- \
 	        -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done

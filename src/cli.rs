@@ -54,6 +54,11 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Status(StatusArgs),
 
+    /// Check that a set on the backup server is still whole; with --read-data read every
+    /// byte back (run weekly by the RPM's cron.d)
+    #[command(after_help = VERIFY_HELP)]
+    Verify(VerifyArgs),
+
     /// On the backup server: keep the newest N sets in DIR, for destinations the node may
     /// not prune (append_only); run by the server's cron as the account that owns DIR
     #[command(name = "prune-dir", after_help = PRUNE_DIR_HELP)]
@@ -122,6 +127,35 @@ Downloads the data file, the EOS images file it needs and its log into DIR (defa
 backup_dir) as temporary files, checks each against its NAME.sha256 on the server, and only
 then gives it its name. Prints the `cvpi restore cvp ...` command to run. Exit codes as for a
 run; 5: a file is missing, corrupted or does not verify.";
+
+const VERIFY_HELP: &str = "\
+Without --read-data: every member of the set is on the server with its NAME.sha256, which says
+what the set's manifest says. With it: every member is read back (nothing is written to disk),
+its sha256 compared, and each .tgz inflated and its tar walked to its end; an encrypted member
+is decrypted and authenticated with --identity (without one, its ciphertext's sha256 only).
+Takes the run's lock. The result goes to the state record: status, metrics, status --nagios.
+Exit codes: 0 every set whole; 5 a member damaged or missing (named); 4 a destination
+unreachable; 6 a run or fetch holds the lock; 2 usage; 3 configuration.";
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The destination to verify: `main` or NAME (default: every destination)
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
+
+    /// `latest` (the newest set with a manifest), `all`, a timestamp or a data file name
+    #[arg(long, value_name = "SET", default_value = "latest")]
+    pub set: String,
+
+    /// Read every byte back and check it (sha256, archive structure, decryption)
+    #[arg(long)]
+    pub read_data: bool,
+
+    /// Decrypt encrypted members with this age identity file or SSH private key (repeat
+    /// for several)
+    #[arg(long, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
@@ -223,6 +257,11 @@ pub struct StatusArgs {
     /// With --nagios: a last good copy older than this is CRITICAL
     #[arg(long, value_name = "AGE", default_value = "50h", value_parser = parse_age)]
     pub critical: std::time::Duration,
+
+    /// With --nagios: a last read-back (verify --read-data) older than this, or a failed
+    /// verify, is WARNING
+    #[arg(long, value_name = "AGE", default_value = "8d", value_parser = parse_age)]
+    pub read_back_age: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Args)]

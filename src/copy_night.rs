@@ -80,6 +80,8 @@ pub struct DestinationNight {
     pub code: ExitCode,
     /// Every file of the set and its manifest are verified there.
     pub verified: bool,
+    /// Archives its upload found damaged (the backup, not the copy, failed).
+    pub damaged: Vec<BackupName>,
 }
 
 /// Copy tonight's set to `server` (with its password or secret key, or why there is none).
@@ -98,6 +100,7 @@ pub fn copy_to(
             ..RunRecord::default()
         },
         code: ExitCode::Success,
+        damaged: Vec::new(),
     };
     let verified = night.run(password, tonight);
     if verified {
@@ -114,6 +117,7 @@ pub fn copy_to(
         record: night.record,
         code: night.code,
         verified,
+        damaged: night.damaged,
     }
 }
 
@@ -122,6 +126,7 @@ struct Night<'a> {
     shared: &'a Shared<'a>,
     record: RunRecord,
     code: ExitCode,
+    damaged: Vec<BackupName>,
 }
 
 impl Night<'_> {
@@ -245,7 +250,10 @@ impl Night<'_> {
         // What the server holds of each file (NAME or NAME.age), and its sha256.
         let mut digests: HashMap<BackupName, (RemoteFile, String)> = HashMap::new();
 
+        self.mend(link, files);
         let mut all_ok = true;
+        // New names published tonight: withdrawn again if the backup turns out damaged.
+        let mut published: Vec<RemoteFile> = Vec::new();
         let sealed = self.shared.sealed(&self.server.name);
         let mut first_attempts = link.side_by_side(files, &sealed);
         for (index, file) in files.iter().enumerate() {
@@ -286,6 +294,14 @@ impl Night<'_> {
                     seconds,
                     streams,
                 }) => {
+                    // A failed night's log is copied all the same (to read why); its archives
+                    // are not.
+                    if !replaced && crate::archive::is_archive(&sent.name.file_name()) {
+                        published.push(sent);
+                    }
+                    let (destination, name) = (self.server.name.clone(), sent.file_name());
+                    self.shared
+                        .update(|history| history.mended(&destination, &name));
                     if replaced {
                         // Saved at once: other sets' manifests still list the old sha256.
                         let (name, digest) = (sent.file_name(), done.digest.clone());
@@ -306,6 +322,18 @@ impl Night<'_> {
                         done.hash_seconds,
                         done.digest
                     );
+                    if let Some(summary) = &done.archive {
+                        log::info!(
+                            "{}: a whole archive ({} files, {} bytes inflated; gzip CRC and tar \
+                             checked as it was read)",
+                            file.name,
+                            summary.members,
+                            summary.inflated
+                        );
+                        let (name, size) = (file.name, file.size);
+                        self.shared
+                            .update(|history| history.record_checked(name, size));
+                    }
                     self.record.bytes_uploaded += done.bytes;
                     digests.insert(file.name, (sent, done.digest.clone()));
                     if let (true, Some(recipients)) = (sent.sealed, &self.server.encrypt_to) {
@@ -331,6 +359,9 @@ impl Night<'_> {
                     });
                 }
                 Err(err) => {
+                    if err.code == ExitCode::BackupFailed {
+                        self.damaged.push(file.name);
+                    }
                     self.fail(err);
                     all_ok = false;
                     if signals::received().is_some() {
@@ -340,6 +371,10 @@ impl Night<'_> {
             }
         }
         link.release_extras();
+        if !self.damaged.is_empty() {
+            withdraw(link, &published);
+            return false;
+        }
         // Tonight's set's manifest lists the new sha256s only once it is written tonight.
         let mut manifest_written = false;
         if let (true, Some(set)) = (all_ok, set) {
@@ -403,6 +438,47 @@ impl Night<'_> {
             }
         }
         all_ok
+    }
+
+    /// Copies the last read-back found damaged that tonight's files can replace: their
+    /// checksum files go, so the copy below uploads them again (replacing them) and the
+    /// manifest is verified against a good copy. An append-only server cannot; it says so.
+    fn mend(&mut self, link: &mut dyn Destination, files: &[LocalFile]) {
+        let damaged = self
+            .shared
+            .history
+            .lock()
+            .map(|h| h.damaged_on(&self.server.name))
+            .unwrap_or_default();
+        let replaceable: Vec<RemoteFile> = files
+            .iter()
+            .flat_map(|f| [RemoteFile::plain(f.name), RemoteFile::new(f.name, true)])
+            .filter(|f| damaged.contains(&f.file_name()))
+            .collect();
+        if replaceable.is_empty() {
+            return;
+        }
+        let remote = match link.remote() {
+            Ok(remote) => remote,
+            Err(_) => return, // the copy below reports it
+        };
+        let label = remote.describe();
+        for file in replaceable {
+            if remote.append_only() {
+                log::error!(
+                    "{file} on {label} was found damaged by the last read-back, and the \
+                     destination is append_only: the node cannot replace it; remove it and its \
+                     .sha256 on the server (as their owner) and the next night copies it again"
+                );
+                continue;
+            }
+            match remote.remove(&file.sidecar_name()) {
+                Ok(()) => log::warn!(
+                    "{file} on {label} was found damaged by the last read-back: copying it again"
+                ),
+                Err(err) => log::warn!("cannot replace the damaged {file} on {label}: {err}"),
+            }
+        }
     }
 
     /// What `remote_limit` keeps and removes there (every CVP file is kept without it).
@@ -577,6 +653,39 @@ impl Night<'_> {
 
 /// Until when `name` is locked there; a lock that cannot be read counts as one (never send
 /// a delete the lock may refuse).
+/// The archives of a damaged backup published tonight (its images file) go again:
+/// nothing of a failed backup stays on the server under a CVP name. No earlier set lists
+/// them (they were not there before tonight). An append-only server keeps them, and says so.
+fn withdraw(link: &mut dyn Destination, published: &[RemoteFile]) {
+    if published.is_empty() {
+        return;
+    }
+    let remote = match link.remote() {
+        Ok(remote) => remote,
+        Err(err) => return log::warn!("cannot withdraw the damaged backup's files: {err}"),
+    };
+    let label = remote.describe();
+    if remote.append_only() {
+        return log::warn!(
+            "{label} is append-only: the damaged backup's {} stay there, in no set (prune-dir \
+             removes them once older than its --min-age)",
+            published
+                .iter()
+                .map(|f| f.file_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for file in published {
+        for name in [file.file_name(), file.sidecar_name()] {
+            match remote.remove(&name) {
+                Ok(()) => log::info!("{name}: removed from {label} (from the damaged backup)"),
+                Err(err) => log::warn!("cannot remove {name} from {label}: {err}"),
+            }
+        }
+    }
+}
+
 fn still_locked(remote: &mut dyn Remote, name: &str) -> Option<String> {
     match remote.locked_until(name) {
         Ok(until) => until,

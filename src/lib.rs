@@ -1,6 +1,7 @@
 //! cvp-backup-copy as a library: the binary (`main.rs`) is a thin shell around it, and the
 //! fuzz targets link against it.
 
+pub mod archive;
 pub mod backup;
 pub mod claim;
 pub mod cli;

@@ -25,6 +25,7 @@ const HOLDER: &str = "lock.pid";
 pub enum Holder {
     Run,
     Fetch,
+    Verify,
 }
 
 impl Holder {
@@ -32,6 +33,7 @@ impl Holder {
         match self {
             Holder::Run => "run",
             Holder::Fetch => "fetch",
+            Holder::Verify => "verify",
         }
     }
 }
@@ -45,7 +47,8 @@ fn describe_holder(text: &str) -> String {
     let what = match words.next() {
         Some("run") => "run",
         Some("fetch") => "fetch",
-        _ => "run or fetch",
+        Some("verify") => "verify",
+        _ => "run, fetch or verify",
     };
     match pid {
         Some(pid) => format!("{what} (pid {pid})"),
@@ -82,6 +85,10 @@ pub fn acquire(state_dir: &Path, me: Holder) -> Result<RunLock> {
                 Holder::Run => "not starting a second backup at the same time",
                 Holder::Fetch => {
                     "a fetch waits until it ends (a run prunes the folder a fetch writes to); \
+                     try again then"
+                }
+                Holder::Verify => {
+                    "a verification waits until it ends (a run may prune the sets it reads); \
                      try again then"
                 }
             };
@@ -157,8 +164,8 @@ mod tests {
     fn the_holder_file_is_only_a_hint() {
         assert_eq!(describe_holder("812 run\n"), "run (pid 812)");
         assert_eq!(describe_holder("812 fetch"), "fetch (pid 812)");
-        assert_eq!(describe_holder("812\n"), "run or fetch (pid 812)");
-        assert_eq!(describe_holder("; rm -rf / fetch"), "run or fetch");
-        assert_eq!(describe_holder(""), "run or fetch");
+        assert_eq!(describe_holder("812\n"), "run, fetch or verify (pid 812)");
+        assert_eq!(describe_holder("; rm -rf / fetch"), "run, fetch or verify");
+        assert_eq!(describe_holder(""), "run, fetch or verify");
     }
 }

@@ -1,7 +1,7 @@
 //! cvp-backup-copy: back up CloudVision Portal and copy a verified restore set off the node.
 
 use cvp_backup_copy::cli::KeygenArgs;
-use cvp_backup_copy::commands::{check, fetch, list, prune_dir, status};
+use cvp_backup_copy::commands::{check, fetch, list, prune_dir, status, verify};
 use cvp_backup_copy::exit_codes::ExitCode;
 use cvp_backup_copy::seal::open::Identities;
 use cvp_backup_copy::{cli, edit, error, keygen, logging, privilege, run, signals};
@@ -109,6 +109,30 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Some(cli::Command::Verify(args)) => {
+            signals::install();
+            let ini = absolute(&cli.ini);
+            // The identity is read as the one who runs verify, as for fetch.
+            let identity: Vec<PathBuf> = args.identity.iter().map(|p| absolute(p)).collect();
+            match (!identity.is_empty())
+                .then(|| Identities::load(&identity))
+                .transpose()
+            {
+                Err(why) => Err(error::Error::new(ExitCode::Config, why)),
+                Ok(identities) => {
+                    if let Err(code) = as_ini_owner(&ini) {
+                        return code;
+                    }
+                    verify::verify(&verify::VerifyOptions {
+                        ini,
+                        destination: args.destination,
+                        set: args.set,
+                        read_data: args.read_data,
+                        identities,
+                    })
+                }
+            }
+        }
         // The verdict is printed; the exit code tells monitoring whether to worry.
         Some(cli::Command::Status(args)) => {
             let ini = absolute(&cli.ini);
@@ -126,7 +150,14 @@ fn main() -> std::process::ExitCode {
             };
             if args.nagios {
                 // The plugin format's own exit codes, not the tool's.
-                let (code, line) = status::nagios(&options, (args.warning, args.critical));
+                let (code, line) = status::nagios(
+                    &options,
+                    status::Limits {
+                        warning: args.warning,
+                        critical: args.critical,
+                        read_back: args.read_back_age,
+                    },
+                );
                 println!("{}", error::printable(&line));
                 return std::process::ExitCode::from(code as u8);
             }

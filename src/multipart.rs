@@ -5,6 +5,7 @@
 //! go up in one PUT.
 
 use crate::error::{Error, Result};
+use crate::exit_codes::ExitCode;
 use crate::names::{sidecar_line, RemoteFile};
 use crate::remote::s3::{self, Body, Request, S3Remote};
 use crate::remote::Remote;
@@ -53,14 +54,15 @@ struct DonePart {
 /// requests, and publish it with its sidecar.
 pub fn upload(
     remote: &S3Remote,
-    local: &Path,
+    source: transfer::Source,
     (name, recipients): (RemoteFile, Option<&Recipients>),
     seen: Seen,
     streams: usize,
     progress: &ProgressBar,
 ) -> Result<Uploaded> {
+    let local = source.path;
     let snapshot = transfer::open_local(local)?;
-    let outgoing = Outgoing::new(&snapshot, recipients)?;
+    let outgoing = Outgoing::new(&snapshot, recipients)?.checking(source.check_archive);
     let len = outgoing.len();
     if len <= s3::WHOLE_PUT_MAX {
         return upload_whole(remote, local, &outgoing, name, seen, progress);
@@ -116,14 +118,14 @@ pub fn upload(
     let (sent, hashed) = std::thread::scope(|scope| {
         let hasher = scope.spawn(|| {
             let outcome = hash_in_order(&outgoing, local, &plan, &digests, &abandon, &during)
-                .and_then(|(digest, bytes)| {
+                .and_then(|(digest, bytes, archive)| {
                     // A new name's checksum file goes up as soon as the hash is known, while
                     // the last parts are still on the way (a round trip less at the end).
                     if !seen.finals {
                         let line = sidecar_line(&digest, &name.file_name());
                         remote.put_bytes(&name.sidecar_name(), line.as_bytes())?;
                     }
-                    Ok((digest, bytes))
+                    Ok((digest, bytes, archive))
                 });
             if outcome.is_err() {
                 abandon.store(true, Ordering::Relaxed);
@@ -151,10 +153,20 @@ pub fn upload(
             .join()
             .unwrap_or_else(|_| Err(Error::copy(format!("hashing crashed during {during}"))));
         let lag = sending.elapsed().saturating_sub(sent_after);
-        (sent, hashed.map(|(digest, bytes)| (digest, bytes, lag)))
+        (
+            sent,
+            hashed.map(|(digest, bytes, archive)| (digest, bytes, lag, archive)),
+        )
     });
-    let (digest, hashed_bytes, lag) = match (sent, hashed) {
+    let (digest, hashed_bytes, lag, archive) = match (sent, hashed) {
         (Ok(()), Ok(hashed)) => hashed,
+        // A damaged archive: its parts are of no use to any later attempt.
+        (_, Err(err)) if err.code == ExitCode::BackupFailed => {
+            if let Err(cannot) = remote.abort_upload(&key, &upload_id) {
+                log::warn!("cannot abort the upload of {name}: {cannot}");
+            }
+            return Err(err);
+        }
         (sent, hashed) => {
             let errors = [sent.err(), hashed.err()].into_iter().flatten();
             return Err(first_cause(errors).unwrap_or_else(stopped));
@@ -164,6 +176,7 @@ pub fn upload(
         digest,
         bytes: hashed_bytes,
         lag,
+        archive,
     };
     transfer::check_unchanged(local, &outgoing, hashed.bytes)?;
     let parts: Vec<DonePart> = results
@@ -190,6 +203,7 @@ pub fn upload(
         digest: hashed.digest,
         bytes: len,
         hash_seconds: hashed.lag.as_secs_f64(),
+        archive: hashed.archive,
     })
 }
 
@@ -218,6 +232,13 @@ fn upload_whole(
         at += n;
     }
     transfer::check_unchanged(local, outgoing, at as u64)?;
+    let archive = match outgoing.archive_tap() {
+        Some(mut tap) => {
+            tap.feed(&bytes, local)?;
+            Some(tap.finish(local)?)
+        }
+        None => None,
+    };
     let digest = transfer::hex(&Sha256::digest(&bytes));
     let hash_seconds = started.elapsed().as_secs_f64();
     let sidecar = sidecar_line(&digest, &name.file_name());
@@ -237,6 +258,7 @@ fn upload_whole(
         digest,
         bytes: len,
         hash_seconds,
+        archive,
     })
 }
 
@@ -634,9 +656,10 @@ fn hash_in_order(
     digests: &PartDigests,
     abandon: &AtomicBool,
     during: &str,
-) -> Result<(String, u64)> {
+) -> Result<(String, u64, Option<crate::archive::Summary>)> {
     let len = outgoing.len();
     let mut reader = outgoing.reader();
+    let mut tap = outgoing.archive_tap();
     let mut whole = Sha256::new();
     let mut this_part = Sha256::new();
     let mut buf = vec![0u8; BUFFER];
@@ -660,6 +683,9 @@ fn hash_in_order(
         }
         whole.update(&buf[..n]);
         this_part.update(&buf[..n]);
+        if let Some(tap) = tap.as_mut() {
+            tap.feed(&buf[..n], local)?;
+        }
         at += n as u64;
         if at == part_end {
             let digest = std::mem::take(&mut this_part).finalize();
@@ -670,7 +696,8 @@ fn hash_in_order(
             index += 1;
         }
     }
-    Ok((transfer::hex(&whole.finalize()), at))
+    let archive = tap.map(|tap| tap.finish(local)).transpose()?;
+    Ok((transfer::hex(&whole.finalize()), at, archive))
 }
 
 /// One part's bytes as the HTTP body.

@@ -100,6 +100,26 @@ pub struct RunRecord {
     /// destination fields are `main`'s.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra: Vec<RunRecord>,
+    /// The last `verify` of this destination (carried over from record to record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify: Option<VerifyRecord>,
+    /// When a `verify --read-data` last found every set it read whole there (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_read_back: Option<String>,
+}
+
+/// What `verify` found on one destination.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VerifyRecord {
+    /// When it finished (RFC 3339).
+    pub finished: String,
+    /// 0: every set whole; 5: a member damaged or missing; 4: unreachable.
+    pub exit_code: i32,
+    /// Whether every byte was read back (`--read-data`), or only listed.
+    pub read_data: bool,
+    /// The data files of the sets it verified.
+    pub sets: Vec<String>,
+    pub problems: Vec<String>,
 }
 
 impl RunRecord {
@@ -144,6 +164,12 @@ impl RunRecord {
         }
         if self.destination != previous.destination {
             return;
+        }
+        if self.last_verify.is_none() {
+            self.last_verify = previous.last_verify.clone();
+        }
+        if self.last_read_back.is_none() {
+            self.last_read_back = previous.last_read_back.clone();
         }
         let previous_success = previous.last_success.clone().or_else(|| {
             (previous.destination_exit_code.unwrap_or(previous.exit_code) == 0
@@ -260,6 +286,14 @@ pub struct History {
     pub last_verified_on: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub restate_at: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    /// Archives on the node found whole by the upload's check (name, size): a later copy of
+    /// one (another destination, a retry) is not inflated again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checked: Vec<(String, u64)>,
+    /// Copies `verify --read-data` found damaged, by destination name: the next run copies
+    /// them again when tonight's set has them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub damaged_at: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// When a backup of ours ran, to tell what a backup the job did not see finish wrote from
@@ -361,6 +395,53 @@ pub struct RecordedSet {
 }
 
 impl History {
+    /// Whether `name` of `size` bytes was found a whole archive.
+    pub fn was_checked(&self, name: BackupName, size: u64) -> bool {
+        let name = name.file_name();
+        self.checked.iter().any(|(n, s)| *n == name && *s == size)
+    }
+
+    pub fn record_checked(&mut self, name: BackupName, size: u64) {
+        let file = name.file_name();
+        self.checked.retain(|(n, _)| *n != file);
+        self.checked.push((file, size));
+    }
+
+    /// The copies found damaged on `destination` (remote file names).
+    pub fn damaged_on(&self, destination: &str) -> Vec<String> {
+        self.damaged_at
+            .get(&destination.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// What `verify` found damaged on `destination` (an empty list: nothing).
+    pub fn set_damaged(&mut self, destination: &str, names: Vec<String>) {
+        let key = destination.to_ascii_lowercase();
+        if names.is_empty() {
+            self.damaged_at.remove(&key);
+        } else {
+            self.damaged_at.insert(key, names);
+        }
+    }
+
+    /// A good copy of `name` is on `destination` again.
+    pub fn mended(&mut self, destination: &str, name: &str) {
+        let key = destination.to_ascii_lowercase();
+        if let Some(names) = self.damaged_at.get_mut(&key) {
+            names.retain(|n| n != name);
+            if names.is_empty() {
+                self.damaged_at.remove(&key);
+            }
+        }
+    }
+
+    /// Forget the checks of archives no longer on the node.
+    pub fn keep_checked(&mut self, present: &[BackupName]) {
+        self.checked
+            .retain(|(n, _)| present.iter().any(|p| p.file_name() == *n));
+    }
+
     /// The recorded sets whose names are all CVP names.
     pub fn known(&self) -> Vec<RestoreSet> {
         self.sets

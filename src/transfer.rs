@@ -2,7 +2,9 @@
 //! write a partial name while another thread hashes the file, check the size on the server,
 //! write the `sha256sum` sidecar, then rename into place.
 
+use crate::archive::{self, ArchiveCheck};
 use crate::error::{Error, Result};
+use crate::exit_codes::ExitCode;
 use crate::lanes::Lanes;
 use crate::names::{parse_sidecar, sidecar_line, BackupName, RemoteFile};
 use crate::remote::{Remote, RemoteEntry};
@@ -27,6 +29,8 @@ pub struct Uploaded {
     /// What hashing added to the copy: time spent hashing on the sending thread, or the
     /// time the streams waited for the hashing thread.
     pub hash_seconds: f64,
+    /// The archive check's finding, when the pass made one.
+    pub archive: Option<archive::Summary>,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -44,11 +48,12 @@ pub fn sha256_open(file: &std::fs::File, path: &Path) -> Result<String> {
     let during = format!("hashing {}", path.display());
     hash_in_order(
         &mut PlainReader(file),
+        None,
         path,
         &AtomicBool::new(false),
         &during,
     )
-    .map(|(digest, _)| digest)
+    .map(|(digest, _, _)| digest)
 }
 
 /// The digest in the remote `NAME.sha256`, when it is there and names the file.
@@ -98,6 +103,26 @@ pub(crate) fn open_local(local: &Path) -> Result<LocalSnapshot> {
 pub(crate) struct Outgoing<'a> {
     snapshot: &'a LocalSnapshot,
     sealer: Option<Sealer>,
+    /// The local file is a `.tgz` not yet checked: the hashing pass checks it too.
+    check_archive: bool,
+}
+
+/// What an upload sends: the local file, and whether the pass that hashes it also checks
+/// that it is a whole archive (a night's new `.tgz`; one checked before is not inflated
+/// again).
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub path: &'a Path,
+    pub check_archive: bool,
+}
+
+impl<'a> Source<'a> {
+    pub fn of(file: &'a crate::run::LocalFile) -> Source<'a> {
+        Source {
+            path: &file.path,
+            check_archive: file.check_archive,
+        }
+    }
 }
 
 impl<'a> Outgoing<'a> {
@@ -109,7 +134,29 @@ impl<'a> Outgoing<'a> {
             .map(Sealer::new)
             .transpose()
             .map_err(|err| Error::copy(format!("cannot encrypt: {err}")))?;
-        Ok(Outgoing { snapshot, sealer })
+        Ok(Outgoing {
+            snapshot,
+            sealer,
+            check_archive: false,
+        })
+    }
+
+    pub(crate) fn checking(self, check_archive: bool) -> Self {
+        Outgoing {
+            check_archive,
+            ..self
+        }
+    }
+
+    /// The archive check fed by the hashing pass, when this file needs one.
+    pub(crate) fn archive_tap(&self) -> Option<ArchiveTap<'_>> {
+        self.check_archive.then(|| ArchiveTap {
+            check: ArchiveCheck::new(),
+            plain: self.sealer.as_ref().map(|_| &self.snapshot.file),
+            size: self.snapshot.size,
+            at: 0,
+            buf: Vec::new(),
+        })
     }
 
     /// The bytes the server gets.
@@ -131,6 +178,88 @@ impl<'a> Outgoing<'a> {
             None => Box::new(PlainReader(&self.snapshot.file)),
         }
     }
+}
+
+/// The archive check beside the hash: given the bytes the hashing pass reads (the file's
+/// own when the copy is plain; when it is encrypted, as many of the file's plaintext bytes,
+/// read from the page cache beside the ciphertext being hashed).
+pub(crate) struct ArchiveTap<'a> {
+    check: ArchiveCheck,
+    plain: Option<&'a std::fs::File>,
+    size: u64,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl ArchiveTap<'_> {
+    pub(crate) fn feed(&mut self, read: &[u8], local: &Path) -> Result<()> {
+        let Some(file) = self.plain else {
+            self.check.update(read);
+            return self.stop_if_damaged(local);
+        };
+        self.read_plain(file, read.len() as u64, local)
+    }
+
+    fn read_plain(&mut self, file: &std::fs::File, want: u64, local: &Path) -> Result<()> {
+        let end = self.at.saturating_add(want).min(self.size);
+        while self.at < end {
+            let n = usize::try_from(end - self.at).unwrap_or(CHUNK).min(CHUNK);
+            self.buf.resize(n, 0);
+            let got = file
+                .read_at(&mut self.buf[..n], self.at)
+                .map_err(read_error(local))?;
+            if got == 0 {
+                return Err(Error::copy(format!(
+                    "{} is shorter than it was: it changed while it was copied",
+                    local.display()
+                )));
+            }
+            self.check.update(&self.buf[..got]);
+            self.at += got as u64;
+            self.stop_if_damaged(local)?;
+        }
+        Ok(())
+    }
+
+    fn stop_if_damaged(&self, local: &Path) -> Result<()> {
+        match self.check.damage() {
+            Some(damage) => Err(damaged_archive(local, damage)),
+            None => Ok(()),
+        }
+    }
+
+    /// The verdict, once the hashing pass has read everything.
+    pub(crate) fn finish(mut self, local: &Path) -> Result<archive::Summary> {
+        if let Some(file) = self.plain {
+            self.read_plain(file, u64::MAX, local)?;
+        }
+        self.check
+            .finish()
+            .map_err(|damage| damaged_archive(local, &damage))
+    }
+}
+
+/// The partial of an archive found damaged goes at once (no attempt will resume it); on an
+/// append-only server it stays, named in the log, for prune-dir.
+fn discard_damaged(remote: &mut dyn Remote, partial: &str, err: Error) -> Error {
+    if err.code == ExitCode::BackupFailed && !remote.append_only() {
+        if let Err(cannot) = remote.remove(partial) {
+            log::warn!("cannot remove {partial}: {cannot}");
+        }
+    }
+    err
+}
+
+/// A damaged archive is a failed backup, not a failed copy: no retry can mend it.
+pub fn damaged_archive(local: &Path, damage: &archive::Damage) -> Error {
+    Error::new(
+        ExitCode::BackupFailed,
+        format!(
+            "{} is not a whole archive: {damage}. The backup that wrote it failed (a full \
+             disk, a killed cvpi?); it is not published as a set",
+            local.display()
+        ),
+    )
 }
 
 /// After the bytes are sent: the local file must not have changed while it was read, and
@@ -205,14 +334,15 @@ impl Seen {
 /// verify it), and publish it. An encrypted upload never resumes: each attempt has a new key.
 pub fn upload(
     remote: &mut dyn Remote,
-    local: &Path,
+    source: Source,
     (name, recipients): (RemoteFile, Option<&Recipients>),
     seen: Seen,
     progress: &ProgressBar,
 ) -> Result<Uploaded> {
     let label = remote.describe();
+    let local = source.path;
     let snapshot = open_local(local)?;
-    let outgoing = Outgoing::new(&snapshot, recipients)?;
+    let outgoing = Outgoing::new(&snapshot, recipients)?.checking(source.check_archive);
     let expected = outgoing.len();
     // An append-only server's partials are read-only: each attempt writes a new one.
     let append_only = remote.append_only();
@@ -256,7 +386,8 @@ pub fn upload(
         sink.flush()
             .map_err(|err| write_error(err, format!("cannot sync {partial} on {label}")))?;
         Ok(resume_at + sent)
-    })?;
+    })
+    .map_err(|err| discard_damaged(remote, &partial, err))?;
     let digest = hashed.digest;
     check_unchanged(local, &outgoing, hashed.bytes)?;
     check_sent(remote, local, &outgoing, (name, &partial), bytes, "")?;
@@ -277,6 +408,7 @@ pub fn upload(
         digest,
         bytes,
         hash_seconds: hashed.lag.as_secs_f64(),
+        archive: hashed.archive,
     })
 }
 
@@ -506,15 +638,16 @@ struct Watch<'a> {
 /// local file did not change meanwhile, and the size on the server checks out.
 pub fn upload_parallel(
     remotes: &mut [&mut (dyn Remote + Send)],
-    local: &Path,
+    source: Source,
     (name, recipients): (RemoteFile, Option<&Recipients>),
     seen: Seen,
     progress: &ProgressBar,
 ) -> Result<Uploaded> {
     let streams = remotes.len();
     let label = remotes[0].describe();
+    let local = source.path;
     let snapshot = open_local(local)?;
-    let outgoing = Outgoing::new(&snapshot, recipients)?;
+    let outgoing = Outgoing::new(&snapshot, recipients)?.checking(source.check_archive);
     let partial = name.partial_name();
     drop(remotes[0].create(&partial)?);
     let lanes = Lanes::new(outgoing.len(), streams);
@@ -563,7 +696,8 @@ pub fn upload_parallel(
             }
             failure.map_or(Ok(sent), Err)
         })
-    })?;
+    })
+    .map_err(|err| discard_damaged(&mut *remotes[0], &partial, err))?;
     let digest = hashed.digest;
 
     let remote = &mut *remotes[0];
@@ -575,6 +709,7 @@ pub fn upload_parallel(
         digest,
         bytes: sent,
         hash_seconds: hashed.lag.as_secs_f64(),
+        archive: hashed.archive,
     })
 }
 
@@ -842,6 +977,7 @@ pub(crate) struct Hashed {
     pub(crate) bytes: u64,
     /// How long the sending waited for the hash once it was done itself.
     pub(crate) lag: Duration,
+    pub(crate) archive: Option<archive::Summary>,
 }
 
 /// Run `send` while another thread hashes the whole file in order (from the page cache:
@@ -858,7 +994,13 @@ pub(crate) fn beside_hash<T: Send>(
     std::thread::scope(|scope| {
         let abandon = &abandon;
         let hasher = scope.spawn(move || {
-            let outcome = hash_in_order(&mut *outgoing.reader(), local, abandon, during);
+            let outcome = hash_in_order(
+                &mut *outgoing.reader(),
+                outgoing.archive_tap(),
+                local,
+                abandon,
+                during,
+            );
             if outcome.is_err() {
                 abandon.store(true, Ordering::Relaxed);
             }
@@ -874,19 +1016,32 @@ pub(crate) fn beside_hash<T: Send>(
             .join()
             .unwrap_or_else(|_| Err(Error::copy(format!("hashing crashed during {during}"))));
         let lag = started.elapsed().saturating_sub(send_done);
-        let sent = sent?;
-        let (digest, bytes) = hashed?;
-        Ok((sent, Hashed { digest, bytes, lag }))
+        // A damaged archive stopped the sending: its error is the one that says why.
+        let (sent, (digest, bytes, archive)) = match (sent, hashed) {
+            (_, Err(err)) if err.code == ExitCode::BackupFailed => return Err(err),
+            (sent, hashed) => (sent?, hashed?),
+        };
+        Ok((
+            sent,
+            Hashed {
+                digest,
+                bytes,
+                lag,
+                archive,
+            },
+        ))
     })
 }
 
-/// The whole file's sha256, read in order beside the streams.
+/// The whole file's sha256, read in order beside the streams (and the archive check fed
+/// from the same reads, when there is one).
 fn hash_in_order(
     source: &mut dyn ReadAt,
+    mut tap: Option<ArchiveTap>,
     local: &Path,
     abandon: &AtomicBool,
     during: &str,
-) -> Result<(String, u64)> {
+) -> Result<(String, u64, Option<archive::Summary>)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0u64;
@@ -899,9 +1054,16 @@ fn hash_in_order(
             break;
         }
         hasher.update(&buf[..n]);
+        if let Some(tap) = tap.as_mut() {
+            tap.feed(&buf[..n], local)?;
+        }
         offset += n as u64;
     }
-    Ok((hex(&hasher.finalize()), offset))
+    let summary = match tap {
+        Some(tap) if !abandon.load(Ordering::Relaxed) => Some(tap.finish(local)?),
+        _ => None,
+    };
+    Ok((hex(&hasher.finalize()), offset, summary))
 }
 
 fn sha256_remote(remote: &mut dyn Remote, name: &str) -> Result<String> {

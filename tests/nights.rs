@@ -1,6 +1,8 @@
 //! Nights in sequence against the real sshd and the simulated cvpi: good nights, failed
 //! ones that leave partial archives, the documented `--no-backup` retry, a hung backup, a
-//! network that is down, a clock that was years ahead. After every night the invariant
+//! network that is down, a clock that was years ahead, archives cvpi damaged but called
+//! good (cut short, a byte changed, a tar killed inside a clean gzip stream). After every
+//! night the invariant
 //! holds: the newest good set is complete on the node, the set the last good copy verified
 //! is complete on the server (its manifest passes `sha256sum -c`) and on the node, and no
 //! archive of a failed backup is on the server.
@@ -23,6 +25,8 @@ enum Cvpi {
     GoodAt(&'static str),
     /// `--no-backup`: the documented retry.
     NotRun,
+    /// cvpi exits 0 but its data archive is damaged this way (fake-cvpi --damage).
+    Damaged(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,6 +166,7 @@ impl Nights {
             Cvpi::Hangs => "--hang 60 --size 40000".to_string(),
             Cvpi::GoodAt(stamp) => format!("--stamp {stamp} --size 40000"),
             Cvpi::NotRun => String::new(),
+            Cvpi::Damaged(how) => format!("--images --size 40000 --damage {how}"),
         };
         self.fx.cvpi_flags = flags;
         self.fx.write_ini();
@@ -207,7 +212,7 @@ impl Nights {
                     log: find("backup_cvp."),
                 });
             }
-            Cvpi::FailsWithPartialFiles | Cvpi::Hangs => {
+            Cvpi::FailsWithPartialFiles | Cvpi::Hangs | Cvpi::Damaged(_) => {
                 let failed: Vec<&String> =
                     appeared.iter().filter(|n| n.ends_with(".failed")).collect();
                 assert!(
@@ -227,13 +232,39 @@ impl Nights {
             }
             Cvpi::NotRun => {}
         }
+        if let Cvpi::Damaged(_) = night.cvpi {
+            println!("{}:\n{out}", night.what);
+            assert!(
+                out.contains("is not a whole archive") && out.contains("nothing is pruned"),
+                "{}: {out}",
+                night.what
+            );
+            let last_good = self.made.last().map(|s| s.data.clone()).unwrap_or_default();
+            assert!(
+                out.contains(&format!("the last good set ({last_good}) stays")),
+                "{}: the damaged set never became the last good one: {out}",
+                night.what
+            );
+            let record = record(&self.fx);
+            assert_eq!(record["backup_succeeded"], false, "{}", night.what);
+        }
         if let Cvpi::Hangs = night.cvpi {
             assert!(took < Duration::from_secs(30), "the hang lasted {took:?}");
             assert!(out.contains("backup_timeout"), "{out}");
         }
         let record = record(&self.fx);
-        if night.net == Net::Up && (night.code == 0 || night.code == 1) {
+        // A damaged backup verified nothing: the set verified before is the one to hold.
+        let damaged = matches!(night.cvpi, Cvpi::Damaged(_));
+        if night.net == Net::Up && (night.code == 0 || night.code == 1) && !damaged {
             self.verified = record["restore_set"].as_str().map(str::to_string);
+        }
+        if damaged {
+            assert_eq!(
+                record["restore_set"],
+                serde_json::Value::Null,
+                "{}: nothing copied as a set",
+                night.what
+            );
         }
         if let (Cvpi::Good | Cvpi::GoodAt(_), Net::Up, 0) = (night.cvpi, night.net, night.code) {
             assert_eq!(
@@ -389,13 +420,43 @@ fn a_sequence_of_bad_nights_never_costs_the_last_good_set() {
             net: Net::Up,
             code: 0,
         },
+        NightRow {
+            what: "13: cvpi exits 0 but its archive is cut short",
+            cvpi: Cvpi::Damaged("truncate"),
+            net: Net::Up,
+            code: 1,
+        },
+        NightRow {
+            what: "14: the retry after it copies nothing new",
+            cvpi: Cvpi::NotRun,
+            net: Net::Up,
+            code: 0,
+        },
+        NightRow {
+            what: "15: a byte of the archive changed",
+            cvpi: Cvpi::Damaged("flip"),
+            net: Net::Up,
+            code: 1,
+        },
+        NightRow {
+            what: "16: a killed tar inside a clean gzip stream",
+            cvpi: Cvpi::Damaged("tar-cut"),
+            net: Net::Up,
+            code: 1,
+        },
+        NightRow {
+            what: "17: a good night recovers",
+            cvpi: Cvpi::Good,
+            net: Net::Up,
+            code: 0,
+        },
     ];
     let mut nights = Nights::new();
     for night in &table {
         nights.play(night);
     }
     let local = nights.fx.local_names();
-    // Limit 1: only the newest good set (night 10's) and the failed night's log remain; the
+    // Limit 1: only the newest good set (night 17's) and the failed night's log remain; the
     // future-stamped set from night 9 is gone, never having pushed tonight's out.
     let newest = nights.made.last().expect("sets were made").clone();
     assert!(
@@ -404,7 +465,7 @@ fn a_sequence_of_bad_nights_never_costs_the_last_good_set() {
     );
     assert_eq!(nights.verified.as_deref(), Some(newest.data.as_str()));
     // The failed nights' archives: only the newest failed night's are kept, until a good
-    // set is verified (night 12 pruned them).
+    // set is verified (night 17 pruned them).
     assert!(
         !file_names(&nights.fx.backup_dir)
             .iter()

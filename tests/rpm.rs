@@ -336,7 +336,26 @@ fn install_upgrade_and_erase_on_a_cvp_node() {
         .collect();
     assert_eq!(
         jobs,
-        ["0 2 * * * cvp /usr/bin/cvp-backup-copy --ini /etc/cvp-backup-copy/backup.ini"]
+        [
+            "0 2 * * * cvp /usr/bin/cvp-backup-copy --ini /etc/cvp-backup-copy/backup.ini",
+            "0 4 * * 0 cvp /usr/bin/cvp-backup-copy --ini /etc/cvp-backup-copy/backup.ini \
+             verify --read-data --set latest"
+        ]
+    );
+    // The weekly line's arguments are ones the packaged binary takes.
+    let weekly_help = run(Command::new(root.path("/usr/bin/cvp-backup-copy")).args([
+        "--ini",
+        "/etc/cvp-backup-copy/backup.ini",
+        "verify",
+        "--read-data",
+        "--set",
+        "latest",
+        "--help",
+    ]));
+    assert!(
+        weekly_help.status.success() && text(&weekly_help).contains("--read-data"),
+        "{}",
+        text(&weekly_help)
     );
 
     // The shipped INI's placeholders stop a run before it connects anywhere (a copy of it

@@ -1,10 +1,11 @@
-//! The operator's commands around the nightly job: `check`, `list`, `fetch`, `status`.
+//! The operator's commands around the nightly job: `check`, `list`, `fetch`, `status`, `verify`.
 
 pub mod check;
 pub mod fetch;
 pub mod list;
 pub mod prune_dir;
 pub mod status;
+pub mod verify;
 
 use crate::names::{RemoteFile, RemoteName};
 use crate::remote::RemoteEntry;

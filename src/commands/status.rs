@@ -127,7 +127,7 @@ pub enum PluginState {
 }
 
 /// `status --nagios`: the record judged as one monitoring-plugins line.
-pub fn nagios(options: &StatusOptions, limits: (Duration, Duration)) -> (PluginState, String) {
+pub fn nagios(options: &StatusOptions, limits: Limits) -> (PluginState, String) {
     let state_dir = state_dir(options);
     if let Some(missing) = missing_folder(options, &state_dir) {
         return (
@@ -153,13 +153,22 @@ pub fn nagios(options: &StatusOptions, limits: (Duration, Duration)) -> (PluginS
     }
 }
 
+/// `status --nagios`'s ages: of the last good copy beyond which it is WARNING and CRITICAL,
+/// and of the last read-back (`verify --read-data`) beyond which it is WARNING.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub warning: Duration,
+    pub critical: Duration,
+    pub read_back: Duration,
+}
+
 /// The line and state for a record (pure). `limits`: the ages of the last good copy beyond
 /// which it is WARNING and CRITICAL. With several destinations, the worst one's line, naming
 /// it (all of them when every one is OK).
 pub fn plugin_line(
     record: Option<&RunRecord>,
     now: chrono::DateTime<chrono::FixedOffset>,
-    limits: (Duration, Duration),
+    limits: Limits,
     state_dir: &std::path::Path,
 ) -> (PluginState, String) {
     let Some(record) = record.filter(|r| !r.extra.is_empty()) else {
@@ -205,9 +214,10 @@ pub fn plugin_line(
 fn plugin_line_one(
     record: Option<&RunRecord>,
     now: chrono::DateTime<chrono::FixedOffset>,
-    (warning, critical): (Duration, Duration),
+    limits: Limits,
     state_dir: &std::path::Path,
 ) -> (PluginState, String) {
+    let (warning, critical) = (limits.warning, limits.critical);
     let Some(record) = record else {
         return (
             PluginState::Unknown,
@@ -290,14 +300,20 @@ fn plugin_line_one(
             .split_once('@')
             .map_or(record.destination.as_str(), |(_, rest)| rest);
         let host = one_line(host.split(':').next().unwrap_or(host));
-        let text = format!("last good copy {} ago, set {set} on {host}", short_age(age));
-        let state = if age > critical.as_secs() as i64 {
+        let mut text = format!("last good copy {} ago, set {set} on {host}", short_age(age));
+        let mut state = if age > critical.as_secs() as i64 {
             PluginState::Critical
         } else if age > warning.as_secs() as i64 {
             PluginState::Warning
         } else {
             PluginState::Ok
         };
+        if let Some(problem) = read_back_problem(record, &age_of, limits.read_back) {
+            if state == PluginState::Ok {
+                state = PluginState::Warning;
+            }
+            text = format!("{text}; {problem}");
+        }
         (state, text)
     };
     let label = match state {
@@ -310,6 +326,81 @@ fn plugin_line_one(
         state,
         format!("CVP_BACKUP_COPY {label} - {text} | {perfdata}"),
     )
+}
+
+/// What is wrong with the read-backs (`verify`), if anything: the last one failed, or the
+/// last whole one is older than `limit`, or there has been none while a set has been on the
+/// server longer than that.
+fn read_back_problem(
+    record: &RunRecord,
+    age_of: &dyn Fn(&str) -> Option<i64>,
+    limit: Duration,
+) -> Option<String> {
+    let limit = limit.as_secs() as i64;
+    if let Some(last) = &record.last_verify {
+        if last.exit_code != 0 {
+            let age = age_of(&last.finished).unwrap_or(0).max(0);
+            return Some(format!(
+                "the last verify ({} ago) failed: {}",
+                short_age(age),
+                last.problems
+                    .first()
+                    .map(|p| one_line(p))
+                    .unwrap_or_else(|| format!("exit {}", last.exit_code))
+            ));
+        }
+    }
+    match record.last_read_back.as_deref().and_then(age_of) {
+        Some(age) if age > limit => Some(format!(
+            "the last read-back (verify --read-data) was {} ago",
+            short_age(age)
+        )),
+        Some(_) => None,
+        None => {
+            let on_server = record
+                .recovery_point_verified
+                .as_deref()
+                .and_then(age_of)
+                .unwrap_or(0);
+            (on_server > limit).then(|| {
+                "no read-back (verify --read-data) recorded: is the weekly cron line there?"
+                    .to_string()
+            })
+        }
+    }
+}
+
+/// The last `verify` and the last whole read-back of a destination, in a line.
+fn describe_verify(record: &RunRecord) -> String {
+    let read_back = match &record.last_read_back {
+        Some(when) => format!("last read back whole {when}"),
+        None => "never read back (verify --read-data)".into(),
+    };
+    match &record.last_verify {
+        None => read_back,
+        Some(last) => {
+            let how = if last.read_data {
+                "read back"
+            } else {
+                "listed"
+            };
+            let verdict = match last.exit_code {
+                0 => "whole".to_string(),
+                code => format!(
+                    "FAILED (exit {code}): {}",
+                    last.problems
+                        .first()
+                        .map(|p| one_line(p))
+                        .unwrap_or_default()
+                ),
+            };
+            format!(
+                "{} {how} {}: {verdict}; {read_back}",
+                last.sets.join(", "),
+                last.finished
+            )
+        }
+    }
 }
 
 /// 45s, 12m, 5h, 3d: as people read an age at a glance.
@@ -461,6 +552,7 @@ fn render(record: Option<&RunRecord>, verdict: &Verdict, path: &std::path::Path)
     for error in &record.errors {
         let _ = writeln!(out, "error:       {error}");
     }
+    let _ = writeln!(out, "verified:    {}", describe_verify(record));
     if let Some(log) = &record.log_file {
         let _ = writeln!(out, "whole log:   {log}");
     }
@@ -495,6 +587,7 @@ fn render(record: Option<&RunRecord>, verdict: &Verdict, path: &std::path::Path)
         for error in &extra.errors {
             let _ = writeln!(out, "  error:          {error}");
         }
+        let _ = writeln!(out, "  verified:       {}", describe_verify(extra));
     }
     out
 }
@@ -506,10 +599,11 @@ mod tests {
     #[test]
     fn the_plugin_line_follows_the_monitoring_plugins_format() {
         let now = at("2026-11-26T07:00:00+00:00");
-        let limits = (
-            Duration::from_secs(26 * 3600),
-            Duration::from_secs(50 * 3600),
-        );
+        let limits = Limits {
+            warning: Duration::from_secs(26 * 3600),
+            critical: Duration::from_secs(50 * 3600),
+            read_back: Duration::from_secs(8 * 86400),
+        };
         let dir = std::path::Path::new("/var/lib/cvp-backup-copy");
         let good = |finished: &str, exit_code: i32| RunRecord {
             finished: finished.into(),

@@ -185,7 +185,7 @@ fn upload_one(
     }
     let done = multipart::upload(
         remote,
-        &file.path,
+        crate::transfer::Source::of(file),
         (target, server.encrypt_to.as_deref()),
         seen,
         streams,

@@ -276,12 +276,18 @@ fn upload_over(
     };
     let done = if used > 1 {
         log::info!("{target}: uploading {size} bytes over {used} streams ({why}; {because})");
-        transfer::upload_parallel(remotes, &file.path, (target, recipients), seen, &bar)
+        transfer::upload_parallel(
+            remotes,
+            transfer::Source::of(file),
+            (target, recipients),
+            seen,
+            &bar,
+        )
     } else {
         log::info!("{target}: uploading {size} bytes ({why})");
         transfer::upload(
             &mut *remotes[0],
-            &file.path,
+            transfer::Source::of(file),
             (target, recipients),
             seen,
             &bar,

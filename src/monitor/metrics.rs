@@ -96,6 +96,39 @@ fn samples(record: &RunRecord, gauge: &mut dyn FnMut(&str, &str, String)) {
             u8::from(immutable).to_string(),
         );
     }
+    gauge(
+        "last_verify_timestamp_seconds",
+        "When `verify` last checked the sets on this destination (Unix time; 0: never).",
+        record
+            .last_verify
+            .as_ref()
+            .and_then(|v| unix_time(&v.finished))
+            .unwrap_or(0)
+            .to_string(),
+    );
+    gauge(
+        "last_verify_ok",
+        "1 when the last `verify` found every set it checked whole there; 0 when it found a \
+         member damaged or missing, could not reach it, or has not run yet.",
+        u8::from(
+            record
+                .last_verify
+                .as_ref()
+                .is_some_and(|v| v.exit_code == 0),
+        )
+        .to_string(),
+    );
+    gauge(
+        "last_read_back_timestamp_seconds",
+        "When a `verify --read-data` last read every byte of the sets back whole from this \
+         destination (Unix time; 0: never). The RPM's cron.d runs one every Sunday.",
+        record
+            .last_read_back
+            .as_deref()
+            .and_then(unix_time)
+            .unwrap_or(0)
+            .to_string(),
+    );
     if let Some(free) = record.free_bytes {
         gauge(
             "backup_dir_free_bytes",

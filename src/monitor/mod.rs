@@ -63,9 +63,12 @@ impl Monitoring {
         }
     }
 
-    /// The run's record (already carried over and saved) to the metrics file, then the
-    /// success or failure ping with `summary` and the run's latest log lines.
-    pub fn run_finished(mut self, record: &RunRecord, summary: &str) {
+    /// The record to the metrics file alone (after `verify`: no run, no ping).
+    pub fn metrics_only(&self, record: &RunRecord) {
+        self.write_metrics(record);
+    }
+
+    fn write_metrics(&self, record: &RunRecord) {
         if let Some(dir) = &self.metrics_dir {
             match metrics::write(dir, &metrics::render(record)) {
                 Ok(()) => log::debug!("metrics written to {}", dir.join(metrics::FILE).display()),
@@ -76,6 +79,12 @@ impl Monitoring {
                 ),
             }
         }
+    }
+
+    /// The run's record (already carried over and saved) to the metrics file, then the
+    /// success or failure ping with `summary` and the run's latest log lines.
+    pub fn run_finished(mut self, record: &RunRecord, summary: &str) {
+        self.write_metrics(record);
         if let Some(starting) = self.starting.take() {
             let _ = starting.join();
         }

@@ -164,6 +164,10 @@ impl Job<'_> {
             .copied();
         let night = match (succeeded, newest_data) {
             (true, Some(data)) => {
+                self.good_before = Some((
+                    self.history.last_good.clone(),
+                    self.history.older_than_last_good.clone(),
+                ));
                 self.history.last_good = Some(data.file_name());
                 self.history.older_than_last_good = before
                     .iter()

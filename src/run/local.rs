@@ -165,6 +165,8 @@ pub(super) fn scan(
                 path: entry.path(),
                 size: meta.len(),
                 modified: meta.modified().ok(),
+                // Every archive until the history says it passed (`History::checked`).
+                check_archive: crate::archive::is_archive(&name.file_name()),
             }),
             _ => continue,
         }

@@ -52,6 +52,8 @@ pub struct LocalFile {
     pub size: u64,
     /// When it was last written: tells a backup's files from another backup's.
     pub modified: Option<std::time::SystemTime>,
+    /// A `.tgz` not yet found whole: the upload's hashing pass checks it.
+    pub check_archive: bool,
 }
 
 /// Run the job and return its exit code. Every failure is logged where it happens, and
@@ -147,6 +149,7 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
         now: Stamp::now(),
         lock,
         recovered: HashSet::new(),
+        good_before: None,
     };
     job.execute();
     job.finish(clock, monitoring)
@@ -249,6 +252,9 @@ struct Job<'a> {
     /// What tonight's recovery from a dead backup set aside: kept this night whatever else
     /// happens (judged by file times, it may be someone's by mistake).
     recovered: HashSet<BackupName>,
+    /// `last_good` and `older_than_last_good` before tonight's backup replaced them: put
+    /// back when its archives turn out damaged.
+    good_before: Option<(Option<String>, Vec<String>)>,
 }
 
 /// What tonight's backup did, once its archives are where they belong.
@@ -348,10 +354,15 @@ impl Job<'_> {
         }
         log_selection(&selection);
         self.record.restore_set = selection.set.as_ref().map(|s| s.data.file_name());
+        self.history.keep_checked(&names);
         let files: Vec<LocalFile> = selection
             .files()
             .iter()
             .filter_map(|name| after.iter().find(|f| f.name == *name).cloned())
+            .map(|mut file| {
+                file.check_archive &= !self.history.was_checked(file.name, file.size);
+                file
+            })
             .collect();
         if selection.set.is_none() {
             self.fail(Error::copy(format!(
@@ -361,6 +372,14 @@ impl Job<'_> {
         }
         let before_copy = self.code;
         let nights = self.copy_everywhere(passwords, &files, &selection, &night);
+        let damaged: HashSet<BackupName> = nights
+            .iter()
+            .flat_map(|n| n.damaged.iter().copied())
+            .collect();
+        if !damaged.is_empty() {
+            self.take_in(nights, before_copy, selection.set.as_ref());
+            return self.damaged_backup(&damaged, &night);
+        }
         let verified_everywhere = !nights.is_empty() && nights.iter().all(|n| n.verified);
         if let Some(set) = selection
             .set
@@ -385,6 +404,46 @@ impl Job<'_> {
         } else if matches!(night, Night::Failed(_)) {
             log::warn!("pruning skipped: the backup did not complete");
         }
+    }
+
+    /// An archive the copy found damaged fails the night as a backup that failed: never
+    /// published as a set, set aside (with the rest of tonight's backup when it is tonight's),
+    /// nothing pruned; the last good set stays on the node and on every destination.
+    fn damaged_backup(&mut self, damaged: &HashSet<BackupName>, night: &Night) {
+        // Nothing was copied as a set tonight; the record's recovery point stays the last one.
+        self.record.restore_set = None;
+        let mut aside = damaged.clone();
+        if let Night::Made(new) = night {
+            if new.iter().any(|name| damaged.contains(name)) {
+                self.record.backup_succeeded = Some(false);
+                aside.extend(new.iter().copied());
+                if let Some((last_good, older)) = self.good_before.take() {
+                    self.history.last_good = last_good;
+                    self.history.older_than_last_good = older;
+                }
+            }
+        }
+        let kept = self
+            .history
+            .last_good()
+            .map(|good| {
+                format!(
+                    "the last good set ({}) stays on the node and the servers",
+                    good.data
+                )
+            })
+            .unwrap_or_else(|| "there is no earlier good set".into());
+        self.fail(Error::new(
+            ExitCode::BackupFailed,
+            format!(
+                "{} {} not a whole archive: the backup failed although cvpi reported \
+                 success; nothing of it is published as a set and nothing is pruned; {kept}",
+                describe_names(damaged),
+                if damaged.len() == 1 { "is" } else { "are" },
+            ),
+        ));
+        self.set_aside(&aside);
+        self.save_history();
     }
 
     /// Tonight's set to every destination, side by side (each in its own thread, its
@@ -440,6 +499,7 @@ impl Job<'_> {
                             },
                             code: ExitCode::Copy,
                             verified: false,
+                            damaged: Vec::new(),
                         }
                     })
                 })

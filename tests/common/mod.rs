@@ -509,7 +509,11 @@ impl Fixture {
         } else {
             &self.backup_dir
         };
-        let bytes = random_bytes(size);
+        let bytes = if name.ends_with(".tgz") {
+            tgz_of_size(size)
+        } else {
+            random_bytes(size)
+        };
         std::fs::write(dir.join(name), &bytes).expect("seed file");
         bytes
     }
@@ -759,6 +763,53 @@ pub fn file_names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// A real archive (gzip of a tar holding one file of random bytes) of exactly `size` bytes,
+/// zeros after the gzip stream making up the difference (gzip and the tool's check accept
+/// them); the smallest is about 80 bytes, so a smaller `size` gets that.
+pub fn tgz_of_size(size: usize) -> Vec<u8> {
+    let mut payload = size.saturating_sub(size / 500 + 1700);
+    loop {
+        let mut tgz = tgz_of(&[("cvp/database.dump", &random_bytes(payload))]);
+        if tgz.len() <= size {
+            tgz.resize(size, 0);
+            return tgz;
+        }
+        if payload == 0 {
+            return tgz;
+        }
+        payload = payload.saturating_sub(tgz.len() - size + 512);
+    }
+}
+
+/// gzip (stored blocks: quick in a debug build, and random bytes do not compress) of a
+/// ustar archive of `files`.
+pub fn tgz_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut tar = Vec::new();
+    for (name, data) in files {
+        let mut header = [0u8; 512];
+        header[..name.len()].copy_from_slice(name.as_bytes());
+        header[100..107].copy_from_slice(b"0000644");
+        header[108..115].copy_from_slice(b"0000000");
+        header[116..123].copy_from_slice(b"0000000");
+        header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+        header[136..147].copy_from_slice(b"00000000000");
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        tar.extend_from_slice(&header);
+        tar.extend_from_slice(data);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+    }
+    tar.resize(tar.len() + 1024, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    gz.write_all(&tar).expect("gzip in memory");
+    gz.finish().expect("gzip in memory")
 }
 
 pub fn random_bytes(size: usize) -> Vec<u8> {
