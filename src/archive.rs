@@ -306,6 +306,12 @@ struct TarWalk {
     block: Vec<u8>,
     /// Data bytes of the current member still to pass over.
     skip: u64,
+    /// A pax extended header's records being read (its data), and once read, the records
+    /// that apply to the next member (its `size=` overrides the header's: Python's tarfile
+    /// writes members over 8 GiB so).
+    pax: Option<Vec<u8>>,
+    pax_left: u64,
+    pending_pax: Option<Vec<u8>>,
     /// The member being passed over, for messages.
     current: String,
     members: u64,
@@ -316,11 +322,30 @@ struct TarWalk {
 impl TarWalk {
     fn feed(&mut self, mut data: &[u8]) -> Result<(), Damage> {
         self.total += data.len() as u64;
-        while !data.is_empty() && !self.ended {
+        while !data.is_empty() {
+            if self.ended {
+                // After the end-of-archive block tar writes only zeros (to a whole record).
+                if data.iter().any(|&b| b != 0) {
+                    return Err(Damage(
+                        "data follows the tar stream's end-of-archive block: the tar stream is \
+                         broken"
+                            .into(),
+                    ));
+                }
+                return Ok(());
+            }
             if self.skip > 0 {
                 let n = data
                     .len()
                     .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                if let Some(records) = self.pax.as_mut() {
+                    let keep = n.min(usize::try_from(self.pax_left).unwrap_or(usize::MAX));
+                    records.extend_from_slice(&data[..keep]);
+                    self.pax_left -= keep as u64;
+                    if self.pax_left == 0 {
+                        self.pending_pax = self.pax.take();
+                    }
+                }
                 self.skip -= n as u64;
                 data = &data[n..];
                 continue;
@@ -378,12 +403,23 @@ impl TarWalk {
                  stream is broken"
             )));
         }
-        let size = parse_size(&header[124..136]).ok_or_else(|| {
+        let mut size = parse_size(&header[124..136]).ok_or_else(|| {
             Damage(format!(
                 "the tar header of {name} at inflated byte {at} has no valid size"
             ))
         })?;
         let kind = header[156];
+        if let Some(records) = self.pending_pax.take() {
+            if let Some(pax_size) = pax_size(&records) {
+                size = pax_size;
+            }
+        }
+        // A pax header's records (bounded: real ones are a few hundred bytes) are read for
+        // the member after it.
+        if kind == b'x' && size > 0 && size <= 1 << 20 {
+            self.pax = Some(Vec::new());
+            self.pax_left = size;
+        }
         // Links, devices, folders and FIFOs carry no data whatever their size field says.
         if !matches!(kind, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
             self.skip = size.div_ceil(BLOCK as u64) * BLOCK as u64;
@@ -434,6 +470,15 @@ impl TarWalk {
     }
 }
 
+/// The `size=` record of pax extended header records (`LEN size=N\n` ...), if any.
+fn pax_size(records: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(records);
+    text.lines().find_map(|line| {
+        let (_, record) = line.split_once(' ')?;
+        record.strip_prefix("size=")?.parse().ok()
+    })
+}
+
 fn member_name(header: &[u8]) -> String {
     let field = |bytes: &[u8]| {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -482,6 +527,122 @@ fn parse_size(field: &[u8]) -> Option<u64> {
         value = value.checked_mul(256)?.checked_add(u64::from(byte))?;
     }
     Some(value)
+}
+
+/// Pieces in flight to the checking thread: enough that neither side waits on the other
+/// for long, few enough to stay a few MB.
+const PIECES: usize = 4;
+
+/// The check on a thread of its own, fed pieces in order: the hashing and the inflating
+/// then use two cores (on a fast link one core does not do both at link speed). When no
+/// thread can be made (the account at its process limit), the check runs inline.
+pub struct BackgroundCheck {
+    inner: Background,
+}
+
+enum Background {
+    Inline(Box<ArchiveCheck>),
+    Thread {
+        full: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+        empty: std::sync::mpsc::Receiver<Vec<u8>>,
+        damaged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        worker: std::thread::JoinHandle<Result<Summary, Damage>>,
+    },
+}
+
+impl BackgroundCheck {
+    pub fn start() -> BackgroundCheck {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::mpsc::sync_channel;
+        let (full, pieces) = sync_channel::<Vec<u8>>(PIECES);
+        let (give_back, empty) = sync_channel::<Vec<u8>>(PIECES);
+        for _ in 0..PIECES {
+            let _ = give_back.send(Vec::new());
+        }
+        let damaged = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = damaged.clone();
+        let spawned = std::thread::Builder::new()
+            .name("archive-check".into())
+            .spawn(move || {
+                let mut check = ArchiveCheck::new();
+                for mut piece in pieces {
+                    check.update(&piece);
+                    if check.damage().is_some() {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                    piece.clear();
+                    let _ = give_back.send(piece);
+                }
+                check.finish()
+            });
+        BackgroundCheck {
+            inner: match spawned {
+                Ok(worker) => Background::Thread {
+                    full: Some(full),
+                    empty,
+                    damaged,
+                    worker,
+                },
+                Err(_) => Background::Inline(Box::new(ArchiveCheck::new())),
+            },
+        }
+    }
+
+    /// The next bytes (copied into a piece for the thread; waits while it is behind).
+    pub fn update(&mut self, bytes: &[u8]) {
+        match &mut self.inner {
+            Background::Inline(check) => check.update(bytes),
+            Background::Thread { full, empty, .. } => {
+                // A thread that ended (it cannot, but for its panic) leaves its verdict to
+                // `finish`.
+                let (Some(sender), Ok(mut piece)) = (full.as_ref(), empty.recv()) else {
+                    return;
+                };
+                piece.extend_from_slice(bytes);
+                let _ = sender.send(piece);
+            }
+        }
+    }
+
+    /// Damage found so far (the reader may stop early and ask `finish` what it is).
+    pub fn damaged(&self) -> bool {
+        match &self.inner {
+            Background::Inline(check) => check.damage().is_some(),
+            Background::Thread { damaged, .. } => {
+                damaged.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
+    }
+
+    pub fn finish(self) -> Result<Summary, Damage> {
+        match self.inner {
+            Background::Inline(check) => check.finish(),
+            Background::Thread {
+                mut full, worker, ..
+            } => {
+                drop(full.take());
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err(Damage("the archive check crashed".into())))
+            }
+        }
+    }
+}
+
+/// A local file checked whole, read once in order (for an archive no upload read tonight).
+pub fn check_file(file: &std::fs::File) -> std::io::Result<Result<Summary, Damage>> {
+    use std::io::Read;
+    let mut check = BackgroundCheck::start();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut reader = file;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 || check.damaged() {
+            break;
+        }
+        check.update(&buf[..n]);
+    }
+    Ok(check.finish())
 }
 
 /// Is this name an archive the check applies to (a data or images `.tgz`)?
@@ -569,6 +730,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_background_check_says_what_the_inline_one_says() {
+        let (_, tgz) = sample();
+        let mut cut = tgz.clone();
+        cut.truncate(tgz.len() / 2);
+        for bytes in [tgz, cut] {
+            let mut background = BackgroundCheck::start();
+            for chunk in bytes.chunks(1000) {
+                background.update(chunk);
+            }
+            assert_eq!(background.finish(), check(&bytes, 1000));
+        }
+    }
+
+    #[test]
     fn two_gzip_members_and_trailing_zeros_pass() {
         let (tar, _) = sample();
         let (first, second) = tar.split_at(tar.len() / 2);
@@ -629,6 +804,41 @@ pub(crate) mod tests {
             bad[at] ^= 0x55;
             assert!(check(&bad, 65536).is_err(), "byte {at} changed passed");
         }
+    }
+
+    #[test]
+    fn a_pax_size_record_sets_the_next_member_s_size() {
+        // A member whose ustar size field says 0 and whose pax record says its real size,
+        // as Python's tarfile writes a member past 8 GiB.
+        let data = vec![7u8; 1500];
+        let record = format!("{} size=1500\n", "size=1500\n".len() + 3);
+        let mut tar = tar_of(&[("PaxHeader", record.as_bytes()), ("cvp/big", &[])]);
+        tar[156] = b'x';
+        // The pax header's checksum, after changing its type.
+        tar[148..156].copy_from_slice(b"        ");
+        let sum: u32 = tar[..BLOCK].iter().map(|&b| u32::from(b)).sum();
+        tar[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        // The member's data in place, before the end blocks.
+        let end = tar.len() - 2 * BLOCK;
+        let mut with_data = tar[..end].to_vec();
+        with_data.extend_from_slice(&data);
+        with_data.resize(with_data.len().div_ceil(BLOCK) * BLOCK + 2 * BLOCK, 0);
+        assert_eq!(check(&gzip(&with_data), 999).map(|s| s.members), Ok(1));
+        // Without the record the same bytes are a broken tar.
+        let mut without = with_data.clone();
+        without[..BLOCK].copy_from_slice(&tar_of(&[("PaxHeader", record.as_bytes())])[..BLOCK]);
+        assert!(check(&gzip(&without), 999).is_err());
+    }
+
+    #[test]
+    fn only_zeros_may_follow_the_end_of_the_archive() {
+        let (tar, _) = sample();
+        let mut after = tar.clone();
+        after.extend_from_slice(&[0u8; 2 * BLOCK]);
+        assert!(check(&gzip(&after), 4096).is_ok());
+        after.extend_from_slice(b"more");
+        let damage = check(&gzip(&after), 4096).expect_err("data after the end");
+        assert!(damage.0.contains("follows"), "{damage}");
     }
 
     #[test]

@@ -165,6 +165,7 @@ impl Night<'_> {
             }
         };
         let link = &mut *link;
+        let files = &self.to_replace(files);
         let (clock, policy) = (Instant::now(), RetryPolicy::of(self.server));
         let all_copied = self.copy_files(link, &policy, files, selection.set.as_ref());
         let waited = policy.waited.get();
@@ -250,13 +251,17 @@ impl Night<'_> {
         // What the server holds of each file (NAME or NAME.age), and its sha256.
         let mut digests: HashMap<BackupName, (RemoteFile, String)> = HashMap::new();
 
-        self.mend(link, files);
         let mut all_ok = true;
+        // Once an archive of the set is found damaged, the set's other archives stay here.
+        let mut damage_found = false;
         // New names published tonight: withdrawn again if the backup turns out damaged.
         let mut published: Vec<RemoteFile> = Vec::new();
         let sealed = self.shared.sealed(&self.server.name);
         let mut first_attempts = link.side_by_side(files, &sealed);
         for (index, file) in files.iter().enumerate() {
+            if damage_found && crate::archive::is_archive(&file.name.file_name()) {
+                continue;
+            }
             let outcome = match first_attempts.remove(&index) {
                 Some(Err(err)) if err.transient && signals::received().is_none() => {
                     log::warn!("{err}; trying {} again on its own", file.name);
@@ -296,12 +301,18 @@ impl Night<'_> {
                 }) => {
                     // A failed night's log is copied all the same (to read why); its archives
                     // are not.
-                    if !replaced && crate::archive::is_archive(&sent.name.file_name()) {
+                    if crate::archive::is_archive(&sent.name.file_name()) {
                         published.push(sent);
                     }
-                    let (destination, name) = (self.server.name.clone(), sent.file_name());
-                    self.shared
-                        .update(|history| history.mended(&destination, &name));
+                    let destination = self.server.name.clone();
+                    self.shared.update(|history| {
+                        for form in [
+                            RemoteFile::plain(sent.name),
+                            RemoteFile::new(sent.name, true),
+                        ] {
+                            history.mended(&destination, &form.file_name());
+                        }
+                    });
                     if replaced {
                         // Saved at once: other sets' manifests still list the old sha256.
                         let (name, digest) = (sent.file_name(), done.digest.clone());
@@ -361,6 +372,7 @@ impl Night<'_> {
                 Err(err) => {
                     if err.code == ExitCode::BackupFailed {
                         self.damaged.push(file.name);
+                        damage_found = true;
                     }
                     self.fail(err);
                     all_ok = false;
@@ -372,6 +384,18 @@ impl Night<'_> {
         }
         link.release_extras();
         if !self.damaged.is_empty() {
+            // What another set known to this node lists stays (an images file older sets
+            // share); what only the damaged set has goes.
+            let others: Vec<RestoreSet> = self
+                .shared
+                .history
+                .lock()
+                .map(|h| h.known())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|known| set.is_none_or(|s| s.data != known.data))
+                .collect();
+            published.retain(|file| !others.iter().any(|s| s.files().contains(&file.name)));
             withdraw(link, &published);
             return false;
         }
@@ -440,45 +464,36 @@ impl Night<'_> {
         all_ok
     }
 
-    /// Copies the last read-back found damaged that tonight's files can replace: their
-    /// checksum files go, so the copy below uploads them again (replacing them) and the
-    /// manifest is verified against a good copy. An append-only server cannot; it says so.
-    fn mend(&mut self, link: &mut dyn Destination, files: &[LocalFile]) {
+    /// Tonight's files as this destination copies them: those whose copy there the last
+    /// read-back found damaged are uploaded again, replacing it, whatever its checksum file
+    /// says (the plan never counts them as there).
+    fn to_replace(&self, files: &[LocalFile]) -> Vec<LocalFile> {
         let damaged = self
             .shared
             .history
             .lock()
             .map(|h| h.damaged_on(&self.server.name))
             .unwrap_or_default();
-        let replaceable: Vec<RemoteFile> = files
+        files
             .iter()
-            .flat_map(|f| [RemoteFile::plain(f.name), RemoteFile::new(f.name, true)])
-            .filter(|f| damaged.contains(&f.file_name()))
-            .collect();
-        if replaceable.is_empty() {
-            return;
-        }
-        let remote = match link.remote() {
-            Ok(remote) => remote,
-            Err(_) => return, // the copy below reports it
-        };
-        let label = remote.describe();
-        for file in replaceable {
-            if remote.append_only() {
-                log::error!(
-                    "{file} on {label} was found damaged by the last read-back, and the \
-                     destination is append_only: the node cannot replace it; remove it and its \
-                     .sha256 on the server (as their owner) and the next night copies it again"
-                );
-                continue;
-            }
-            match remote.remove(&file.sidecar_name()) {
-                Ok(()) => log::warn!(
-                    "{file} on {label} was found damaged by the last read-back: copying it again"
-                ),
-                Err(err) => log::warn!("cannot replace the damaged {file} on {label}: {err}"),
-            }
-        }
+            .cloned()
+            .map(|mut file| {
+                file.replace_remote = [
+                    RemoteFile::plain(file.name),
+                    RemoteFile::new(file.name, true),
+                ]
+                .iter()
+                .any(|f| damaged.contains(&f.file_name()));
+                if file.replace_remote {
+                    log::warn!(
+                        "{}: the last read-back found its copy on {} damaged: copying it again",
+                        file.name,
+                        self.server.describe()
+                    );
+                }
+                file
+            })
+            .collect()
     }
 
     /// What `remote_limit` keeps and removes there (every CVP file is kept without it).
@@ -653,9 +668,11 @@ impl Night<'_> {
 
 /// Until when `name` is locked there; a lock that cannot be read counts as one (never send
 /// a delete the lock may refuse).
-/// The archives of a damaged backup published tonight (its images file) go again:
-/// nothing of a failed backup stays on the server under a CVP name. No earlier set lists
-/// them (they were not there before tonight). An append-only server keeps them, and says so.
+/// The archives of a damaged backup uploaded tonight that no other set lists (its images
+/// file) go again: nothing of a failed backup stays on the server under a CVP name. An
+/// append-only server, or a bucket whose lock refuses, keeps them, and the log says so; they
+/// are in no set (no manifest lists them), so `fetch latest` and remote retention pass them
+/// by.
 fn withdraw(link: &mut dyn Destination, published: &[RemoteFile]) {
     if published.is_empty() {
         return;

@@ -137,15 +137,26 @@ impl Wanted {
 
 /// The restore set to download, from the remote listing alone: the wanted data file, the
 /// images file it needs and its log, all of which must be on the server. (`fetch` prefers
-/// the set's manifest, when the server has one, to this rule.)
-pub fn pick_remote(remote: &[(BackupName, u64)], wanted: Wanted, now: Stamp) -> Option<RestoreSet> {
+/// the set's manifest, when the server has one, to this rule.) `latest` is the newest set
+/// with a manifest (`with_manifest`: their data files): a data file without one is being
+/// copied, or was left by a night that failed; only when no set has one (sets from before
+/// manifests) the newest data file.
+pub fn pick_remote(
+    remote: &[(BackupName, u64)],
+    with_manifest: &[BackupName],
+    wanted: Wanted,
+    now: Stamp,
+) -> Option<RestoreSet> {
     let names: Vec<BackupName> = remote.iter().map(|(n, _)| *n).collect();
-    let data = sets::data_by_recency(&names, now)
-        .into_iter()
-        .find(|n| match wanted {
-            Wanted::Latest => true,
-            Wanted::At(stamp) => n.stamp == stamp,
-        })?;
+    let by_recency = sets::data_by_recency(&names, now);
+    let data = match wanted {
+        Wanted::Latest => by_recency
+            .iter()
+            .find(|n| with_manifest.contains(n))
+            .or(by_recency.first())
+            .copied(),
+        Wanted::At(stamp) => by_recency.into_iter().find(|n| n.stamp == stamp),
+    }?;
     Some(sets::compose(&names, data))
 }
 
@@ -302,12 +313,13 @@ mod tests {
             "cvp.eosimages.20231201020005.tgz",
             "backup_cvp.20240102020003.log",
         ]);
-        let latest = pick_remote(&remote, Wanted::Latest, now()).expect("latest");
+        let latest = pick_remote(&remote, &[], Wanted::Latest, now()).expect("latest");
         assert_eq!(latest.data, n("cvp.20240102020010.tgz"));
         assert_eq!(latest.images, Some(n("cvp.eosimages.20231201020005.tgz")));
         assert_eq!(latest.log, Some(n("backup_cvp.20240102020003.log")));
         let older = pick_remote(
             &remote,
+            &[],
             Wanted::parse("20240101020010").expect("wanted"),
             now(),
         )
@@ -317,11 +329,17 @@ mod tests {
         assert_eq!(
             pick_remote(
                 &remote,
+                &[],
                 Wanted::parse("20230101020010").expect("wanted"),
                 now()
             ),
             None
         );
-        assert_eq!(pick_remote(&[], Wanted::Latest, now()), None);
+        assert_eq!(pick_remote(&[], &[], Wanted::Latest, now()), None);
+        // A newer data file without a manifest (a night that failed after publishing it):
+        // latest is the newest set with one.
+        let with_manifest = [n("cvp.20240101020010.tgz")];
+        let latest = pick_remote(&remote, &with_manifest, Wanted::Latest, now()).expect("latest");
+        assert_eq!(latest.data, n("cvp.20240101020010.tgz"));
     }
 }

@@ -2,7 +2,7 @@
 //! write a partial name while another thread hashes the file, check the size on the server,
 //! write the `sha256sum` sidecar, then rename into place.
 
-use crate::archive::{self, ArchiveCheck};
+use crate::archive::{self, BackgroundCheck};
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::lanes::Lanes;
@@ -117,10 +117,13 @@ pub struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    pub fn of(file: &'a crate::run::LocalFile) -> Source<'a> {
+    /// A copy that replaces one on the server is always checked: the node's file may have
+    /// changed on its disk since it was found whole, and the server's copy goes for it.
+    pub fn of(file: &'a crate::run::LocalFile, seen: Seen) -> Source<'a> {
         Source {
             path: &file.path,
-            check_archive: file.check_archive,
+            check_archive: file.check_archive
+                || (seen.finals && archive::is_archive(&file.name.file_name())),
         }
     }
 }
@@ -151,7 +154,7 @@ impl<'a> Outgoing<'a> {
     /// The archive check fed by the hashing pass, when this file needs one.
     pub(crate) fn archive_tap(&self) -> Option<ArchiveTap<'_>> {
         self.check_archive.then(|| ArchiveTap {
-            check: ArchiveCheck::new(),
+            check: Some(BackgroundCheck::start()),
             plain: self.sealer.as_ref().map(|_| &self.snapshot.file),
             size: self.snapshot.size,
             at: 0,
@@ -184,7 +187,8 @@ impl<'a> Outgoing<'a> {
 /// own when the copy is plain; when it is encrypted, as many of the file's plaintext bytes,
 /// read from the page cache beside the ciphertext being hashed).
 pub(crate) struct ArchiveTap<'a> {
-    check: ArchiveCheck,
+    /// None once it has reported damage.
+    check: Option<BackgroundCheck>,
     plain: Option<&'a std::fs::File>,
     size: u64,
     at: u64,
@@ -194,7 +198,9 @@ pub(crate) struct ArchiveTap<'a> {
 impl ArchiveTap<'_> {
     pub(crate) fn feed(&mut self, read: &[u8], local: &Path) -> Result<()> {
         let Some(file) = self.plain else {
-            self.check.update(read);
+            if let Some(check) = self.check.as_mut() {
+                check.update(read);
+            }
             return self.stop_if_damaged(local);
         };
         self.read_plain(file, read.len() as u64, local)
@@ -214,16 +220,21 @@ impl ArchiveTap<'_> {
                     local.display()
                 )));
             }
-            self.check.update(&self.buf[..got]);
+            if let Some(check) = self.check.as_mut() {
+                check.update(&self.buf[..got]);
+            }
             self.at += got as u64;
             self.stop_if_damaged(local)?;
         }
         Ok(())
     }
 
-    fn stop_if_damaged(&self, local: &Path) -> Result<()> {
-        match self.check.damage() {
-            Some(damage) => Err(damaged_archive(local, damage)),
+    fn stop_if_damaged(&mut self, local: &Path) -> Result<()> {
+        match self.check.take_if(|check| check.damaged()) {
+            Some(check) => Err(match check.finish() {
+                Err(damage) => damaged_archive(local, &damage),
+                Ok(_) => Error::copy("internal error: the archive check changed its mind"),
+            }),
             None => Ok(()),
         }
     }
@@ -234,6 +245,8 @@ impl ArchiveTap<'_> {
             self.read_plain(file, u64::MAX, local)?;
         }
         self.check
+            .take()
+            .ok_or_else(|| Error::copy("internal error: the archive check already ended"))?
             .finish()
             .map_err(|damage| damaged_archive(local, &damage))
     }
@@ -800,6 +813,7 @@ const READ_BUFFER: usize = READ_WINDOW / 4;
 /// carrying its lane (see `lanes`) and writing at the offsets it reads, while one more thread
 /// hashes `out` (through `read_back`, the same file opened for reading) in order as far as
 /// every byte below has arrived. The digest of all `size` bytes, once every one is there.
+#[allow(clippy::too_many_arguments)]
 pub fn download_parallel(
     remotes: &mut [&mut (dyn Remote + Send)],
     name: &str,
@@ -808,6 +822,7 @@ pub fn download_parallel(
     read_back: &std::fs::File,
     local: &Path,
     progress: &ProgressBar,
+    tap: Option<&mut (dyn Write + Send)>,
 ) -> Result<String> {
     let streams = remotes.len().max(1);
     let label = remotes[0].describe();
@@ -816,8 +831,13 @@ pub fn download_parallel(
     let during = format!("the fetch of {name}");
     std::thread::scope(|scope| {
         let (lanes, abandon, during) = (&lanes, &abandon, &during);
-        let hasher =
-            scope.spawn(move || hash_as_it_arrives(read_back, local, lanes, abandon, during));
+        let hasher = scope.spawn(move || {
+            let hashed = hash_as_it_arrives(read_back, local, lanes, abandon, during, tap);
+            if hashed.is_err() {
+                abandon.store(true, Ordering::Relaxed);
+            }
+            hashed
+        });
         let workers: Vec<_> = remotes
             .iter_mut()
             .enumerate()
@@ -934,13 +954,16 @@ fn receive_lane(
     }
 }
 
-/// Hash the download in order, as far as it has arrived, until all of it is hashed.
+/// Hash the download in order, as far as it has arrived, until all of it is hashed; each
+/// piece hashed also goes to `tap` (a decryptor), which so reads the download once, in
+/// order, as it arrives.
 fn hash_as_it_arrives(
     read_back: &std::fs::File,
     local: &Path,
     lanes: &Lanes,
     abandon: &AtomicBool,
     during: &str,
+    mut tap: Option<&mut (dyn Write + Send)>,
 ) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
@@ -966,6 +989,10 @@ fn hash_as_it_arrives(
             )));
         }
         hasher.update(&buf[..n]);
+        if let Some(tap) = tap.as_mut() {
+            tap.write_all(&buf[..n])
+                .map_err(|err| Error::copy(format!("{during}: {err}")))?;
+        }
         hashed += n as u64;
     }
     Ok(hex(&hasher.finalize()))

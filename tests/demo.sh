@@ -70,7 +70,10 @@ echo "S3 endpoint http://127.0.0.1:$s3_port, bucket cvp-backups (identity cvp-no
 step "CVP node: simulated cvpi, an old images file, key and token as newKeyGen.py made them"
 node="$work/node"
 mkdir -p "$node/data/cvpbackup" "$node/logs" "$node/keys" "$node/state"
-head -c 5000000 /dev/urandom > "$node/data/cvpbackup/cvp.eosimages.20240101020005.tgz"
+# An older images file, a real archive as cvpi writes one (the run checks every archive).
+"$here/fixtures/fake-cvpi" --backup-dir "$work/old-images" --log-dir "$work/old-images" \
+    --images --no-data --size 5000000 backup cvp > /dev/null
+mv "$work"/old-images/cvp.eosimages.*.tgz "$node/data/cvpbackup/cvp.eosimages.20240101020005.tgz"
 token=$(printf '%s' "$password" | python3 -c '
 import sys
 from cryptography.fernet import Fernet
@@ -138,6 +141,18 @@ for o in s3.list_objects_v2(Bucket='cvp-backups', Prefix='cvp1/')['Contents']:
 
 step "run 2: --no-backup (nothing to copy: everything is there and verified)"
 "$bin" --ini "$node/backup.ini" --no-backup -v
+
+step "verify --read-data: read every member of the newest set back from both destinations (the RPM's weekly job)"
+"$bin" verify --ini "$node/backup.ini" --read-data
+
+step "a byte of the server's copy rots: the read-back names it (exit 5), the next night mends it"
+data=$(cd "$work/server/backups/cvp" && ls cvp.2*.tgz | tail -1)
+printf 'X' | dd of="$work/server/backups/cvp/$data" bs=1 seek=1000000 conv=notrunc status=none
+set +e
+"$bin" verify --ini "$node/backup.ini" --destination main --read-data; echo "exit code: $?"
+set -e
+"$bin" --ini "$node/backup.ini" --no-backup
+"$bin" verify --ini "$node/backup.ini" --destination main --read-data
 
 step "status: how the last night went (and where its whole log is)"
 "$bin" status --ini "$node/backup.ini" || true

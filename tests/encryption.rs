@@ -153,6 +153,31 @@ fn the_server_only_holds_age_files_that_stock_age_opens_with_either_key() {
         );
     }
 
+    // The weekly read-back: without the identity only the ciphertext's sha256 (and it says
+    // so); with it, every chunk authenticated and the archives walked.
+    let blind = fx.run(&["verify", "--read-data"]);
+    assert_eq!(blind.code, 0, "{}", blind.all_output());
+    assert!(
+        blind.stdout.contains("its ciphertext's sha256 only"),
+        "{}",
+        blind.stdout
+    );
+    let identity = keys.ssh_private.to_str().expect("utf-8");
+    let seeing = fx.run(&["verify", "--read-data", "--identity", identity]);
+    assert_eq!(seeing.code, 0, "{}", seeing.all_output());
+    assert_eq!(
+        seeing.stdout.matches("every chunk authenticated").count(),
+        3,
+        "{}",
+        seeing.stdout
+    );
+    assert_eq!(
+        seeing.stdout.matches("a whole archive (").count(),
+        2,
+        "{}",
+        seeing.stdout
+    );
+
     // The next night finds the set there, encrypted, and uploads nothing again.
     let again = fx.run(&["--no-backup", "-v"]);
     assert_eq!(again.code, 0, "{}", again.all_output());

@@ -450,13 +450,32 @@ fn a_sequence_of_bad_nights_never_costs_the_last_good_set() {
             net: Net::Up,
             code: 0,
         },
+        NightRow {
+            what: "18: a good backup, the server unreachable",
+            cvpi: Cvpi::Good,
+            net: Net::Down,
+            code: 4,
+        },
+        NightRow {
+            what: "19: a damaged backup, the server still unreachable: no copy reads it, the \
+                   node does before it counts toward limit",
+            cvpi: Cvpi::Damaged("flip"),
+            net: Net::Down,
+            code: 4,
+        },
+        NightRow {
+            what: "20: the server is back, a good night",
+            cvpi: Cvpi::Good,
+            net: Net::Up,
+            code: 0,
+        },
     ];
     let mut nights = Nights::new();
     for night in &table {
         nights.play(night);
     }
     let local = nights.fx.local_names();
-    // Limit 1: only the newest good set (night 17's) and the failed night's log remain; the
+    // Limit 1: only the newest good set (night 20's) and the failed night's log remain; the
     // future-stamped set from night 9 is gone, never having pushed tonight's out.
     let newest = nights.made.last().expect("sets were made").clone();
     assert!(
@@ -465,7 +484,7 @@ fn a_sequence_of_bad_nights_never_costs_the_last_good_set() {
     );
     assert_eq!(nights.verified.as_deref(), Some(newest.data.as_str()));
     // The failed nights' archives: only the newest failed night's are kept, until a good
-    // set is verified (night 17 pruned them).
+    // set is verified (night 20 pruned them).
     assert!(
         !file_names(&nights.fx.backup_dir)
             .iter()

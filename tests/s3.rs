@@ -157,6 +157,63 @@ fn every_night_goes_to_sftp_and_s3_side_by_side_and_any_s3_client_restores_it() 
     );
 }
 
+/// cvpi says success but a byte in the middle of its 20 MB archive changed: the hashing pass
+/// finds it half way, the multipart upload is aborted, and neither the bucket nor the sshd
+/// gets tonight's archives; the set before stays whole in both, and a read-back of the
+/// bucket proves it.
+#[test]
+fn a_damaged_archive_reaches_no_destination_and_its_multipart_upload_is_aborted() {
+    let bucket = new_bucket();
+    let mut fx = two_destinations(&bucket, "");
+    let good = fx.run(&[]);
+    assert_eq!(good.code, 0, "{}", good.all_output());
+    let previous = newest_data(&fx);
+    fx.cvpi_flags = "--images --size 20000000 --damage flip".into();
+    fx.write_ini();
+    let damaged = fx.run(&[]);
+    assert_eq!(damaged.code, 1, "{}", damaged.all_output());
+    assert!(
+        damaged.all_output().contains("fails its gzip CRC-32"),
+        "{}",
+        damaged.all_output()
+    );
+    let aside: Vec<String> = fx
+        .local_names()
+        .into_iter()
+        .filter(|n| n.ends_with(".tgz.failed"))
+        .collect();
+    assert_eq!(aside.len(), 2, "data and images set aside: {aside:?}");
+    let in_bucket = weed().names(&bucket, PREFIX);
+    let on_sshd = fx.remote_names();
+    for name in &aside {
+        let name = name.trim_end_matches(".failed");
+        assert!(
+            !in_bucket.iter().any(|n| n.starts_with(name)),
+            "{in_bucket:?}"
+        );
+        assert!(!on_sshd.iter().any(|n| n.starts_with(name)), "{on_sshd:?}");
+    }
+    assert!(
+        weed().uploads(&bucket, PREFIX).is_empty(),
+        "no unfinished upload left: {:?}",
+        weed().uploads(&bucket, PREFIX)
+    );
+    assert_eq!(newest_data(&fx), previous);
+    assert_newest_set_in_bucket(&fx, &bucket);
+    fx.assert_remote_checksums_verify();
+    let read_back = fx.run(&["verify", "--destination", "offsite", "--read-data"]);
+    assert_eq!(read_back.code, 0, "{}", read_back.all_output());
+    assert!(
+        read_back
+            .stdout
+            .contains(&format!("[ok  ] {previous}: read back"))
+            && read_back.stdout.contains("a whole archive ("),
+        "{}",
+        read_back.stdout
+    );
+    assert_eq!(offsite_record(&fx)["last_verify"]["exit_code"], 0);
+}
+
 #[test]
 fn a_destination_that_is_down_fails_the_night_but_not_the_other_and_never_costs_a_local_set() {
     let bucket = new_bucket();

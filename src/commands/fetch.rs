@@ -293,26 +293,28 @@ fn fetch_set(
         .ok_or_else(|| Error::copy(format!("{label} does not exist: nothing to fetch")))?;
     let (copies, sidecars) = split_listing(&listing);
     let files: Vec<(BackupName, u64)> = copies.iter().map(|(f, size)| (f.name, *size)).collect();
-    let by_rule = inventory::pick_remote(&files, wanted, Stamp::now()).ok_or_else(|| {
-        let mut stamps: Vec<String> = files
-            .iter()
-            .filter(|(n, _)| n.kind == crate::names::Kind::Data)
-            .map(|(n, _)| n.stamp.to_string())
-            .collect();
-        stamps.sort_unstable_by(|a, b| b.cmp(a));
-        Error::copy(format!(
-            "no data backup {} on {label}; it has: {}",
-            match wanted {
-                Wanted::Latest => "at all".to_string(),
-                Wanted::At(stamp) => format!("from {stamp}"),
-            },
-            if stamps.is_empty() {
-                "none".to_string()
-            } else {
-                stamps.join(", ")
-            }
-        ))
-    })?;
+    let with_manifest = super::manifests(&listing);
+    let by_rule =
+        inventory::pick_remote(&files, &with_manifest, wanted, Stamp::now()).ok_or_else(|| {
+            let mut stamps: Vec<String> = files
+                .iter()
+                .filter(|(n, _)| n.kind == crate::names::Kind::Data)
+                .map(|(n, _)| n.stamp.to_string())
+                .collect();
+            stamps.sort_unstable_by(|a, b| b.cmp(a));
+            Error::copy(format!(
+                "no data backup {} on {label}; it has: {}",
+                match wanted {
+                    Wanted::Latest => "at all".to_string(),
+                    Wanted::At(stamp) => format!("from {stamp}"),
+                },
+                if stamps.is_empty() {
+                    "none".to_string()
+                } else {
+                    stamps.join(", ")
+                }
+            ))
+        })?;
     // The manifest says exactly what the run uploaded as this set; older sets have none.
     let manifest_name = by_rule.data.manifest_name();
     let manifest = remote
@@ -664,21 +666,28 @@ fn fetch_one(
     }
     let partial = name.partial_name();
     let plain_partial = RemoteFile::plain(name.name).partial_name();
-    let outcome = download(remotes, name, size, dir, &partial, expected).and_then(|()| {
-        if !name.sealed {
-            return Ok(None);
-        }
+    let outcome = if name.sealed {
         let identities = identities.ok_or_else(|| {
             Error::new(
                 ExitCode::Config,
                 format!("{name} needs --identity to decrypt"),
             )
         })?;
-        let plain = decrypt(dir, (&partial, &plain_partial), identities)
-            .map_err(|why| Error::copy(format!("{name}: {why}; not fetched")))?;
-        let _ = dir.remove(&partial);
-        Ok(Some(plain))
-    });
+        download_decrypting(
+            remotes,
+            (name, size),
+            dir,
+            (&partial, &plain_partial),
+            expected,
+            identities,
+        )
+        .map(|bytes| {
+            let _ = dir.remove(&partial);
+            Some(bytes)
+        })
+    } else {
+        download(remotes, (name, size), dir, &partial, expected, None).map(|()| None)
+    };
     let (ready, decrypted) = match outcome {
         Ok(None) => (partial, None),
         Ok(Some(bytes)) => (plain_partial, Some(bytes)),
@@ -722,30 +731,133 @@ impl std::io::Write for StopsOnSignal<'_> {
     }
 }
 
-/// Decrypt the verified download `sealed` into a fresh `plain` (synced); its size.
-fn decrypt(
+/// Download the encrypted `sealed` and decrypt it in the same pass: the bytes hashed in
+/// order as they arrive go on to the decryptor, which writes `plain` (synced). Its size,
+/// once the download's sha256 is the expected one and every chunk authenticated; else an
+/// error, and `plain` is not to be published.
+fn download_decrypting(
+    remotes: &mut [&mut (dyn Remote + Send)],
+    (name, size): (RemoteFile, u64),
     dir: &Dir,
     (sealed, plain): (&str, &str),
+    expected: &str,
     identities: &Identities,
-) -> std::result::Result<u64, String> {
-    let input = dir
-        .open_existing(sealed, false)
-        .map_err(|err| err.to_string())?
-        .ok_or_else(|| format!("{sealed} vanished"))?;
-    dir.remove(plain).map_err(|err| err.to_string())?;
-    let mut out = dir
-        .create_new(plain, 0o640)
-        .map_err(|err| format!("cannot write {}: {err}", dir.join(plain).display()))?;
-    // A stop asked for (SIGTERM, Ctrl-C) ends the decryption like it ends a download.
-    let mut out = StopsOnSignal {
-        inner: &mut out,
-        what: plain,
-    };
-    let bytes = identities.decrypt(input, &mut out)?;
-    let out = out.inner;
-    out.sync_all()
-        .map_err(|err| format!("cannot write {}: {err}", dir.join(plain).display()))?;
-    Ok(bytes)
+) -> Result<u64> {
+    let plain_path = dir.join(plain);
+    let local_error =
+        |err: std::io::Error| Error::copy(format!("cannot write {}: {err}", plain_path.display()));
+    dir.remove(plain).map_err(local_error)?;
+    let mut out = dir.create_new(plain, 0o640).map_err(local_error)?;
+    // A few pieces in flight: the download never waits on the decryptor for long, and the
+    // memory stays a few MB.
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIECES);
+    // The pieces go back and forth: no allocation (and page faults) per MB.
+    let (give_back, empty) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIECES);
+    for _ in 0..PIECES {
+        let _ = give_back.send(Vec::new());
+    }
+    std::thread::scope(|scope| {
+        let decrypting = scope.spawn(move || {
+            // A stop asked for (SIGTERM, Ctrl-C) ends the decryption like it ends a download.
+            let mut out = StopsOnSignal {
+                inner: &mut out,
+                what: plain,
+            };
+            let bytes = identities.decrypt(ChannelReader::new(receiver, give_back), &mut out)?;
+            out.inner
+                .sync_all()
+                .map_err(|err| format!("cannot write {}: {err}", plain_path.display()))?;
+            Ok::<u64, String>(bytes)
+        });
+        let mut tap = ChannelWriter {
+            sender: Some(sender),
+            empty,
+        };
+        let downloaded = download(remotes, (name, size), dir, sealed, expected, Some(&mut tap));
+        drop(tap); // the end of the ciphertext, for the decryptor
+        let decrypted = decrypting
+            .join()
+            .unwrap_or_else(|_| Err("the decryption crashed".into()))
+            .map_err(|why| Error::copy(format!("{name}: {why}; not fetched")));
+        match downloaded {
+            // The decryptor gave up first: its reason is the one.
+            Err(err) if err.message.contains(DECRYPTION_STOPPED) => {
+                Err(decrypted.err().unwrap_or(err))
+            }
+            Err(err) => Err(err),
+            Ok(()) => decrypted,
+        }
+    })
+}
+
+const DECRYPTION_STOPPED: &str = "the decryption stopped";
+
+/// The download's bytes, in order, to the decryptor's thread.
+struct ChannelWriter {
+    sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+/// Pieces in flight to the decryptor: it never waits on the download for long, and the
+/// memory stays a few MB.
+const PIECES: usize = 4;
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let stopped = || std::io::Error::other(DECRYPTION_STOPPED);
+        let sender = self.sender.as_ref().ok_or_else(stopped)?;
+        let mut piece = self.empty.recv().map_err(|_| stopped())?;
+        piece.clear();
+        piece.extend_from_slice(buf);
+        sender.send(piece).map_err(|_| stopped())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The decryptor's input: the pieces the download sends (each given back once read), then
+/// the end.
+struct ChannelReader {
+    receiver: std::sync::mpsc::Receiver<Vec<u8>>,
+    give_back: std::sync::mpsc::SyncSender<Vec<u8>>,
+    piece: Vec<u8>,
+    at: usize,
+}
+
+impl ChannelReader {
+    fn new(
+        receiver: std::sync::mpsc::Receiver<Vec<u8>>,
+        give_back: std::sync::mpsc::SyncSender<Vec<u8>>,
+    ) -> ChannelReader {
+        ChannelReader {
+            receiver,
+            give_back,
+            piece: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.piece.len() {
+            match self.receiver.recv() {
+                Ok(piece) => {
+                    let used = std::mem::replace(&mut self.piece, piece);
+                    let _ = self.give_back.try_send(used);
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.piece.len() - self.at);
+        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Download into a fresh `partial` (whatever had that name is removed first, never
@@ -753,11 +865,11 @@ fn decrypt(
 /// error unless every byte is there and the sha256 is the expected one.
 fn download(
     remotes: &mut [&mut (dyn Remote + Send)],
-    name: RemoteFile,
-    size: u64,
+    (name, size): (RemoteFile, u64),
     dir: &Dir,
     partial: &str,
     expected: &str,
+    tap: Option<&mut (dyn std::io::Write + Send)>,
 ) -> Result<()> {
     let label = remotes[0].describe();
     let partial_path = dir.join(partial);
@@ -784,6 +896,7 @@ fn download(
         &read_back,
         &partial_path,
         &bar,
+        tap,
     );
     bar.finish_and_clear();
     let digest = digest?;

@@ -21,6 +21,17 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// The data files whose set has a manifest there, in a remote listing.
+fn manifests(listing: &[RemoteEntry]) -> Vec<crate::names::BackupName> {
+    listing
+        .iter()
+        .filter_map(|entry| match RemoteName::parse(&entry.name) {
+            Some(RemoteName::Manifest(data)) => Some(data),
+            _ => None,
+        })
+        .collect()
+}
+
 /// CVP files (plain or encrypted) and those that have a checksum file, in a remote listing.
 fn split_listing(listing: &[RemoteEntry]) -> (Vec<(RemoteFile, u64)>, Vec<RemoteFile>) {
     let mut files = Vec::new();

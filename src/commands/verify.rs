@@ -14,7 +14,7 @@ use crate::exit_codes::ExitCode;
 use crate::inventory::Wanted;
 use crate::lock;
 use crate::monitor::Monitoring;
-use crate::names::{BackupName, RemoteFile, RemoteName, Stamp};
+use crate::names::{BackupName, RemoteFile, Stamp};
 use crate::remote::{Remote, RemoteEntry};
 use crate::seal::open::Identities;
 use crate::sets;
@@ -54,36 +54,25 @@ impl Which {
     }
 }
 
-/// The data files of the sets to verify, from a listing (pure): newest first.
+/// The data files of the sets to verify, from a listing (pure): newest first. `latest` is
+/// what `fetch latest` takes.
 pub fn choose_sets(listing: &[RemoteEntry], which: Which, now: Stamp) -> Vec<BackupName> {
-    let names: Vec<BackupName> = listing
-        .iter()
-        .filter_map(|e| match RemoteName::parse(&e.name) {
-            Some(RemoteName::Backup(file)) => Some(file.name),
-            _ => None,
-        })
-        .collect();
-    let with_manifest: Vec<BackupName> = listing
-        .iter()
-        .filter_map(|e| match RemoteName::parse(&e.name) {
-            Some(RemoteName::Manifest(data)) => Some(data),
-            _ => None,
-        })
-        .collect();
-    let mut data = sets::data_by_recency(&names, now);
-    data.dedup();
-    match which {
-        Which::All => data,
-        Which::At(stamp) => data
-            .into_iter()
-            .filter(|d| d.stamp == stamp)
-            .take(1)
-            .collect(),
-        Which::Latest => {
-            let complete = data.iter().find(|d| with_manifest.contains(d)).copied();
-            complete.or(data.first().copied()).into_iter().collect()
+    let (copies, _) = split_listing(listing);
+    let files: Vec<(BackupName, u64)> = copies.iter().map(|(f, size)| (f.name, *size)).collect();
+    let wanted = match which {
+        Which::Latest => Wanted::Latest,
+        Which::At(stamp) => Wanted::At(stamp),
+        Which::All => {
+            let names: Vec<BackupName> = files.iter().map(|(n, _)| *n).collect();
+            let mut data = sets::data_by_recency(&names, now);
+            data.dedup();
+            return data;
         }
-    }
+    };
+    crate::inventory::pick_remote(&files, &super::manifests(listing), wanted, now)
+        .map(|set| set.data)
+        .into_iter()
+        .collect()
 }
 
 /// One destination's verdict.

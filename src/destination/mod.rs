@@ -342,7 +342,8 @@ pub(crate) fn gather_facts(
         sealed_copy: None,
         encrypt: encryption.is_some(),
     };
-    if facts.remote_size == Some(file.size) {
+    // A copy the last read-back found damaged is never "already there".
+    if facts.remote_size == Some(file.size) && !file.replace_remote {
         facts.remote_digest = transfer::read_sidecar(remote, plain)?;
     }
     if let Some(size) = size_of(sealed) {
@@ -356,6 +357,7 @@ pub(crate) fn gather_facts(
                 })
                 .map(|u| (u.bytes, u.sha256.clone()))
         });
+        let sent = sent.filter(|_| !file.replace_remote);
         let listed = listing.iter().any(|e| e.name == sealed.sidecar_name());
         // One round trip less when it could not count anyway.
         let digest = if listed && sent.is_some() {

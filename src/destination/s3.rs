@@ -185,7 +185,7 @@ fn upload_one(
     }
     let done = multipart::upload(
         remote,
-        crate::transfer::Source::of(file),
+        crate::transfer::Source::of(file, seen),
         (target, server.encrypt_to.as_deref()),
         seen,
         streams,

@@ -278,7 +278,7 @@ fn upload_over(
         log::info!("{target}: uploading {size} bytes over {used} streams ({why}; {because})");
         transfer::upload_parallel(
             remotes,
-            transfer::Source::of(file),
+            transfer::Source::of(file, seen),
             (target, recipients),
             seen,
             &bar,
@@ -287,7 +287,7 @@ fn upload_over(
         log::info!("{target}: uploading {size} bytes ({why})");
         transfer::upload(
             &mut *remotes[0],
-            transfer::Source::of(file),
+            transfer::Source::of(file, seen),
             (target, recipients),
             seen,
             &bar,

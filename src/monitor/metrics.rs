@@ -220,7 +220,7 @@ mod tests {
     fn every_sample_has_help_type_and_the_escaped_destination() {
         let text = render(&sample(4));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 9, "{text}");
+        assert_eq!(samples.len(), 12, "{text}");
         for line in samples {
             let name = line.split('{').next().unwrap_or_default();
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");

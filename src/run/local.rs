@@ -167,6 +167,7 @@ pub(super) fn scan(
                 modified: meta.modified().ok(),
                 // Every archive until the history says it passed (`History::checked`).
                 check_archive: crate::archive::is_archive(&name.file_name()),
+                replace_remote: false,
             }),
             _ => continue,
         }

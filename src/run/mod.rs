@@ -31,6 +31,7 @@ use crate::sets::{self};
 use crate::signals;
 use crate::space::{self, Room};
 use crate::state::{self, BackupWindow, History, RunRecord};
+use crate::transfer;
 pub(crate) use backup_night::newest_set_bytes;
 pub(crate) use local::{list_failed, list_local};
 use std::collections::HashSet;
@@ -54,6 +55,8 @@ pub struct LocalFile {
     pub modified: Option<std::time::SystemTime>,
     /// A `.tgz` not yet found whole: the upload's hashing pass checks it.
     pub check_archive: bool,
+    /// Its copy on the destination at hand was found damaged: upload it again, replacing it.
+    pub replace_remote: bool,
 }
 
 /// Run the job and return its exit code. Every failure is logged where it happens, and
@@ -399,6 +402,14 @@ impl Job<'_> {
         if signals::received().is_some() {
             return log::warn!("pruning skipped: the run was stopped");
         }
+        // Tonight's archives no copy read (every destination down): read here before they
+        // count toward `limit`, so a damaged one never prunes the set before it.
+        if let Night::Made(new) = &night {
+            let damaged = self.check_unread(&files, new);
+            if !damaged.is_empty() {
+                return self.damaged_backup(&damaged, &night);
+            }
+        }
         if selection.set.is_some() && retention::prunes_node(&tonight, verified_everywhere) {
             self.prune_local(&after, &selection, verified_everywhere);
         } else if matches!(night, Night::Failed(_)) {
@@ -412,7 +423,10 @@ impl Job<'_> {
     fn damaged_backup(&mut self, damaged: &HashSet<BackupName>, night: &Night) {
         // Nothing was copied as a set tonight; the record's recovery point stays the last one.
         self.record.restore_set = None;
-        let mut aside = damaged.clone();
+        // Only tonight's backup is set aside: an older archive found damaged (a shared images
+        // file copied to a new destination, rot on the node's disk) is reported, not moved,
+        // and its copies on the servers stay as they are.
+        let mut aside = HashSet::new();
         if let Night::Made(new) = night {
             if new.iter().any(|name| damaged.contains(name)) {
                 self.record.backup_succeeded = Some(false);
@@ -421,6 +435,22 @@ impl Job<'_> {
                     self.history.last_good = last_good;
                     self.history.older_than_last_good = older;
                 }
+            }
+        }
+        let older: HashSet<BackupName> = damaged.difference(&aside).copied().collect();
+        if !older.is_empty() {
+            self.fail(Error::new(
+                ExitCode::BackupFailed,
+                format!(
+                    "{} on this node, from an earlier backup, {} not a whole archive (changed on \
+                     the node's disk since it was written): not copied; a copy already on a \
+                     server is kept. A set that needs it cannot be restored from this node",
+                    describe_names(&older),
+                    if older.len() == 1 { "is" } else { "are" },
+                ),
+            ));
+            if aside.is_empty() {
+                return self.save_history();
             }
         }
         let kept = self
@@ -438,12 +468,53 @@ impl Job<'_> {
             format!(
                 "{} {} not a whole archive: the backup failed although cvpi reported \
                  success; nothing of it is published as a set and nothing is pruned; {kept}",
-                describe_names(damaged),
-                if damaged.len() == 1 { "is" } else { "are" },
+                describe_names(&damaged.intersection(&aside).copied().collect()),
+                if damaged.intersection(&aside).count() == 1 {
+                    "is"
+                } else {
+                    "are"
+                },
             ),
         ));
         self.set_aside(&aside);
         self.save_history();
+    }
+
+    /// Tonight's new archives among `files` that no upload checked (read here, once); the
+    /// damaged ones.
+    fn check_unread(
+        &mut self,
+        files: &[LocalFile],
+        new: &HashSet<BackupName>,
+    ) -> HashSet<BackupName> {
+        let mut damaged = HashSet::new();
+        for file in files
+            .iter()
+            .filter(|f| f.check_archive && new.contains(&f.name))
+        {
+            if self.history.was_checked(file.name, file.size) {
+                continue;
+            }
+            let opened = crate::safe_fs::open_file(&file.path);
+            match opened.and_then(|f| crate::archive::check_file(&f)) {
+                Ok(Ok(summary)) => {
+                    log::info!(
+                        "{}: a whole archive ({} files, {} bytes inflated; read here, as no copy \
+                         read it tonight)",
+                        file.name,
+                        summary.members,
+                        summary.inflated
+                    );
+                    self.history.record_checked(file.name, file.size);
+                }
+                Ok(Err(damage)) => {
+                    log::error!("{}", transfer::damaged_archive(&file.path, &damage));
+                    damaged.insert(file.name);
+                }
+                Err(err) => log::warn!("cannot read {}: {err}", file.path.display()),
+            }
+        }
+        damaged
     }
 
     /// Tonight's set to every destination, side by side (each in its own thread, its
