@@ -583,7 +583,7 @@ impl BackgroundCheck {
                     damaged,
                     worker,
                 },
-                Err(_) => Background::Inline(Box::new(ArchiveCheck::new())),
+                Err(_) => Background::Inline(Box::default()),
             },
         }
     }
