@@ -138,6 +138,11 @@ tool_fetch() { # PORT NETWORK (the set is on the server from tool_copy)
     empty_back
     measure "cvp-backup-copy fetch (default settings)" "$2" "$work/fs/back" "$bin" fetch --ini "$work/backup.ini" latest --to "$work/fs/back"
 }
+# The weekly read-back of the same set: every byte read, hashed and inflated, nothing written.
+tool_verify() { # PORT NETWORK
+    write_ini "$1"
+    measure "cvp-backup-copy verify --read-data" "$2" - "$bin" verify --ini "$work/backup.ini" --read-data
+}
 # Encrypted to an identity made by the tool (age X25519): the copy, then the fetch that
 # decrypts it (which checks the upload byte for byte).
 "$bin" keygen --age-identity "$work/identity.txt" > "$work/recipient" 2>/dev/null
@@ -192,6 +197,7 @@ tool_copy "$port" loopback
 tool_copy_checked "$port" loopback
 $others && scp_fetch "$port" loopback
 tool_fetch "$port" loopback
+tool_verify "$port" loopback
 tool_copy_sealed "$port" loopback
 tool_fetch_sealed "$port" loopback
 for rtt in $rtts; do
@@ -203,6 +209,7 @@ for rtt in $rtts; do
     tool_copy_checked "${link_port[$rtt]}" "$network"
     $others && scp_fetch "${link_port[$rtt]}" "$network"
     tool_fetch "${link_port[$rtt]}" "$network"
+    tool_verify "${link_port[$rtt]}" "$network"
     tool_copy_sealed "${link_port[$rtt]}" "$network"
     tool_fetch_sealed "${link_port[$rtt]}" "$network"
 done
@@ -315,7 +322,7 @@ table=$(
     for r in "${results[@]}"; do
         IFS='|' read -r label network secs rss streams <<<"$r"
         ref_label="scp -c aes128-gcm@openssh.com"
-        case $label in *fetch* | *download*) ref_label="scp -c aes128-gcm@openssh.com (download)" ;; esac
+        case $label in *fetch* | *download* | *verify*) ref_label="scp -c aes128-gcm@openssh.com (download)" ;; esac
         ref=$(lookup "$ref_label" "$network")
         awk -v l="$label" -v n="$network" -v s="$secs" -v r="$rss" -v st="$streams" -v ref="$ref" \
             -v bytes="$set_bytes" -v link="$link_bytes_per_s" \

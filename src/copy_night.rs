@@ -70,6 +70,9 @@ pub struct Tonight<'a> {
     pub selection: &'a Selection,
     /// Remote pruning is allowed once the set is verified there (not after a failed backup).
     pub may_prune: bool,
+    /// What tonight's backup wrote (empty without one): a damaged backup's files uploaded
+    /// tonight are withdrawn, also when an earlier attempt tonight had begun to publish them.
+    pub made: &'a std::collections::HashSet<BackupName>,
 }
 
 /// What one destination's part of the night did.
@@ -142,6 +145,7 @@ impl Night<'_> {
             files,
             selection,
             may_prune,
+            made,
         } = *tonight;
         if files.is_empty() {
             return false;
@@ -165,9 +169,9 @@ impl Night<'_> {
             }
         };
         let link = &mut *link;
-        let files = &self.to_replace(files);
+        let files = &self.mark_damaged_copies(files);
         let (clock, policy) = (Instant::now(), RetryPolicy::of(self.server));
-        let all_copied = self.copy_files(link, &policy, files, selection.set.as_ref());
+        let all_copied = self.copy_files(link, &policy, files, (selection.set.as_ref(), made));
         let waited = policy.waited.get();
         self.record.copy_seconds = Some(clock.elapsed().saturating_sub(waited).as_secs_f64());
         self.record.retry_wait_seconds = Some(waited.as_secs_f64());
@@ -222,7 +226,7 @@ impl Night<'_> {
         link: &mut dyn Destination,
         policy: &RetryPolicy,
         files: &[LocalFile],
-        set: Option<&RestoreSet>,
+        (set, made): (Option<&RestoreSet>, &HashSet<BackupName>),
     ) -> bool {
         match retry(policy, link, |link| {
             let created = link.remote()?.ensure_destination()?;
@@ -259,10 +263,16 @@ impl Night<'_> {
         let sealed = self.shared.sealed(&self.server.name);
         let mut first_attempts = link.side_by_side(files, &sealed);
         for (index, file) in files.iter().enumerate() {
-            if damage_found && crate::archive::is_archive(&file.name.file_name()) {
+            let first = first_attempts.remove(&index);
+            // Once an archive is found damaged no other archive of the set is sent; one the
+            // side-by-side start already sent is taken in (and withdrawn below).
+            if damage_found
+                && crate::archive::is_archive(&file.name.file_name())
+                && !matches!(first, Some(Ok(_)))
+            {
                 continue;
             }
-            let outcome = match first_attempts.remove(&index) {
+            let outcome = match first {
                 Some(Err(err)) if err.transient && signals::received().is_none() => {
                     log::warn!("{err}; trying {} again on its own", file.name);
                     retry(policy, link, |link| copy_one(link, file, &sealed))
@@ -301,18 +311,16 @@ impl Night<'_> {
                 }) => {
                     // A failed night's log is copied all the same (to read why); its archives
                     // are not.
-                    if crate::archive::is_archive(&sent.name.file_name()) {
+                    // A file that was there before tonight (a shared images file replaced)
+                    // stays: older sets list it.
+                    if crate::archive::is_archive(&sent.name.file_name())
+                        && (!replaced || made.contains(&sent.name))
+                    {
                         published.push(sent);
                     }
-                    let destination = self.server.name.clone();
-                    self.shared.update(|history| {
-                        for form in [
-                            RemoteFile::plain(sent.name),
-                            RemoteFile::new(sent.name, true),
-                        ] {
-                            history.mended(&destination, &form.file_name());
-                        }
-                    });
+                    let (destination, name) = (self.server.name.clone(), sent.file_name());
+                    self.shared
+                        .update(|history| history.mended(&destination, &name));
                     if replaced {
                         // Saved at once: other sets' manifests still list the old sha256.
                         let (name, digest) = (sent.file_name(), done.digest.clone());
@@ -464,30 +472,28 @@ impl Night<'_> {
         all_ok
     }
 
-    /// Tonight's files as this destination copies them: those whose copy there the last
-    /// read-back found damaged are uploaded again, replacing it, whatever its checksum file
-    /// says (the plan never counts them as there).
-    fn to_replace(&self, files: &[LocalFile]) -> Vec<LocalFile> {
+    /// Tonight's files as this destination copies them: those whose copy there (in the form
+    /// tonight writes: NAME, or NAME.age with encrypt_to) the last read-back found damaged are
+    /// uploaded again, replacing it, whatever its checksum file says (the plan never counts
+    /// them as there; an append-only server refuses before anything is sent).
+    fn mark_damaged_copies(&self, files: &[LocalFile]) -> Vec<LocalFile> {
         let damaged = self
             .shared
             .history
             .lock()
             .map(|h| h.damaged_on(&self.server.name))
             .unwrap_or_default();
+        let sealed = self.server.encrypt_to.is_some();
         files
             .iter()
             .cloned()
             .map(|mut file| {
-                file.replace_remote = [
-                    RemoteFile::plain(file.name),
-                    RemoteFile::new(file.name, true),
-                ]
-                .iter()
-                .any(|f| damaged.contains(&f.file_name()));
+                let form = RemoteFile::new(file.name, sealed);
+                file.replace_remote = damaged.contains(&form.file_name());
                 if file.replace_remote {
                     log::warn!(
-                        "{}: the last read-back found its copy on {} damaged: copying it again",
-                        file.name,
+                        "{form}: the last read-back found its copy on {} damaged: copying it \
+                         again",
                         self.server.describe()
                     );
                 }

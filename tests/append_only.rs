@@ -360,3 +360,55 @@ fn append_only_refuses_remote_limit_and_buckets_as_configuration_errors() {
         run.all_output()
     );
 }
+
+/// A read-back finds a copy on the append-only server damaged: the node cannot replace it
+/// there, so the next night sends nothing for it, fails that destination (exit 5) and says
+/// who can mend it; once the server's owner removed the bad copy, the night after copies it
+/// again and the read-back passes.
+#[test]
+fn a_damaged_copy_on_an_append_only_server_is_named_not_uploaded_every_night() {
+    let mut fx = append_only_node();
+    let first = night(&mut fx, "20261202020000");
+    assert_eq!(first.code, 0, "{}", first.all_output());
+    let data = "cvp.20261202020000.tgz";
+    let on_server = fx.dest.join(data);
+    {
+        use std::os::unix::fs::FileExt;
+        // The server's disk rots a byte (root on the server writes through the 0444 mode).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&on_server)
+            .expect("open");
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, 1_000_000).expect("read");
+        file.write_all_at(&[byte[0] ^ 0xff], 1_000_000)
+            .expect("write");
+    }
+    let read_back = fx.run(&["verify", "--read-data"]);
+    assert_eq!(read_back.code, 5, "{}", read_back.all_output());
+    let before = file_names(&fx.dest);
+    let stuck = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(stuck.code, 5, "{}", stuck.all_output());
+    assert!(
+        stuck
+            .all_output()
+            .contains("the node never replaces a file there")
+            && !stuck.all_output().contains(&format!("{data}: uploading")),
+        "{}",
+        stuck.all_output()
+    );
+    assert_eq!(
+        file_names(&fx.dest),
+        before,
+        "nothing sent, no partial left"
+    );
+
+    // The server's owner removes the bad copy; the next night copies it again.
+    std::fs::remove_file(&on_server).expect("rm");
+    std::fs::remove_file(fx.dest.join(format!("{data}.sha256"))).expect("rm sidecar");
+    let mended = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(mended.code, 0, "{}", mended.all_output());
+    let read_back = fx.run(&["verify", "--read-data"]);
+    assert_eq!(read_back.code, 0, "{}", read_back.all_output());
+}

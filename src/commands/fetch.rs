@@ -779,18 +779,12 @@ fn download_decrypting(
             .join()
             .unwrap_or_else(|_| Err("the decryption crashed".into()))
             .map_err(|why| Error::copy(format!("{name}: {why}; not fetched")));
-        match downloaded {
-            // The decryptor gave up first: its reason is the one.
-            Err(err) if err.message.contains(DECRYPTION_STOPPED) => {
-                Err(decrypted.err().unwrap_or(err))
-            }
-            Err(err) => Err(err),
-            Ok(()) => decrypted,
-        }
+        // A download that failed (its sha256, the connection) says why first; a whole,
+        // verified ciphertext that does not decrypt is the identity's or the file's.
+        downloaded?;
+        decrypted
     })
 }
-
-const DECRYPTION_STOPPED: &str = "the decryption stopped";
 
 /// The download's bytes, in order, to the decryptor's thread.
 struct ChannelWriter {
@@ -803,13 +797,21 @@ struct ChannelWriter {
 const PIECES: usize = 4;
 
 impl std::io::Write for ChannelWriter {
+    /// Once the decryptor has given up, the rest is only hashed: whether the download's
+    /// sha256 is the expected one tells a server's damaged copy from a wrong identity.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let stopped = || std::io::Error::other(DECRYPTION_STOPPED);
-        let sender = self.sender.as_ref().ok_or_else(stopped)?;
-        let mut piece = self.empty.recv().map_err(|_| stopped())?;
+        let Some(sender) = self.sender.as_ref() else {
+            return Ok(buf.len());
+        };
+        let Ok(mut piece) = self.empty.recv() else {
+            self.sender = None;
+            return Ok(buf.len());
+        };
         piece.clear();
         piece.extend_from_slice(buf);
-        sender.send(piece).map_err(|_| stopped())?;
+        if sender.send(piece).is_err() {
+            self.sender = None;
+        }
         Ok(buf.len())
     }
 

@@ -342,7 +342,20 @@ pub(crate) fn gather_facts(
         sealed_copy: None,
         encrypt: encryption.is_some(),
     };
-    // A copy the last read-back found damaged is never "already there".
+    // A copy the last read-back found damaged is never "already there"; an append-only
+    // server cannot have it replaced, which is said before anything is sent.
+    if file.replace_remote && remote.append_only() {
+        let tonight = RemoteFile::new(file.name, encryption.is_some());
+        if size_of(tonight).is_some() {
+            let there = tonight;
+            return Err(Error::copy(format!(
+                "{there} on {} was found damaged by the last read-back, and the destination \
+                 is append_only: the node never replaces a file there. Remove it and its \
+                 .sha256 on the server (as their owner) and the next night copies it again",
+                remote.describe()
+            )));
+        }
+    }
     if facts.remote_size == Some(file.size) && !file.replace_remote {
         facts.remote_digest = transfer::read_sidecar(remote, plain)?;
     }

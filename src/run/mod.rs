@@ -535,10 +535,15 @@ impl Job<'_> {
             now: self.now,
             ini: &self.config.path,
         };
+        let nothing_made = HashSet::new();
         let tonight = copy_night::Tonight {
             files,
             selection,
             may_prune: !matches!(night, Night::Failed(_)),
+            made: match night {
+                Night::Made(new) => new,
+                _ => &nothing_made,
+            },
         };
         let nights: Vec<DestinationNight> = std::thread::scope(|scope| {
             let workers: Vec<_> = servers
