@@ -807,7 +807,7 @@ fn send_stream(
 pub const READ_WINDOW: usize = 8 * 1024 * 1024;
 
 /// The buffer a download stream reads into: a quarter of its window.
-const READ_BUFFER: usize = READ_WINDOW / 4;
+pub(crate) const READ_BUFFER: usize = READ_WINDOW / 4;
 
 /// Download `name` (`size` bytes) over the connections given into `out`, each stream
 /// carrying its lane (see `lanes`) and writing at the offsets it reads, while one more thread

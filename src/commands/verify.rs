@@ -350,9 +350,12 @@ fn read_back(
 ) -> std::result::Result<String, Damaged> {
     let label = remote.describe();
     let what = format!("reading {file} back from {label}");
-    let reader = remote
-        .open_read(&file.file_name())
-        .map_err(Damaged::Other)?;
+    // Large reads: libssh2 keeps four of them in flight, a window that fills a long link
+    // (small ones would leave one stream at a fraction of a MB/s at 50 ms).
+    let reader = std::io::BufReader::with_capacity(
+        transfer::READ_BUFFER,
+        remote.open_read(&file.file_name()).map_err(Damaged::Other)?,
+    );
     let mut hashing = HashingReader {
         inner: reader,
         hasher: Sha256::new(),
