@@ -354,7 +354,9 @@ fn read_back(
     // (small ones would leave one stream at a fraction of a MB/s at 50 ms).
     let reader = std::io::BufReader::with_capacity(
         transfer::READ_BUFFER,
-        remote.open_read(&file.file_name()).map_err(Damaged::Other)?,
+        remote
+            .open_read(&file.file_name())
+            .map_err(Damaged::Other)?,
     );
     let mut hashing = HashingReader {
         inner: reader,
