@@ -645,6 +645,34 @@ pub fn check_file(file: &std::fs::File) -> std::io::Result<Result<Summary, Damag
     Ok(check.finish())
 }
 
+/// A tar of `files` as GNU tar writes one (a ustar header each, two zero blocks): the
+/// archives of the tests' fixtures and of the fuzzer, which the check must take as whole.
+#[doc(hidden)]
+pub fn ustar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in files {
+        let mut header = [0u8; BLOCK];
+        let name = &name.as_bytes()[..name.len().min(100)];
+        header[..name.len()].copy_from_slice(name);
+        header[100..107].copy_from_slice(b"0000644");
+        header[108..115].copy_from_slice(b"0000000");
+        header[116..123].copy_from_slice(b"0000000");
+        header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+        header[136..147].copy_from_slice(b"00000000000");
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+    }
+    out.resize(out.len() + 2 * BLOCK, 0);
+    out
+}
+
 /// Is this name an archive the check applies to (a data or images `.tgz`)?
 pub fn is_archive(name: &str) -> bool {
     name.ends_with(".tgz")
@@ -658,29 +686,8 @@ pub(crate) mod tests {
     use proptest::prelude::*;
     use std::io::Write;
 
-    /// A tar of `files` as GNU tar writes one (ustar headers, two zero blocks).
     pub(crate) fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (name, data) in files {
-            let mut header = [0u8; BLOCK];
-            header[..name.len()].copy_from_slice(name.as_bytes());
-            header[100..107].copy_from_slice(b"0000644");
-            header[108..115].copy_from_slice(b"0000000");
-            header[116..123].copy_from_slice(b"0000000");
-            header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-            header[136..147].copy_from_slice(b"00000000000");
-            header[156] = b'0';
-            header[257..263].copy_from_slice(b"ustar\0");
-            header[263..265].copy_from_slice(b"00");
-            header[148..156].copy_from_slice(b"        ");
-            let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-            header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-            out.extend_from_slice(&header);
-            out.extend_from_slice(data);
-            out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
-        }
-        out.resize(out.len() + 2 * BLOCK, 0);
-        out
+        ustar(files)
     }
 
     pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {

@@ -21,6 +21,25 @@ fn as_ini_owner(ini: &Path) -> Result<(), std::process::ExitCode> {
     })
 }
 
+/// `--identity` files read as the one who runs the command (`fetch`, `verify`), before it
+/// acts as the INI's owner: the identity is theirs (kept off the node, brought for the
+/// restore), not the cvp account's. A refused identity or INI ends the command.
+fn identities_then_ini_owner(
+    paths: &[PathBuf],
+    ini: &Path,
+) -> Result<Option<Identities>, std::process::ExitCode> {
+    let paths: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
+    let identities = (!paths.is_empty())
+        .then(|| Identities::load(&paths))
+        .transpose()
+        .map_err(|why| {
+            eprintln!("cvp-backup-copy: error: {why}");
+            std::process::ExitCode::from(ExitCode::Config.code() as u8)
+        })?;
+    as_ini_owner(ini)?;
+    Ok(identities)
+}
+
 fn main() -> std::process::ExitCode {
     let cli = match cli::Cli::parse_args() {
         Ok(cli) => cli,
@@ -85,52 +104,31 @@ fn main() -> std::process::ExitCode {
             signals::install();
             let ini = absolute(&cli.ini);
             let to = args.to.as_deref().map(absolute);
-            // Read as the one who runs fetch, before acting as the INI's owner: the identity
-            // is theirs (kept off the node, brought for the restore), not the cvp account's.
-            let identity: Vec<PathBuf> = args.identity.iter().map(|p| absolute(p)).collect();
-            match (!identity.is_empty())
-                .then(|| Identities::load(&identity))
-                .transpose()
-            {
-                Err(why) => Err(error::Error::new(ExitCode::Config, why)),
-                Ok(identities) => {
-                    if let Err(code) = as_ini_owner(&ini) {
-                        return code;
-                    }
-                    fetch::fetch(&fetch::FetchOptions {
-                        ini,
-                        wanted: args.wanted,
-                        to,
-                        identities,
-                        allow_plain: args.allow_plain,
-                        destination: args.destination,
-                    })
-                    .map(success)
-                }
+            match identities_then_ini_owner(&args.identity, &ini) {
+                Err(code) => return code,
+                Ok(identities) => fetch::fetch(&fetch::FetchOptions {
+                    ini,
+                    wanted: args.wanted,
+                    to,
+                    identities,
+                    allow_plain: args.allow_plain,
+                    destination: args.destination,
+                })
+                .map(success),
             }
         }
         Some(cli::Command::Verify(args)) => {
             signals::install();
             let ini = absolute(&cli.ini);
-            // The identity is read as the one who runs verify, as for fetch.
-            let identity: Vec<PathBuf> = args.identity.iter().map(|p| absolute(p)).collect();
-            match (!identity.is_empty())
-                .then(|| Identities::load(&identity))
-                .transpose()
-            {
-                Err(why) => Err(error::Error::new(ExitCode::Config, why)),
-                Ok(identities) => {
-                    if let Err(code) = as_ini_owner(&ini) {
-                        return code;
-                    }
-                    verify::verify(&verify::VerifyOptions {
-                        ini,
-                        destination: args.destination,
-                        set: args.set,
-                        read_data: args.read_data,
-                        identities,
-                    })
-                }
+            match identities_then_ini_owner(&args.identity, &ini) {
+                Err(code) => return code,
+                Ok(identities) => verify::verify(&verify::VerifyOptions {
+                    ini,
+                    destination: args.destination,
+                    set: args.set,
+                    read_data: args.read_data,
+                    identities,
+                }),
             }
         }
         // The verdict is printed; the exit code tells monitoring whether to worry.

@@ -24,24 +24,6 @@ fn inflate(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// One ustar member holding `data`, and the end-of-archive blocks.
-fn tar_of(data: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; 512];
-    header[..10].copy_from_slice(b"cvp/db.sql");
-    header[100..107].copy_from_slice(b"0000644");
-    header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-    header[136..147].copy_from_slice(b"00000000000");
-    header[156] = b'0';
-    header[257..263].copy_from_slice(b"ustar\0");
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    let mut out = header.to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
-    out
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     let piece = usize::from(mode >> 2) * 37 + 1;
@@ -56,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             }
             let (knobs, content) = rest.split_at(4);
-            let tar = tar_of(content);
+            let tar = cvp_backup_copy::archive::ustar(&[("cvp/db.sql", content)]);
             let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
             encoder.write_all(&tar).expect("gzip in memory");
             let mut tgz = encoder.finish().expect("gzip in memory");

@@ -787,26 +787,7 @@ pub fn tgz_of_size(size: usize) -> Vec<u8> {
 /// ustar archive of `files`.
 pub fn tgz_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     use std::io::Write;
-    let mut tar = Vec::new();
-    for (name, data) in files {
-        let mut header = [0u8; 512];
-        header[..name.len()].copy_from_slice(name.as_bytes());
-        header[100..107].copy_from_slice(b"0000644");
-        header[108..115].copy_from_slice(b"0000000");
-        header[116..123].copy_from_slice(b"0000000");
-        header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-        header[136..147].copy_from_slice(b"00000000000");
-        header[156] = b'0';
-        header[257..263].copy_from_slice(b"ustar\0");
-        header[263..265].copy_from_slice(b"00");
-        header[148..156].copy_from_slice(b"        ");
-        let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-        tar.extend_from_slice(&header);
-        tar.extend_from_slice(data);
-        tar.resize(tar.len().div_ceil(512) * 512, 0);
-    }
-    tar.resize(tar.len() + 1024, 0);
+    let tar = cvp_backup_copy::archive::ustar(files);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
     gz.write_all(&tar).expect("gzip in memory");
     gz.finish().expect("gzip in memory")
