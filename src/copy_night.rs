@@ -309,10 +309,10 @@ impl Night<'_> {
                     seconds,
                     streams,
                 }) => {
-                    // A failed night's log is copied all the same (to read why); its archives
-                    // are not.
-                    // A file that was there before tonight (a shared images file replaced)
-                    // stays: older sets list it.
+                    // Withdrawn if the backup turns out damaged: archives only (a failed
+                    // night's log is copied all the same, to read why), and of those replaced,
+                    // only tonight's own (a shared images file replaced stays: older sets
+                    // list it).
                     if crate::archive::is_archive(&sent.name.file_name())
                         && (!replaced || made.contains(&sent.name))
                     {
@@ -672,13 +672,10 @@ impl Night<'_> {
     }
 }
 
-/// Until when `name` is locked there; a lock that cannot be read counts as one (never send
-/// a delete the lock may refuse).
 /// The archives of a damaged backup uploaded tonight that no other set lists (its images
 /// file) go again: nothing of a failed backup stays on the server under a CVP name. An
-/// append-only server, or a bucket whose lock refuses, keeps them, and the log says so; they
-/// are in no set (no manifest lists them), so `fetch latest` and remote retention pass them
-/// by.
+/// append-only server, or a bucket whose lock refuses, keeps them, and the log says so; no
+/// manifest lists them, so `fetch latest` passes them by.
 fn withdraw(link: &mut dyn Destination, published: &[RemoteFile]) {
     if published.is_empty() {
         return;
@@ -709,6 +706,8 @@ fn withdraw(link: &mut dyn Destination, published: &[RemoteFile]) {
     }
 }
 
+/// Until when `name` is locked there; a lock that cannot be read counts as one (never send
+/// a delete the lock may refuse).
 fn still_locked(remote: &mut dyn Remote, name: &str) -> Option<String> {
     match remote.locked_until(name) {
         Ok(until) => until,
