@@ -6,7 +6,7 @@
 # BENCH_MIB sets the size of the set (default 2048). For quick looks while tuning (the table
 # then lacks rows, so keep RESULTS.md from a full run): BENCH_RTTS="100" picks the links,
 # BENCH_ONLY=tool skips scp and rclone, BENCH_STREAMS=N pins the tool's streams, BENCH_SFTP=no
-# and BENCH_S3=no skip those parts. Needs root.
+# and BENCH_S3=no skip those parts, BENCH_ROWS picks rows by name. Needs root.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -190,28 +190,30 @@ done
 
 others=true
 [ "${BENCH_ONLY:-}" = tool ] && others=false
+# BENCH_ROWS="tool_copy tool_fetch" runs only those rows (a fetch needs its copy before it).
+row() { [[ -z ${BENCH_ROWS:-} || " $BENCH_ROWS " == *" $1 "* ]] || return 0; "$@"; }
 if [ "${BENCH_SFTP:-yes}" != no ]; then
 echo "bench: loopback"
-$others && scp_copy "$port" loopback
-tool_copy "$port" loopback
-tool_copy_checked "$port" loopback
-$others && scp_fetch "$port" loopback
-tool_fetch "$port" loopback
-tool_verify "$port" loopback
-tool_copy_sealed "$port" loopback
-tool_fetch_sealed "$port" loopback
+$others && row scp_copy "$port" loopback
+row tool_copy "$port" loopback
+row tool_copy_checked "$port" loopback
+$others && row scp_fetch "$port" loopback
+row tool_fetch "$port" loopback
+row tool_verify "$port" loopback
+row tool_copy_sealed "$port" loopback
+row tool_fetch_sealed "$port" loopback
 for rtt in $rtts; do
     network="$rtt ms"
     echo "bench: 1 Gbit/s link, $rtt ms RTT"
-    $others && scp_copy "${link_port[$rtt]}" "$network"
-    $others && rclone_copy "${link_port[$rtt]}" "$network"
-    tool_copy "${link_port[$rtt]}" "$network"
-    tool_copy_checked "${link_port[$rtt]}" "$network"
-    $others && scp_fetch "${link_port[$rtt]}" "$network"
-    tool_fetch "${link_port[$rtt]}" "$network"
-    tool_verify "${link_port[$rtt]}" "$network"
-    tool_copy_sealed "${link_port[$rtt]}" "$network"
-    tool_fetch_sealed "${link_port[$rtt]}" "$network"
+    $others && row scp_copy "${link_port[$rtt]}" "$network"
+    $others && row rclone_copy "${link_port[$rtt]}" "$network"
+    row tool_copy "${link_port[$rtt]}" "$network"
+    row tool_copy_checked "${link_port[$rtt]}" "$network"
+    $others && row scp_fetch "${link_port[$rtt]}" "$network"
+    row tool_fetch "${link_port[$rtt]}" "$network"
+    row tool_verify "${link_port[$rtt]}" "$network"
+    row tool_copy_sealed "${link_port[$rtt]}" "$network"
+    row tool_fetch_sealed "${link_port[$rtt]}" "$network"
 done
 fi
 
@@ -425,7 +427,7 @@ MD
 )
 echo
 echo "$report"
-if [ -n "${BENCH_ONLY:-}${BENCH_RTTS:-}${BENCH_STREAMS:-}${BENCH_SFTP:-}${BENCH_S3:-}" ]; then
+if [ -n "${BENCH_ROWS:-}${BENCH_ONLY:-}${BENCH_RTTS:-}${BENCH_STREAMS:-}${BENCH_SFTP:-}${BENCH_S3:-}" ]; then
     echo "bench: a partial run (BENCH_ONLY/BENCH_RTTS/BENCH_STREAMS): benches/RESULTS.md left as it was"
 else
     echo "$report" > "$here/RESULTS.md"
