@@ -822,7 +822,7 @@ pub fn download_parallel(
     read_back: &std::fs::File,
     local: &Path,
     progress: &ProgressBar,
-    tap: Option<&mut (dyn Write + Send)>,
+    arrived: Option<&Arrived<'_>>,
 ) -> Result<String> {
     let streams = remotes.len().max(1);
     let label = remotes[0].describe();
@@ -832,7 +832,7 @@ pub fn download_parallel(
     std::thread::scope(|scope| {
         let (lanes, abandon, during) = (&lanes, &abandon, &during);
         let hasher = scope.spawn(move || {
-            let hashed = hash_as_it_arrives(read_back, local, lanes, abandon, during, tap);
+            let hashed = hash_as_it_arrives(read_back, local, lanes, abandon, during);
             if hashed.is_err() {
                 abandon.store(true, Ordering::Relaxed);
             }
@@ -852,7 +852,7 @@ pub fn download_parallel(
                         (lanes, index),
                         abandon,
                         during,
-                        progress,
+                        (progress, arrived),
                     );
                     stream_outcome(outcome, index, streams, &format!("from {label}"), abandon)
                 })
@@ -894,11 +894,13 @@ fn receive_lane(
     (lanes, lane): (&Lanes, usize),
     abandon: &AtomicBool,
     during: &str,
-    progress: &ProgressBar,
+    (progress, arrived): (&ProgressBar, Option<&Arrived<'_>>),
 ) -> Result<()> {
     let label = remote.describe();
     let mut buf = vec![0u8; READ_BUFFER];
     let mut at = lanes.start(lane);
+    // Where the bytes this stream has received without a gap begin.
+    let mut run_start = at;
     let mut reader = remote.open_read_at(name, at)?;
     loop {
         // What libssh2 may ask for is claimed first: up to READ_WINDOW ahead.
@@ -936,6 +938,9 @@ fn receive_lane(
             at += n as u64;
             progress.inc(n as u64);
             lanes.done(lane, at);
+            if let Some(arrived) = arrived {
+                arrived(lane, run_start..at);
+            }
         }
         match lanes.steal(lane) {
             Some(taken) => {
@@ -946,6 +951,7 @@ fn receive_lane(
                     taken.end
                 );
                 at = taken.start;
+                run_start = at;
                 drop(reader);
                 reader = remote.open_read_at(name, at)?;
             }
@@ -954,16 +960,17 @@ fn receive_lane(
     }
 }
 
-/// Hash the download in order, as far as it has arrived, until all of it is hashed; each
-/// piece hashed also goes to `tap` (a decryptor), which so reads the download once, in
-/// order, as it arrives.
+/// Told by each stream, after each piece it writes, which bytes it has received without a
+/// gap (its number and their range): a decryption can follow the streams.
+pub type Arrived<'a> = dyn Fn(usize, std::ops::Range<u64>) + Sync + 'a;
+
+/// Hash the download in order, as far as it has arrived, until all of it is hashed.
 fn hash_as_it_arrives(
     read_back: &std::fs::File,
     local: &Path,
     lanes: &Lanes,
     abandon: &AtomicBool,
     during: &str,
-    mut tap: Option<&mut (dyn Write + Send)>,
 ) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
@@ -989,10 +996,6 @@ fn hash_as_it_arrives(
             )));
         }
         hasher.update(&buf[..n]);
-        if let Some(tap) = tap.as_mut() {
-            tap.write_all(&buf[..n])
-                .map_err(|err| Error::copy(format!("{during}: {err}")))?;
-        }
         hashed += n as u64;
     }
     Ok(hex(&hasher.finalize()))

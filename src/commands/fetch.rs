@@ -13,10 +13,14 @@ use crate::names::{BackupName, RemoteFile, Stamp};
 use crate::progress;
 use crate::remote::Remote;
 use crate::safe_fs::{self, Dir};
-use crate::seal::open::Identities;
+use crate::seal::open::{Identities, Opener};
 use crate::sets;
 use crate::transfer;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 pub struct FetchOptions {
     pub ini: PathBuf,
@@ -715,26 +719,10 @@ fn fetch_one(
     })
 }
 
-struct StopsOnSignal<'a> {
-    inner: &'a mut std::fs::File,
-    what: &'a str,
-}
-
-impl std::io::Write for StopsOnSignal<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        crate::signals::check(self.what).map_err(|err| std::io::Error::other(err.message))?;
-        self.inner.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Download the encrypted `sealed` and decrypt it in the same pass: the bytes hashed in
-/// order as they arrive go on to the decryptor, which writes `plain` (synced). Its size,
-/// once the download's sha256 is the expected one and every chunk authenticated; else an
-/// error, and `plain` is not to be published.
+/// Download the encrypted `sealed` and decrypt it in the same pass: a thread decrypts the
+/// chunks as the streams receive them (in any order), each where it lies in `plain` (synced). Its size, once
+/// the download's sha256 is the expected one and every chunk authenticated; else an error,
+/// and `plain` is not to be published.
 fn download_decrypting(
     remotes: &mut [&mut (dyn Remote + Send)],
     (name, size): (RemoteFile, u64),
@@ -747,119 +735,258 @@ fn download_decrypting(
     let local_error =
         |err: std::io::Error| Error::copy(format!("cannot write {}: {err}", plain_path.display()));
     dir.remove(plain).map_err(local_error)?;
-    let mut out = dir.create_new(plain, 0o640).map_err(local_error)?;
-    // A few pieces in flight: the download never waits on the decryptor for long, and the
-    // memory stays a few MB.
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIECES);
-    // The pieces go back and forth: no allocation (and page faults) per MB.
-    let (give_back, empty) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIECES);
-    for _ in 0..PIECES {
-        let _ = give_back.send(Vec::new());
-    }
-    std::thread::scope(|scope| {
-        let decrypting = scope.spawn(move || {
-            // A stop asked for (SIGTERM, Ctrl-C) ends the decryption like it ends a download.
-            let mut out = StopsOnSignal {
-                inner: &mut out,
-                what: plain,
-            };
-            let bytes = identities.decrypt(ChannelReader::new(receiver, give_back), &mut out)?;
-            out.inner
-                .sync_all()
-                .map_err(|err| format!("cannot write {}: {err}", plain_path.display()))?;
-            Ok::<u64, String>(bytes)
-        });
-        let mut tap = ChannelWriter {
-            sender: Some(sender),
-            empty,
-        };
-        let downloaded = download(remotes, (name, size), dir, sealed, expected, Some(&mut tap));
-        drop(tap); // the end of the ciphertext, for the decryptor
-        let decrypted = decrypting
-            .join()
-            .unwrap_or_else(|_| Err("the decryption crashed".into()))
-            .map_err(|why| Error::copy(format!("{name}: {why}; not fetched")));
-        // A download that failed (its sha256, the connection) says why first; a whole,
-        // verified ciphertext that does not decrypt is the identity's or the file's.
-        downloaded?;
-        decrypted
-    })
-}
-
-/// The download's bytes, in order, to the decryptor's thread.
-struct ChannelWriter {
-    sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    empty: std::sync::mpsc::Receiver<Vec<u8>>,
-}
-
-/// Pieces in flight to the decryptor: it never waits on the download for long, and the
-/// memory stays a few MB.
-const PIECES: usize = 4;
-
-impl std::io::Write for ChannelWriter {
-    /// Once the decryptor has given up, the rest is only hashed: whether the download's
-    /// sha256 is the expected one tells a server's damaged copy from a wrong identity.
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let Some(sender) = self.sender.as_ref() else {
-            return Ok(buf.len());
-        };
-        let Ok(mut piece) = self.empty.recv() else {
-            self.sender = None;
-            return Ok(buf.len());
-        };
-        piece.clear();
-        piece.extend_from_slice(buf);
-        if sender.send(piece).is_err() {
-            self.sender = None;
+    let out = dir.create_new(plain, 0o640).map_err(local_error)?;
+    let during = format!("the decryption of {name}");
+    let opening = OpenAsItArrives {
+        dir,
+        sealed,
+        plain: &out,
+        size,
+        identities,
+        during: &during,
+        ready: std::sync::OnceLock::new(),
+        streams: (0..remotes.len().max(1))
+            .map(|_| Mutex::new(StreamCursor::default()))
+            .collect(),
+        all_arrived: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        failure: Mutex::new(None),
+    };
+    let downloaded = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..DECRYPTING_THREADS)
+            .map(|_| scope.spawn(|| opening.work()))
+            .collect();
+        let arrived = |stream: usize, run: Range<u64>| opening.arrived(stream, run);
+        let downloaded = download(remotes, (name, size), dir, sealed, expected, Some(&arrived));
+        match downloaded {
+            Ok(()) => opening.all_arrived.store(true, Ordering::Relaxed),
+            Err(_) => opening.stop.store(true, Ordering::Relaxed),
         }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The decryptor's input: the pieces the download sends (each given back once read), then
-/// the end.
-struct ChannelReader {
-    receiver: std::sync::mpsc::Receiver<Vec<u8>>,
-    give_back: std::sync::mpsc::SyncSender<Vec<u8>>,
-    piece: Vec<u8>,
-    at: usize,
-}
-
-impl ChannelReader {
-    fn new(
-        receiver: std::sync::mpsc::Receiver<Vec<u8>>,
-        give_back: std::sync::mpsc::SyncSender<Vec<u8>>,
-    ) -> ChannelReader {
-        ChannelReader {
-            receiver,
-            give_back,
-            piece: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.piece.len() {
-            match self.receiver.recv() {
-                Ok(piece) => {
-                    let used = std::mem::replace(&mut self.piece, piece);
-                    let _ = self.give_back.try_send(used);
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
+        for worker in workers {
+            if worker.join().is_err() {
+                opening.failed("the decryption crashed".into());
             }
         }
-        let n = buf.len().min(self.piece.len() - self.at);
-        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+        downloaded
+    });
+    // A download that failed (its sha256, the connection) says why first; a whole,
+    // verified ciphertext that does not decrypt is the identity's or the file's.
+    downloaded?;
+    crate::signals::check(&during)?;
+    let bytes = opening
+        .finish()
+        .map_err(|why| Error::copy(format!("{name}: {why}; not fetched")))?;
+    out.sync_all().map_err(local_error)?;
+    Ok(bytes)
+}
+
+/// Threads decrypting a download: one decrypts about 1 GB/s, several times a 1 Gbit/s
+/// link; a second only competed for the CPU with the streams and the hash (loopback: +41 %
+/// instead of +31 % over a plain fetch).
+const DECRYPTING_THREADS: usize = 1;
+
+/// Chunks decrypted at a time: 2 MiB of plaintext.
+const CHUNKS_AT_A_TIME: u64 = 32;
+
+/// A download's decryption, following its streams.
+struct OpenAsItArrives<'a> {
+    dir: &'a Dir,
+    sealed: &'a str,
+    plain: &'a std::fs::File,
+    size: u64,
+    identities: &'a Identities,
+    during: &'a str,
+    /// Once the header has arrived: the opener, or why the file cannot be opened.
+    ready: std::sync::OnceLock<std::result::Result<Ready, String>>,
+    streams: Vec<Mutex<StreamCursor>>,
+    /// Every byte is there (and its sha256 the expected one).
+    all_arrived: AtomicBool,
+    /// The download failed: nothing more to decrypt.
+    stop: AtomicBool,
+    /// Why the file does not open (the first chunk that did not).
+    failure: Mutex<Option<String>>,
+}
+
+struct Ready {
+    opener: Opener,
+    sealed: std::fs::File,
+    /// Which chunks a thread has taken (to decrypt, or decrypted).
+    taken: Mutex<Vec<bool>>,
+}
+
+/// What one stream has received without a gap, and how far its decryption got in it.
+#[derive(Default)]
+struct StreamCursor {
+    run: Range<u64>,
+    next: u64,
+}
+
+impl OpenAsItArrives<'_> {
+    /// Stream `stream` has received `run` without a gap.
+    fn arrived(&self, stream: usize, run: Range<u64>) {
+        let mut cursor = self.streams[stream]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cursor.run.start != run.start {
+            cursor.next = 0;
+        }
+        cursor.run = run;
     }
+
+    fn failed(&self, why: String) {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(why);
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// One decrypting thread: chunks as they arrive, until all are taken. Once a chunk does
+    /// not open, the rest is only downloaded (and hashed: whether the sha256 matches tells
+    /// a damaged copy from a wrong identity).
+    fn work(&self) {
+        let mut buffer = Vec::new();
+        loop {
+            if self.stop.load(Ordering::Relaxed) || self.has_failed() {
+                return;
+            }
+            if let Err(stopped) = crate::signals::check(self.during) {
+                self.failed(stopped.message);
+                return;
+            }
+            let all_arrived = self.all_arrived.load(Ordering::Relaxed);
+            let ready = match self.ready.get() {
+                Some(ready) => ready,
+                None if all_arrived || self.head_arrived() => {
+                    self.ready.get_or_init(|| self.start())
+                }
+                None => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    continue;
+                }
+            };
+            let Ok(ready) = ready else { return };
+            match self.next_batch(ready, all_arrived) {
+                Some(batch) => {
+                    if let Err(why) =
+                        ready
+                            .opener
+                            .open(batch, &ready.sealed, self.plain, &mut buffer)
+                    {
+                        self.failed(why);
+                        return;
+                    }
+                }
+                None if all_arrived => return,
+                None => std::thread::sleep(std::time::Duration::from_millis(2)),
+            }
+        }
+    }
+
+    /// The header and the payload's nonce have arrived.
+    fn head_arrived(&self) -> bool {
+        let head = self.size.min(Opener::HEAD);
+        self.streams.iter().any(|cursor| {
+            let cursor = cursor.lock().unwrap_or_else(PoisonError::into_inner);
+            cursor.run.start == 0 && cursor.run.end >= head
+        })
+    }
+
+    fn start(&self) -> std::result::Result<Ready, String> {
+        let sealed = self
+            .dir
+            .open_existing(self.sealed, false)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("cannot read {}", self.dir.join(self.sealed).display()))?;
+        let mut head = vec![0u8; usize::try_from(self.size.min(Opener::HEAD)).unwrap_or(0)];
+        sealed
+            .read_exact_at(&mut head, 0)
+            .map_err(|err| format!("cannot read what was downloaded: {err}"))?;
+        let opener = Opener::new(&head, self.size, self.identities)?;
+        let taken = Mutex::new(vec![false; usize::try_from(opener.chunks()).unwrap_or(0)]);
+        Ok(Ready {
+            opener,
+            sealed,
+            taken,
+        })
+    }
+
+    /// The next chunks to decrypt, taken: inside what a stream has received, or, once
+    /// everything has arrived, anywhere (the chunks two streams share).
+    fn next_batch(&self, ready: &Ready, all_arrived: bool) -> Option<Range<u64>> {
+        for cursor in &self.streams {
+            let mut cursor = cursor.lock().unwrap_or_else(PoisonError::into_inner);
+            let within = ready.opener.chunks_within(cursor.run.clone());
+            let mut next = cursor.next.max(within.start);
+            while next < within.end {
+                let batch = take(&ready.taken, next..within.end);
+                if batch.is_empty() {
+                    next += 1; // another thread's, or taken before this stream's run
+                    continue;
+                }
+                cursor.next = batch.end;
+                return Some(batch);
+            }
+            cursor.next = next;
+        }
+        if !all_arrived {
+            return None;
+        }
+        let mut taken = ready.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = taken.iter().position(|chunk| !chunk)?;
+        let count = taken[first..]
+            .iter()
+            .take(CHUNKS_AT_A_TIME as usize)
+            .take_while(|chunk| !**chunk)
+            .count();
+        taken[first..first + count].fill(true);
+        Some(first as u64..(first + count) as u64)
+    }
+
+    /// After the threads: the plaintext's size, or why the file does not open.
+    fn finish(&self) -> std::result::Result<u64, String> {
+        if let Some(why) = self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            return Err(why);
+        }
+        let ready = self
+            .ready
+            .get()
+            .ok_or("the download ended before its header")?
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let taken = ready.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        if taken.iter().any(|chunk| !chunk) {
+            return Err("the decryption stopped before the end".into());
+        }
+        Ok(ready.opener.plain_len())
+    }
+}
+
+/// Take the untaken chunks at the start of `from` (at most CHUNKS_AT_A_TIME); empty when its
+/// first chunk is taken already.
+fn take(taken: &Mutex<Vec<bool>>, from: Range<u64>) -> Range<u64> {
+    let mut taken = taken.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut end = from.start;
+    while end < from.end && end - from.start < CHUNKS_AT_A_TIME {
+        match usize::try_from(end).ok().and_then(|i| taken.get_mut(i)) {
+            Some(chunk) if !*chunk => *chunk = true,
+            _ => break,
+        }
+        end += 1;
+    }
+    from.start..end
 }
 
 /// Download into a fresh `partial` (whatever had that name is removed first, never
@@ -871,7 +998,7 @@ fn download(
     dir: &Dir,
     partial: &str,
     expected: &str,
-    tap: Option<&mut (dyn std::io::Write + Send)>,
+    arrived: Option<&transfer::Arrived<'_>>,
 ) -> Result<()> {
     let label = remotes[0].describe();
     let partial_path = dir.join(partial);
@@ -890,6 +1017,9 @@ fn download(
         1
     };
     let bar = progress::bar(size, &name.file_name());
+    // A ciphertext only decrypted from is removed next: flushing it to the disk would only
+    // double the writes.
+    let durable = arrived.is_none();
     let digest = transfer::download_parallel(
         &mut remotes[..streams],
         &name.file_name(),
@@ -898,11 +1028,13 @@ fn download(
         &read_back,
         &partial_path,
         &bar,
-        tap,
+        arrived,
     );
     bar.finish_and_clear();
     let digest = digest?;
-    out.sync_all().map_err(local_error)?;
+    if durable {
+        out.sync_all().map_err(local_error)?;
+    }
     if digest != expected {
         return Err(Error::copy(format!(
             "{name} on {label} is corrupted: its sha256 is {digest} ({size} bytes) but {} says \

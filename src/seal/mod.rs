@@ -6,7 +6,9 @@
 //! stanzas come from the age crate's `Recipient::wrap_file_key`) and encrypts the payload's
 //! chunks itself, each independently: age's STREAM is ChaCha20-Poly1305 over 64 KiB chunks
 //! with the chunk's number as the nonce, so chunk N's ciphertext sits at a known offset.
-//! Decryption (`open`) is the age crate's own.
+//! Decryption (`open`) checks the header with the age crate's own code, then opens the
+//! chunks the same way, each independently, so a download's streams decrypt what they
+//! receive.
 
 pub mod identity;
 pub mod open;
@@ -112,16 +114,22 @@ impl Sealer {
     /// Seal chunk `index` of `chunks` in place (`buffer` holds its plaintext) and append
     /// its tag.
     fn seal_chunk(&self, index: u64, last: bool, buffer: &mut Vec<u8>) -> io::Result<()> {
-        let mut nonce = [0u8; 12];
-        nonce[3..11].copy_from_slice(&index.to_be_bytes());
-        nonce[11] = u8::from(last);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(&nonce.into(), &[], buffer)
+            .encrypt_in_place_detached(&chunk_nonce(index, last).into(), &[], buffer)
             .map_err(|_| io::Error::other("cannot encrypt a chunk"))?;
         buffer.extend_from_slice(&tag);
         Ok(())
     }
+}
+
+/// STREAM's nonce of chunk `index`: its number (big-endian, 11 bytes) and whether it is the
+/// last chunk.
+fn chunk_nonce(index: u64, last: bool) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[3..11].copy_from_slice(&index.to_be_bytes());
+    nonce[11] = u8::from(last);
+    nonce
 }
 
 /// The payload's size after its nonce (chunks and their tags) for `plain` bytes: an empty
