@@ -757,7 +757,10 @@ fn download_decrypting(
             .map(|_| scope.spawn(|| opening.work()))
             .collect();
         let arrived = |stream: usize, run: Range<u64>| opening.arrived(stream, run);
-        let downloaded = download(remotes, (name, size), dir, sealed, expected, Some(&arrived));
+        let downloaded = {
+            let _on_panic = StopOnUnwind(&opening.stop);
+            download(remotes, (name, size), dir, sealed, expected, Some(&arrived))
+        };
         match downloaded {
             Ok(()) => opening.all_arrived.store(true, Ordering::Relaxed),
             Err(_) => opening.stop.store(true, Ordering::Relaxed),
@@ -778,6 +781,18 @@ fn download_decrypting(
         .map_err(|why| Error::copy(format!("{name}: {why}; not fetched")))?;
     out.sync_all().map_err(local_error)?;
     Ok(bytes)
+}
+
+/// Tells the decrypting thread to stop when the download panics (else the scope would wait
+/// for it forever).
+struct StopOnUnwind<'a>(&'a AtomicBool);
+
+impl Drop for StopOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Threads decrypting a download: one decrypts about 1 GB/s, several times a 1 Gbit/s
@@ -812,6 +827,8 @@ struct Ready {
     sealed: std::fs::File,
     /// Which chunks a thread has taken (to decrypt, or decrypted).
     taken: Mutex<Vec<bool>>,
+    /// Where the search for chunks no stream's run held starts.
+    sweep_from: std::sync::atomic::AtomicUsize,
 }
 
 /// What one stream has received without a gap, and how far its decryption got in it.
@@ -892,10 +909,12 @@ impl OpenAsItArrives<'_> {
     /// The header and the payload's nonce have arrived.
     fn head_arrived(&self) -> bool {
         let head = self.size.min(Opener::HEAD);
-        self.streams.iter().any(|cursor| {
-            let cursor = cursor.lock().unwrap_or_else(PoisonError::into_inner);
-            cursor.run.start == 0 && cursor.run.end >= head
-        })
+        // (An empty file has no header to wait for: the download's end decides.)
+        self.size > 0
+            && self.streams.iter().any(|cursor| {
+                let cursor = cursor.lock().unwrap_or_else(PoisonError::into_inner);
+                cursor.run.start == 0 && cursor.run.end >= head
+            })
     }
 
     fn start(&self) -> std::result::Result<Ready, String> {
@@ -915,6 +934,7 @@ impl OpenAsItArrives<'_> {
             opener,
             sealed,
             taken,
+            sweep_from: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -940,7 +960,10 @@ impl OpenAsItArrives<'_> {
             return None;
         }
         let mut taken = ready.taken.lock().unwrap_or_else(PoisonError::into_inner);
-        let first = taken.iter().position(|chunk| !chunk)?;
+        // Every chunk below the hint is taken: the search does not start over each time.
+        let hint = ready.sweep_from.load(Ordering::Relaxed);
+        let first = hint + taken.get(hint..)?.iter().position(|chunk| !chunk)?;
+        ready.sweep_from.store(first, Ordering::Relaxed);
         let count = taken[first..]
             .iter()
             .take(CHUNKS_AT_A_TIME as usize)

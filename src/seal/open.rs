@@ -8,8 +8,12 @@ use std::path::Path;
 
 use age_core::format::Stanza;
 use age_core::secrecy::ExposeSecret;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Tag};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::{CHUNK, NONCE, SEALED_CHUNK, TAG};
@@ -155,9 +159,10 @@ pub struct Opener {
 }
 
 impl Opener {
-    /// How much of the file's start `new` needs (or all of a smaller file): the header and
-    /// the payload's nonce end within it.
-    pub const HEAD: u64 = 64 * 1024;
+    /// How much of the file's start `new` needs (or all of a smaller file): the header's
+    /// last line starts within its first 64 KiB (as `decrypt` requires), and it and the
+    /// payload's nonce end within this.
+    pub const HEAD: u64 = 64 * 1024 + 128;
 
     /// The opener of a `size`-byte age file whose first bytes are `head`.
     pub fn new(head: &[u8], size: u64, identities: &Identities) -> Result<Opener, String> {
@@ -167,8 +172,9 @@ impl Opener {
             .ok_or_else(not_age)?;
         let mut stanzas = Vec::new();
         while !rest.starts_with(b"---") {
+            // The age crate's parser, which also takes the layout of early age versions.
             let (after, stanza) =
-                age_core::format::read::age_stanza(rest).map_err(|_| not_age())?;
+                age_core::format::read::legacy_age_stanza(rest).map_err(|_| not_age())?;
             stanzas.push(Stanza::from(stanza));
             rest = after;
         }
@@ -187,6 +193,23 @@ impl Opener {
             .find_map(|identity| identity.unwrap_stanzas(&stanzas))
             .unwrap_or(Err(age::DecryptError::NoMatchingKeys))
             .map_err(explain)?;
+        // The MAC checked again with the very key the payload is opened with (the age crate
+        // checked it with the key it unwrapped itself).
+        let covered = head.len() - rest.len() + "---".len();
+        let given = rest
+            .get(4..mac_line)
+            .and_then(|text| STANDARD_NO_PAD.decode(text).ok())
+            .ok_or_else(not_age)?;
+        let mac_key = Zeroizing::new(age_core::primitives::hkdf(
+            &[],
+            b"header",
+            file_key.expose_secret(),
+        ));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(mac_key.as_slice())
+            .map_err(|err| format!("HMAC: {err}"))?;
+        mac.update(&head[..covered]);
+        mac.verify_slice(&given)
+            .map_err(|_| explain(age::DecryptError::InvalidMac))?;
         let payload_key = Zeroizing::new(age_core::primitives::hkdf(
             &header_and_nonce[header_len..],
             b"payload",
