@@ -28,6 +28,7 @@ pub mod privilege;
 pub mod progress;
 pub mod prompt;
 pub mod prune_dir;
+pub mod read_ahead;
 pub mod recover;
 pub mod remote;
 pub mod restore_set;

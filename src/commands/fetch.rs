@@ -34,7 +34,7 @@ pub struct FetchOptions {
     pub destination: Option<String>,
 }
 
-type Connection = Box<dyn Remote + Send>;
+pub(crate) type Connection = Box<dyn Remote + Send>;
 
 pub fn fetch(options: &FetchOptions) -> Result<()> {
     let wanted = Wanted::parse(&options.wanted).ok_or_else(|| {
@@ -481,7 +481,11 @@ fn planned_streams(server: &ServerConfig, remote: &mut dyn Remote) -> (usize, St
 }
 
 /// `count` more connections, fewer when the server refuses some (a warning says so).
-fn connect_extras(config: &Config, server: &ServerConfig, count: usize) -> Vec<Connection> {
+pub(crate) fn connect_extras(
+    config: &Config,
+    server: &ServerConfig,
+    count: usize,
+) -> Vec<Connection> {
     let mut extras = Vec::new();
     let mut refused = None;
     for outcome in destination::connect_several(server, &config.path, count) {
@@ -494,7 +498,7 @@ fn connect_extras(config: &Config, server: &ServerConfig, count: usize) -> Vec<C
     }
     if let Some(refused) = refused {
         log::warn!(
-            "the server accepted {} of {count} extra connections ({refused}): fetching over \
+            "the server accepted {} of {count} extra connections ({refused}): reading over \
              fewer streams",
             extras.len(),
         );

@@ -5,9 +5,10 @@
 //! first, with `--identity`); nothing is written to disk. The result lands in the state
 //! record (status, metrics, nagios). It takes the run's lock: never beside a run.
 
+use super::fetch::{connect_extras, Connection};
 use super::{say, split_listing};
 use crate::archive::{self, ArchiveCheck};
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, ServerConfig, Streams};
 use crate::destination;
 use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
@@ -15,6 +16,7 @@ use crate::inventory::Wanted;
 use crate::lock;
 use crate::monitor::Monitoring;
 use crate::names::{BackupName, RemoteFile, Stamp};
+use crate::read_ahead::{self, ReadAhead};
 use crate::remote::{Remote, RemoteEntry};
 use crate::seal::open::Identities;
 use crate::sets;
@@ -172,6 +174,11 @@ fn verify_destination(
             return verdict;
         }
     };
+    let mut extras = if options.read_data {
+        connect_readers(config, server, &mut *remote)
+    } else {
+        Vec::new()
+    };
     let label = remote.describe();
     let listing = match remote.list() {
         Ok(Some(listing)) => listing,
@@ -205,7 +212,7 @@ fn verify_destination(
     for data in chosen {
         verdict.sets.push(data.file_name());
         say!("{}: the set of {} on {label}", server.name, data.stamp);
-        let (problems, examined) = verify_set(&mut *remote, &listing, data, options);
+        let (problems, examined) = verify_set((&mut *remote, &mut extras), &listing, data, options);
         verdict.examined.extend(examined);
         for (err, damaged) in problems {
             verdict.damaged.extend(damaged);
@@ -219,12 +226,37 @@ fn verify_destination(
     verdict
 }
 
+/// The connections a read-back reads a large member over (none: over the first alone):
+/// as many as a fetch would use for its largest file (`streams`), at most
+/// `read_ahead::MOST_STREAMS`, so the blocks ahead stay within 32 MiB.
+fn connect_readers(
+    config: &Config,
+    server: &ServerConfig,
+    remote: &mut dyn Remote,
+) -> Vec<Connection> {
+    let streams = match server.streams {
+        Streams::Auto => transfer::auto_fetch_streams(remote.round_trip()).0,
+        Streams::Fixed(n) => n,
+    }
+    .min(read_ahead::MOST_STREAMS);
+    if streams < 2 {
+        return Vec::new();
+    }
+    let extras = connect_extras(config, server, streams);
+    say!(
+        "large files are read back over {} connections, in blocks of {} MiB",
+        extras.len(),
+        read_ahead::BLOCK >> 20
+    );
+    extras
+}
+
 type Problems = Vec<(Error, Option<String>)>;
 
 /// The problems of one set (none: it is whole), each with the copy it found damaged, and the
 /// copies it looked at.
 fn verify_set(
-    remote: &mut dyn Remote,
+    (remote, extras): (&mut dyn Remote, &mut [Connection]),
     listing: &[RemoteEntry],
     data: BackupName,
     options: &VerifyOptions,
@@ -287,7 +319,7 @@ fn verify_set(
             continue;
         };
         examined.push(file.file_name());
-        match check_member(remote, &copies, file, &expected, options) {
+        match check_member((remote, extras), &copies, file, &expected, options) {
             Ok(line) => say!("[ok  ] {file}: {line}"),
             Err(Damaged::Copy(err)) => problems.push((err, Some(file.file_name()))),
             Err(Damaged::Other(err)) => problems.push((err, None)),
@@ -298,7 +330,7 @@ fn verify_set(
 
 /// One member: listed, its checksum file agreeing; with `--read-data`, read back whole.
 fn check_member(
-    remote: &mut dyn Remote,
+    (remote, extras): (&mut dyn Remote, &mut [Connection]),
     copies: &[(RemoteFile, u64)],
     file: RemoteFile,
     expected: &str,
@@ -329,7 +361,13 @@ fn check_member(
     if !options.read_data {
         return Ok(format!("there, {size} bytes, with its checksum file"));
     }
-    read_back(remote, file, size, expected, options.identities.as_ref())
+    read_back(
+        (remote, extras),
+        file,
+        size,
+        expected,
+        options.identities.as_ref(),
+    )
 }
 
 /// Why a member failed: its bytes are not the set's (the next run may replace them), or
@@ -340,24 +378,47 @@ enum Damaged {
 }
 
 /// Read a member back: its sha256 and length, and for an archive its gzip and tar
-/// structure (decrypting an `.age` one with the identities, when given).
+/// structure (decrypting an `.age` one with the identities, when given). A large one over
+/// the extra connections, in blocks (`read_ahead`), when there are any.
 fn read_back(
-    remote: &mut dyn Remote,
+    (remote, extras): (&mut dyn Remote, &mut [Connection]),
     file: RemoteFile,
     size: u64,
     expected: &str,
     identities: Option<&Identities>,
 ) -> std::result::Result<String, Damaged> {
     let label = remote.describe();
+    if size < transfer::PARALLEL_THRESHOLD || extras.is_empty() {
+        // Large reads: libssh2 keeps four of them in flight, a window that fills a long
+        // link (small ones would leave one stream at a fraction of a MB/s at 50 ms).
+        let reader = std::io::BufReader::with_capacity(
+            transfer::READ_BUFFER,
+            remote
+                .open_read(&file.file_name())
+                .map_err(Damaged::Other)?,
+        );
+        return read_through(reader, (file, &label), size, expected, identities);
+    }
+    let ahead = ReadAhead::new(&file.file_name(), size, extras.len());
+    std::thread::scope(|scope| {
+        for extra in extras.iter_mut() {
+            let ahead = &ahead;
+            scope.spawn(move || ahead.work(extra.as_mut()));
+        }
+        // The reader, dropped when this returns, stops the connections.
+        read_through(ahead.reader(), (file, &label), size, expected, identities)
+    })
+}
+
+/// The checks of `read_back` on the member's bytes in order.
+fn read_through(
+    reader: impl Read,
+    (file, label): (RemoteFile, &str),
+    size: u64,
+    expected: &str,
+    identities: Option<&Identities>,
+) -> std::result::Result<String, Damaged> {
     let what = format!("reading {file} back from {label}");
-    // Large reads: libssh2 keeps four of them in flight, a window that fills a long link
-    // (small ones would leave one stream at a fraction of a MB/s at 50 ms).
-    let reader = std::io::BufReader::with_capacity(
-        transfer::READ_BUFFER,
-        remote
-            .open_read(&file.file_name())
-            .map_err(Damaged::Other)?,
-    );
     let mut hashing = HashingReader {
         inner: reader,
         hasher: Sha256::new(),

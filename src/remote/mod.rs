@@ -63,6 +63,16 @@ pub trait Remote {
         self.open_read_at(name, 0)
     }
     fn open_read_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn Read + '_>>;
+    /// Read bytes `range` of `name` (one block of a read-back), asking the server for
+    /// nothing past it as long as each read asks for at most a quarter of what is left.
+    fn open_read_range(
+        &mut self,
+        name: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Box<dyn Read + '_>> {
+        let len = range.end.saturating_sub(range.start);
+        Ok(Box::new(self.open_read_at(name, range.start)?.take(len)))
+    }
     fn size_of(&mut self, name: &str) -> Result<Option<u64>>;
     /// Rename, replacing `to` if it exists.
     fn rename_replace(&mut self, from: &str, to: &str) -> Result<()>;

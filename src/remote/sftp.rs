@@ -55,7 +55,10 @@ pub struct ConnectOptions<'a> {
 }
 
 pub struct SftpRemote {
-    // Field order matters: the SFTP channel must close before its session.
+    // Field order matters: a file handle closes before the SFTP channel, and the channel
+    // before its session.
+    /// The file a read-back reads in blocks, kept open from block to block.
+    reading: Option<(PathBuf, ssh2::File)>,
     sftp: Sftp,
     session: Session,
     /// The session's socket, to cut a dead connection without waiting on it.
@@ -252,6 +255,7 @@ pub fn connect_observed(
     let label = server.label();
     Ok(Connected {
         remote: SftpRemote {
+            reading: None,
             sftp,
             session,
             socket,
@@ -610,6 +614,43 @@ impl Remote for SftpRemote {
         }))
     }
 
+    /// One handle for all the blocks of a file: a block costs a seek, not an open and a
+    /// close (two round trips).
+    fn open_read_range(
+        &mut self,
+        name: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Box<dyn Read + '_>> {
+        let path = self.path(name);
+        if !matches!(&self.reading, Some((open, _)) if *open == path) {
+            self.reading = None;
+            let file = self
+                .sftp
+                .open(&path)
+                .map_err(|err| self.fail("cannot open", &path, &err))?;
+            self.reading = Some((path.clone(), file));
+        }
+        let label = &self.label;
+        let Some((_, file)) = self.reading.as_mut() else {
+            return Err(Error::copy(format!("cannot open {}", path.display())));
+        };
+        file.seek(SeekFrom::Start(range.start)).map_err(|err| {
+            Error::transient(format!(
+                "cannot read {} on {label} from {}: {err}",
+                path.display(),
+                range.start
+            ))
+        })?;
+        let len = range.end.saturating_sub(range.start);
+        Ok(Box::new(
+            ClassifyingReader {
+                file,
+                session: self.session.clone(),
+            }
+            .take(len),
+        ))
+    }
+
     fn round_trip(&mut self) -> Duration {
         self.measure_round_trip()
     }
@@ -817,12 +858,12 @@ fn classify(session: &Session, err: std::io::Error) -> std::io::Error {
     std::io::Error::new(kind, err.to_string())
 }
 
-struct ClassifyingReader {
-    file: ssh2::File,
+struct ClassifyingReader<F> {
+    file: F,
     session: Session,
 }
 
-impl Read for ClassifyingReader {
+impl<F: Read> Read for ClassifyingReader<F> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.file
             .read(buf)
