@@ -42,6 +42,30 @@ struct State {
     stop: bool,
     /// Buffers given back by the reader.
     spare: Vec<Vec<u8>>,
+    /// Blocks a connection failed to read, for another one.
+    retry: Vec<u64>,
+}
+
+/// A worker's way out when it panics: its block fails and it no longer counts, so the
+/// reader does not wait for it.
+struct Leaving<'a> {
+    ahead: &'a ReadAhead,
+    block: Option<u64>,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self.ahead.lock();
+            if let Some(block) = self.block {
+                state
+                    .ready
+                    .insert(block, Err("a reading thread crashed".to_string()));
+            }
+            state.working -= 1;
+            self.ahead.changed.notify_all();
+        }
+    }
 }
 
 impl ReadAhead {
@@ -60,6 +84,7 @@ impl ReadAhead {
                 working: streams,
                 stop: false,
                 spare: Vec::new(),
+                retry: Vec::new(),
             }),
             changed: Condvar::new(),
         }
@@ -83,37 +108,69 @@ impl ReadAhead {
         block * BLOCK..self.size.min((block + 1) * BLOCK)
     }
 
-    /// One connection: the next block no one has taken, as long as it is at most `streams`
-    /// blocks ahead of the reader; until every block is taken, the reader is gone, or a
-    /// block cannot be read (the reader then says why when it gets there).
-    pub fn work(&self, remote: &mut dyn Remote) {
+    /// One connection: a block another connection failed to read, else the next block no
+    /// one has taken, as long as it is at most `streams` blocks ahead of the reader; until
+    /// every block is taken or the reader is gone. False when this connection failed: its
+    /// block goes to another one, or, from the last one, the reader says why when it gets
+    /// there.
+    pub fn work(&self, remote: &mut dyn Remote) -> bool {
+        let mut leaving = Leaving {
+            ahead: self,
+            block: None,
+        };
         loop {
             let (block, mut buffer) = {
                 let mut state = self.lock();
-                loop {
-                    if state.stop || state.issued >= self.blocks() {
-                        state.working -= 1;
-                        self.changed.notify_all();
-                        return;
+                let next = loop {
+                    if state.stop {
+                        break None;
+                    }
+                    if let Some(block) = state.retry.pop() {
+                        break Some(block);
+                    }
+                    if state.issued >= self.blocks() {
+                        break None;
                     }
                     if state.issued < state.delivered + self.streams as u64 {
-                        break;
+                        state.issued += 1;
+                        break Some(state.issued - 1);
                     }
                     state = self.wait(state);
-                }
-                state.issued += 1;
-                (state.issued - 1, state.spare.pop().unwrap_or_default())
+                };
+                let Some(block) = next else {
+                    state.working -= 1;
+                    self.changed.notify_all();
+                    return true;
+                };
+                (block, state.spare.pop().unwrap_or_default())
             };
+            leaving.block = Some(block);
             let read = self.read_block(remote, block, &mut buffer);
-            let failed = read.is_err();
+            leaving.block = None;
             let mut state = self.lock();
-            state.ready.insert(block, read.map(|()| buffer));
-            if failed {
-                state.working -= 1;
-            }
-            self.changed.notify_all();
-            if failed {
-                return;
+            match read {
+                Ok(()) => {
+                    state.ready.insert(block, Ok(buffer));
+                    self.changed.notify_all();
+                }
+                Err(why) => {
+                    let range = self.range_of(block);
+                    if state.working > 1 && !state.stop {
+                        log::warn!(
+                            "reading {} back: a connection failed at bytes {}..{} ({why}); \
+                             another one reads them",
+                            self.name,
+                            range.start,
+                            range.end
+                        );
+                        state.retry.push(block);
+                    } else {
+                        state.ready.insert(block, Err(why));
+                    }
+                    state.working -= 1;
+                    self.changed.notify_all();
+                    return false;
+                }
             }
         }
     }
@@ -135,7 +192,8 @@ impl ReadAhead {
         while got < len {
             crate::signals::check(&format!("reading {} back", self.name))
                 .map_err(|err| err.message)?;
-            // libssh2 asks for 4 buffers ahead: never past the block.
+            // libssh2 asks for 4 buffers ahead: at most one request (30,000 bytes) past the
+            // block, which the next seek throws away.
             let left = len - got;
             let want = (left / 4).clamp(1, READ_BUFFER).min(left);
             let n = reader
@@ -162,6 +220,7 @@ impl ReadAhead {
             block: Vec::new(),
             at: 0,
             next: 0,
+            failed: None,
         }
     }
 }
@@ -172,10 +231,15 @@ pub struct InOrder<'a> {
     block: Vec<u8>,
     at: usize,
     next: u64,
+    /// Why a block could not be read: every read after says it again.
+    failed: Option<String>,
 }
 
 impl Read for InOrder<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(why) = &self.failed {
+            return Err(std::io::Error::other(why.clone()));
+        }
         if self.at == self.block.len() {
             if self.next >= self.ahead.blocks() {
                 return Ok(0);
@@ -186,10 +250,9 @@ impl Read for InOrder<'_> {
                     break read;
                 }
                 if state.working == 0 {
-                    return Err(std::io::Error::other(format!(
-                        "no connection left reading {}",
-                        self.ahead.name
-                    )));
+                    let why = format!("no connection left reading {}", self.ahead.name);
+                    self.failed = Some(why.clone());
+                    return Err(std::io::Error::other(why));
                 }
                 state = self.ahead.wait(state);
             };
@@ -199,8 +262,14 @@ impl Read for InOrder<'_> {
             state.spare.push(used);
             self.ahead.changed.notify_all();
             drop(state);
-            self.block = read.map_err(std::io::Error::other)?;
             self.at = 0;
+            self.block = match read {
+                Ok(block) => block,
+                Err(why) => {
+                    self.failed = Some(why.clone());
+                    return Err(std::io::Error::other(why));
+                }
+            };
         }
         let n = buf.len().min(self.block.len() - self.at);
         buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);

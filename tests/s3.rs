@@ -835,3 +835,29 @@ fn check_and_the_night_say_a_plain_bucket_is_not_immutable_and_a_locked_one_is()
         run.all_output()
     );
 }
+
+/// A 70 MB member in a bucket is read back over 2 more connections, in ranged GETs of one
+/// 8 MiB block each, in order: the sha256 and the archive check pass.
+#[test]
+fn a_large_object_is_read_back_over_several_connections() {
+    let bucket = new_bucket();
+    let mut fx = two_destinations(&bucket, "streams = 2");
+    fx.cvpi_flags = "--size 70000000".into();
+    fx.write_ini();
+    let night = fx.run(&[]);
+    assert_eq!(night.code, 0, "{}", night.all_output());
+    let data = newest_data(&fx);
+    let read_back = fx.run(&["verify", "--destination", "offsite", "--read-data"]);
+    assert_eq!(read_back.code, 0, "{}", read_back.all_output());
+    assert!(
+        read_back
+            .stdout
+            .contains("large files are read back over 2 connections")
+            && read_back
+                .stdout
+                .contains(&format!("[ok  ] {data}: read back, 70000000 bytes"))
+            && read_back.stdout.contains("a whole archive ("),
+        "{}",
+        read_back.stdout
+    );
+}

@@ -226,9 +226,10 @@ fn verify_destination(
     verdict
 }
 
-/// The connections a read-back reads a large member over (none: over the first alone):
-/// as many as a fetch would use for its largest file (`streams`), at most
-/// `read_ahead::MOST_STREAMS`, so the blocks ahead stay within 32 MiB.
+/// The connections a read-back reads a large member over, besides the first (which reads
+/// the listing, the checksum files and the small members); none: over the first alone. As
+/// many as a fetch would use for its largest file (`streams`, or `auto` from the round trip),
+/// at most `read_ahead::MOST_STREAMS`, so the blocks held stay within 40 MiB.
 fn connect_readers(
     config: &Config,
     server: &ServerConfig,
@@ -256,7 +257,7 @@ type Problems = Vec<(Error, Option<String>)>;
 /// The problems of one set (none: it is whole), each with the copy it found damaged, and the
 /// copies it looked at.
 fn verify_set(
-    (remote, extras): (&mut dyn Remote, &mut [Connection]),
+    (remote, extras): (&mut dyn Remote, &mut Vec<Connection>),
     listing: &[RemoteEntry],
     data: BackupName,
     options: &VerifyOptions,
@@ -330,7 +331,7 @@ fn verify_set(
 
 /// One member: listed, its checksum file agreeing; with `--read-data`, read back whole.
 fn check_member(
-    (remote, extras): (&mut dyn Remote, &mut [Connection]),
+    (remote, extras): (&mut dyn Remote, &mut Vec<Connection>),
     copies: &[(RemoteFile, u64)],
     file: RemoteFile,
     expected: &str,
@@ -381,7 +382,7 @@ enum Damaged {
 /// structure (decrypting an `.age` one with the identities, when given). A large one over
 /// the extra connections, in blocks (`read_ahead`), when there are any.
 fn read_back(
-    (remote, extras): (&mut dyn Remote, &mut [Connection]),
+    (remote, extras): (&mut dyn Remote, &mut Vec<Connection>),
     file: RemoteFile,
     size: u64,
     expected: &str,
@@ -400,14 +401,26 @@ fn read_back(
         return read_through(reader, (file, &label), size, expected, identities);
     }
     let ahead = ReadAhead::new(&file.file_name(), size, extras.len());
-    std::thread::scope(|scope| {
-        for extra in extras.iter_mut() {
-            let ahead = &ahead;
-            scope.spawn(move || ahead.work(extra.as_mut()));
-        }
+    let (outcome, alive) = std::thread::scope(|scope| {
+        let workers: Vec<_> = extras
+            .iter_mut()
+            .map(|extra| {
+                let ahead = &ahead;
+                scope.spawn(move || ahead.work(extra.as_mut()))
+            })
+            .collect();
         // The reader, dropped when this returns, stops the connections.
-        read_through(ahead.reader(), (file, &label), size, expected, identities)
-    })
+        let outcome = read_through(ahead.reader(), (file, &label), size, expected, identities);
+        let alive: Vec<bool> = workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap_or(false))
+            .collect();
+        (outcome, alive)
+    });
+    // A connection that failed is not used for the next members.
+    let mut alive = alive.into_iter();
+    extras.retain(|_| alive.next().unwrap_or(false));
+    outcome
 }
 
 /// The checks of `read_back` on the member's bytes in order.

@@ -63,8 +63,8 @@ pub trait Remote {
         self.open_read_at(name, 0)
     }
     fn open_read_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn Read + '_>>;
-    /// Read bytes `range` of `name` (one block of a read-back), asking the server for
-    /// nothing past it as long as each read asks for at most a quarter of what is left.
+    /// Read bytes `range` of `name` (one block of a read-back). With reads of at most a
+    /// quarter of what is left, libssh2 asks for at most one request past it.
     fn open_read_range(
         &mut self,
         name: &str,
