@@ -400,10 +400,17 @@ fn wrong_keys_a_missing_bucket_a_refused_request_and_a_dead_endpoint_are_clear_e
         wrong.stderr
     );
     // In the node's rights, never created.
-    let missing = s3_only(&fx, &weed().endpoint(), "cvpbc-l", weed::NODE_SECRET);
+    let missing = s3_only(
+        &fx,
+        &weed().endpoint(),
+        weed::NEVER_CREATED,
+        weed::NODE_SECRET,
+    );
     assert_eq!(missing.code, 4, "{}", missing.all_output());
     assert!(
-        missing.stderr.contains("no such bucket cvpbc-l"),
+        missing
+            .stderr
+            .contains(&format!("no such bucket {}", weed::NEVER_CREATED)),
         "{}",
         missing.stderr
     );

@@ -18,8 +18,11 @@ pub const NODE_SECRET: &str = "S3-leak-canary-Sk9q";
 /// The buckets the node identity may use; tests make their own from this list.
 pub const BUCKETS: &[&str] = &[
     "cvpbc-a", "cvpbc-b", "cvpbc-c", "cvpbc-d", "cvpbc-e", "cvpbc-f", "cvpbc-g", "cvpbc-h",
-    "cvpbc-i", "cvpbc-j", "cvpbc-k", "cvpbc-l",
+    "cvpbc-i", "cvpbc-j", "cvpbc-k", "cvpbc-l", "cvpbc-m", "cvpbc-n", "cvpbc-o", "cvpbc-p",
 ];
+
+/// A bucket in the node identity's rights that no test ever creates: "no such bucket".
+pub const NEVER_CREATED: &str = "cvpbc-never";
 
 /// Buckets where the node identity also has `Admin` (SeaweedFS wants it to set a retention).
 pub const LOCK_BUCKETS: &[&str] = &[
@@ -114,6 +117,7 @@ impl Weed {
         let mut actions: Vec<String> = BUCKETS
             .iter()
             .chain(LOCK_BUCKETS)
+            .chain(&[NEVER_CREATED])
             .flat_map(|b| {
                 [
                     format!("Read:{b}"),
