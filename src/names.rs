@@ -328,6 +328,19 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_partial_is_a_partial_of_its_file() {
+        // What the names fuzzer found its own rule missing: an append-only attempt's name.
+        let name = BackupName::parse("cvp.55111103151060.tgz").unwrap();
+        let fresh = fresh_partial(&RemoteFile::plain(name).partial_name());
+        assert_eq!(RemoteName::parse(&fresh), Some(RemoteName::Partial(name)));
+        assert_eq!(
+            RemoteName::parse(".cvp.55111103151060.tgz.cvpbc-part-e"),
+            Some(RemoteName::Partial(name))
+        );
+        assert_eq!(BackupName::parse(&fresh), None);
+    }
+
+    #[test]
     fn partial_and_sidecar_names_are_never_backups() {
         let name = BackupName::parse("cvp.20210715101112.tgz").unwrap();
         for file in [RemoteFile::plain(name), RemoteFile::new(name, true)] {

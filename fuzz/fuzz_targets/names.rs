@@ -23,12 +23,19 @@ fuzz_target!(|data: &[u8]| {
         Some(RemoteName::Backup(parsed)) => assert_eq!(parsed.file_name(), name),
         Some(RemoteName::Sidecar(parsed)) => assert_eq!(parsed.sidecar_name(), name),
         Some(RemoteName::Manifest(parsed)) => assert_eq!(parsed.manifest_name(), name),
+        // A partial name, or one an append-only attempt made fresh (`-<hex>` after it).
         Some(RemoteName::Partial(parsed)) => assert!(
             [RemoteFile::plain(parsed), RemoteFile::new(parsed, true)]
                 .iter()
                 .flat_map(|f| [f.partial_name(), f.sidecar_partial_name()])
                 .chain([parsed.manifest_partial_name()])
-                .any(|n| n == name),
+                .any(|n| n == name
+                    || name
+                        .strip_prefix(n.as_str())
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        .is_some_and(|hex| {
+                            !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                        })),
             "{name}"
         ),
         None => {}
