@@ -298,6 +298,62 @@ fn a_large_file_over_parallel_streams_decrypts_byte_identically_both_ways() {
     );
     assert!(std::fs::read(into.join(DATA)).expect("data") == data);
     assert!(std::fs::read(into.join(IMAGES)).expect("images") == images);
+
+    // Over one stream (what `auto` picks on a short round trip) the ciphertext is decrypted
+    // in order from memory and never written: same plaintext, no partial of either kind.
+    fx.set_in_ini("streams", "1");
+    let one = fx.root.path().join("one-stream");
+    let one_arg = one.to_str().expect("utf-8");
+    let fetch = tool(&fx, &["fetch", "--identity", identity, "--to", one_arg]);
+    assert_eq!(fetch.code, 0, "{}", fetch.all_output());
+    assert!(
+        fetch.stdout.contains("every chunk authenticated"),
+        "{}",
+        fetch.stdout
+    );
+    assert!(std::fs::read(one.join(DATA)).expect("data") == data);
+    let mut names = file_names(&one);
+    names.sort();
+    assert_eq!(names, [DATA, IMAGES]);
+
+    // Cut at a chunk boundary in the middle, with its checksum file made to match: every
+    // chunk left authenticates but the last one is not sealed as the last; refused, and
+    // nothing of it is left.
+    let mut bytes = std::fs::read(&sealed).expect("sealed");
+    let payload = bytes.len() - (data.len() / 65_536 + 1) * 16 - data.len();
+    bytes.truncate(payload + 600 * (65_536 + 16));
+    std::fs::write(&sealed, &bytes).expect("cut");
+    write_sidecar(&sealed);
+    // Someone with access to the server would mend the set's manifest too.
+    let manifest = fx.dest.join("cvp.20240101020010.set.sha256");
+    let sidecar =
+        std::fs::read_to_string(fx.dest.join(format!("{DATA}.age.sha256"))).expect("sidecar");
+    let mended: String = std::fs::read_to_string(&manifest)
+        .expect("manifest")
+        .lines()
+        .map(|line| {
+            if line.ends_with(&format!("  {DATA}.age")) {
+                format!("{}\n", sidecar.trim_end())
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&manifest, mended).expect("manifest");
+    let cut = fx.root.path().join("cut");
+    let cut_arg = cut.to_str().expect("utf-8");
+    let run = tool(&fx, &["fetch", "--identity", identity, "--to", cut_arg]);
+    assert_ne!(run.code, 0, "{}", run.all_output());
+    assert!(
+        run.stderr.contains("does not authenticate") && run.stderr.contains("not fetched"),
+        "{}",
+        run.stderr
+    );
+    let left = file_names(&cut);
+    assert!(
+        !left.iter().any(|n| n == DATA || n.contains("cvpbc-part")),
+        "a cut file never gets a name: {left:?}"
+    );
 }
 
 /// Put `name` on the server as the stock `age` encrypted it, with its sidecar.

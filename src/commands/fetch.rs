@@ -723,10 +723,11 @@ fn fetch_one(
     })
 }
 
-/// Download the encrypted `sealed` and decrypt it in the same pass: a thread decrypts the
-/// chunks as the streams receive them (in any order), each where it lies in `plain` (synced). Its size, once
-/// the download's sha256 is the expected one and every chunk authenticated; else an error,
-/// and `plain` is not to be published.
+/// Download the encrypted `sealed` and decrypt it in the same pass: over several streams a
+/// thread decrypts the chunks as the streams receive them (in any order), each where it
+/// lies in `plain` (synced); over one, in order from memory. Its size, once the download's
+/// sha256 is the expected one and every chunk authenticated; else an error, and `plain` is
+/// not to be published.
 fn download_decrypting(
     remotes: &mut [&mut (dyn Remote + Send)],
     (name, size): (RemoteFile, u64),
@@ -735,6 +736,16 @@ fn download_decrypting(
     expected: &str,
     identities: &Identities,
 ) -> Result<u64> {
+    if size < transfer::PARALLEL_THRESHOLD || remotes.len() < 2 {
+        return download_decrypting_in_order(
+            &mut *remotes[0],
+            (name, size),
+            dir,
+            plain,
+            expected,
+            identities,
+        );
+    }
     let plain_path = dir.join(plain);
     let local_error =
         |err: std::io::Error| Error::copy(format!("cannot write {}: {err}", plain_path.display()));
@@ -785,6 +796,113 @@ fn download_decrypting(
         .map_err(|why| Error::copy(format!("{name}: {why}; not fetched")))?;
     out.sync_all().map_err(local_error)?;
     Ok(bytes)
+}
+
+/// Over one stream (what `auto` picks on a short round trip) the ciphertext arrives in
+/// order: it is hashed and decrypted from memory as it arrives, and only the plaintext is
+/// written (no ciphertext through the page cache, read back twice, then removed). Its size,
+/// once the sha256 is the expected one and every chunk authenticated.
+fn download_decrypting_in_order(
+    remote: &mut (dyn Remote + Send),
+    (name, size): (RemoteFile, u64),
+    dir: &Dir,
+    plain: &str,
+    expected: &str,
+    identities: &Identities,
+) -> Result<u64> {
+    use sha2::Digest as _;
+    use std::io::{Read as _, Write as _};
+    let plain_path = dir.join(plain);
+    let local_error =
+        |err: std::io::Error| Error::copy(format!("cannot write {}: {err}", plain_path.display()));
+    dir.remove(plain).map_err(local_error)?;
+    let mut out = dir.create_new(plain, 0o640).map_err(local_error)?;
+    let label = remote.describe();
+    let file_name = name.file_name();
+    let during = format!("the fetch of {name}");
+    let bar = progress::bar(size, &file_name);
+    let mut reader = remote.open_read(&file_name)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut piece = vec![0u8; transfer::READ_BUFFER];
+    // What has arrived and is not decrypted yet: less than a chunk, plus the last piece.
+    let mut carry: Vec<u8> = Vec::with_capacity(transfer::READ_BUFFER + 128 * 1024);
+    let mut opener: Option<Opener> = None;
+    // Once the file does not open, the rest is only hashed: whether the sha256 matches tells
+    // a damaged copy from a wrong identity.
+    let mut failure: Option<String> = None;
+    let (mut received, mut opened, mut written) = (0u64, 0u64, 0u64);
+    let head = usize::try_from(size.min(Opener::HEAD)).unwrap_or(0);
+    loop {
+        crate::signals::check(&during)?;
+        let n = reader.read(&mut piece).map_err(|err| {
+            transfer::write_error(
+                err,
+                format!("reading {file_name} from {label} at {received}"),
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&piece[..n]);
+        received += n as u64;
+        bar.inc(n as u64);
+        if failure.is_some() {
+            continue;
+        }
+        carry.extend_from_slice(&piece[..n]);
+        if opener.is_none() && carry.len() >= head {
+            match Opener::new(&carry[..head], size, identities) {
+                Ok(new) => {
+                    let start = usize::try_from(new.payload_start()).unwrap_or(usize::MAX);
+                    carry.drain(..start.min(carry.len()));
+                    opener = Some(new);
+                }
+                Err(why) => {
+                    failure = Some(why);
+                    continue;
+                }
+            }
+        }
+        let Some(opener) = &opener else { continue };
+        let which = opener.chunks_within(received - carry.len() as u64..received);
+        if which.is_empty() {
+            continue;
+        }
+        // Never past what arrived: chunks_within only names chunks wholly in it.
+        let len = usize::try_from(opener.sealed_len_of(which.clone()))
+            .unwrap_or(usize::MAX)
+            .min(carry.len());
+        match opener.open_in_place(which.clone(), &mut carry[..len]) {
+            Ok(packed) => {
+                out.write_all(&carry[..packed]).map_err(local_error)?;
+                written += packed as u64;
+                opened = which.end;
+                carry.drain(..len);
+            }
+            Err(why) => failure = Some(why),
+        }
+    }
+    bar.finish_and_clear();
+    if received < size {
+        return Err(Error::transient(format!(
+            "{file_name} on {label} ended at {received}, before the {size} bytes listed: it \
+             changed on the server"
+        )));
+    }
+    let digest = transfer::hex(&hasher.finalize());
+    if digest != expected {
+        return Err(corrupted(name, &label, (&digest, received), expected));
+    }
+    let not_fetched = |why: String| Error::copy(format!("{name}: {why}; not fetched"));
+    if let Some(why) = failure {
+        return Err(not_fetched(why));
+    }
+    let opener = opener.ok_or_else(|| not_fetched("not an age file this version reads".into()))?;
+    if opened != opener.chunks() || written != opener.plain_len() {
+        return Err(not_fetched("the decryption stopped before the end".into()));
+    }
+    out.sync_all().map_err(local_error)?;
+    Ok(written)
 }
 
 /// Tells the decrypting thread to stop when the download panics (else the scope would wait
@@ -1063,12 +1181,17 @@ fn download(
         out.sync_all().map_err(local_error)?;
     }
     if digest != expected {
-        return Err(Error::copy(format!(
-            "{name} on {label} is corrupted: its sha256 is {digest} ({size} bytes) but {} says \
-             {expected}; not fetched. Fetch an older set (`cvp-backup-copy list`) and check the \
-             backup server's disk",
-            name.sidecar_name()
-        )));
+        return Err(corrupted(name, &label, (&digest, size), expected));
     }
     Ok(())
+}
+
+/// The error of a download whose sha256 is not the one its checksum file lists.
+fn corrupted(name: RemoteFile, label: &str, (digest, size): (&str, u64), expected: &str) -> Error {
+    Error::copy(format!(
+        "{name} on {label} is corrupted: its sha256 is {digest} ({size} bytes) but {} says \
+         {expected}; not fetched. Fetch an older set (`cvp-backup-copy list`) and check the \
+         backup server's disk",
+        name.sidecar_name()
+    ))
 }

@@ -265,6 +265,19 @@ impl Opener {
         first.min(end)..end
     }
 
+    /// The bytes chunks `which` take in the encrypted file.
+    pub fn sealed_len_of(&self, which: Range<u64>) -> u64 {
+        if which.is_empty() {
+            return 0;
+        }
+        self.sealed_range(which.end - 1).end - self.sealed_range(which.start).start
+    }
+
+    /// Where the first chunk starts in the encrypted file.
+    pub fn payload_start(&self) -> u64 {
+        self.payload_start
+    }
+
     /// Decrypt chunks `which` of `sealed` and write their plaintext into `plain` at its
     /// place. `buffer` is reused from call to call.
     pub fn open(
@@ -284,11 +297,21 @@ impl Opener {
         sealed
             .read_exact_at(buffer, from)
             .map_err(|err| format!("cannot read what was downloaded: {err}"))?;
+        let packed = self.open_in_place(which.clone(), buffer)?;
+        plain
+            .write_all_at(&buffer[..packed], which.start * CHUNK)
+            .map_err(|err| format!("cannot write the decrypted file: {err}"))
+    }
+
+    /// Decrypt chunks `which`, whose ciphertext `sealed` holds (and nothing more), in
+    /// place: their plaintext ends up at its start. Its length.
+    pub fn open_in_place(&self, which: Range<u64>, sealed: &mut [u8]) -> Result<usize, String> {
+        let len = sealed.len();
         // Each chunk is opened in place, and its plaintext moved down over the tags before.
         let mut packed = 0;
-        for (index, at) in which.clone().zip((0..len).step_by(SEALED_CHUNK as usize)) {
+        for (index, at) in which.zip((0..len).step_by(SEALED_CHUNK as usize)) {
             let end = len.min(at + SEALED_CHUNK as usize);
-            let (body, tag) = buffer[at..end].split_at_mut(end - at - TAG as usize);
+            let (body, tag) = sealed[at..end].split_at_mut(end - at - TAG as usize);
             let nonce = super::chunk_nonce(index, index + 1 == self.chunks);
             self.cipher
                 .decrypt_in_place_detached(&nonce.into(), &[], body, Tag::from_slice(tag))
@@ -301,12 +324,10 @@ impl Opener {
                     )
                 })?;
             let body_len = body.len();
-            buffer.copy_within(at..at + body_len, packed);
+            sealed.copy_within(at..at + body_len, packed);
             packed += body_len;
         }
-        plain
-            .write_all_at(&buffer[..packed], which.start * CHUNK)
-            .map_err(|err| format!("cannot write the decrypted file: {err}"))
+        Ok(packed)
     }
 }
 
