@@ -11,7 +11,6 @@ use std::ops::Range;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::remote::Remote;
-use crate::transfer::READ_BUFFER;
 
 /// A block: what one stream's window holds, so a block is asked for in one go.
 pub const BLOCK: u64 = crate::transfer::READ_WINDOW as u64;
@@ -192,10 +191,8 @@ impl ReadAhead {
         while got < len {
             crate::signals::check(&format!("reading {} back", self.name))
                 .map_err(|err| err.message)?;
-            // libssh2 asks for 4 buffers ahead: at most one request (30,000 bytes) past the
-            // block, which the next seek throws away.
-            let left = len - got;
-            let want = (left / 4).clamp(1, READ_BUFFER).min(left);
+            // What comes past the block the next seek throws away.
+            let want = crate::transfer::read_within((len - got) as u64);
             let n = reader
                 .read(&mut buffer[got..got + want])
                 .map_err(|err| format!("at byte {}: {err}", range.start + got as u64))?;

@@ -809,6 +809,14 @@ pub const READ_WINDOW: usize = 8 * 1024 * 1024;
 /// The buffer a download stream reads into: a quarter of its window.
 pub(crate) const READ_BUFFER: usize = READ_WINDOW / 4;
 
+/// How much to read at once when only `left` more bytes are wanted from a handle: libssh2
+/// asks the server for 4 buffers ahead of each read, so a quarter of what is left (at most
+/// one 30,000-byte request more comes back).
+pub(crate) fn read_within(left: u64) -> usize {
+    let left = usize::try_from(left).unwrap_or(usize::MAX);
+    (left / 4).clamp(1, READ_BUFFER).min(left)
+}
+
 /// Download `name` (`size` bytes) over the connections given into `out`, each stream
 /// carrying its lane (see `lanes`) and writing at the offsets it reads, while one more thread
 /// hashes `out` (through `read_back`, the same file opened for reading) in order as far as
@@ -919,10 +927,9 @@ fn receive_lane(
             if at >= claimed_to {
                 break;
             }
-            // libssh2 asks 4 buffers ahead: never ask past what this lane claimed, or
-            // bytes another stream carries would cross the link twice.
-            let left = usize::try_from(claimed_to - at).unwrap_or(usize::MAX);
-            let want = (left / 4).clamp(1, READ_BUFFER).min(left);
+            // Never ask past what this lane claimed, or bytes another stream carries would
+            // cross the link twice.
+            let want = read_within(claimed_to - at);
             let n = reader
                 .read(&mut buf[..want])
                 .map_err(|err| write_error(err, format!("reading {name} from {label} at {at}")))?;
@@ -1223,6 +1230,23 @@ fn write_small(remote: &mut dyn Remote, name: &str, bytes: &[u8]) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_never_asks_libssh2_for_much_past_what_is_left() {
+        // (bytes left) -> one read's size; libssh2 requests 4 of them ahead.
+        let table: &[(u64, usize)] = &[
+            (0, 0),
+            (1, 1),
+            (3, 1),
+            (4, 1),
+            (1_000, 250),
+            (READ_WINDOW as u64, READ_BUFFER),
+            (u64::MAX, READ_BUFFER),
+        ];
+        for (left, expected) in table {
+            assert_eq!(read_within(*left), *expected, "{left} left");
+        }
+    }
 
     #[test]
     fn auto_fetch_streams_need_a_quarter_as_many() {
