@@ -660,3 +660,85 @@ fn a_ca_file_cvp_names_is_read_as_cvp_and_never_through_a_symlink() {
         node.assert_nothing_lent(&format!("ca_file {what}"));
     }
 }
+
+/// `verify` (both kinds) and a decrypting `fetch` run by root where cvp planted symlinks at
+/// every name they write (the lock, the record, the metrics, both partials of a decrypting
+/// fetch and the final name): none is followed, nothing is lent, the plaintext is whole,
+/// and the cvp job still runs.
+#[test]
+fn verify_and_a_decrypting_fetch_as_root_follow_no_symlink_cvp_plants() {
+    let node = Node::new();
+    // Root's restore identity, outside cvp's folders; the set is encrypted to it.
+    let identity = node.fx.root.path().join("root-identity.txt");
+    let out = Command::new(bin())
+        .args(["keygen", "--age-identity"])
+        .arg(&identity)
+        .output()
+        .expect("keygen");
+    assert!(out.status.success(), "{out:?}");
+    let recipient_line = String::from_utf8(out.stdout).expect("utf-8");
+    node.cvp_edits_ini(|text| {
+        text.replace(
+            "[Backup_Settings]",
+            &format!("{}\n[Backup_Settings]", recipient_line.trim()),
+        )
+    });
+    let night = node.as_cvp(&[]);
+    assert_eq!(night.code, 0, "{}", night.all_output());
+    let data = node.fx.newest_local("cvp.2").expect("a data file");
+    assert!(
+        node.fx.dest.join(format!("{data}.age")).exists(),
+        "the set is encrypted: {:?}",
+        node.fx.remote_names()
+    );
+
+    let state = &node.fx.state_dir;
+    let identity_arg = identity.to_str().expect("utf-8");
+    for args in [
+        &["verify"][..],
+        &["verify", "--read-data"],
+        &["verify", "--read-data", "--identity", identity_arg],
+    ] {
+        for name in ["lock", "lock.pid", "last-run.json", "history.json", "logs"] {
+            node.plant(&state.join(name));
+        }
+        let out = node.as_root(args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.all_output());
+        node.assert_nothing_lent(&format!("{args:?}"));
+    }
+
+    // A decrypting fetch into cvp's folder, where cvp planted the ciphertext's partial, the
+    // plaintext's partial and the final name.
+    let fetch_to = node.fx.backup_dir.join("restore");
+    std::fs::create_dir_all(&fetch_to).expect("dir");
+    chown_tree(&fetch_to, node.uid, node.gid);
+    for name in [
+        format!(".{data}.age.cvpbc-part"),
+        format!(".{data}.cvpbc-part"),
+        data.clone(),
+    ] {
+        node.plant(&fetch_to.join(name));
+    }
+    let fetched = node.as_root(&[
+        "fetch",
+        "--identity",
+        identity_arg,
+        "--to",
+        fetch_to.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(fetched.code, 0, "{}", fetched.all_output());
+    assert!(
+        fetched.stdout.contains("every chunk authenticated"),
+        "{}",
+        fetched.stdout
+    );
+    assert!(
+        std::fs::read(fetch_to.join(&data)).expect("fetched")
+            == std::fs::read(node.fx.local_path(&data)).expect("local"),
+        "the plaintext is the node's archive"
+    );
+    node.assert_nothing_lent("fetch --identity");
+
+    let again = node.as_cvp(&[]);
+    assert_eq!(again.code, 0, "{}", again.all_output());
+}
