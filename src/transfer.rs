@@ -811,7 +811,8 @@ pub(crate) const READ_BUFFER: usize = READ_WINDOW / 4;
 
 /// How much to read at once when only `left` more bytes are wanted from a handle: libssh2
 /// asks the server for 4 buffers ahead of each read, so a quarter of what is left (at most
-/// one 30,000-byte request more comes back).
+/// one 30,000-byte request more comes back). Callers stop before `left` is 0 (a read of
+/// nothing would look like the end of the file).
 pub(crate) fn read_within(left: u64) -> usize {
     let left = usize::try_from(left).unwrap_or(usize::MAX);
     (left / 4).clamp(1, READ_BUFFER).min(left)

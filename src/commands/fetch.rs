@@ -832,9 +832,12 @@ fn download_decrypting_in_order(
     let mut failure: Option<String> = None;
     let (mut received, mut opened, mut written) = (0u64, 0u64, 0u64);
     let head = usize::try_from(size.min(Opener::HEAD)).unwrap_or(0);
-    loop {
+    // Never past the listed size: a file that grows on the server would grow `carry`.
+    while received < size {
         crate::signals::check(&during)?;
-        let n = reader.read(&mut piece).map_err(|err| {
+        let want =
+            usize::try_from(size - received).map_or(piece.len(), |left| left.min(piece.len()));
+        let n = reader.read(&mut piece[..want]).map_err(|err| {
             transfer::write_error(
                 err,
                 format!("reading {file_name} from {label} at {received}"),
@@ -868,11 +871,13 @@ fn download_decrypting_in_order(
         if which.is_empty() {
             continue;
         }
-        // Never past what arrived: chunks_within only names chunks wholly in it.
-        let len = usize::try_from(opener.sealed_len_of(which.clone()))
-            .unwrap_or(usize::MAX)
-            .min(carry.len());
-        match opener.open_in_place(which.clone(), &mut carry[..len]) {
+        // chunks_within only names chunks wholly in what arrived.
+        let len = usize::try_from(opener.sealed_len_of(which.clone())).unwrap_or(usize::MAX);
+        let Some(sealed) = carry.get_mut(..len) else {
+            failure = Some(format!("chunks {which:?} did not all arrive (a bug)"));
+            continue;
+        };
+        match opener.open_in_place(which.clone(), sealed) {
             Ok(packed) => {
                 out.write_all(&carry[..packed]).map_err(local_error)?;
                 written += packed as u64;

@@ -267,6 +267,7 @@ impl Opener {
 
     /// The bytes chunks `which` take in the encrypted file.
     pub fn sealed_len_of(&self, which: Range<u64>) -> u64 {
+        let which = which.start..which.end.min(self.chunks);
         if which.is_empty() {
             return 0;
         }
@@ -291,8 +292,7 @@ impl Opener {
             return Ok(());
         }
         let from = self.sealed_range(which.start).start;
-        let to = self.sealed_range(which.end - 1).end;
-        let len = usize::try_from(to - from).map_err(|err| err.to_string())?;
+        let len = usize::try_from(self.sealed_len_of(which.clone())).map_err(|e| e.to_string())?;
         buffer.resize(len, 0);
         sealed
             .read_exact_at(buffer, from)
@@ -307,6 +307,14 @@ impl Opener {
     /// place: their plaintext ends up at its start. Its length.
     pub fn open_in_place(&self, which: Range<u64>, sealed: &mut [u8]) -> Result<usize, String> {
         let len = sealed.len();
+        if which.end > self.chunks || len as u64 != self.sealed_len_of(which.clone()) {
+            return Err(format!(
+                "chunks {}..{} are {} bytes, not {len} (a bug in the caller)",
+                which.start,
+                which.end,
+                self.sealed_len_of(which.clone())
+            ));
+        }
         // Each chunk is opened in place, and its plaintext moved down over the tags before.
         let mut packed = 0;
         for (index, at) in which.zip((0..len).step_by(SEALED_CHUNK as usize)) {
@@ -378,6 +386,35 @@ mod tests {
         (&output).read_to_end(&mut plain).expect("read");
         assert_eq!(plain.len() as u64, opener.plain_len());
         Ok(plain)
+    }
+
+    #[test]
+    fn in_place_the_chunks_open_from_memory_and_a_wrong_length_is_refused() {
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public();
+        let ids = identities(identity);
+        let plain: Vec<u8> = (0..3 * CHUNK as usize + 5)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let sealed = age_encrypt(&recipient, &plain);
+        let opener = Opener::new(&sealed[..Opener::HEAD as usize], sealed.len() as u64, &ids)
+            .expect("opener");
+        let mut payload = sealed[opener.payload_start() as usize..].to_vec();
+        assert_eq!(
+            opener.sealed_len_of(0..opener.chunks()),
+            payload.len() as u64
+        );
+        assert_eq!(opener.sealed_len_of(2..99), opener.sealed_len_of(2..4));
+        assert_eq!(
+            opener.sealed_len_of(7..9),
+            0,
+            "past the last chunk: nothing"
+        );
+        let short = payload.len() - 1;
+        assert!(opener.open_in_place(0..4, &mut payload[..short]).is_err());
+        assert!(opener.open_in_place(0..5, &mut payload).is_err());
+        let packed = opener.open_in_place(0..4, &mut payload).expect("open");
+        assert_eq!(&payload[..packed], &plain[..]);
     }
 
     #[test]
