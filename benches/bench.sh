@@ -49,13 +49,20 @@ mkdir -p "$work/authorized"
 cp "$work/id.pub" "$work/authorized/$user"
 start_sshd "$work" "$user" key
 port=$sshd_port
-declare -A link_port
+declare -A link_port deep_port
 rtts=${BENCH_RTTS:-50 100}
 for rtt in $rtts; do
     link_port[$rtt]=$(free_port)
     "$proxy_bin" "${link_port[$rtt]}" "$port" $((rtt / 2)) "$link_mbit" &
     proxy_pids+=($!)
     wait_port "${link_port[$rtt]}"
+    # The link model of field-notes.md: the same link with a deep router buffer that never
+    # drops (10 s of the link's time), so queued bytes lengthen every round trip, and TCP
+    # windows (64 MiB) that let one raw connection fill the link at 100 ms.
+    deep_port[$rtt]=$(free_port)
+    "$proxy_bin" "${deep_port[$rtt]}" "$port" $((rtt / 2)) "$link_mbit" 10000 64 &
+    proxy_pids+=($!)
+    wait_port "${deep_port[$rtt]}"
 done
 
 # A set as cvpi writes it: the data, the EOS images, the log.
@@ -90,7 +97,7 @@ state_dir = $work/state
 INI
 }
 
-results=()
+results=() timelines=()
 same_files() { # DIR: the set, byte for byte (-: checked by the fetch that follows)
     local f
     [ "$1" = - ] && return 0
@@ -114,6 +121,10 @@ measure() {
     local streams
     streams=$(grep -oE 'over [0-9]+ streams? \([^)]*\)' "$work/out" | head -1 || true)
     results+=("$label|$network|$secs|$rss_kb|${streams:--}")
+    # The tool's own account of where the time went (connected, first and last data byte).
+    local line
+    line=$(grep -o 'time line: .*' "$work/out" | tail -1 || true)
+    if [ -n "$line" ]; then timelines+=("$label|$network|$secs|$line"); fi
     printf '  %-44s %-10s %7.2f s  %s\n' "$label" "$network" "$secs" "$streams"
 }
 empty_dest() { rm -rf "$work/fs/dest"/* "$work/fs/dest"/.[!.]* "$work/state"/* 2>/dev/null || true; }
@@ -214,6 +225,14 @@ for rtt in $rtts; do
     row tool_verify "${link_port[$rtt]}" "$network"
     row tool_copy_sealed "${link_port[$rtt]}" "$network"
     row tool_fetch_sealed "${link_port[$rtt]}" "$network"
+    [ "${BENCH_DEEP:-yes}" = no ] && continue
+    network="$rtt ms, deep queue"
+    echo "bench: the same link with a deep router queue, $rtt ms RTT"
+    $others && row scp_copy "${deep_port[$rtt]}" "$network"
+    $others && row rclone_copy "${deep_port[$rtt]}" "$network"
+    row tool_copy "${deep_port[$rtt]}" "$network"
+    $others && row scp_fetch "${deep_port[$rtt]}" "$network"
+    row tool_fetch "${deep_port[$rtt]}" "$network"
 done
 fi
 
@@ -383,6 +402,27 @@ s3_table=$(
             }'
     done
 )
+# Where each run's time went, from the tool's "time line" (seconds after its start) and the
+# wall time: the tail is from the last data byte to the exit.
+timeline_table=$(
+    echo "| what | network | connected (s) | first data byte (s) | data phase (MB/s) | share of the link in the data phase | last data byte (s) | tail (s) | whole run (s) | whole run, share of the link |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for t in "${timelines[@]}"; do
+        IFS='|' read -r label network secs line <<<"$t"
+        connected=$(sed -nE 's/.*connected ([0-9.]+) s.*/\1/p' <<<"$line")
+        first=$(sed -nE 's/.*first data byte ([0-9.]+) s.*/\1/p' <<<"$line")
+        rate=$(sed -nE 's/.*\(([0-9.]+) MB\/s\).*/\1/p' <<<"$line")
+        last=$(sed -nE 's/.*last data byte ([0-9.]+) s.*/\1/p' <<<"$line")
+        awk -v l="$label" -v n="$network" -v s="$secs" -v c="${connected:--}" -v f="${first:-0}" \
+            -v r="${rate:-0}" -v z="${last:-0}" -v bytes="$set_bytes" -v link="$link_bytes_per_s" \
+            'BEGIN {
+                loop = (n == "loopback")
+                ds = loop ? "-" : sprintf("%.0f %%", 100 * r * 1e6 / link)
+                ws = loop ? "-" : sprintf("%.0f %%", 100 * bytes / s / link)
+                printf "| %s | %s | %s | %.2f | %.1f | %s | %.2f | %.2f | %.2f | %s |\n", l, n, c, f, r, ds, z, s - z, s, ws
+            }'
+    done
+)
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(ssh -V 2>&1), $(rclone version | head -1)"
 report=$(cat <<MD
 # Benchmark results
@@ -401,6 +441,10 @@ verifying every file). The "ms" rows go through \`benches/netem_proxy\` (the tes
 proxy): a 1 Gbit/s link (125 MB/s each way, shared by all connections, a 2 ms router
 queue, at most 6 MiB in flight per connection and direction as Linux TCP buffers allow) with
 half the RTT of delay each way. "share of the link" is the set's bytes over (seconds x 125 MB/s).
+The "deep queue" rows are the link model of field-notes.md: the same link, but the router's
+queue holds 10 s of the link's time and never drops, so under load queued bytes lengthen
+every round trip, and one connection may have 64 MiB in flight each way (one raw TCP
+connection fills the link at 100 ms).
 
 $table
 
@@ -421,6 +465,12 @@ tool with its defaults (rclone: S3 backend, provider SeaweedFS; the AWS CLI: \`s
 CPU" is what weed spent during the upload.
 
 $s3_table
+
+Where the time went, per run (the tool's \`time line\`: seconds after its start; the tail
+is from the last data byte to the exit; the data phase is from the first data byte to the
+last):
+
+$timeline_table
 
 On loopback the server, the client and the proxy share the same $(nproc) cores.
 MD

@@ -41,5 +41,6 @@ pub mod sets;
 pub mod signals;
 pub mod space;
 pub mod state;
+pub mod timeline;
 pub mod transfer;
 pub mod users;

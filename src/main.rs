@@ -4,7 +4,7 @@ use cvp_backup_copy::cli::KeygenArgs;
 use cvp_backup_copy::commands::{check, fetch, list, prune_dir, status, verify};
 use cvp_backup_copy::exit_codes::ExitCode;
 use cvp_backup_copy::seal::open::Identities;
-use cvp_backup_copy::{cli, edit, error, keygen, logging, privilege, run, signals};
+use cvp_backup_copy::{cli, edit, error, keygen, logging, privilege, run, signals, timeline};
 use std::path::{Path, PathBuf};
 
 /// Paths given on the command line, made absolute before a root command becomes the INI's
@@ -53,6 +53,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(code.code() as u8);
         }
     };
+    timeline::start();
     privilege::no_core_dumps();
     if cli.only_prints() {
         // A command that only reads and prints ends quietly when its reader goes away

@@ -531,7 +531,7 @@ fn send_parts(
                                 if let Ok(mut results) = results.lock() {
                                     results[index] = Some(done);
                                 }
-                                progress.inc(to - from);
+                                crate::progress::moved(progress, to - from);
                             }
                             Err(err) => {
                                 abandon.store(true, Ordering::Relaxed);

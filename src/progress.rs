@@ -4,6 +4,12 @@
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
+/// `bytes` of a file's data moved (sent, or received): its bar, and the run's time line.
+pub fn moved(bar: &ProgressBar, bytes: u64) {
+    bar.inc(bytes);
+    crate::timeline::moved(bytes);
+}
+
 /// A bar on stderr when stderr is a terminal, else a hidden one that costs nothing.
 /// Clones share one bar, so parallel streams add to the same count.
 pub fn bar(total: u64, label: &str) -> ProgressBar {

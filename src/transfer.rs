@@ -615,7 +615,7 @@ fn send_range(
             Ok(n) => {
                 queued = queued + fresh - n;
                 sent += n as u64;
-                progress.inc(n as u64);
+                crate::progress::moved(progress, n as u64);
             }
             Err(err) => return Err(write_error(err, format!("{what} failed at {position}"))),
         }
@@ -944,7 +944,7 @@ fn receive_lane(
             out.write_all_at(&buf[..n], at)
                 .map_err(|err| Error::copy(format!("cannot write {}: {err}", local.display())))?;
             at += n as u64;
-            progress.inc(n as u64);
+            crate::progress::moved(progress, n as u64);
             lanes.done(lane, at);
             if let Some(arrived) = arrived {
                 arrived(lane, run_start..at);

@@ -96,7 +96,12 @@ fn fetch_into(config: &Config, dir: &Dir, options: &FetchOptions, wanted: Wanted
             say!("trying {}", server.describe());
         }
         match fetch_from(config, server, dir, options, wanted) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                if let Some(line) = crate::timeline::moments().line() {
+                    say!("{line}");
+                }
+                return Ok(());
+            }
             Err(err) if index + 1 < servers.len() && crate::signals::received().is_none() => {
                 log::warn!("{}: {err}; trying the next destination", server.describe());
                 first_error.get_or_insert(err);
@@ -848,7 +853,7 @@ fn download_decrypting_in_order(
         }
         hasher.update(&piece[..n]);
         received += n as u64;
-        bar.inc(n as u64);
+        crate::progress::moved(&bar, n as u64);
         if failure.is_some() {
             continue;
         }

@@ -241,6 +241,7 @@ pub fn connect_observed(
         },
     );
     authenticate(&session, server, options.password)?;
+    crate::timeline::connected();
     passed(
         Stage::Authenticated,
         format!("logged in as {}", server.user),

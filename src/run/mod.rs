@@ -155,6 +155,9 @@ pub fn run_job(options: &RunOptions) -> ExitCode {
         good_before: None,
     };
     job.execute();
+    if let Some(line) = crate::timeline::moments().line() {
+        log::info!("{line}");
+    }
     job.finish(clock, monitoring)
 }
 

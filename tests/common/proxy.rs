@@ -23,9 +23,15 @@ pub enum Fault {
     Latency(Duration),
     /// A WAN link: `Latency`, and at most `bytes_per_second` each way, shared by every
     /// connection through this proxy (so more streams share one pipe, as on a real link).
+    /// `queue`: how much of the link's time the bytes waiting for the wire may take before
+    /// a sender waits (a router's buffer): 2 ms is shallow; seconds is a deep buffer that
+    /// never drops, where queued bytes lengthen every connection's round trip.
+    /// `in_flight`: the most one connection may have in the line each way (its TCP window).
     Link {
         latency: Duration,
         bytes_per_second: u64,
+        queue: Duration,
+        in_flight: usize,
     },
 }
 
@@ -130,7 +136,9 @@ fn serve(client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>, 
         Fault::Link {
             latency,
             bytes_per_second,
-        } => Some((latency, Some(bytes_per_second))),
+            queue,
+            in_flight,
+        } => Some((latency, Some((bytes_per_second, queue, in_flight)))),
         _ => None,
     };
     if let Some((latency, rate)) = link {
@@ -159,18 +167,22 @@ fn serve(client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>, 
 /// Bytes one direction of one connection may have in the delay line: what a Linux TCP
 /// connection can have unacknowledged on a long link (tcp_wmem's 4 MiB send buffer and the
 /// receiver's window, up to tcp_rmem's 6 MiB), so one connection through the proxy is
-/// limited as on a real WAN, not by how the bytes happened to be split into reads.
-const IN_FLIGHT_PER_CONNECTION: usize = 6 * 1024 * 1024;
-
-/// How much of the link's time the bytes waiting for the wire may hold (a router's buffer).
-const ROUTER_QUEUE: Duration = Duration::from_millis(2);
+/// limited as on a real WAN, not by how the bytes happened to be split into reads. A `Link`
+/// says its own.
+pub const IN_FLIGHT_PER_CONNECTION: usize = 6 * 1024 * 1024;
 
 /// Copy `from` to `to`, each chunk delivered `latency` after it was read (after it has
 /// crossed the shared `wire`, when there is one): a reader queues (deadline, bytes), a
 /// writer sends when the deadline comes. The reader waits while IN_FLIGHT_PER_CONNECTION
 /// bytes are in the line, and for the wire like a router's queue: the sender feels the
 /// link's capacity.
-fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration, wire: Option<(&Wire, u64)>) {
+fn delayed(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    latency: Duration,
+    wire: Option<(&Wire, (u64, Duration, usize))>,
+) {
+    let in_flight = wire.map_or(IN_FLIGHT_PER_CONNECTION, |(_, (_, _, most))| most);
     let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
     let queued = Arc::new(AtomicUsize::new(0));
     let queued_ = queued.clone();
@@ -191,7 +203,7 @@ fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration, wire: Opti
     // Small reads on a paced link: a chunk holds the wire for its whole length.
     let mut buf = vec![0u8; if wire.is_some() { 16 * 1024 } else { 64 * 1024 }];
     loop {
-        while queued.load(Ordering::SeqCst) >= IN_FLIGHT_PER_CONNECTION {
+        while queued.load(Ordering::SeqCst) >= in_flight {
             if writer.is_finished() {
                 break;
             }
@@ -202,12 +214,12 @@ fn delayed(mut from: TcpStream, mut to: TcpStream, latency: Duration, wire: Opti
             Ok(n) => n,
         };
         let sent = match wire {
-            Some((wire, bytes_per_second)) => {
+            Some((wire, (bytes_per_second, router_queue, _))) => {
                 let sent = wire.send(n, bytes_per_second);
                 // The sender waits only when the router's queue is full: sleeping until
                 // every chunk had left (131 µs for 16 KiB at 1 Gbit/s) overshoots by the
                 // timer's slack each time and slowed each connection to about 45 MB/s.
-                let queue_full_at = Instant::now() + ROUTER_QUEUE;
+                let queue_full_at = Instant::now() + router_queue;
                 if sent > queue_full_at {
                     std::thread::sleep(sent - queue_full_at);
                 }
