@@ -271,6 +271,10 @@ fn fetch_round_trips_a_set_byte_identically_and_prints_the_restore_command() {
     );
     assert!(run.stdout.contains(&command), "{}", run.stdout);
     assert!(run.stdout.contains("su - root -c"), "{}", run.stdout);
+    // Where the time went, before the restore advice (which stays last, to copy).
+    let timeline = run.stdout.find("time line: connected ");
+    let advice = run.stdout.find("every file matches its sha256");
+    assert!(timeline.is_some() && timeline < advice, "{}", run.stdout);
 
     // By timestamp, into backup_dir: the files already there are verified, not fetched.
     let stamp = &data["cvp.".len()..data.len() - ".tgz".len()];

@@ -654,6 +654,13 @@ fn without_a_syslog_socket_everything_goes_to_stderr_and_the_run_goes_on() {
         "{stderr}"
     );
     assert!(stderr.contains("summary: files=1 uploaded=1"), "{stderr}");
+    // Where the copy's time went, before the summary.
+    let timeline = stderr.find("time line: connected ");
+    assert!(
+        timeline.is_some() && timeline < stderr.find("summary: files="),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" MB in "), "{stderr}");
 }
 
 /// With `remote_limit`, pruning also clears what earlier runs left behind: abandoned partial

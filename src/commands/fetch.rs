@@ -96,12 +96,7 @@ fn fetch_into(config: &Config, dir: &Dir, options: &FetchOptions, wanted: Wanted
             say!("trying {}", server.describe());
         }
         match fetch_from(config, server, dir, options, wanted) {
-            Ok(()) => {
-                if let Some(line) = crate::timeline::moments().line() {
-                    say!("{line}");
-                }
-                return Ok(());
-            }
+            Ok(()) => return Ok(()),
             Err(err) if index + 1 < servers.len() && crate::signals::received().is_none() => {
                 log::warn!("{}: {err}; trying the next destination", server.describe());
                 first_error.get_or_insert(err);
@@ -449,6 +444,9 @@ fn fetch_set(
     // Closed in the background while the set is checked.
     let releasing = std::thread::spawn(move || drop(extras));
     fetched?;
+    if let Some(line) = crate::timeline::moments().line() {
+        say!("{line}");
+    }
     warn_unless_readable(config, dir, &set.files());
     let Some(images) = set.images else {
         return Err(Error::copy(format!(
