@@ -169,6 +169,7 @@ impl Night<'_> {
             }
         };
         let link = &mut *link;
+        link.probe_beside(self.shared.now);
         let files = &self.mark_damaged_copies(files);
         let (clock, policy) = (Instant::now(), RetryPolicy::of(self.server));
         let all_copied = self.copy_files(link, &policy, files, (selection.set.as_ref(), made));
@@ -205,9 +206,17 @@ impl Night<'_> {
     /// Once a night: could an intruder holding these credentials destroy the copies there?
     /// A warning when it could, never a failure: the copy itself is good.
     fn test_immutability(&mut self, link: &mut dyn Destination) {
-        let outcome = link
-            .remote()
-            .and_then(|remote| crate::immutable::probe(remote, self.server, self.shared.now));
+        let outcome = match link.probed_beside() {
+            Some(Ok(verdict)) => Ok(verdict),
+            beside => {
+                if let Some(Err(err)) = beside {
+                    log::debug!("the immutability test beside the data failed ({err}): again here");
+                }
+                link.remote().and_then(|remote| {
+                    crate::immutable::probe(remote, self.server, self.shared.now)
+                })
+            }
+        };
         match outcome {
             Ok(verdict) => {
                 self.record.immutable = Some(verdict.immutable);

@@ -28,8 +28,13 @@ fn ranges_from_four_streams_reassemble_byte_identically() {
     );
     assert_eq!(
         proxy.connections.load(Ordering::SeqCst),
-        4,
-        "one connection per stream"
+        5,
+        "one connection per stream, and one for the immutability test beside them"
+    );
+    assert!(
+        run.all_output().contains(" is not immutable: "),
+        "the test beside the data still gives its verdict: {}",
+        run.all_output()
     );
     assert!(std::fs::read(fx.dest.join(BIG)).expect("remote") == bytes);
     fx.assert_remote_checksums_verify();

@@ -43,6 +43,14 @@ pub trait Destination: Send {
     }
     /// The set's files are done: extra connections may go.
     fn release_extras(&mut self) {}
+    /// Tonight's immutability test may run beside the data, on a connection of its own,
+    /// where the kind can make one without taking a stream (see `probed_beside`).
+    fn probe_beside(&mut self, _now: crate::names::Stamp) {}
+    /// The verdict of the test run beside the data; None when none ran (the caller then
+    /// tests on the main connection, after the set).
+    fn probed_beside(&mut self) -> Option<Result<crate::immutable::Verdict>> {
+        None
+    }
     /// Drop every connection (after a transfer error; the next call makes new ones).
     fn reset(&mut self);
 }

@@ -4,6 +4,8 @@
 use super::{Copied, Destination, Upload};
 use crate::config::{ServerConfig, Streams};
 use crate::error::{Error, Result};
+use crate::immutable::Verdict;
+use crate::names::Stamp;
 use crate::progress;
 use crate::remote::known_hosts::Verified;
 use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
@@ -37,12 +39,20 @@ pub struct SftpDestination {
     wanted_extra: usize,
     /// The extra connections closing in the background once the set's files are done.
     releasing: Option<std::thread::JoinHandle<()>>,
+    /// Tonight's immutability test, to run beside the data once the streams are connected.
+    probe_at: Option<Stamp>,
+    /// That test, on a connection of its own: on a long link its 20-odd round trips would
+    /// otherwise follow the last byte.
+    probing: Option<std::thread::JoinHandle<Result<Verdict>>>,
 }
 
 impl Drop for SftpDestination {
     fn drop(&mut self) {
         if let Some(releasing) = self.releasing.take() {
             let _ = releasing.join();
+        }
+        if let Some(probing) = self.probing.take() {
+            let _ = probing.join();
         }
     }
 }
@@ -59,6 +69,8 @@ impl SftpDestination {
             streams: None,
             wanted_extra: 0,
             releasing: None,
+            probe_at: None,
+            probing: None,
         }
     }
 
@@ -167,6 +179,7 @@ impl SftpDestination {
         let wanted = count.min(self.wanted_extra + 1);
         self.start_connecting(wanted.saturating_sub(self.extra.len() + 1));
         self.finish_connecting();
+        self.start_probe();
         let mut all: Vec<&mut (dyn Remote + Send)> = Vec::with_capacity(count);
         if let Some(main) = self.remote.as_mut() {
             all.push(main);
@@ -175,6 +188,33 @@ impl SftpDestination {
             all.push(remote);
         }
         Ok(all)
+    }
+
+    /// Start tonight's immutability test on one more connection, when it was asked for and
+    /// the server accepted the extra ones (only after them: a server that limits
+    /// connections gives them to the streams first). A connection it refuses leaves the
+    /// test to the main connection, after the set.
+    fn start_probe(&mut self) {
+        if self.extra.is_empty() || self.probing.is_some() {
+            return;
+        }
+        let Some(now) = self.probe_at.take() else {
+            return;
+        };
+        let (server, password) = (self.server.clone(), self.password.clone());
+        let context = crate::logging::context();
+        self.probing = Some(std::thread::spawn(move || {
+            crate::logging::set_context(context);
+            let connected = sftp::connect(ConnectOptions {
+                server: &server,
+                password: password.as_deref(),
+                record_host_key: false,
+            })?;
+            let mut remote = connected.remote;
+            let verdict = crate::immutable::probe(&mut remote, &server, now);
+            drop(remote);
+            verdict
+        }));
     }
 
     /// The set's files are done: close the extra connections in the background while the
@@ -247,6 +287,20 @@ impl Destination for SftpDestination {
 
     fn release_extras(&mut self) {
         self.release()
+    }
+
+    fn probe_beside(&mut self, now: Stamp) {
+        self.probe_at = Some(now);
+    }
+
+    fn probed_beside(&mut self) -> Option<Result<Verdict>> {
+        self.probe_at = None;
+        let probing = self.probing.take()?;
+        Some(
+            probing
+                .join()
+                .unwrap_or_else(|_| Err(Error::connect("the immutability test crashed"))),
+        )
     }
 
     fn reset(&mut self) {
