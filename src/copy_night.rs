@@ -169,7 +169,6 @@ impl Night<'_> {
             }
         };
         let link = &mut *link;
-        link.probe_beside(self.shared.now);
         let files = &self.mark_damaged_copies(files);
         let (clock, policy) = (Instant::now(), RetryPolicy::of(self.server));
         let all_copied = self.copy_files(link, &policy, files, (selection.set.as_ref(), made));
@@ -210,7 +209,10 @@ impl Night<'_> {
             Some(Ok(verdict)) => Ok(verdict),
             beside => {
                 if let Some(Err(err)) = beside {
-                    log::debug!("the immutability test beside the data failed ({err}): again here");
+                    log::info!(
+                        "the immutability test beside the manifest failed ({err}): testing \
+                         again on the main connection"
+                    );
                 }
                 link.remote().and_then(|remote| {
                     crate::immutable::probe(remote, self.server, self.shared.now)
@@ -398,6 +400,9 @@ impl Night<'_> {
                     }
                 }
             }
+        }
+        if all_ok && signals::received().is_none() {
+            link.probe_beside(self.shared.now);
         }
         link.release_extras();
         if !self.damaged.is_empty() {

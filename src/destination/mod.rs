@@ -43,11 +43,12 @@ pub trait Destination: Send {
     }
     /// The set's files are done: extra connections may go.
     fn release_extras(&mut self) {}
-    /// Tonight's immutability test may run beside the data, on a connection of its own,
-    /// where the kind can make one without taking a stream (see `probed_beside`).
+    /// Every file of tonight's set is there: the immutability test may start now, beside
+    /// the manifest and pruning, on a connection the kind no longer needs (asked for before
+    /// `release_extras`; see `probed_beside`).
     fn probe_beside(&mut self, _now: crate::names::Stamp) {}
-    /// The verdict of the test run beside the data; None when none ran (the caller then
-    /// tests on the main connection, after the set).
+    /// The verdict of the test run beside; None when none ran (the caller then tests on the
+    /// main connection).
     fn probed_beside(&mut self) -> Option<Result<crate::immutable::Verdict>> {
         None
     }

@@ -39,10 +39,11 @@ pub struct SftpDestination {
     wanted_extra: usize,
     /// The extra connections closing in the background once the set's files are done.
     releasing: Option<std::thread::JoinHandle<()>>,
-    /// Tonight's immutability test, to run beside the data once the streams are connected.
+    /// Tonight's immutability test, asked for once every file of the set is there: it takes
+    /// over one of the streams' connections when they are released.
     probe_at: Option<Stamp>,
-    /// That test, on a connection of its own: on a long link its 20-odd round trips would
-    /// otherwise follow the last byte.
+    /// That test, running beside the manifest and the pruning on the main connection: on a
+    /// long link its 20-odd round trips would otherwise follow them.
     probing: Option<std::thread::JoinHandle<Result<Verdict>>>,
 }
 
@@ -179,7 +180,6 @@ impl SftpDestination {
         let wanted = count.min(self.wanted_extra + 1);
         self.start_connecting(wanted.saturating_sub(self.extra.len() + 1));
         self.finish_connecting();
-        self.start_probe();
         let mut all: Vec<&mut (dyn Remote + Send)> = Vec::with_capacity(count);
         if let Some(main) = self.remote.as_mut() {
             all.push(main);
@@ -190,38 +190,20 @@ impl SftpDestination {
         Ok(all)
     }
 
-    /// Start tonight's immutability test on one more connection, when it was asked for and
-    /// the server accepted the extra ones (only after them: a server that limits
-    /// connections gives them to the streams first). A connection it refuses leaves the
-    /// test to the main connection, after the set.
-    fn start_probe(&mut self) {
-        if self.extra.is_empty() || self.probing.is_some() {
-            return;
-        }
-        let Some(now) = self.probe_at.take() else {
-            return;
-        };
-        let (server, password) = (self.server.clone(), self.password.clone());
-        let context = crate::logging::context();
-        self.probing = Some(std::thread::spawn(move || {
-            crate::logging::set_context(context);
-            let connected = sftp::connect(ConnectOptions {
-                server: &server,
-                password: password.as_deref(),
-                record_host_key: false,
-            })?;
-            let mut remote = connected.remote;
-            let verdict = crate::immutable::probe(&mut remote, &server, now);
-            drop(remote);
-            verdict
-        }));
-    }
-
     /// The set's files are done: close the extra connections in the background while the
-    /// main one writes the manifest and prunes.
+    /// main one writes the manifest and prunes; one of them first runs tonight's
+    /// immutability test when it was asked for (no connection more than the streams had).
     fn release(&mut self) {
         self.finish_connecting();
         self.wanted_extra = 0;
+        if let (Some(now), Some(mut remote)) = (self.probe_at.take(), self.extra.pop()) {
+            let server = self.server.clone();
+            let context = crate::logging::context();
+            self.probing = Some(std::thread::spawn(move || {
+                crate::logging::set_context(context);
+                crate::immutable::probe(&mut remote, &server, now)
+            }));
+        }
         if !self.extra.is_empty() && self.releasing.is_none() {
             self.releasing = Some(sftp::release_all(std::mem::take(&mut self.extra)));
         }

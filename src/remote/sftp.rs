@@ -752,7 +752,11 @@ impl Remote for SftpRemote {
             .into_iter()
             .filter(|(_, stat)| stat.is_file() && stat.perm.unwrap_or(0) & 0o222 != 0)
             .filter_map(|(path, _)| path.file_name()?.to_str().map(str::to_string))
-            .filter(|n| RemoteName::parse(n).is_some() || n == crate::names::OWNER_MARKER)
+            // Partials are uploads, not copies (tonight's manifest may be one right now).
+            .filter(|n| {
+                !matches!(RemoteName::parse(n), None | Some(RemoteName::Partial(_)))
+                    || n == crate::names::OWNER_MARKER
+            })
             .collect();
         if !writable_copies.is_empty() {
             let shown: Vec<&str> = writable_copies.iter().take(3).map(String::as_str).collect();
