@@ -423,7 +423,7 @@ timeline_table=$(
             }'
     done
 )
-machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(ssh -V 2>&1), $(rclone version | head -1)"
+machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), $(ssh -V 2>&1), $(rclone version 2>/dev/null | sed -n 1p)"
 report=$(cat <<MD
 # Benchmark results
 
@@ -458,7 +458,7 @@ Encryption at rest (\`encrypt_to\`, one age X25519 recipient), beside the plain 
 
 $cost
 
-S3-compatible object storage: SeaweedFS $("${weed_bin:-weed}" version 2>/dev/null | head -1 | awk '{print $3}') (\`weed mini\`, one
+S3-compatible object storage: SeaweedFS $("${weed_bin:-weed}" version 2>/dev/null | sed -n 1p | awk '{print $3}') (\`weed mini\`, one
 process, its data on disk), one bucket, emptied before each upload; the same set, each
 tool with its defaults (rclone: S3 backend, provider SeaweedFS; the AWS CLI: \`s3 cp
 --recursive\`); the tool's upload includes its checks, sidecars, manifest and claim. "server
