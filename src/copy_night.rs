@@ -104,6 +104,7 @@ pub fn copy_to(
         },
         code: ExitCode::Success,
         damaged: Vec::new(),
+        pruned: Vec::new(),
     };
     let verified = night.run(password, tonight);
     if verified {
@@ -130,6 +131,8 @@ struct Night<'a> {
     record: RunRecord,
     code: ExitCode,
     damaged: Vec<BackupName>,
+    /// What pruning removed there tonight (a listing made before it still shows them).
+    pruned: Vec<BackupName>,
 }
 
 impl Night<'_> {
@@ -272,6 +275,8 @@ impl Night<'_> {
         // New names published tonight: withdrawn again if the backup turns out damaged.
         let mut published: Vec<RemoteFile> = Vec::new();
         let sealed = self.shared.sealed(&self.server.name);
+        // Tonight's immutability test, beside the files when a connection is free for it.
+        link.probe_beside(self.shared.now);
         let mut first_attempts = link.side_by_side(files, &sealed);
         for (index, file) in files.iter().enumerate() {
             let first = first_attempts.remove(&index);
@@ -401,10 +406,7 @@ impl Night<'_> {
                 }
             }
         }
-        if all_ok && signals::received().is_none() {
-            link.probe_beside(self.shared.now);
-        }
-        link.release_extras();
+        link.release_extras(all_ok && signals::received().is_none());
         if !self.damaged.is_empty() {
             // What another set known to this node lists stays (an images file older sets
             // share); what only the damaged set has goes.
@@ -649,6 +651,7 @@ impl Night<'_> {
             if all_gone {
                 self.record.pruned_remote += 1;
                 removed.push(*name);
+                self.pruned.push(*name);
             }
         }
         let names: Vec<String> = listing.iter().map(|e| e.name.clone()).collect();
@@ -666,9 +669,15 @@ impl Night<'_> {
         }
     }
 
-    /// The data backups on the server once the night is done, for the metrics.
+    /// The data backups on the server once the night is done, for the metrics: from the
+    /// listing made beside the manifest when there is one (less what pruning removed since),
+    /// else listed now.
     fn count_remote_sets(&mut self, link: &mut dyn Destination) {
-        match link.remote().and_then(|remote| remote.list()) {
+        let listed = match link.listed_beside() {
+            Some(Ok(listing)) => Ok(listing),
+            _ => link.remote().and_then(|remote| remote.list()),
+        };
+        match listed {
             Ok(listing) => {
                 // NAME and NAME.age of one data file are one set.
                 let listing = listing.unwrap_or_default();
@@ -677,7 +686,7 @@ impl Night<'_> {
                 }
                 let data: HashSet<BackupName> = backup_names(&listing)
                     .into_iter()
-                    .filter(|name| name.kind == Kind::Data)
+                    .filter(|name| name.kind == Kind::Data && !self.pruned.contains(name))
                     .collect();
                 self.record.remote_sets = Some(data.len());
             }

@@ -662,7 +662,12 @@ pub fn upload_parallel(
     let snapshot = open_local(local)?;
     let outgoing = Outgoing::new(&snapshot, recipients)?.checking(source.check_archive);
     let partial = name.partial_name();
-    drop(remotes[0].create(&partial)?);
+    // What an earlier attempt left is emptied first; else every stream creates the file as
+    // it opens it, none waiting a round trip for another.
+    let fresh = seen.partial.is_none();
+    if !fresh {
+        drop(remotes[0].create(&partial)?);
+    }
     let lanes = Lanes::new(outgoing.len(), streams);
     let window = window_per_stream(streams);
     let during = format!("the copy of {name}");
@@ -682,7 +687,7 @@ pub fn upload_parallel(
                         };
                         let outcome = send_stream(
                             &mut **remote,
-                            partial,
+                            (partial, fresh),
                             source,
                             local,
                             (lanes, index),
@@ -748,7 +753,7 @@ fn stream_outcome<T>(
 /// then sync.
 fn send_stream(
     remote: &mut dyn Remote,
-    partial: &str,
+    (partial, fresh): (&str, bool),
     source: &Outgoing,
     local: &Path,
     (lanes, lane): (&Lanes, usize),
@@ -756,7 +761,11 @@ fn send_stream(
     watch: &Watch,
 ) -> Result<u64> {
     let label = remote.describe();
-    let mut sink = remote.open_at(partial, 0)?;
+    let mut sink = if fresh {
+        remote.open_creating(partial)?
+    } else {
+        remote.open_at(partial, 0)?
+    };
     let what = format!("{}: writing {partial}", watch.what);
     let watch = Watch {
         what: &what,
@@ -1202,7 +1211,11 @@ fn taken_on_append_only(taken: &str, label: &str, partial: &str) -> Error {
 /// every member is verified on the server. False when the server already has this text.
 pub fn publish_manifest(remote: &mut dyn Remote, data: BackupName, text: &str) -> Result<bool> {
     let name = data.manifest_name();
-    // One round trip to see it is not there (the usual night); reading it takes four.
+    // The usual night it is not there.
+    if !remote.append_only() && remote.put_new(&name, text.as_bytes())? {
+        return Ok(true);
+    }
+    // One round trip to see it is not there; reading it takes three.
     let there = remote.size_of(&name)?.is_some();
     if there && remote.read_small(&name, 64 * 1024)?.as_deref() == Some(text.as_bytes()) {
         return Ok(false);

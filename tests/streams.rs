@@ -40,6 +40,63 @@ fn ranges_from_four_streams_reassemble_byte_identically() {
     fx.assert_remote_checksums_verify();
 }
 
+/// With a small file beside the large one (the night's log), tonight's immutability test
+/// runs on the small file's connection while the large one is still on its way, and the
+/// count of sets is listed on a released connection beside the manifest, before pruning:
+/// the count must not include what pruning then removed. Two nights with `remote_limit =
+/// 1` (the second prunes the first set), then the second again.
+#[test]
+fn the_test_beside_a_small_file_and_the_count_beside_the_manifest_agree_with_pruning() {
+    let (mut fx, proxy) = Fixture::behind_proxy(Fault::Pass, "streams = 3\nremote_limit = 1");
+    fx.cvpi_flags = format!("--size {BIG_SIZE}");
+    fx.write_ini();
+    fx.seed("cvp.eosimages.20240101020010.tgz", 4096);
+    let first = fx.run(&["-v"]);
+    assert_eq!(first.code, 0, "{}", first.all_output());
+    // Another second, another stamp.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let before = proxy.connections.load(Ordering::SeqCst);
+    let second = fx.run(&["-v"]);
+    let output = second.all_output();
+    assert_eq!(second.code, 0, "{output}");
+    assert_eq!(
+        proxy.connections.load(Ordering::SeqCst) - before,
+        3,
+        "no connection more than the streams: {output}"
+    );
+    assert!(output.contains(" is not immutable: "), "{output}");
+    assert!(output.contains("pruned remote cvp."), "{output}");
+    let names = fx.remote_names();
+    let data_sets: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("cvp.20") && n.ends_with(".tgz"))
+        .collect();
+    assert_eq!(data_sets.len(), 1, "{names:?}");
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.state_dir.join("last-run.json")).expect("record"),
+    )
+    .expect("json");
+    assert_eq!(record["immutable"], false, "{record}");
+    assert_eq!(
+        record["remote_sets"], 1,
+        "what pruning removed is not counted: {record} {names:?}"
+    );
+    fx.assert_remote_checksums_verify();
+
+    // The same set again: the manifest there already says it all; the write that found its
+    // name taken leaves nothing behind.
+    let manifest = fx.dest.join(data_sets[0].replace(".tgz", ".set.sha256"));
+    let text = std::fs::read(&manifest).expect("manifest");
+    let again = fx.run(&["--no-backup", "-v"]);
+    assert_eq!(again.code, 0, "{}", again.all_output());
+    assert_eq!(std::fs::read(&manifest).expect("manifest"), text);
+    let names = fx.remote_names();
+    assert!(
+        !names.iter().any(|n| n.contains("cvpbc-part")),
+        "no partial left: {names:?}"
+    );
+}
+
 fn fetch_to(fx: &Fixture, to: &std::path::Path) -> Run {
     let mut cmd = std::process::Command::new(bin());
     cmd.args(["fetch", "--ini"])

@@ -586,6 +586,7 @@ fn check_server(config: &Config, server: &ServerConfig, password: &Password, rep
             server,
             password,
             record_host_key: true,
+            on_round_trip: None,
         },
         &mut |stage, detail| {
             passed.push(stage);
@@ -684,6 +685,7 @@ fn check_streams(
         server,
         password,
         record_host_key: false,
+        on_round_trip: None,
     };
     let outcomes = sftp::connect_several(options, wanted - 1);
     // Plus the one `check` already holds.

@@ -21,6 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 pub struct FetchOptions {
     pub ini: PathBuf,
@@ -232,13 +233,31 @@ fn fetch_current(
     options: &FetchOptions,
     wanted: Wanted,
 ) -> Result<()> {
-    let mut first = destination::connect(server, &config.path, true)?;
-    // The extra connections (if any) are made while this one looks for the set: their
-    // handshakes cost no time of their own.
-    let (streams, why) = planned_streams(server, &mut *first);
     std::thread::scope(|scope| {
-        let pending =
-            (streams > 1).then(|| scope.spawn(|| connect_extras(config, server, streams - 1)));
+        // The extra connections (if any) start as soon as the first has logged in, and are
+        // made while it starts SFTP and looks for the set: their handshakes cost no time of
+        // their own. Planned on how long logging in took, at most a few ms more than a round
+        // trip: never fewer streams than the link needs (it is not measured again).
+        let started = Mutex::new(None);
+        let start = |login: Duration| {
+            let (streams, why) = planned_streams(server, login);
+            let pending = (streams > 1)
+                .then(|| scope.spawn(move || connect_extras(config, server, streams - 1)));
+            if let Ok(mut started) = started.lock() {
+                *started = Some((why, pending));
+            }
+        };
+        let mut first = destination::connect_telling(server, &config.path, true, Some(&start))?;
+        // An S3 connection tells no round trip: measured now.
+        let (why, pending) = match started.into_inner().ok().flatten() {
+            Some(started) => started,
+            None => {
+                let (streams, why) = planned_streams(server, first.round_trip());
+                let pending = (streams > 1)
+                    .then(|| scope.spawn(move || connect_extras(config, server, streams - 1)));
+                (why, pending)
+            }
+        };
         let mut pending = Some(pending);
         let mut extras = |wanted: bool| -> Vec<Connection> {
             let extras = pending
@@ -466,10 +485,10 @@ fn fetch_set(
 /// How many connections a large file is fetched over, and why: `streams`, or for `auto`
 /// enough for the round trip measured on the first connection, plus one for each of the
 /// set's two other members (images, log) so they come alongside when the round trip counts.
-fn planned_streams(server: &ServerConfig, remote: &mut dyn Remote) -> (usize, String) {
+fn planned_streams(server: &ServerConfig, round_trip: Duration) -> (usize, String) {
     const OTHER_MEMBERS: usize = 2;
     match server.streams {
-        Streams::Auto => match transfer::auto_fetch_streams(remote.round_trip()) {
+        Streams::Auto => match transfer::auto_fetch_streams(round_trip) {
             (1, why) => (1, why),
             // At most 10 in all: OpenSSH's MaxStartups starts refusing beyond that.
             (large, why) => (

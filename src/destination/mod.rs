@@ -41,15 +41,23 @@ pub trait Destination: Send {
     ) -> HashMap<usize, Result<Copied>> {
         HashMap::new()
     }
-    /// The set's files are done: extra connections may go.
-    fn release_extras(&mut self) {}
-    /// Every file of tonight's set is there: the immutability test may start now, beside
-    /// the manifest and pruning, on a connection the kind no longer needs (asked for before
-    /// `release_extras`; see `probed_beside`).
+    /// The set's files are done: extra connections may go. When every one is there
+    /// (`whole`), one may first test immutability and another list the destination for the
+    /// count of sets (see `probed_beside`, `listed_beside`); else neither, and a verdict
+    /// already made is dropped (a failed or stopped night gives none).
+    fn release_extras(&mut self, _whole: bool) {}
+    /// Tonight's immutability test may run on a connection the set's files no longer need:
+    /// one that carried a small file while the large one is still on its way, or one of the
+    /// extras once they are released (asked for before the set's files; see `probed_beside`).
     fn probe_beside(&mut self, _now: crate::names::Stamp) {}
-    /// The verdict of the test run beside; None when none ran (the caller then tests on the
-    /// main connection).
+    /// The verdict of the test run beside, the request withdrawn; None when none ran (the
+    /// caller then tests on the main connection, or on a failed night not at all).
     fn probed_beside(&mut self) -> Option<Result<crate::immutable::Verdict>> {
+        None
+    }
+    /// The destination listed on a released extra connection once every file of the set was
+    /// there (beside the manifest and pruning); None when none was made.
+    fn listed_beside(&mut self) -> Option<Result<Option<Vec<RemoteEntry>>>> {
         None
     }
     /// Drop every connection (after a transfer error; the next call makes new ones).
@@ -90,6 +98,17 @@ pub fn connect(
     ini: &std::path::Path,
     record_host_key: bool,
 ) -> Result<Box<dyn Remote + Send>> {
+    connect_telling(server, ini, record_host_key, None)
+}
+
+/// `connect`, telling `on_round_trip` the round trip as soon as an SFTP connection has
+/// logged in (S3: never), so more connections can start while it starts SFTP.
+pub fn connect_telling(
+    server: &ServerConfig,
+    ini: &std::path::Path,
+    record_host_key: bool,
+    on_round_trip: Option<&(dyn Fn(std::time::Duration) + Sync)>,
+) -> Result<Box<dyn Remote + Send>> {
     let password = credentials(server, ini)?;
     match &server.kind {
         DestinationKind::Sftp => {
@@ -97,6 +116,7 @@ pub fn connect(
                 server,
                 password: password.as_ref(),
                 record_host_key,
+                on_round_trip,
             })?;
             if let crate::remote::known_hosts::Verified::Recorded { fingerprint } =
                 &connected.host_key
@@ -135,6 +155,7 @@ pub fn connect_several(
                 server,
                 password: password.as_ref(),
                 record_host_key: false,
+                on_round_trip: None,
             };
             crate::remote::sftp::connect_several(options, count)
                 .into_iter()

@@ -9,15 +9,15 @@ use crate::names::Stamp;
 use crate::progress;
 use crate::remote::known_hosts::Verified;
 use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
-use crate::remote::Remote;
+use crate::remote::{Remote, RemoteEntry};
 use crate::run::LocalFile;
 use crate::seal::Recipients;
 use crate::secret::Secret;
 use crate::state::SealedUpload;
 use crate::transfer;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The connection to the backup server, made when first needed and made again after a
 /// connection or transfer error.
@@ -29,7 +29,8 @@ pub struct SftpDestination {
     extra: Vec<SftpRemote>,
     /// Those connections being made in the background while the main one looks at the
     /// destination: on a WAN each handshake costs several round trips.
-    connecting: Option<std::thread::JoinHandle<Vec<Result<SftpRemote>>>>,
+    /// Batches of them on their way, each with its size.
+    connecting: Vec<(usize, Batch)>,
     /// Whether a file of the restore set is large enough for several streams.
     parallel: bool,
     /// How many streams a large file goes over, and why: decided once the first
@@ -38,22 +39,36 @@ pub struct SftpDestination {
     /// How many extra connections a large file will want.
     wanted_extra: usize,
     /// The extra connections closing in the background once the set's files are done.
-    releasing: Option<std::thread::JoinHandle<()>>,
-    /// Tonight's immutability test, asked for once every file of the set is there: it takes
-    /// over one of the streams' connections when they are released.
+    releasing: Vec<std::thread::JoinHandle<()>>,
+    /// Tonight's immutability test, asked for before the set's files: it runs on the
+    /// connection of a small file once that file is there (while the large one is still on
+    /// its way), else on one of the streams' connections when they are released. On a long
+    /// link its 20-odd round trips would otherwise follow the manifest.
     probe_at: Option<Stamp>,
-    /// That test, running beside the manifest and the pruning on the main connection: on a
-    /// long link its 20-odd round trips would otherwise follow them.
+    /// That test, running beside the manifest and the pruning on the main connection.
     probing: Option<std::thread::JoinHandle<Result<Verdict>>>,
+    /// Its verdict, when it ran beside a small file.
+    probed: Option<Result<Verdict>>,
+    /// The destination listed on a released connection, for the count of sets.
+    listing: Option<std::thread::JoinHandle<Result<Option<Vec<RemoteEntry>>>>>,
 }
 
 impl Drop for SftpDestination {
     fn drop(&mut self) {
-        if let Some(releasing) = self.releasing.take() {
+        // Made for a night that ended before they were used.
+        for (_, batch) in self.connecting.drain(..) {
+            for remote in batch.join().unwrap_or_default().into_iter().flatten() {
+                remote.abandon();
+            }
+        }
+        for releasing in self.releasing.drain(..) {
             let _ = releasing.join();
         }
         if let Some(probing) = self.probing.take() {
             let _ = probing.join();
+        }
+        if let Some(listing) = self.listing.take() {
+            let _ = listing.join();
         }
     }
 }
@@ -65,23 +80,48 @@ impl SftpDestination {
             password: password.map(Arc::new),
             remote: None,
             extra: Vec::new(),
-            connecting: None,
+            connecting: Vec::new(),
             parallel,
             streams: None,
             wanted_extra: 0,
-            releasing: None,
+            releasing: Vec::new(),
             probe_at: None,
             probing: None,
+            probed: None,
+            listing: None,
         }
     }
 
     fn connection(&mut self) -> Result<&mut SftpRemote> {
         if self.remote.is_none() {
+            // The first time, a large file's extra connections start as soon as this one has
+            // logged in (its host key checked, a new host's recorded for them to check; its
+            // credentials accepted, so a wrong password fails once, not once per stream),
+            // while it starts SFTP.
+            let early = Mutex::new(None);
+            let (server, password) = (self.server.clone(), self.password.clone());
+            let wanted = self.parallel && self.streams.is_none();
+            let early_ref = &early;
+            let start_early = move |login: Duration| {
+                let least = sftp::round_trip_from_login(login);
+                let extra = streams_for(&server, least).0 - 1;
+                if extra > 0 {
+                    let batch = connect_batch(server.clone(), password.clone(), extra);
+                    if let Ok(mut early) = early_ref.lock() {
+                        *early = Some((extra, batch));
+                    }
+                }
+            };
             let connected = sftp::connect(ConnectOptions {
                 server: &self.server,
                 password: self.password.as_deref(),
                 record_host_key: true,
-            })?;
+                on_round_trip: wanted.then_some(&start_early as &(dyn Fn(Duration) + Sync)),
+            });
+            if let Some(batch) = early.into_inner().ok().flatten() {
+                self.connecting.push(batch);
+            }
+            let connected = connected?;
             if let Verified::Recorded { fingerprint } = &connected.host_key {
                 log::warn!(
                     "new host {}: recorded its key {fingerprint} in {} (host_key_policy = accept-new)",
@@ -110,13 +150,8 @@ impl SftpDestination {
     /// measured on the first connection) and start connecting the extra ones.
     fn plan(&mut self) -> Result<()> {
         if self.streams.is_none() {
-            let (count, why) = match self.server.streams {
-                // A file created read-only can be written only through the handle that
-                // created it: no second connection can write its other ranges.
-                _ if self.server.append_only => (1, "append_only = yes".to_string()),
-                Streams::Auto => transfer::auto_streams(self.connection()?.measure_round_trip()),
-                Streams::Fixed(n) => (n, format!("streams = {n}")),
-            };
+            let round_trip = self.connection()?.measure_round_trip();
+            let (count, why) = streams_for(&self.server, round_trip);
             if self.parallel {
                 log::info!("large files go over {count} stream(s): {why}");
                 self.wanted_extra = count - 1;
@@ -128,30 +163,31 @@ impl SftpDestination {
         Ok(())
     }
 
-    fn start_connecting(&mut self, count: usize) {
-        if count == 0 || self.connecting.is_some() {
+    /// Start making connections until `missing` more are on their way.
+    fn start_connecting(&mut self, missing: usize) {
+        let on_their_way: usize = self.connecting.iter().map(|(count, _)| count).sum();
+        let count = missing.saturating_sub(on_their_way);
+        if count == 0 {
             return;
         }
-        let (server, password) = (self.server.clone(), self.password.clone());
-        self.connecting = Some(std::thread::spawn(move || {
-            let options = ConnectOptions {
-                server: &server,
-                password: password.as_deref(),
-                record_host_key: false,
-            };
-            sftp::connect_several(options, count)
-        }));
+        let batch = connect_batch(self.server.clone(), self.password.clone(), count);
+        self.connecting.push((count, batch));
     }
 
     /// Collect the background connections. A server that refuses some (MaxStartups, a
     /// per-user limit) still gets the file, over those it accepted: a warning, not an error.
     fn finish_connecting(&mut self) {
-        let Some(connecting) = self.connecting.take() else {
+        if self.connecting.is_empty() {
             return;
-        };
-        let outcomes = connecting
-            .join()
-            .unwrap_or_else(|_| vec![Err(Error::connect("a connection attempt crashed"))]);
+        }
+        let outcomes: Vec<Result<SftpRemote>> = std::mem::take(&mut self.connecting)
+            .into_iter()
+            .flat_map(|(_, batch)| {
+                batch
+                    .join()
+                    .unwrap_or_else(|_| vec![Err(Error::connect("a connection attempt crashed"))])
+            })
+            .collect();
         let asked = outcomes.len();
         let mut refused = Vec::new();
         for outcome in outcomes {
@@ -161,14 +197,14 @@ impl SftpDestination {
             }
         }
         if let Some(first) = refused.first() {
+            // Asking again for each file would meet the same limit.
+            self.wanted_extra = self.wanted_extra.min(self.extra.len());
             log::warn!(
                 "the server accepted {} of {asked} extra connections ({first}): large files go \
                  over {} streams; set `streams` lower to silence this",
                 asked - refused.len(),
-                self.extra.len() + 1
+                self.wanted_extra + 1
             );
-            // Asking again for each file would meet the same limit.
-            self.wanted_extra = self.extra.len();
         }
     }
 
@@ -177,6 +213,12 @@ impl SftpDestination {
     fn streams(&mut self, count: usize) -> Result<Vec<&mut (dyn Remote + Send)>> {
         self.connection()?;
         self.finish_connecting();
+        if self.extra.len() > self.wanted_extra {
+            // Started on the estimate made while the first logged in, which the round trip
+            // measured since lowered.
+            let surplus = self.extra.split_off(self.wanted_extra);
+            self.releasing.push(sftp::release_all(surplus));
+        }
         let wanted = count.min(self.wanted_extra + 1);
         self.start_connecting(wanted.saturating_sub(self.extra.len() + 1));
         self.finish_connecting();
@@ -192,20 +234,35 @@ impl SftpDestination {
 
     /// The set's files are done: close the extra connections in the background while the
     /// main one writes the manifest and prunes; one of them first runs tonight's
-    /// immutability test when it was asked for (no connection more than the streams had).
-    fn release(&mut self) {
+    /// immutability test when it was asked for and has not run yet, another lists the
+    /// destination for the count of sets (no connection more than the streams had).
+    fn release(&mut self, whole: bool) {
         self.finish_connecting();
         self.wanted_extra = 0;
-        if let (Some(now), Some(mut remote)) = (self.probe_at.take(), self.extra.pop()) {
-            let server = self.server.clone();
-            let context = crate::logging::context();
-            self.probing = Some(std::thread::spawn(move || {
-                crate::logging::set_context(context);
-                crate::immutable::probe(&mut remote, &server, now)
-            }));
+        if !whole {
+            self.probe_at = None;
+            self.probed = None;
         }
-        if !self.extra.is_empty() && self.releasing.is_none() {
-            self.releasing = Some(sftp::release_all(std::mem::take(&mut self.extra)));
+        let untested = self.probed.is_none() && self.probing.is_none();
+        if let (Some(now), true) = (self.probe_at, untested) {
+            if let Some(mut remote) = self.extra.pop() {
+                self.probe_at = None;
+                let server = self.server.clone();
+                let context = crate::logging::context();
+                self.probing = Some(std::thread::spawn(move || {
+                    crate::logging::set_context(context);
+                    crate::immutable::probe(&mut remote, &server, now)
+                }));
+            }
+        }
+        if self.listing.is_none() && whole {
+            if let Some(mut remote) = self.extra.pop() {
+                self.listing = Some(std::thread::spawn(move || remote.list()));
+            }
+        }
+        if !self.extra.is_empty() {
+            self.releasing
+                .push(sftp::release_all(std::mem::take(&mut self.extra)));
         }
     }
 
@@ -213,8 +270,8 @@ impl SftpDestination {
         if let Some(remote) = self.remote.take() {
             remote.abandon();
         }
-        if let Some(connecting) = self.connecting.take() {
-            for remote in connecting.join().unwrap_or_default().into_iter().flatten() {
+        for (_, batch) in self.connecting.drain(..) {
+            for remote in batch.join().unwrap_or_default().into_iter().flatten() {
                 remote.abandon();
             }
         }
@@ -267,8 +324,8 @@ impl Destination for SftpDestination {
         }
     }
 
-    fn release_extras(&mut self) {
-        self.release()
+    fn release_extras(&mut self, whole: bool) {
+        self.release(whole)
     }
 
     fn probe_beside(&mut self, now: Stamp) {
@@ -277,6 +334,9 @@ impl Destination for SftpDestination {
 
     fn probed_beside(&mut self) -> Option<Result<Verdict>> {
         self.probe_at = None;
+        if let Some(verdict) = self.probed.take() {
+            return Some(verdict);
+        }
         let probing = self.probing.take()?;
         Some(
             probing
@@ -285,9 +345,44 @@ impl Destination for SftpDestination {
         )
     }
 
+    fn listed_beside(&mut self) -> Option<Result<Option<Vec<RemoteEntry>>>> {
+        let listing = self.listing.take()?;
+        Some(
+            listing
+                .join()
+                .unwrap_or_else(|_| Err(Error::connect("listing the destination crashed"))),
+        )
+    }
+
     fn reset(&mut self) {
         self.drop_connections()
     }
+}
+
+/// How many streams a large file goes over, and why.
+fn streams_for(server: &ServerConfig, round_trip: Duration) -> (usize, String) {
+    match server.streams {
+        // A file created read-only can be written only through the handle that created it:
+        // no second connection can write its other ranges.
+        _ if server.append_only => (1, "append_only = yes".to_string()),
+        Streams::Auto => transfer::auto_streams(round_trip),
+        Streams::Fixed(n) => (n, format!("streams = {n}")),
+    }
+}
+
+type Batch = std::thread::JoinHandle<Vec<Result<SftpRemote>>>;
+
+/// `count` more connections made side by side in the background.
+fn connect_batch(server: Arc<ServerConfig>, password: Option<Arc<Secret>>, count: usize) -> Batch {
+    std::thread::spawn(move || {
+        let options = ConnectOptions {
+            server: &server,
+            password: password.as_deref(),
+            record_host_key: false,
+            on_round_trip: None,
+        };
+        sftp::connect_several(options, count)
+    })
 }
 
 /// Upload over the connections given: several streams for a large file, else the first.
@@ -341,9 +436,10 @@ fn upload_over(
 
 /// The first attempt at a set's files when there are several connections: one listing,
 /// then every upload at once (the largest over the streams left once each other file has
-/// one), so the round trips of the small files hide behind the large one. What fails here
-/// (outcomes by index in `files`; a file missing was not tried) gets the usual retries,
-/// one file at a time.
+/// one), so the round trips of the small files hide behind the large one; the first small
+/// file there lends its connection to tonight's immutability test, when asked for. What
+/// fails here (outcomes by index in `files`; a file missing was not tried) gets the usual
+/// retries, one file at a time.
 fn side_by_side(
     link: &mut SftpDestination,
     files: &[LocalFile],
@@ -366,21 +462,27 @@ fn side_by_side(
     // The largest first: it takes the streams the others leave.
     uploads.sort_by_key(|(_, upload)| std::cmp::Reverse(upload.size));
     let (count, because) = link.streams.clone().unwrap_or((1, String::new()));
+    let (server, probe_at) = (link.server.clone(), link.probe_at);
     let mut remotes = match link.streams(count) {
         Ok(remotes) if remotes.len() >= uploads.len() && !uploads.is_empty() => remotes,
         _ => return outcomes,
     };
     let for_largest = remotes.len() - (uploads.len() - 1);
     let (largest, others) = remotes.split_at_mut(for_largest);
+    let probe = ProbeOnce::new(probe_at, &server);
     let results: Vec<(usize, Result<Copied>)> = std::thread::scope(|scope| {
         let because = because.as_str();
+        let probe = &probe;
         let (first, rest) = uploads.split_first().expect("not empty");
         let mut workers = vec![(first.0, {
             let (index, upload) = *first;
             let context = crate::logging::context();
             scope.spawn(move || {
                 crate::logging::set_context(context);
-                upload_over(largest, &files[index], upload, (because, recipients))
+                let outcome = upload_over(largest, &files[index], upload, (because, recipients));
+                // Too late to hide the test behind it: it runs after the set, as before.
+                probe.too_late();
+                outcome
             })
         })];
         for ((index, upload), remote) in rest.iter().copied().zip(others.iter_mut()) {
@@ -389,8 +491,16 @@ fn side_by_side(
                 index,
                 scope.spawn(move || {
                     crate::logging::set_context(context);
-                    let remote = std::slice::from_mut(remote);
-                    upload_over(remote, &files[index], upload, (because, recipients))
+                    let outcome = upload_over(
+                        std::slice::from_mut(remote),
+                        &files[index],
+                        upload,
+                        (because, recipients),
+                    );
+                    if outcome.is_ok() {
+                        probe.run_on(&mut **remote);
+                    }
+                    outcome
                 }),
             ));
         }
@@ -407,6 +517,10 @@ fn side_by_side(
             })
             .collect()
     });
+    if let Some(verdict) = probe.verdict() {
+        link.probe_at = None;
+        link.probed = Some(verdict);
+    }
     if results
         .iter()
         .any(|(_, outcome)| outcome.as_ref().is_err_and(|err| err.transient))
@@ -415,4 +529,48 @@ fn side_by_side(
     }
     outcomes.extend(results);
     outcomes
+}
+
+/// Tonight's immutability test on the first connection free for it (none after a stop).
+struct ProbeOnce<'a> {
+    at: Option<Stamp>,
+    server: &'a ServerConfig,
+    verdict: std::sync::Mutex<Option<Result<Verdict>>>,
+    /// Run, or no longer to run here.
+    taken: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> ProbeOnce<'a> {
+    fn new(at: Option<Stamp>, server: &'a ServerConfig) -> Self {
+        ProbeOnce {
+            at,
+            server,
+            verdict: std::sync::Mutex::new(None),
+            taken: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn run_on(&self, remote: &mut dyn Remote) {
+        let Some(now) = self.at else {
+            return;
+        };
+        if crate::signals::received().is_some()
+            || self.taken.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let verdict = crate::immutable::probe(remote, self.server, now);
+        if let Ok(mut slot) = self.verdict.lock() {
+            *slot = Some(verdict);
+        }
+    }
+
+    /// The large file is done: a test started now would only make the set wait.
+    fn too_late(&self) {
+        self.taken.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn verdict(self) -> Option<Result<Verdict>> {
+        self.verdict.into_inner().ok().flatten()
+    }
 }

@@ -57,6 +57,12 @@ pub trait Remote {
     /// a write may take fewer bytes than offered, and the bytes offered but not taken are
     /// offered again, first, on the next call (the transfer may leave them unread).
     fn open_at(&mut self, name: &str, offset: u64) -> Result<Box<dyn SeekWrite + '_>>;
+    /// `open_at` from 0, creating `name` when it is not there yet (never truncating it):
+    /// every stream of a parallel upload opens it at once, none waiting for another to
+    /// create it. Only for a name nothing else writes to that held nothing before.
+    fn open_creating(&mut self, name: &str) -> Result<Box<dyn SeekWrite + '_>> {
+        self.open_at(name, 0)
+    }
     /// Read `name` from the start (verifying a resumed upload), or from `offset` on (a
     /// lane of a parallel download). Reads ask for up to 4 times the buffer given ahead.
     fn open_read(&mut self, name: &str) -> Result<Box<dyn Read + '_>> {
@@ -121,11 +127,20 @@ pub trait Remote {
     /// (a test file), whatever the configuration allows the node itself: `check`'s and the
     /// night's proof of immutability.
     fn try_to_destroy(&mut self, name: &str) -> Result<Vec<Attempt>>;
+    /// `put_whole` when nothing has that name yet; false (nothing written) when something
+    /// has. Not on an append-only destination (what it writes stays).
+    fn put_new(&mut self, name: &str, bytes: &[u8]) -> Result<bool> {
+        if self.size_of(name)?.is_some() {
+            return Ok(false);
+        }
+        self.put_whole(name, bytes, false)?;
+        Ok(true)
+    }
     /// A small file (a manifest) made visible whole under `name`: written under its partial
     /// name and renamed (replacing what is there when `replacing`), or, where a write is
     /// whole by itself (an S3 PUT), written at once.
     fn put_whole(&mut self, name: &str, bytes: &[u8], replacing: bool) -> Result<()> {
-        let mut partial = format!(".{name}.cvpbc-part");
+        let mut partial = whole_partial(name);
         if self.append_only() {
             partial = crate::names::fresh_partial(&partial);
         }
@@ -144,4 +159,9 @@ pub trait Remote {
             self.rename_new(&partial, name)
         }
     }
+}
+
+/// The partial name `put_whole` writes a small file under before renaming it.
+pub(crate) fn whole_partial(name: &str) -> String {
+    format!(".{name}.cvpbc-part")
 }
