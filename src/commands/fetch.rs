@@ -483,8 +483,9 @@ fn fetch_set(
 }
 
 /// How many connections a large file is fetched over, and why: `streams`, or for `auto`
-/// enough for the round trip measured on the first connection, plus one for each of the
-/// set's two other members (images, log) so they come alongside when the round trip counts.
+/// enough for `round_trip` (the first connection's login time, or what S3 measured), plus one
+/// for each of the set's two other members (images, log) so they come alongside when the
+/// round trip counts.
 fn planned_streams(server: &ServerConfig, round_trip: Duration) -> (usize, String) {
     const OTHER_MEMBERS: usize = 2;
     match server.streams {
