@@ -1211,12 +1211,15 @@ fn taken_on_append_only(taken: &str, label: &str, partial: &str) -> Error {
 /// every member is verified on the server. False when the server already has this text.
 pub fn publish_manifest(remote: &mut dyn Remote, data: BackupName, text: &str) -> Result<bool> {
     let name = data.manifest_name();
-    // The usual night it is not there.
-    if !remote.append_only() && remote.put_new(&name, text.as_bytes())? {
+    let there = if remote.append_only() {
+        // One round trip to see it is not there; reading it takes three.
+        remote.size_of(&name)?.is_some()
+    } else if remote.put_new(&name, text.as_bytes())? {
+        // The usual night: it was not there.
         return Ok(true);
-    }
-    // One round trip to see it is not there; reading it takes three.
-    let there = remote.size_of(&name)?.is_some();
+    } else {
+        true
+    };
     if there && remote.read_small(&name, 64 * 1024)?.as_deref() == Some(text.as_bytes()) {
         return Ok(false);
     }

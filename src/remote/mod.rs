@@ -130,11 +130,7 @@ pub trait Remote {
     /// `put_whole` when nothing has that name yet; false (nothing written) when something
     /// has. Not on an append-only destination (what it writes stays).
     fn put_new(&mut self, name: &str, bytes: &[u8]) -> Result<bool> {
-        if self.size_of(name)?.is_some() {
-            return Ok(false);
-        }
-        self.put_whole(name, bytes, false)?;
-        Ok(true)
+        put_new_after_a_look(self, name, bytes)
     }
     /// A small file (a manifest) made visible whole under `name`: written under its partial
     /// name and renamed (replacing what is there when `replacing`), or, where a write is
@@ -159,6 +155,19 @@ pub trait Remote {
             self.rename_new(&partial, name)
         }
     }
+}
+
+/// `put_new` by looking first: one round trip more, nothing written in vain.
+pub(crate) fn put_new_after_a_look<R: Remote + ?Sized>(
+    remote: &mut R,
+    name: &str,
+    bytes: &[u8],
+) -> Result<bool> {
+    if remote.size_of(name)?.is_some() {
+        return Ok(false);
+    }
+    remote.put_whole(name, bytes, false)?;
+    Ok(true)
 }
 
 /// The partial name `put_whole` writes a small file under before renaming it.

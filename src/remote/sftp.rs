@@ -648,11 +648,7 @@ impl Remote for SftpRemote {
     fn put_new(&mut self, name: &str, bytes: &[u8]) -> Result<bool> {
         if self.append_only {
             // Its partials stay: never one written in vain.
-            if self.size_of(name)?.is_some() {
-                return Ok(false);
-            }
-            self.put_whole(name, bytes, false)?;
-            return Ok(true);
+            return super::put_new_after_a_look(self, name, bytes);
         }
         let refused = match self.put_whole(name, bytes, false) {
             Ok(()) => return Ok(true),
