@@ -6,6 +6,13 @@
 //! together. Handing out small pieces instead cost every piece a drained window (and, for
 //! reads, an open): at 50 ms a stream fetching 16 MiB pieces ran at half speed.
 //!
+//! A download hashes the file in order as it arrives, so only what lies below every
+//! unfinished lane can be hashed: with one lane per stream, most of the file waited for the
+//! last byte, and a second of hashing followed it. Downloads therefore hand out the file in
+//! pieces in order (`in_order`): the streams start on the first pieces, a stream whose piece
+//! is done takes the next one, and the halves are taken only once every piece is handed
+//! out; what is left to hash at the end is about a piece per stream.
+//!
 //! Pure bookkeeping behind one lock; the streams do the I/O.
 
 use std::ops::Range;
@@ -26,8 +33,16 @@ struct Lane {
 }
 
 pub struct Lanes {
-    lanes: Mutex<Vec<Lane>>,
+    state: Mutex<State>,
     size: u64,
+}
+
+struct State {
+    lanes: Vec<Lane>,
+    /// The first byte no lane has been given yet (`size` once all are).
+    next: u64,
+    /// How much a stream takes from `next` at a time (0: lanes are equal shares).
+    piece: u64,
 }
 
 impl Lanes {
@@ -45,7 +60,35 @@ impl Lanes {
             })
             .collect();
         Lanes {
-            lanes: Mutex::new(lanes),
+            state: Mutex::new(State {
+                lanes,
+                next: size,
+                piece: 0,
+            }),
+            size,
+        }
+    }
+
+    /// `size` bytes handed out in order in pieces of `piece` bytes, one to each stream at
+    /// first (one stream, or a file with less than a piece per stream: equal shares).
+    pub fn in_order(size: u64, streams: usize, piece: u64) -> Lanes {
+        let count = streams.max(1) as u64;
+        if count == 1 || piece == 0 || size <= piece.saturating_mul(count) {
+            return Lanes::new(size, streams);
+        }
+        let lanes = (0..count)
+            .map(|index| Lane {
+                done: index * piece,
+                claimed: index * piece,
+                end: (index + 1) * piece,
+            })
+            .collect();
+        Lanes {
+            state: Mutex::new(State {
+                lanes,
+                next: count * piece,
+                piece,
+            }),
             size,
         }
     }
@@ -54,20 +97,20 @@ impl Lanes {
         self.size
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Lane>> {
-        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Where `lane` starts now (its first byte not yet claimed).
     pub fn start(&self, lane: usize) -> u64 {
-        self.lock()[lane].claimed
+        self.lock().lanes[lane].claimed
     }
 
     /// The next at most `most` bytes of `lane` for its stream to send or request, right
     /// after what it claimed before; empty when the lane is used up.
     pub fn claim(&self, lane: usize, most: u64) -> Range<u64> {
-        let mut lanes = self.lock();
-        let lane = &mut lanes[lane];
+        let mut state = self.lock();
+        let lane = &mut state.lanes[lane];
         let start = lane.claimed;
         lane.claimed = lane.end.min(start.saturating_add(most));
         start..lane.claimed
@@ -75,17 +118,30 @@ impl Lanes {
 
     /// Every byte of `lane` below `to` has arrived (or been sent).
     pub fn done(&self, lane: usize, to: u64) {
-        let mut lanes = self.lock();
-        let lane = &mut lanes[lane];
+        let mut state = self.lock();
+        let lane = &mut state.lanes[lane];
         lane.done = to.clamp(lane.done, lane.end);
     }
 
-    /// `lane` is used up (all of it claimed and done): take over the upper half of the
-    /// largest unclaimed part of another lane (at least MIN_STEAL), and return where the
-    /// lane now starts and ends. None when nothing is worth taking: the stream is finished.
+    /// `lane` is used up (all of it claimed and done): take the next piece no lane has had
+    /// yet (`in_order`), else the upper half of the largest unclaimed part of another lane
+    /// (at least MIN_STEAL), and return where the lane now starts and ends. None when
+    /// nothing is worth taking: the stream is finished.
     pub fn steal(&self, lane: usize) -> Option<Range<u64>> {
-        let mut lanes = self.lock();
-        let own = lanes[lane];
+        let mut state = self.lock();
+        let own = state.lanes[lane];
+        if own.claimed == own.end && own.done == own.end && state.next < self.size {
+            let start = state.next;
+            let end = self.size.min(start.saturating_add(state.piece));
+            state.next = end;
+            state.lanes[lane] = Lane {
+                done: start,
+                claimed: start,
+                end,
+            };
+            return Some(start..end);
+        }
+        let lanes = &mut state.lanes;
         if own.claimed < own.end {
             // Not used up after all (a caller's slip): carry on with the rest of it.
             return Some(own.claimed..own.end);
@@ -113,12 +169,15 @@ impl Lanes {
 
     /// Every byte below this offset has arrived.
     pub fn contiguous(&self) -> u64 {
-        self.lock()
+        let state = self.lock();
+        state
+            .lanes
             .iter()
             .filter(|lane| lane.done < lane.end)
             .map(|lane| lane.done)
             .min()
             .unwrap_or(self.size)
+            .min(state.next)
     }
 }
 
@@ -164,6 +223,32 @@ mod tests {
             40 * MIB + MIB / 2..42 * MIB + MIB / 2
         );
         assert_eq!(lanes.steal(1), None);
+    }
+
+    #[test]
+    fn in_order_the_next_piece_goes_to_the_first_stream_done_and_halves_come_last() {
+        let lanes = Lanes::in_order(100 * MIB, 2, 30 * MIB);
+        let starts: Vec<u64> = (0..2).map(|lane| lanes.start(lane)).collect();
+        assert_eq!(starts, vec![0, 30 * MIB]);
+        // Nothing handed out past 60 MiB: nothing there counts as arrived.
+        assert_eq!(lanes.claim(1, u64::MAX), 30 * MIB..60 * MIB);
+        lanes.done(1, 60 * MIB);
+        assert_eq!(lanes.contiguous(), 0);
+        assert_eq!(lanes.steal(1), Some(60 * MIB..90 * MIB));
+        assert_eq!(lanes.claim(0, u64::MAX), 0..30 * MIB);
+        lanes.done(0, 30 * MIB);
+        assert_eq!(lanes.contiguous(), 60 * MIB);
+        // The last piece is shorter.
+        assert_eq!(lanes.steal(0), Some(90 * MIB..100 * MIB));
+        assert_eq!(lanes.contiguous(), 60 * MIB);
+        assert_eq!(lanes.claim(0, u64::MAX), 90 * MIB..100 * MIB);
+        lanes.done(0, 100 * MIB);
+        // Every piece handed out: the upper half of what lane 1 has not claimed yet.
+        assert_eq!(lanes.claim(1, 10 * MIB), 60 * MIB..70 * MIB);
+        assert_eq!(lanes.steal(0), Some(80 * MIB..90 * MIB));
+        // A file with less than a piece per stream: equal shares.
+        let small = Lanes::in_order(50 * MIB, 2, 30 * MIB);
+        assert_eq!(small.start(1), 25 * MIB);
     }
 
     #[test]
@@ -220,9 +305,10 @@ mod tests {
         fn every_byte_is_claimed_exactly_once(
             size in 0..300 * MIB,
             streams in 1usize..6,
+            piece in prop_oneof![Just(0u64), 1..40 * MIB],
             steps in proptest::collection::vec(step(6), 0..60),
         ) {
-            let lanes = Lanes::new(size, streams);
+            let lanes = Lanes::in_order(size, streams, piece);
             let mut claimed: Vec<Range<u64>> = Vec::new();
             let mut arrived: Vec<Range<u64>> = Vec::new();
             let mut pending: Vec<Vec<Range<u64>>> = vec![Vec::new(); streams];
@@ -249,7 +335,7 @@ mod tests {
                     Step::Steal(lane) => {
                         let lane = lane % streams;
                         // Only a stream with its lane used up and finished steals.
-                        let own = lanes.lock()[lane];
+                        let own = lanes.lock().lanes[lane];
                         if own.claimed == own.end && pending[lane].is_empty() {
                             lanes.steal(lane);
                         }

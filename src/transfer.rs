@@ -811,6 +811,11 @@ fn send_stream(
     Ok(sent)
 }
 
+/// A download's streams take the file in pieces this large, in order (`Lanes::in_order`),
+/// so the in-order hash follows the download and about a piece per stream is left to hash
+/// after the last byte; each piece costs its stream a new read handle (a round trip or two).
+pub const DOWNLOAD_PIECE: u64 = 128 * 1024 * 1024;
+
 /// libssh2 keeps up to 4 read buffers of requests in flight, at most 8 MiB: a download
 /// stream's window.
 pub const READ_WINDOW: usize = 8 * 1024 * 1024;
@@ -844,7 +849,7 @@ pub fn download_parallel(
 ) -> Result<String> {
     let streams = remotes.len().max(1);
     let label = remotes[0].describe();
-    let lanes = Lanes::new(size, streams);
+    let lanes = Lanes::in_order(size, streams, DOWNLOAD_PIECE);
     let abandon = AtomicBool::new(false);
     let during = format!("the fetch of {name}");
     std::thread::scope(|scope| {
