@@ -15,7 +15,7 @@ use crate::retention::{self, Decision, Policy};
 use crate::run::LocalFile;
 use crate::safe_fs::Dir;
 use crate::secret::Secret;
-use crate::sets::{self, Member};
+use crate::sets;
 use crate::signals;
 use crate::state::{self, CopiedFile, History, RunRecord, SealedUpload};
 use crate::transfer;
@@ -200,7 +200,7 @@ impl Night<'_> {
                 Err(err) => log::warn!("remote pruning skipped: {err}"),
             }
         }
-        self.count_remote_sets(link);
+        self.count_remote_sets(link, selection.set.as_ref().map(|set| set.data));
         self.test_immutability(link);
         verified
     }
@@ -277,7 +277,7 @@ impl Night<'_> {
         let sealed = self.shared.sealed(&self.server.name);
         // Tonight's immutability test, beside the files when a connection is free for it.
         link.probe_beside(self.shared.now);
-        let mut first_attempts = link.side_by_side(files, &sealed);
+        let mut first_attempts = link.side_by_side(files, &sealed, set);
         for (index, file) in files.iter().enumerate() {
             let first = first_attempts.remove(&index);
             // Once an archive is found damaged no other archive of the set is sent; one the
@@ -426,17 +426,13 @@ impl Night<'_> {
         // Tonight's set's manifest lists the new sha256s only once it is written tonight.
         let mut manifest_written = false;
         if let (true, Some(set)) = (all_ok, set) {
-            let members: Vec<Member> = set
-                .files()
-                .into_iter()
-                .filter_map(|name| {
-                    let (file, sha256) = digests.get(&name)?.clone();
-                    Some(Member { file, sha256 })
-                })
-                .collect();
-            let text = sets::render_manifest(&members);
+            let text = sets::manifest_of(set, &digests);
+            let name = set.data.manifest_name();
+            let staged = link
+                .staged()
+                .is_some_and(|staged| staged.take(&name, text.as_bytes()));
             match retry(policy, link, |link| {
-                transfer::publish_manifest(link.remote()?, set.data, &text)
+                transfer::publish_manifest(link.remote()?, set.data, &text, staged)
             }) {
                 Ok(true) => {
                     manifest_written = true;
@@ -670,9 +666,10 @@ impl Night<'_> {
     }
 
     /// The data backups on the server once the night is done, for the metrics: from the
-    /// listing made beside the manifest when there is one (less what pruning removed since),
+    /// listing made beside the manifest when there is one (less what pruning removed since;
+    /// tonight's set, all there, counts even when that listing came before its rename),
     /// else listed now.
-    fn count_remote_sets(&mut self, link: &mut dyn Destination) {
+    fn count_remote_sets(&mut self, link: &mut dyn Destination, tonight: Option<BackupName>) {
         let listed = match link.listed_beside() {
             Some(Ok(listing)) => Ok(listing),
             _ => link.remote().and_then(|remote| remote.list()),
@@ -686,6 +683,7 @@ impl Night<'_> {
                 }
                 let data: HashSet<BackupName> = backup_names(&listing)
                     .into_iter()
+                    .chain(tonight)
                     .filter(|name| name.kind == Kind::Data && !self.pruned.contains(name))
                     .collect();
                 self.record.remote_sets = Some(data.len());
@@ -803,7 +801,7 @@ fn restate_manifests(
             }
         }
         if changed {
-            transfer::publish_manifest(remote, data, &text)?;
+            transfer::publish_manifest(remote, data, &text, false)?;
             restated.push(data);
         }
     }

@@ -40,6 +40,7 @@ pub mod secret;
 pub mod sets;
 pub mod signals;
 pub mod space;
+pub mod staged;
 pub mod state;
 pub mod timeline;
 pub mod transfer;

@@ -164,12 +164,12 @@ impl RemoteFile {
     /// Where an upload is written before it is complete. It starts with a dot and ends in our
     /// own suffix, so it never matches a CVP name and never counts as a backup.
     pub fn partial_name(&self) -> String {
-        format!(".{}{PARTIAL_SUFFIX}", self.file_name())
+        partial_of(&self.file_name())
     }
 
     /// Where the checksum file is written before it is renamed into place.
     pub fn sidecar_partial_name(&self) -> String {
-        format!(".{}{PARTIAL_SUFFIX}", self.sidecar_name())
+        partial_of(&self.sidecar_name())
     }
 }
 
@@ -217,6 +217,11 @@ impl RemoteName {
         }
         RemoteFile::parse(name).map(RemoteName::Backup)
     }
+}
+
+/// The partial name a file is written under before it is renamed to `name`.
+pub fn partial_of(name: &str) -> String {
+    format!(".{name}{PARTIAL_SUFFIX}")
 }
 
 /// A partial name no earlier attempt used: `.X.cvpbc-part-<hex>`. An append-only server

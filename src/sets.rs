@@ -4,6 +4,7 @@
 //! `fetch` all ask here; none of them re-derives it.
 
 use crate::names::{parse_sidecar, sidecar_line, BackupName, Kind, RemoteFile, Stamp};
+use std::collections::HashMap;
 
 /// cvpi may stamp the images file of a backup a little after its data file (it writes one
 /// after the other); backups are a night apart, so an hour cannot reach another night's.
@@ -140,6 +141,23 @@ pub fn render_manifest(members: &[Member]) -> String {
         .iter()
         .map(|m| sidecar_line(&m.sha256, &m.file.file_name()))
         .collect()
+}
+
+/// The manifest of `set` from the sha256 each member was verified with on the server (as
+/// the server holds it: NAME or NAME.age); a member without one is left out.
+pub fn manifest_of(
+    set: &RestoreSet,
+    verified: &HashMap<BackupName, (RemoteFile, String)>,
+) -> String {
+    let members: Vec<Member> = set
+        .files()
+        .into_iter()
+        .filter_map(|name| {
+            let (file, sha256) = verified.get(&name)?.clone();
+            Some(Member { file, sha256 })
+        })
+        .collect();
+    render_manifest(&members)
 }
 
 /// The members a manifest lists; None unless every line is a well-formed `sha256sum` line

@@ -7,9 +7,10 @@ use crate::error::{Error, Result};
 use crate::exit_codes::ExitCode;
 use crate::lanes::Lanes;
 use crate::names::{parse_sidecar, sidecar_line, BackupName, RemoteFile};
-use crate::remote::{Remote, RemoteEntry};
+use crate::remote::{write_synced, Remote, RemoteEntry};
 use crate::seal::{PlainReader, ReadAt, Recipients, Sealer};
 use crate::signals;
+use crate::staged::Staged;
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -114,6 +115,9 @@ pub(crate) struct Outgoing<'a> {
 pub struct Source<'a> {
     pub path: &'a Path,
     pub check_archive: bool,
+    /// Told the sha256 as soon as it is known, and asked whether the checksum file is
+    /// staged already (`staged`), when another connection writes it ahead.
+    pub staged: Option<&'a Staged>,
 }
 
 impl<'a> Source<'a> {
@@ -124,7 +128,12 @@ impl<'a> Source<'a> {
             path: &file.path,
             check_archive: file.check_archive
                 || (seen.finals && archive::is_archive(&file.name.file_name())),
+            staged: None,
         }
+    }
+
+    pub fn staged(self, staged: Option<&'a Staged>) -> Source<'a> {
+        Source { staged, ..self }
     }
 }
 
@@ -376,30 +385,35 @@ pub fn upload(
         progress.set_position(resume_at);
     }
     let during = format!("the copy of {name}");
-    let (bytes, hashed) = beside_hash(&outgoing, local, &during, |abandon| {
-        let mut sink = if resume_at > 0 {
-            remote.open_at(&partial, resume_at)?
-        } else {
-            remote.create(&partial)?
-        };
-        let what = format!("{during}: writing {partial} on {label}");
-        let watch = Watch {
-            abandon,
-            progress,
-            what: &what,
-        };
-        let sent = send_range(
-            &mut *sink,
-            &mut *outgoing.reader(),
-            local,
-            &mut cursor(resume_at..u64::MAX),
-            IN_FLIGHT,
-            &watch,
-        )?;
-        sink.flush()
-            .map_err(|err| write_error(err, format!("cannot sync {partial} on {label}")))?;
-        Ok(resume_at + sent)
-    })
+    let (bytes, hashed) = beside_hash(
+        &outgoing,
+        local,
+        (&during, source.staged, name),
+        |abandon| {
+            let mut sink = if resume_at > 0 {
+                remote.open_at(&partial, resume_at)?
+            } else {
+                remote.create(&partial)?
+            };
+            let what = format!("{during}: writing {partial} on {label}");
+            let watch = Watch {
+                abandon,
+                progress,
+                what: &what,
+            };
+            let sent = send_range(
+                &mut *sink,
+                &mut *outgoing.reader(),
+                local,
+                &mut cursor(resume_at..u64::MAX),
+                IN_FLIGHT,
+                &watch,
+            )?;
+            sink.flush()
+                .map_err(|err| write_error(err, format!("cannot sync {partial} on {label}")))?;
+            Ok(resume_at + sent)
+        },
+    )
     .map_err(|err| discard_damaged(remote, &partial, err))?;
     let digest = hashed.digest;
     check_unchanged(local, &outgoing, hashed.bytes)?;
@@ -416,7 +430,13 @@ pub fn upload(
         }
         log::info!("{name}: resumed upload verified by reading it back (sha256 {digest})");
     }
-    publish(remote, name, &partial, &digest, seen.finals)?;
+    publish(
+        remote,
+        name,
+        &partial,
+        (&digest, source.staged),
+        seen.finals,
+    )?;
     Ok(Uploaded {
         digest,
         bytes,
@@ -671,50 +691,56 @@ pub fn upload_parallel(
     let lanes = Lanes::new(outgoing.len(), streams);
     let window = window_per_stream(streams);
     let during = format!("the copy of {name}");
-    let (sent, hashed) = beside_hash(&outgoing, local, &during, |abandon| {
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = remotes
-                .iter_mut()
-                .enumerate()
-                .map(|(index, remote)| {
-                    let (partial, label, during, lanes) = (&partial, &label, &during, &lanes);
-                    let source = &outgoing;
-                    scope.spawn(move || {
-                        let watch = Watch {
-                            abandon,
-                            progress,
-                            what: during,
-                        };
-                        let outcome = send_stream(
-                            &mut **remote,
-                            (partial, fresh),
-                            source,
-                            local,
-                            (lanes, index),
-                            window,
-                            &watch,
-                        );
-                        stream_outcome(outcome, index, streams, &format!("to {label}"), abandon)
+    let (sent, hashed) = beside_hash(
+        &outgoing,
+        local,
+        (&during, source.staged, name),
+        |abandon| {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = remotes
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(index, remote)| {
+                        let (partial, label, during, lanes) = (&partial, &label, &during, &lanes);
+                        let source = &outgoing;
+                        scope.spawn(move || {
+                            let watch = Watch {
+                                abandon,
+                                progress,
+                                what: during,
+                            };
+                            let outcome = send_stream(
+                                &mut **remote,
+                                (partial, fresh),
+                                source,
+                                local,
+                                (lanes, index),
+                                window,
+                                &watch,
+                            );
+                            stream_outcome(outcome, index, streams, &format!("to {label}"), abandon)
+                        })
                     })
-                })
-                .collect();
-            let mut failure = None;
-            let mut sent = 0u64;
-            for worker in workers {
-                match worker.join() {
-                    Ok(Ok(bytes)) => sent += bytes,
-                    Ok(Err(err)) => {
-                        failure.get_or_insert(err);
-                    }
-                    Err(_) => {
-                        failure
-                            .get_or_insert(Error::copy(format!("a stream copying {name} crashed")));
+                    .collect();
+                let mut failure = None;
+                let mut sent = 0u64;
+                for worker in workers {
+                    match worker.join() {
+                        Ok(Ok(bytes)) => sent += bytes,
+                        Ok(Err(err)) => {
+                            failure.get_or_insert(err);
+                        }
+                        Err(_) => {
+                            failure.get_or_insert(Error::copy(format!(
+                                "a stream copying {name} crashed"
+                            )));
+                        }
                     }
                 }
-            }
-            failure.map_or(Ok(sent), Err)
-        })
-    })
+                failure.map_or(Ok(sent), Err)
+            })
+        },
+    )
     .map_err(|err| discard_damaged(&mut *remotes[0], &partial, err))?;
     let digest = hashed.digest;
 
@@ -722,7 +748,13 @@ pub fn upload_parallel(
     let via = format!(" over {streams} streams");
     check_unchanged(local, &outgoing, hashed.bytes)?;
     check_sent(remote, local, &outgoing, (name, &partial), sent, &via)?;
-    publish(remote, name, &partial, &digest, seen.finals)?;
+    publish(
+        remote,
+        name,
+        &partial,
+        (&digest, source.staged),
+        seen.finals,
+    )?;
     Ok(Uploaded {
         digest,
         bytes: sent,
@@ -1039,7 +1071,7 @@ pub(crate) struct Hashed {
 pub(crate) fn beside_hash<T: Send>(
     outgoing: &Outgoing,
     local: &Path,
-    during: &str,
+    (during, staged, name): (&str, Option<&Staged>, RemoteFile),
     send: impl FnOnce(&AtomicBool) -> Result<T>,
 ) -> Result<(T, Hashed)> {
     let abandon = AtomicBool::new(false);
@@ -1053,8 +1085,11 @@ pub(crate) fn beside_hash<T: Send>(
                 abandon,
                 during,
             );
-            if outcome.is_err() {
-                abandon.store(true, Ordering::Relaxed);
+            match (&outcome, staged) {
+                (Err(_), _) => abandon.store(true, Ordering::Relaxed),
+                // Known long before the last byte: the checksum file can be written ahead.
+                (Ok((digest, _, _)), Some(staged)) => staged.hashed(&name.file_name(), digest),
+                (Ok(_), None) => {}
             }
             outcome
         });
@@ -1144,7 +1179,7 @@ fn publish(
     remote: &mut dyn Remote,
     name: RemoteFile,
     partial: &str,
-    digest: &str,
+    (digest, staged): (&str, Option<&Staged>),
     replacing: bool,
 ) -> Result<()> {
     if remote.append_only() {
@@ -1154,11 +1189,15 @@ fn publish(
         remote.remove(&name.file_name())?;
     }
     let sidecar_partial = name.sidecar_partial_name();
-    write_small(
-        remote,
-        &sidecar_partial,
-        sidecar_line(digest, &name.file_name()).as_bytes(),
-    )?;
+    let line = sidecar_line(digest, &name.file_name());
+    if staged.is_some_and(|staged| staged.take(&name.sidecar_name(), line.as_bytes())) {
+        log::debug!(
+            "{}: renamed from what was written ahead",
+            name.sidecar_name()
+        );
+    } else {
+        write_synced(remote, &sidecar_partial, line.as_bytes())?;
+    }
     if replacing {
         remote.rename_replace(&sidecar_partial, &name.sidecar_name())?;
         remote.rename_replace(partial, &name.file_name())
@@ -1196,7 +1235,7 @@ fn publish_appending(
     };
     if !sidecar_there {
         let sidecar_partial = crate::names::fresh_partial(&name.sidecar_partial_name());
-        write_small(remote, &sidecar_partial, line.as_bytes())?;
+        write_synced(remote, &sidecar_partial, line.as_bytes())?;
         remote.rename_new(&sidecar_partial, &name.sidecar_name())?;
     }
     remote.rename_new(partial, &name.file_name())
@@ -1214,8 +1253,23 @@ fn taken_on_append_only(taken: &str, label: &str, partial: &str) -> Error {
 
 /// The set's manifest beside its data file, written under a partial name and renamed, once
 /// every member is verified on the server. False when the server already has this text.
-pub fn publish_manifest(remote: &mut dyn Remote, data: BackupName, text: &str) -> Result<bool> {
+/// `staged`: its partial holds this text already (`staged::Staged`), only the rename is left.
+pub fn publish_manifest(
+    remote: &mut dyn Remote,
+    data: BackupName,
+    text: &str,
+    staged: bool,
+) -> Result<bool> {
     let name = data.manifest_name();
+    // A name taken (or a partial gone meanwhile) is looked at the usual way.
+    if staged
+        && remote
+            .rename_new(&crate::remote::whole_partial(&name), &name)
+            .is_ok()
+    {
+        log::debug!("{name}: renamed from what was written ahead");
+        return Ok(true);
+    }
     let there = if remote.append_only() {
         // One round trip to see it is not there; reading it takes three.
         remote.size_of(&name)?.is_some()
@@ -1238,15 +1292,6 @@ pub fn publish_manifest(remote: &mut dyn Remote, data: BackupName, text: &str) -
     }
     remote.put_whole(&name, text.as_bytes(), there)?;
     Ok(true)
-}
-
-/// A small file written whole and synced.
-fn write_small(remote: &mut dyn Remote, name: &str, bytes: &[u8]) -> Result<()> {
-    let label = remote.describe();
-    let mut sink = remote.create(name)?;
-    sink.write_all(bytes)
-        .and_then(|()| sink.flush())
-        .map_err(|err| Error::copy(format!("cannot write {name} on {label}: {err}")))
 }
 
 #[cfg(test)]
@@ -1412,6 +1457,10 @@ mod tests {
         assert!(sink.received.is_empty());
     }
 
+    fn test_name() -> RemoteFile {
+        RemoteFile::parse("cvp.20240101020010.tgz").expect("name")
+    }
+
     #[test]
     fn the_hash_beside_the_copy_is_the_files_and_a_failed_copy_stops_it() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1420,7 +1469,8 @@ mod tests {
         std::fs::write(&path, &data).expect("write");
         let snapshot = open_local(&path).expect("open");
         let plain = Outgoing::new(&snapshot, None).expect("plain");
-        let (sent, hashed) = beside_hash(&plain, &path, "test", |_| Ok(7u64)).expect("hash");
+        let (sent, hashed) =
+            beside_hash(&plain, &path, ("test", None, test_name()), |_| Ok(7u64)).expect("hash");
         let mut reference = Sha256::new();
         reference.update(&data);
         assert_eq!(sent, 7);
@@ -1431,7 +1481,8 @@ mod tests {
         let recipients =
             Recipients::parse(&identity.to_public().to_string(), None).expect("recipients");
         let sealed = Outgoing::new(&snapshot, Some(&recipients)).expect("sealed");
-        let (_, hashed) = beside_hash(&sealed, &path, "test", |_| Ok(())).expect("hash");
+        let (_, hashed) =
+            beside_hash(&sealed, &path, ("test", None, test_name()), |_| Ok(())).expect("hash");
         assert_eq!(hashed.bytes, sealed.len());
         assert!(sealed.len() > data.len() as u64);
         let mut ciphertext = vec![0u8; sealed.len() as usize];
@@ -1445,9 +1496,12 @@ mod tests {
         let mut reference = Sha256::new();
         reference.update(&ciphertext);
         assert_eq!(hashed.digest, hex(&reference.finalize()));
-        let failed = beside_hash(&plain, &path, "test", |_| -> Result<()> {
-            Err(Error::copy("the server went away"))
-        });
+        let failed = beside_hash(
+            &plain,
+            &path,
+            ("test", None, test_name()),
+            |_| -> Result<()> { Err(Error::copy("the server went away")) },
+        );
         assert!(failed.is_err_and(|err| err.message == "the server went away"));
     }
 

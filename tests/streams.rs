@@ -55,6 +55,14 @@ fn the_test_beside_a_small_file_and_the_count_beside_the_manifest_agree_with_pru
     assert_eq!(first.code, 0, "{}", first.all_output());
     // Another second, another stamp.
     std::thread::sleep(std::time::Duration::from_millis(1100));
+    // A link slow enough that the log and the immutability test are done long before the
+    // data file's last byte (20 MB/s, 4 ms round trip).
+    proxy.set_default(Fault::Link {
+        latency: std::time::Duration::from_millis(2),
+        bytes_per_second: 20_000_000,
+        queue: std::time::Duration::from_millis(20),
+        in_flight: 4 << 20,
+    });
     let before = proxy.connections.load(Ordering::SeqCst);
     let second = fx.run(&["-v"]);
     let output = second.all_output();
@@ -66,7 +74,19 @@ fn the_test_beside_a_small_file_and_the_count_beside_the_manifest_agree_with_pru
     );
     assert!(output.contains(" is not immutable: "), "{output}");
     assert!(output.contains("pruned remote cvp."), "{output}");
+    // The log's connection wrote the data file's checksum file and the manifest ahead:
+    // after the data's last byte only renames were left.
+    for renamed in [
+        ".tgz.sha256: renamed from what was written ahead",
+        ".set.sha256: renamed from what was written ahead",
+    ] {
+        assert!(output.contains(renamed), "{renamed}: {output}");
+    }
     let names = fx.remote_names();
+    assert!(
+        !names.iter().any(|n| n.contains("cvpbc-part")),
+        "nothing staged is left behind: {names:?}"
+    );
     let data_sets: Vec<&String> = names
         .iter()
         .filter(|n| n.starts_with("cvp.20") && n.ends_with(".tgz"))

@@ -14,7 +14,9 @@ use crate::plan::{self, CopyDecision, FileFacts, SealedCopy};
 use crate::remote::{Remote, RemoteEntry};
 use crate::run::LocalFile;
 use crate::secret::Secret;
+use crate::sets::RestoreSet;
 use crate::signals;
+use crate::staged::Staged;
 use crate::state::SealedUpload;
 use crate::transfer::{self, Seen};
 use std::collections::HashMap;
@@ -33,13 +35,20 @@ pub trait Destination: Send {
     /// Upload one file the plan decided to send.
     fn upload(&mut self, file: &LocalFile, upload: Upload) -> Result<Copied>;
     /// The first attempt at all of a set's files at once, when the kind gains from it;
-    /// outcomes by index in `files` (a file missing was not tried).
+    /// outcomes by index in `files` (a file missing was not tried). `set`: the restore set
+    /// they make, whose manifest may be written ahead (see `staged`).
     fn side_by_side(
         &mut self,
         _files: &[LocalFile],
         _sent: &[SealedUpload],
+        _set: Option<&RestoreSet>,
     ) -> HashMap<usize, Result<Copied>> {
         HashMap::new()
+    }
+    /// Small files written ahead under their partial names while the large one was still on
+    /// its way (its checksum file, the set's manifest): only their renames are left.
+    fn staged(&self) -> Option<&Staged> {
+        None
     }
     /// The set's files are done: extra connections may go. When every one is there
     /// (`whole`), one may first test immutability and another list the destination for the
@@ -263,6 +272,16 @@ pub enum Copied {
         /// Connections it went over.
         streams: usize,
     },
+}
+
+impl Copied {
+    /// The file as the server holds it, and the sha256 it was verified with.
+    pub fn verified(&self) -> (RemoteFile, &str) {
+        match self {
+            Copied::AlreadyThere { file, digest } => (*file, digest),
+            Copied::Uploaded { file, done, .. } => (*file, &done.digest),
+        }
+    }
 }
 
 /// One file, as one retryable unit: look at the remote, decide, upload if needed. `sent`:

@@ -92,6 +92,8 @@ impl Destination for S3Destination {
         &mut self,
         files: &[LocalFile],
         sent: &[SealedUpload],
+        // A PUT is whole by itself: a manifest written ahead would save nothing.
+        _set: Option<&crate::sets::RestoreSet>,
     ) -> HashMap<usize, Result<Copied>> {
         // `streams = 1`: one request at a time, as configured.
         if files.len() < 2 || self.server.streams == Streams::Fixed(1) {

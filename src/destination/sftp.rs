@@ -6,6 +6,7 @@ use crate::config::{ServerConfig, Streams};
 use crate::error::{Error, Result};
 use crate::immutable::Verdict;
 use crate::names::Stamp;
+use crate::names::{sidecar_line, BackupName, RemoteFile};
 use crate::progress;
 use crate::remote::known_hosts::Verified;
 use crate::remote::sftp::{self, ConnectOptions, SftpRemote};
@@ -13,9 +14,12 @@ use crate::remote::{Remote, RemoteEntry};
 use crate::run::LocalFile;
 use crate::seal::Recipients;
 use crate::secret::Secret;
+use crate::sets::{self, RestoreSet};
+use crate::staged::{LargeUpload, Staged};
 use crate::state::SealedUpload;
 use crate::transfer;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +55,12 @@ pub struct SftpDestination {
     probed: Option<Result<Verdict>>,
     /// The destination listed on a released connection, for the count of sets.
     listing: Option<std::thread::JoinHandle<Result<Option<Vec<RemoteEntry>>>>>,
+    /// Or listed already, by the connection that wrote ahead (before the large file's
+    /// rename: it may not list that one yet).
+    listed: Option<Result<Option<Vec<RemoteEntry>>>>,
+    /// The large file's checksum file and the set's manifest, written ahead on the
+    /// connection of the last small file done.
+    staged: Arc<Staged>,
 }
 
 impl Drop for SftpDestination {
@@ -89,6 +99,8 @@ impl SftpDestination {
             probing: None,
             probed: None,
             listing: None,
+            listed: None,
+            staged: Arc::default(),
         }
     }
 
@@ -242,6 +254,7 @@ impl SftpDestination {
         if !whole {
             self.probe_at = None;
             self.probed = None;
+            self.listed = None;
         }
         let untested = self.probed.is_none() && self.probing.is_none();
         if let (Some(now), true) = (self.probe_at, untested) {
@@ -255,7 +268,7 @@ impl SftpDestination {
                 }));
             }
         }
-        if self.listing.is_none() && whole {
+        if self.listing.is_none() && self.listed.is_none() && whole {
             if let Some(mut remote) = self.extra.pop() {
                 self.listing = Some(std::thread::spawn(move || remote.list()));
             }
@@ -296,7 +309,7 @@ impl Destination for SftpDestination {
 
     /// Over several streams when the file is large and they were planned, else the main one.
     fn upload(&mut self, file: &LocalFile, upload: Upload) -> Result<Copied> {
-        let recipients = self.server.encrypt_to.clone();
+        let (recipients, staged) = (self.server.encrypt_to.clone(), self.staged.clone());
         let (streams, because) = self.streams.clone().unwrap_or((1, String::new()));
         let mut remotes = if streams > 1 && upload.size >= transfer::PARALLEL_THRESHOLD {
             self.streams(streams)?
@@ -308,7 +321,7 @@ impl Destination for SftpDestination {
             &mut remotes,
             file,
             upload,
-            (&because, recipients.as_deref()),
+            (&because, recipients.as_deref(), Some(&staged)),
         )
     }
 
@@ -316,12 +329,17 @@ impl Destination for SftpDestination {
         &mut self,
         files: &[LocalFile],
         sent: &[SealedUpload],
+        set: Option<&RestoreSet>,
     ) -> HashMap<usize, Result<Copied>> {
         if self.wanted_extra > 0 && files.len() > 1 {
-            side_by_side(self, files, sent)
+            side_by_side(self, files, sent, set)
         } else {
             HashMap::new()
         }
+    }
+
+    fn staged(&self) -> Option<&Staged> {
+        Some(&self.staged)
     }
 
     fn release_extras(&mut self, whole: bool) {
@@ -346,6 +364,9 @@ impl Destination for SftpDestination {
     }
 
     fn listed_beside(&mut self) -> Option<Result<Option<Vec<RemoteEntry>>>> {
+        if let Some(listed) = self.listed.take() {
+            return Some(listed);
+        }
         let listing = self.listing.take()?;
         Some(
             listing
@@ -370,6 +391,9 @@ fn streams_for(server: &ServerConfig, round_trip: Duration) -> (usize, String) {
     }
 }
 
+/// The set's members verified so far: each as the server holds it, with its sha256.
+type VerifiedSoFar = Mutex<HashMap<BackupName, (RemoteFile, String)>>;
+
 type Batch = std::thread::JoinHandle<Vec<Result<SftpRemote>>>;
 
 /// `count` more connections made side by side in the background.
@@ -390,7 +414,7 @@ fn upload_over(
     remotes: &mut [&mut (dyn Remote + Send)],
     file: &LocalFile,
     upload: Upload,
-    (because, recipients): (&str, Option<&Recipients>),
+    (because, recipients, staged): (&str, Option<&Recipients>, Option<&Staged>),
 ) -> Result<Copied> {
     let Upload {
         target,
@@ -409,7 +433,7 @@ fn upload_over(
         log::info!("{target}: uploading {size} bytes over {used} streams ({why}; {because})");
         transfer::upload_parallel(
             remotes,
-            transfer::Source::of(file, seen),
+            transfer::Source::of(file, seen).staged(staged),
             (target, recipients),
             seen,
             &bar,
@@ -418,7 +442,7 @@ fn upload_over(
         log::info!("{target}: uploading {size} bytes ({why})");
         transfer::upload(
             &mut *remotes[0],
-            transfer::Source::of(file, seen),
+            transfer::Source::of(file, seen).staged(staged),
             (target, recipients),
             seen,
             &bar,
@@ -437,13 +461,15 @@ fn upload_over(
 /// The first attempt at a set's files when there are several connections: one listing,
 /// then every upload at once (the largest over the streams left once each other file has
 /// one), so the round trips of the small files hide behind the large one; the first small
-/// file there lends its connection to tonight's immutability test, when asked for. What
-/// fails here (outcomes by index in `files`; a file missing was not tried) gets the usual
-/// retries, one file at a time.
+/// file there lends its connection to tonight's immutability test, when asked for, and the
+/// last writes the large file's checksum file and the set's manifest ahead (see
+/// `write_ahead`). What fails here (outcomes by index in `files`; a file missing was not
+/// tried) gets the usual retries, one file at a time.
 fn side_by_side(
     link: &mut SftpDestination,
     files: &[LocalFile],
     sent: &[SealedUpload],
+    set: Option<&RestoreSet>,
 ) -> HashMap<usize, Result<Copied>> {
     let recipients = link.server.encrypt_to.clone();
     let recipients = recipients.as_deref();
@@ -462,7 +488,7 @@ fn side_by_side(
     // The largest first: it takes the streams the others leave.
     uploads.sort_by_key(|(_, upload)| std::cmp::Reverse(upload.size));
     let (count, because) = link.streams.clone().unwrap_or((1, String::new()));
-    let (server, probe_at) = (link.server.clone(), link.probe_at);
+    let (server, probe_at, staged) = (link.server.clone(), link.probe_at, link.staged.clone());
     let mut remotes = match link.streams(count) {
         Ok(remotes) if remotes.len() >= uploads.len() && !uploads.is_empty() => remotes,
         _ => return outcomes,
@@ -470,16 +496,43 @@ fn side_by_side(
     let for_largest = remotes.len() - (uploads.len() - 1);
     let (largest, others) = remotes.split_at_mut(for_largest);
     let probe = ProbeOnce::new(probe_at, &server);
+    // What the manifest written ahead lists: the members there already, then each small
+    // file as it is verified.
+    let verified: VerifiedSoFar = Mutex::new(
+        outcomes
+            .values()
+            .filter_map(|outcome| outcome.as_ref().ok())
+            .map(|copied| {
+                let (file, digest) = copied.verified();
+                (file.name, (file, digest.to_string()))
+            })
+            .collect(),
+    );
+    let ahead = WriteAhead {
+        staged: &staged,
+        large: uploads[0].1.target,
+        set,
+        verified,
+        sidecar_taken: AtomicBool::new(false),
+        small_left: AtomicUsize::new(uploads.len() - 1),
+        listed: Mutex::new(None),
+    };
     let results: Vec<(usize, Result<Copied>)> = std::thread::scope(|scope| {
         let because = because.as_str();
-        let probe = &probe;
+        let (probe, staged, ahead) = (&probe, &*staged, &ahead);
         let (first, rest) = uploads.split_first().expect("not empty");
         let mut workers = vec![(first.0, {
             let (index, upload) = *first;
             let context = crate::logging::context();
             scope.spawn(move || {
                 crate::logging::set_context(context);
-                let outcome = upload_over(largest, &files[index], upload, (because, recipients));
+                let _ended = LargeUpload(staged);
+                let outcome = upload_over(
+                    largest,
+                    &files[index],
+                    upload,
+                    (because, recipients, Some(staged)),
+                );
                 // Too late to hide the test behind it: it runs after the set, as before.
                 probe.too_late();
                 outcome
@@ -495,11 +548,14 @@ fn side_by_side(
                         std::slice::from_mut(remote),
                         &files[index],
                         upload,
-                        (because, recipients),
+                        (because, recipients, Some(staged)),
                     );
-                    if outcome.is_ok() {
+                    if let Ok(copied) = &outcome {
+                        let (file, digest) = copied.verified();
+                        lock(&ahead.verified).insert(file.name, (file, digest.to_string()));
                         probe.run_on(&mut **remote);
                     }
+                    ahead.after_small_file(&mut **remote, outcome.is_ok());
                     outcome
                 }),
             ));
@@ -517,6 +573,7 @@ fn side_by_side(
             })
             .collect()
     });
+    link.listed = ahead.listed.into_inner().ok().flatten();
     if let Some(verdict) = probe.verdict() {
         link.probe_at = None;
         link.probed = Some(verdict);
@@ -529,6 +586,87 @@ fn side_by_side(
     }
     outcomes.extend(results);
     outcomes
+}
+
+/// What the connections of the small files write ahead once they are done, while the large
+/// file is still on its way, so that after its last byte only renames are left: the first
+/// writes its checksum file as soon as its sha256 is known (long before its last byte: it
+/// is hashed from the page cache); the last, once every other member is verified, the set's
+/// manifest, then lists the destination for the count of sets. Nothing more once the large
+/// file's upload has ended: it would only make the set wait (its publisher then writes what
+/// was not written ahead).
+struct WriteAhead<'a> {
+    staged: &'a Staged,
+    large: RemoteFile,
+    set: Option<&'a RestoreSet>,
+    verified: VerifiedSoFar,
+    sidecar_taken: AtomicBool,
+    small_left: AtomicUsize,
+    listed: Mutex<Option<Result<Option<Vec<RemoteEntry>>>>>,
+}
+
+impl WriteAhead<'_> {
+    fn after_small_file(&self, remote: &mut dyn Remote, copied: bool) {
+        let last = self.small_left.fetch_sub(1, Ordering::AcqRel) == 1;
+        if !copied || crate::signals::received().is_some() {
+            return;
+        }
+        let large = self.large;
+        if !self.sidecar_taken.swap(true, Ordering::AcqRel) {
+            let Some(digest) = self.staged.wait_hashed(&large.file_name()) else {
+                return;
+            };
+            let line = sidecar_line(&digest, &large.file_name());
+            if !self.stage(remote, &large.sidecar_name(), &line) {
+                return;
+            }
+        }
+        let Some(set) = self.set.filter(|_| last) else {
+            return;
+        };
+        let Some(digest) = self.staged.wait_hashed(&large.file_name()) else {
+            return;
+        };
+        let mut members = lock(&self.verified).clone();
+        members.insert(large.name, (large, digest));
+        if !set.files().iter().all(|name| members.contains_key(name)) {
+            return;
+        }
+        let text = sets::manifest_of(set, &members);
+        if self.stage(remote, &set.data.manifest_name(), &text)
+            && self.staged.wait_hashed(&large.file_name()).is_some()
+        {
+            *lock(&self.listed) = Some(remote.list());
+        }
+    }
+
+    /// Whether `name` may still be renamed from what was written ahead, or written the usual way.
+    fn stage(&self, remote: &mut dyn Remote, name: &str, text: &str) -> bool {
+        match self.staged.stage(remote, name, text.as_bytes()) {
+            Ok(true) => {
+                log::debug!(
+                    "{name}: written ahead, to be renamed once {} is there",
+                    self.large
+                );
+                true
+            }
+            // Its publisher came first.
+            Ok(false) => true,
+            Err(err) => {
+                log::debug!(
+                    "writing {name} ahead on {}: {err}; written after the set instead",
+                    remote.describe()
+                );
+                false
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Tonight's immutability test on the first connection free for it (none after a stop).

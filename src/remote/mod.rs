@@ -140,15 +140,7 @@ pub trait Remote {
         if self.append_only() {
             partial = crate::names::fresh_partial(&partial);
         }
-        let label = self.describe();
-        {
-            let mut sink = self.create(&partial)?;
-            sink.write_all(bytes)
-                .and_then(|()| sink.flush())
-                .map_err(|err| {
-                    crate::error::Error::copy(format!("cannot write {partial} on {label}: {err}"))
-                })?;
-        }
+        write_synced(self, &partial, bytes)?;
         if replacing {
             self.rename_replace(&partial, name)
         } else {
@@ -170,7 +162,20 @@ pub(crate) fn put_new_after_a_look<R: Remote + ?Sized>(
     Ok(true)
 }
 
+/// A small file written whole under `name` (created or truncated) and synced.
+pub(crate) fn write_synced<R: Remote + ?Sized>(
+    remote: &mut R,
+    name: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let label = remote.describe();
+    let mut sink = remote.create(name)?;
+    sink.write_all(bytes)
+        .and_then(|()| sink.flush())
+        .map_err(|err| crate::error::Error::copy(format!("cannot write {name} on {label}: {err}")))
+}
+
 /// The partial name `put_whole` writes a small file under before renaming it.
 pub(crate) fn whole_partial(name: &str) -> String {
-    format!(".{name}.cvpbc-part")
+    crate::names::partial_of(name)
 }
