@@ -146,6 +146,31 @@ fn fetch_brings_a_large_file_back_over_several_streams_byte_identically() {
     assert!(std::fs::read(back.join(BIG)).expect("fetched") == bytes);
 }
 
+/// The largest member is fetched on the manifest's sha256 before its checksum file is read
+/// (by the images file's connection, once that one is done): a checksum file that disagrees
+/// with the manifest still stops it, and nothing is left under its name.
+#[test]
+fn a_large_members_checksum_file_that_disagrees_with_the_manifest_stops_its_fetch() {
+    let (fx, _proxy, _) = big_fixture("streams = 3");
+    fx.seed("cvp.eosimages.20240101020010.tgz", 4096);
+    let run = fx.run(&["--no-backup"]);
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    // A well-formed checksum file with another sha256 than the manifest's.
+    let sidecar = fx.dest.join(format!("{BIG}.sha256"));
+    std::fs::write(&sidecar, format!("{}  {BIG}\n", "0".repeat(64))).expect("sidecar");
+    let back = fx.root.path().join("back");
+    let fetched = fetch_to(&fx, &back);
+    let output = fetched.all_output();
+    assert_ne!(fetched.code, 0, "{output}");
+    assert!(fetched.stdout.contains("over 3 streams"), "{output}");
+    assert!(output.contains("disagree about its sha256"), "{output}");
+    let left: Vec<String> = file_names(&back)
+        .into_iter()
+        .filter(|name| name.contains(BIG))
+        .collect();
+    assert!(left.is_empty(), "nothing of it is left: {left:?}");
+}
+
 #[test]
 fn a_fetch_stream_cut_midway_leaves_no_file_under_its_final_name() {
     let (fx, proxy, _) = big_fixture("streams = 3");

@@ -266,6 +266,7 @@ fn fetch_current(
                 .map(|handle| handle.join().unwrap_or_default())
                 .unwrap_or_default();
             if !wanted {
+                extras.into_iter().for_each(|extra| extra.finish());
                 return Vec::new();
             }
             let streams = extras.len() + 1;
@@ -282,7 +283,9 @@ fn fetch_current(
             identities,
             expect_sealed,
         };
-        fetch_set(config, dir, &mut first, asked, &mut extras)
+        let fetched = fetch_set(config, dir, &mut first, asked, &mut extras);
+        first.finish();
+        fetched
     })
 }
 
@@ -461,7 +464,7 @@ fn fetch_set(
     );
     drop(remotes);
     // Closed in the background while the set is checked.
-    let releasing = std::thread::spawn(move || drop(extras));
+    let releasing = std::thread::spawn(move || extras.into_iter().for_each(|extra| extra.finish()));
     fetched?;
     if let Some(line) = crate::timeline::moments().line() {
         say!("{line}");
@@ -543,7 +546,13 @@ fn fetch_members(
 ) -> Result<()> {
     let one = |remotes: &mut [&mut (dyn Remote + Send)], (file, size): (RemoteFile, u64)| {
         let expected = expected_digest(&mut *remotes[0], file, manifest)?;
-        fetch_one(remotes, (file, size), dir, &expected, identities)
+        fetch_one(
+            remotes,
+            (file, size),
+            dir,
+            &expected,
+            (identities, &|_| Ok(())),
+        )
     };
     let largest = members
         .iter()
@@ -556,6 +565,22 @@ fn fetch_members(
             say!("  {}: {outcome}", member.0);
         }
         return Ok(());
+    };
+    // The largest member starts at once on the manifest's sha256; its checksum file, which
+    // must agree, is read by the first other member's connection once that one is done
+    // (else by its own, after its last byte) and compared before it is published.
+    let large = members[largest].0;
+    let listed = manifest.and_then(|text| listed_digest(text, large));
+    let sidecar = SidecarAhead::default();
+    let large_one = |remotes: &mut [&mut (dyn Remote + Send)], (file, size): (RemoteFile, u64)| {
+        let Some(listed) = &listed else {
+            return one(remotes, (file, size));
+        };
+        let agrees = |remote: &mut dyn Remote| {
+            let label = remote.describe();
+            agreed_digest(file, &label, manifest, sidecar.read(remote, file)?).map(|_| ())
+        };
+        fetch_one(remotes, (file, size), dir, listed, (identities, &agrees))
     };
     let (for_largest, for_others) = remotes.split_at_mut(remotes.len() - (members.len() - 1));
     let outcomes: Vec<Result<String>> = std::thread::scope(|scope| {
@@ -570,12 +595,20 @@ fn fetch_members(
                 } else {
                     others.next().map(std::slice::from_mut).unwrap_or_default()
                 };
-                let one = &one;
+                let (one, large_one, sidecar, listed) = (&one, &large_one, &sidecar, &listed);
                 scope.spawn(move || {
                     if connections.is_empty() {
                         return Err(Error::copy("no connection left for a member".to_string()));
                     }
-                    one(connections, *member)
+                    if index == largest {
+                        return large_one(connections, *member);
+                    }
+                    let outcome = one(connections, *member);
+                    // A connection that just failed is left alone.
+                    if listed.is_some() && outcome.is_ok() {
+                        sidecar.read_ahead(&mut *connections[0], large);
+                    }
+                    outcome
                 })
             })
             .collect();
@@ -603,11 +636,49 @@ fn expected_digest(
 ) -> Result<String> {
     let label = remote.describe();
     let sidecar = transfer::read_sidecar(remote, name)?;
-    let listed = manifest.map(|text| {
-        sets::manifest_entry(text, name.name)
-            .filter(|(listed, _)| *listed == name)
-            .map(|(_, digest)| digest)
-    });
+    agreed_digest(name, &label, manifest, sidecar)
+}
+
+/// The sha256 the manifest lists for `name` in this form (NAME or NAME.age).
+fn listed_digest(manifest: &str, name: RemoteFile) -> Option<String> {
+    sets::manifest_entry(manifest, name.name)
+        .filter(|(listed, _)| *listed == name)
+        .map(|(_, digest)| digest)
+}
+
+/// The largest member's checksum file, read ahead by a connection that is free.
+#[derive(Default)]
+struct SidecarAhead(Mutex<Option<Option<String>>>);
+
+impl SidecarAhead {
+    /// Read on a connection done with its own member (a failure leaves it to `read`).
+    fn read_ahead(&self, remote: &mut dyn Remote, name: RemoteFile) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            if let Ok(sidecar) = transfer::read_sidecar(remote, name) {
+                *slot = Some(sidecar);
+            }
+        }
+    }
+
+    /// What was read ahead, else read now.
+    fn read(&self, remote: &mut dyn Remote, name: RemoteFile) -> Result<Option<String>> {
+        let ahead = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match ahead {
+            Some(sidecar) => Ok(sidecar),
+            None => transfer::read_sidecar(remote, name),
+        }
+    }
+}
+
+/// The sha256 a member must have, from the manifest (if any) and its checksum file as read.
+fn agreed_digest(
+    name: RemoteFile,
+    label: &str,
+    manifest: Option<&str>,
+    sidecar: Option<String>,
+) -> Result<String> {
+    let listed = manifest.map(|text| listed_digest(text, name));
     match (listed, sidecar) {
         (Some(Some(listed)), Some(sidecar)) if listed != sidecar => Err(Error::copy(format!(
             "{name} on {label}: {} and {} disagree about its sha256; not fetched",
@@ -672,7 +743,7 @@ fn fetch_one(
     (name, size): (RemoteFile, u64),
     dir: &Dir,
     expected: &str,
-    identities: Option<&Identities>,
+    (identities, agrees): (Option<&Identities>, &Agrees),
 ) -> Result<String> {
     let file_name = name.name.file_name();
     let read_error = |err: std::io::Error| {
@@ -688,6 +759,7 @@ fn fetch_one(
     {
         Ok(Some(existing)) => {
             if transfer::sha256_open(&existing, &dir.join(&file_name))? == expected {
+                agrees(&mut *remotes[0])?;
                 return Ok(format!("already here, sha256 matches ({expected})"));
             }
         }
@@ -719,6 +791,7 @@ fn fetch_one(
     } else {
         download(remotes, (name, size), dir, &partial, expected, None).map(|()| None)
     };
+    let outcome = outcome.and_then(|decrypted| agrees(&mut *remotes[0]).map(|()| decrypted));
     let (ready, decrypted) = match outcome {
         Ok(None) => (partial, None),
         Ok(Some(bytes)) => (plain_partial, Some(bytes)),
@@ -745,6 +818,11 @@ fn fetch_one(
         ),
     })
 }
+
+/// Whether the member's checksum file agrees with the sha256 it was fetched on (the
+/// largest member starts on the manifest's before its checksum file is read); asked
+/// before it is published.
+type Agrees<'a> = dyn Fn(&mut dyn Remote) -> Result<()> + Sync + 'a;
 
 /// Download the encrypted `sealed` and decrypt it in the same pass: over several streams a
 /// thread decrypts the chunks as the streams receive them (in any order), each where it
