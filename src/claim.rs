@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::names::OWNER_MARKER;
-use crate::remote::Remote;
+use crate::remote::{Remote, RemoteEntry};
 use std::io::Write;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +71,23 @@ pub fn refusal(destination: &str, owner: &str, node: &str) -> Error {
 
 /// Claim the destination for `node`, or refuse when another node has.
 pub fn claim(remote: &mut dyn Remote, node: &str) -> Result<Claimed> {
+    claim_listed(remote, node, None)
+}
+
+/// `claim`, where a listing just made shows whether there is a marker to read: when it
+/// shows none and the server creates exclusively, the marker is created at once (a round
+/// trip less on a first night; one that appeared meanwhile still fails the exclusive create
+/// and is read). Elsewhere (S3) it is read first, as a PUT would replace it.
+pub fn claim_listed(
+    remote: &mut dyn Remote,
+    node: &str,
+    listing: Option<&[RemoteEntry]>,
+) -> Result<Claimed> {
     let label = remote.describe();
-    if let Some(owner) = read(remote)? {
+    let listed = listing
+        .filter(|_| remote.creates_exclusively())
+        .is_none_or(|entries| entries.iter().any(|e| e.name == OWNER_MARKER));
+    if let Some(owner) = listed.then(|| read(remote)).transpose()?.flatten() {
         return if owner == node {
             Ok(Claimed::Already)
         } else {

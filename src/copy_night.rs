@@ -242,20 +242,27 @@ impl Night<'_> {
         files: &[LocalFile],
         (set, made): (Option<&RestoreSet>, &HashSet<BackupName>),
     ) -> bool {
-        match retry(policy, link, |link| {
-            let created = link.remote()?.ensure_destination()?;
+        // One listing serves the claim and the plan of every file.
+        let listing = match retry(policy, link, |link| {
+            let listed = link.remote()?.ensure_listed()?;
             link.plan_streams()?;
-            Ok(created)
+            Ok(listed)
         }) {
-            Ok(true) => log::info!("created the destination {}", link.label()),
-            Ok(false) => {}
+            Ok((created, listing)) => {
+                if created {
+                    log::info!("created the destination {}", link.label());
+                }
+                listing
+            }
             Err(err) => {
                 self.fail(err);
                 return false;
             }
-        }
+        };
         let node = self.shared.node.clone();
-        match retry(policy, link, |link| claim::claim(link.remote()?, &node)) {
+        match retry(policy, link, |link| {
+            claim::claim_listed(link.remote()?, &node, Some(&listing))
+        }) {
             Ok(claim::Claimed::Now) => log::info!(
                 "claimed {} for this node ({node}): other nodes are refused there",
                 link.label()
@@ -277,7 +284,7 @@ impl Night<'_> {
         let sealed = self.shared.sealed(&self.server.name);
         // Tonight's immutability test, beside the files when a connection is free for it.
         link.probe_beside(self.shared.now);
-        let mut first_attempts = link.side_by_side(files, &sealed, set);
+        let mut first_attempts = link.side_by_side(files, &sealed, (set, &listing));
         for (index, file) in files.iter().enumerate() {
             let first = first_attempts.remove(&index);
             // Once an archive is found damaged no other archive of the set is sent; one the
@@ -428,11 +435,13 @@ impl Night<'_> {
         if let (true, Some(set)) = (all_ok, set) {
             let text = sets::manifest_of(set, &digests);
             let name = set.data.manifest_name();
-            let staged = link
-                .staged()
-                .is_some_and(|staged| staged.take(&name, text.as_bytes()));
+            // Only the first attempt: a failed one may have written the partial again.
+            let staged = std::cell::Cell::new(
+                link.staged()
+                    .is_some_and(|staged| staged.take(&name, text.as_bytes())),
+            );
             match retry(policy, link, |link| {
-                transfer::publish_manifest(link.remote()?, set.data, &text, staged)
+                transfer::publish_manifest(link.remote()?, set.data, &text, staged.replace(false))
             }) {
                 Ok(true) => {
                     manifest_written = true;

@@ -56,13 +56,16 @@ impl Staged {
             }
             files.insert(name.to_string(), State::Writing);
         }
-        let outcome = write();
-        let mut files = lock(&self.files);
-        match outcome {
-            Ok(()) => files.insert(name.to_string(), State::Written(bytes.to_vec())),
-            Err(_) => files.remove(name),
+        // A write that panics leaves no "writing" behind for its publisher to wait on.
+        let mut writing = Writing {
+            staged: self,
+            name,
+            written: None,
         };
-        self.written.notify_all();
+        let outcome = write();
+        if outcome.is_ok() {
+            writing.written = Some(bytes.to_vec());
+        }
         outcome.map(|()| true)
     }
 
@@ -105,6 +108,25 @@ impl Staged {
                 .wait(digests)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+    }
+}
+
+/// A stage being written: once done (or panicked), written or forgotten, and whoever waits
+/// is woken.
+struct Writing<'a> {
+    staged: &'a Staged,
+    name: &'a str,
+    written: Option<Vec<u8>>,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut files = lock(&self.staged.files);
+        match self.written.take() {
+            Some(bytes) => files.insert(self.name.to_string(), State::Written(bytes)),
+            None => files.remove(self.name),
+        };
+        self.staged.written.notify_all();
     }
 }
 

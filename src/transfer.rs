@@ -23,6 +23,11 @@ use std::time::{Duration, Instant, SystemTime};
 /// Large writes keep libssh2's SFTP pipeline full (32 KiB writes ran at a third of the speed).
 pub const CHUNK: usize = 1024 * 1024;
 
+/// What the in-order hash reads at once from the page cache and hands the archive check:
+/// small, as a few of them wait for the check at a time (peak memory), large enough that
+/// passing them costs nothing.
+const HASH_READ: usize = 256 * 1024;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Uploaded {
     pub digest: String,
@@ -218,7 +223,9 @@ impl ArchiveTap<'_> {
     fn read_plain(&mut self, file: &std::fs::File, want: u64, local: &Path) -> Result<()> {
         let end = self.at.saturating_add(want).min(self.size);
         while self.at < end {
-            let n = usize::try_from(end - self.at).unwrap_or(CHUNK).min(CHUNK);
+            let n = usize::try_from(end - self.at)
+                .unwrap_or(HASH_READ)
+                .min(HASH_READ);
             self.buf.resize(n, 0);
             let got = file
                 .read_at(&mut self.buf[..n], self.at)
@@ -845,7 +852,8 @@ fn send_stream(
 
 /// A download's streams take the file in pieces this large, in order (`Lanes::in_order`),
 /// so the in-order hash follows the download and about a piece per stream is left to hash
-/// after the last byte; each piece costs its stream a new read handle (a round trip or two).
+/// after the last byte; each piece costs its stream a seek on its read handle (its read-ahead
+/// starts again: a round trip).
 pub const DOWNLOAD_PIECE: u64 = 128 * 1024 * 1024;
 
 /// libssh2 keeps up to 4 read buffers of requests in flight, at most 8 MiB: a download
@@ -956,7 +964,8 @@ fn receive_lane(
     let mut at = lanes.start(lane);
     // Where the bytes this stream has received without a gap begin.
     let mut run_start = at;
-    let mut reader = remote.open_read_at(name, at)?;
+    // One handle for every piece (SFTP): a piece costs a seek, not a close and an open.
+    let mut reader = remote.open_read_range(name, at..lanes.size())?;
     loop {
         // What libssh2 may ask for is claimed first: up to READ_WINDOW ahead.
         let mut claimed_to = at;
@@ -1007,7 +1016,7 @@ fn receive_lane(
                 at = taken.start;
                 run_start = at;
                 drop(reader);
-                reader = remote.open_read_at(name, at)?;
+                reader = remote.open_read_range(name, at..lanes.size())?;
             }
             None => return Ok(()),
         }
@@ -1027,7 +1036,7 @@ fn hash_as_it_arrives(
     during: &str,
 ) -> Result<String> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; HASH_READ];
     let mut hashed = 0u64;
     while hashed < lanes.size() {
         signals::check(during)?;
@@ -1039,7 +1048,9 @@ fn hash_as_it_arrives(
             std::thread::sleep(Duration::from_millis(2));
             continue;
         }
-        let want = usize::try_from(ready - hashed).unwrap_or(CHUNK).min(CHUNK);
+        let want = usize::try_from(ready - hashed)
+            .unwrap_or(HASH_READ)
+            .min(HASH_READ);
         let n = read_back
             .read_at(&mut buf[..want], hashed)
             .map_err(read_error(local))?;
@@ -1088,8 +1099,13 @@ pub(crate) fn beside_hash<T: Send>(
             match (&outcome, staged) {
                 (Err(_), _) => abandon.store(true, Ordering::Relaxed),
                 // Known long before the last byte: the checksum file can be written ahead.
-                (Ok((digest, _, _)), Some(staged)) => staged.hashed(&name.file_name(), digest),
-                (Ok(_), None) => {}
+                // (A hash stopped early by a failed send is of part of the file.)
+                (Ok((digest, bytes, _)), Some(staged))
+                    if *bytes == outgoing.len() && !abandon.load(Ordering::Relaxed) =>
+                {
+                    staged.hashed(&name.file_name(), digest)
+                }
+                (Ok(_), _) => {}
             }
             outcome
         });
@@ -1130,7 +1146,7 @@ fn hash_in_order(
     during: &str,
 ) -> Result<(String, u64, Option<archive::Summary>)> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; HASH_READ];
     let mut offset = 0u64;
     while !abandon.load(Ordering::Relaxed) {
         signals::check(during)?;

@@ -36,12 +36,13 @@ pub trait Destination: Send {
     fn upload(&mut self, file: &LocalFile, upload: Upload) -> Result<Copied>;
     /// The first attempt at all of a set's files at once, when the kind gains from it;
     /// outcomes by index in `files` (a file missing was not tried). `set`: the restore set
-    /// they make, whose manifest may be written ahead (see `staged`).
+    /// they make, whose manifest may be written ahead (see `staged`); `listing`: what the
+    /// destination held a moment ago.
     fn side_by_side(
         &mut self,
         _files: &[LocalFile],
         _sent: &[SealedUpload],
-        _set: Option<&RestoreSet>,
+        _set_and_listing: (Option<&RestoreSet>, &[RemoteEntry]),
     ) -> HashMap<usize, Result<Copied>> {
         HashMap::new()
     }
@@ -326,15 +327,14 @@ pub fn copy_one(
 pub(crate) fn first_look(
     remote: &mut dyn Remote,
     files: &[LocalFile],
-    recipients: Option<&crate::seal::Recipients>,
-    sent: &[SealedUpload],
+    (recipients, sent): (Option<&crate::seal::Recipients>, &[SealedUpload]),
+    listing: &[RemoteEntry],
 ) -> Result<(HashMap<usize, Result<Copied>>, Vec<(usize, Upload)>)> {
-    let listing = remote.list()?.unwrap_or_default();
     let mut outcomes = HashMap::new();
     let mut uploads = Vec::new();
     for (index, file) in files.iter().enumerate() {
         let encryption = recipients.map(|r| (r.fingerprint.as_str(), sent));
-        match plan::decide(&gather_facts(remote, &listing, file, encryption)?) {
+        match plan::decide(&gather_facts(remote, listing, file, encryption)?) {
             CopyDecision::AlreadyThere { file, digest, .. } => {
                 outcomes.insert(index, Ok(Copied::AlreadyThere { file, digest }));
             }
@@ -348,7 +348,7 @@ pub(crate) fn first_look(
                     target,
                     size,
                     why,
-                    seen: Seen::in_listing(&listing, target),
+                    seen: Seen::in_listing(listing, target),
                 },
             )),
         }

@@ -93,16 +93,22 @@ impl Destination for S3Destination {
         files: &[LocalFile],
         sent: &[SealedUpload],
         // A PUT is whole by itself: a manifest written ahead would save nothing.
-        _set: Option<&crate::sets::RestoreSet>,
+        (_, listing): (
+            Option<&crate::sets::RestoreSet>,
+            &[crate::remote::RemoteEntry],
+        ),
     ) -> HashMap<usize, Result<Copied>> {
         // `streams = 1`: one request at a time, as configured.
         if files.len() < 2 || self.server.streams == Streams::Fixed(1) {
             return HashMap::new();
         }
         let recipients = self.server.encrypt_to.clone();
-        let Ok((mut outcomes, uploads)) =
-            super::first_look(&mut self.remote, files, recipients.as_deref(), sent)
-        else {
+        let Ok((mut outcomes, uploads)) = super::first_look(
+            &mut self.remote,
+            files,
+            (recipients.as_deref(), sent),
+            listing,
+        ) else {
             return HashMap::new();
         };
         let parts = self.parts_in_flight();

@@ -80,6 +80,11 @@ impl Drop for SftpDestination {
         if let Some(listing) = self.listing.take() {
             let _ = listing.join();
         }
+        // The night is done: no round trip waits for the server to answer the closes.
+        if let Some(remote) = self.remote.take() {
+            remote.finish();
+        }
+        self.extra.drain(..).for_each(SftpRemote::finish);
     }
 }
 
@@ -264,13 +269,19 @@ impl SftpDestination {
                 let context = crate::logging::context();
                 self.probing = Some(std::thread::spawn(move || {
                     crate::logging::set_context(context);
-                    crate::immutable::probe(&mut remote, &server, now)
+                    let verdict = crate::immutable::probe(&mut remote, &server, now);
+                    remote.finish();
+                    verdict
                 }));
             }
         }
         if self.listing.is_none() && self.listed.is_none() && whole {
             if let Some(mut remote) = self.extra.pop() {
-                self.listing = Some(std::thread::spawn(move || remote.list()));
+                self.listing = Some(std::thread::spawn(move || {
+                    let listed = remote.list();
+                    remote.finish();
+                    listed
+                }));
             }
         }
         if !self.extra.is_empty() {
@@ -329,10 +340,10 @@ impl Destination for SftpDestination {
         &mut self,
         files: &[LocalFile],
         sent: &[SealedUpload],
-        set: Option<&RestoreSet>,
+        set_and_listing: (Option<&RestoreSet>, &[RemoteEntry]),
     ) -> HashMap<usize, Result<Copied>> {
         if self.wanted_extra > 0 && files.len() > 1 {
-            side_by_side(self, files, sent, set)
+            side_by_side(self, files, sent, set_and_listing)
         } else {
             HashMap::new()
         }
@@ -469,13 +480,13 @@ fn side_by_side(
     link: &mut SftpDestination,
     files: &[LocalFile],
     sent: &[SealedUpload],
-    set: Option<&RestoreSet>,
+    (set, listing): (Option<&RestoreSet>, &[RemoteEntry]),
 ) -> HashMap<usize, Result<Copied>> {
     let recipients = link.server.encrypt_to.clone();
     let recipients = recipients.as_deref();
     let looked = link
         .connection()
-        .and_then(|remote| super::first_look(remote, files, recipients, sent));
+        .and_then(|remote| super::first_look(remote, files, (recipients, sent), listing));
     let (mut outcomes, mut uploads) = match looked {
         Ok(looked) => looked,
         Err(err) => {

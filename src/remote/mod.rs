@@ -46,12 +46,24 @@ pub trait Remote {
     fn ensure_destination(&mut self) -> Result<bool>;
     /// Regular files in the destination. None when the destination does not exist.
     fn list(&mut self) -> Result<Option<Vec<RemoteEntry>>>;
+    /// `ensure_destination`, then `list`: whether it was created, and what it holds. SFTP
+    /// lists first (a listing shows the folder is there: a round trip less each night).
+    fn ensure_listed(&mut self) -> Result<(bool, Vec<RemoteEntry>)> {
+        let created = self.ensure_destination()?;
+        Ok((created, self.list()?.unwrap_or_default()))
+    }
     /// A small file's contents (checksum files); None when it does not exist.
     fn read_small(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>>;
     /// Create or truncate `name` for writing.
     fn create(&mut self, name: &str) -> Result<Box<dyn Write + '_>>;
     /// Create `name` only if nothing has that name yet; None when something does.
     fn create_exclusive(&mut self, name: &str) -> Result<Option<Box<dyn Write + '_>>>;
+    /// Whether `create_exclusive` is one atomic step on the server (SFTP's O_EXCL), so that
+    /// a name another writer took a moment ago is never overwritten; else the caller reads
+    /// the name absent just before (an S3 PUT replaces).
+    fn creates_exclusively(&self) -> bool {
+        false
+    }
     /// Write into an existing `name` from `offset` on (resuming an upload, or one range of
     /// a parallel upload; seek to write elsewhere). The writer follows libssh2's contract:
     /// a write may take fewer bytes than offered, and the bytes offered but not taken are
@@ -87,6 +99,10 @@ pub trait Remote {
     fn rename_new(&mut self, from: &str, to: &str) -> Result<()>;
     /// The time of one round trip to the server (`streams = auto` sizes from it).
     fn round_trip(&mut self) -> std::time::Duration;
+    /// Done with this connection: close it without waiting for the server's answers (SFTP:
+    /// an SSH disconnect, then the socket is cut; a round trip less at the end of a run).
+    /// Only once nothing written is left open. Elsewhere: dropped.
+    fn finish(self: Box<Self>) {}
     /// Remove a file; Ok when it was already gone.
     fn remove(&mut self, name: &str) -> Result<()>;
     /// Whether the node never removes, truncates or replaces anything there (SFTP

@@ -301,19 +301,10 @@ pub fn connect_several(options: ConnectOptions<'_>, count: usize) -> Vec<Result<
     })
 }
 
-/// Close `remotes` all at once in the background: closing a channel waits a round trip for
-/// the server's answer, which one after the other costs a WAN run a second at 10 streams.
-/// Join the handle before exiting so the server sees clean closes.
+/// Close `remotes` in the background (`finish`: nothing waits for the server's answers).
+/// Join the handle before exiting so the server is told.
 pub fn release_all(remotes: Vec<SftpRemote>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let closing: Vec<_> = remotes
-            .into_iter()
-            .map(|remote| std::thread::spawn(move || drop(remote)))
-            .collect();
-        for handle in closing {
-            let _ = handle.join();
-        }
-    })
+    std::thread::spawn(move || remotes.into_iter().for_each(SftpRemote::finish))
 }
 
 /// Put `wanted` algorithms first, keeping every other one libssh2 supports after them.
@@ -453,6 +444,17 @@ impl SftpRemote {
         self.destination.join(name)
     }
 
+    /// Done: an SSH disconnect (the server ends its sftp-server and logs a clean
+    /// disconnect), then the socket is cut, so that no round trip waits for the server to
+    /// answer the close of a read handle, the channel and the session. Every file this
+    /// connection wrote is closed by now (each upload syncs and closes before its rename).
+    pub fn finish(self) {
+        let _ = self
+            .session
+            .disconnect(None, "cvp-backup-copy is done", None);
+        self.abandon();
+    }
+
     /// Drop a connection that failed: cut the socket first so closing the channel and the
     /// session does not wait for a server that stopped answering.
     pub fn abandon(self) {
@@ -509,6 +511,10 @@ impl SftpRemote {
 }
 
 impl Remote for SftpRemote {
+    fn finish(self: Box<Self>) {
+        SftpRemote::finish(*self)
+    }
+
     fn describe(&self) -> String {
         self.label.clone()
     }
@@ -537,28 +543,44 @@ impl Remote for SftpRemote {
         Ok(true)
     }
 
+    fn ensure_listed(&mut self) -> Result<(bool, Vec<RemoteEntry>)> {
+        if let Some(listing) = self.list()? {
+            return Ok((false, listing));
+        }
+        // Missing, or not a folder (`ensure_destination` says which).
+        let created = self.ensure_destination()?;
+        Ok((created, self.list()?.unwrap_or_default()))
+    }
+
     fn list(&mut self) -> Result<Option<Vec<RemoteEntry>>> {
-        let entries = match self.sftp.readdir(&self.destination) {
-            Ok(entries) => entries,
+        let path = self.destination.clone();
+        // Opening the folder takes one round trip: timed, it plans the streams when the
+        // night's first request is a listing (no `stat` of its own).
+        let started = std::time::Instant::now();
+        let mut dir = match self.sftp.opendir(&path) {
+            Ok(dir) => dir,
             Err(err) if sftp_code(&err) == Some(FX_NO_SUCH_FILE) => return Ok(None),
-            Err(err) => {
-                let path = self.destination.clone();
-                return Err(self.fail("cannot list", &path, &err));
-            }
+            Err(err) => return Err(self.fail("cannot list", &path, &err)),
         };
-        Ok(Some(
-            entries
-                .into_iter()
-                .filter(|(_, stat)| stat.is_file())
-                .filter_map(|(path, stat)| {
-                    let name = path.file_name()?.to_str()?.to_string();
-                    Some(RemoteEntry {
-                        name,
+        self.first_stat.get_or_insert(started.elapsed());
+        let mut entries = Vec::new();
+        loop {
+            match dir.readdir() {
+                Ok((name, stat)) => {
+                    let Some(name) = name.to_str().filter(|_| stat.is_file()) else {
+                        continue;
+                    };
+                    entries.push(RemoteEntry {
+                        name: name.to_string(),
                         size: stat.size.unwrap_or(0),
-                    })
-                })
-                .collect(),
-        ))
+                    });
+                }
+                // The end of the folder.
+                Err(err) if err.code() == ssh2::ErrorCode::Session(LIBSSH2_ERROR_FILE) => break,
+                Err(err) => return Err(self.fail("cannot list", &path, &err)),
+            }
+        }
+        Ok(Some(entries))
     }
 
     fn read_small(&mut self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>> {
@@ -606,6 +628,10 @@ impl Remote for SftpRemote {
             Ok(file) => Ok(Box::new(self.writer(file))),
             Err(err) => Err(self.fail("cannot create", &path, &err)),
         }
+    }
+
+    fn creates_exclusively(&self) -> bool {
+        true
     }
 
     fn create_exclusive(&mut self, name: &str) -> Result<Option<Box<dyn Write + '_>>> {
@@ -924,6 +950,8 @@ impl Drop for SyncingFile {
 /// libssh2's codes for "the server did not answer in time" and "the server sent an SFTP
 /// status" (disk full, permission denied: the same request gets the same answer).
 const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
+/// What `readdir` says at the end of a folder.
+const LIBSSH2_ERROR_FILE: i32 = -16;
 const LIBSSH2_ERROR_SFTP_PROTOCOL: i32 = -31;
 
 /// ssh2 keeps only the message when it turns its error into an `io::Error`; the session
