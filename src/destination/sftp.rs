@@ -121,7 +121,7 @@ impl SftpDestination {
             let early_ref = &early;
             let start_early = move |login: Duration| {
                 let least = sftp::round_trip_from_login(login);
-                let extra = streams_for(&server, least).0 - 1;
+                let extra = early_extras(&server, least);
                 if extra > 0 {
                     let batch = connect_batch(server.clone(), password.clone(), extra);
                     if let Ok(mut early) = early_ref.lock() {
@@ -389,6 +389,18 @@ impl Destination for SftpDestination {
     fn reset(&mut self) {
         self.drop_connections()
     }
+}
+
+/// Extra connections to start as soon as the first has logged in, on the round trip its
+/// login suggests (a few ms under the one the listing then measures): for `streams = auto`
+/// one spare when several are wanted and the budget holds more, since a connection started
+/// only after the listing makes the first byte wait for its handshake (a surplus one is
+/// closed unused).
+fn early_extras(server: &ServerConfig, least: Duration) -> usize {
+    let streams = streams_for(server, least).0;
+    let most = transfer::IN_FLIGHT_BUDGET / transfer::IN_FLIGHT;
+    let spare = server.streams == Streams::Auto && streams > 1 && streams < most;
+    streams - 1 + usize::from(spare)
 }
 
 /// How many streams a large file goes over, and why.
