@@ -1346,15 +1346,8 @@ mod tests {
     #[test]
     fn auto_streams_follow_the_round_trip() {
         // (round trip in ms) -> streams
-        let table: &[(u64, usize)] = &[
-            (0, 1),
-            (1, 1),
-            (8, 1),
-            (10, 2),
-            (50, 6),
-            (100, 9),
-            (600, 9),
-        ];
+        let table: &[(u64, usize)] =
+            &[(0, 1), (1, 1), (8, 1), (10, 2), (50, 6), (100, 9), (600, 9)];
         for (ms, expected) in table {
             let (streams, why) = auto_streams(Duration::from_millis(*ms));
             assert_eq!(streams, *expected, "{ms} ms: {why}");
