@@ -49,15 +49,13 @@ pub struct SftpDestination {
     /// its way), else on one of the streams' connections when they are released. On a long
     /// link its 20-odd round trips would otherwise follow the manifest.
     probe_at: Option<Stamp>,
-    /// That test, running beside the manifest and the pruning on the main connection.
-    probing: Option<std::thread::JoinHandle<Result<Verdict>>>,
-    /// Its verdict, when it ran beside a small file.
-    probed: Option<Result<Verdict>>,
-    /// The destination listed on a released connection, for the count of sets.
-    listing: Option<std::thread::JoinHandle<Result<Option<Vec<RemoteEntry>>>>>,
-    /// Or listed already, by the connection that wrote ahead (before the large file's
-    /// rename: it may not list that one yet).
-    listed: Option<Result<Option<Vec<RemoteEntry>>>>,
+    /// That test: its verdict when it ran beside a small file, else running beside the
+    /// manifest and the pruning on a released connection.
+    probe: Option<Beside<Verdict>>,
+    /// The destination listed for the count of sets: by the connection that wrote ahead
+    /// (before the large file's rename: it may not list that one yet), else on a released
+    /// connection beside the manifest.
+    listing: Option<Beside<Option<Vec<RemoteEntry>>>>,
     /// The large file's checksum file and the set's manifest, written ahead on the
     /// connection of the last small file done.
     staged: Arc<Staged>,
@@ -74,11 +72,11 @@ impl Drop for SftpDestination {
         for releasing in self.releasing.drain(..) {
             let _ = releasing.join();
         }
-        if let Some(probing) = self.probing.take() {
-            let _ = probing.join();
+        if let Some(probe) = self.probe.take() {
+            let _ = probe.outcome("");
         }
         if let Some(listing) = self.listing.take() {
-            let _ = listing.join();
+            let _ = listing.outcome("");
         }
         // The night is done: no round trip waits for the server to answer the closes.
         if let Some(remote) = self.remote.take() {
@@ -101,10 +99,8 @@ impl SftpDestination {
             wanted_extra: 0,
             releasing: Vec::new(),
             probe_at: None,
-            probing: None,
-            probed: None,
+            probe: None,
             listing: None,
-            listed: None,
             staged: Arc::default(),
         }
     }
@@ -258,30 +254,30 @@ impl SftpDestination {
         self.wanted_extra = 0;
         if !whole {
             self.probe_at = None;
-            self.probed = None;
-            self.listed = None;
+            self.probe = None;
+            self.listing = None;
         }
-        let untested = self.probed.is_none() && self.probing.is_none();
+        let untested = self.probe.is_none();
         if let (Some(now), true) = (self.probe_at, untested) {
             if let Some(mut remote) = self.extra.pop() {
                 self.probe_at = None;
                 let server = self.server.clone();
                 let context = crate::logging::context();
-                self.probing = Some(std::thread::spawn(move || {
+                self.probe = Some(Beside::Running(std::thread::spawn(move || {
                     crate::logging::set_context(context);
                     let verdict = crate::immutable::probe(&mut remote, &server, now);
                     remote.finish();
                     verdict
-                }));
+                })));
             }
         }
-        if self.listing.is_none() && self.listed.is_none() && whole {
+        if self.listing.is_none() && whole {
             if let Some(mut remote) = self.extra.pop() {
-                self.listing = Some(std::thread::spawn(move || {
+                self.listing = Some(Beside::Running(std::thread::spawn(move || {
                     let listed = remote.list();
                     remote.finish();
                     listed
-                }));
+                })));
             }
         }
         if !self.extra.is_empty() {
@@ -363,26 +359,14 @@ impl Destination for SftpDestination {
 
     fn probed_beside(&mut self) -> Option<Result<Verdict>> {
         self.probe_at = None;
-        if let Some(verdict) = self.probed.take() {
-            return Some(verdict);
-        }
-        let probing = self.probing.take()?;
-        Some(
-            probing
-                .join()
-                .unwrap_or_else(|_| Err(Error::connect("the immutability test crashed"))),
-        )
+        Some(self.probe.take()?.outcome("the immutability test crashed"))
     }
 
     fn listed_beside(&mut self) -> Option<Result<Option<Vec<RemoteEntry>>>> {
-        if let Some(listed) = self.listed.take() {
-            return Some(listed);
-        }
-        let listing = self.listing.take()?;
         Some(
-            listing
-                .join()
-                .unwrap_or_else(|_| Err(Error::connect("listing the destination crashed"))),
+            self.listing
+                .take()?
+                .outcome("listing the destination crashed"),
         )
     }
 
@@ -411,6 +395,25 @@ fn streams_for(server: &ServerConfig, round_trip: Duration) -> (usize, String) {
         _ if server.append_only => (1, "append_only = yes".to_string()),
         Streams::Auto => transfer::auto_streams(round_trip),
         Streams::Fixed(n) => (n, format!("streams = {n}")),
+    }
+}
+
+/// Work on a connection the set's files no longer need: done already, or running on a
+/// thread of its own.
+enum Beside<T> {
+    Done(Result<T>),
+    Running(std::thread::JoinHandle<Result<T>>),
+}
+
+impl<T> Beside<T> {
+    /// Its outcome, waiting for it when it still runs (`crashed`: when its thread panicked).
+    fn outcome(self, crashed: &str) -> Result<T> {
+        match self {
+            Beside::Done(outcome) => outcome,
+            Beside::Running(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(Error::connect(crashed))),
+        }
     }
 }
 
@@ -596,10 +599,12 @@ fn side_by_side(
             })
             .collect()
     });
-    link.listed = ahead.listed.into_inner().ok().flatten();
+    if let Some(listed) = ahead.listed.into_inner().ok().flatten() {
+        link.listing = Some(Beside::Done(listed));
+    }
     if let Some(verdict) = probe.verdict() {
         link.probe_at = None;
-        link.probed = Some(verdict);
+        link.probe = Some(Beside::Done(verdict));
     }
     if results
         .iter()
