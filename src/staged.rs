@@ -28,7 +28,9 @@ pub struct Staged {
     hashed: Condvar,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A mutex's guard; one a panicking thread left is taken as it is (what it guards is
+/// whole at every step).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -15,6 +15,7 @@ use crate::remote::Remote;
 use crate::safe_fs::{self, Dir};
 use crate::seal::open::{Identities, Opener};
 use crate::sets;
+use crate::staged::lock;
 use crate::transfer;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -653,7 +654,7 @@ struct SidecarAhead(Mutex<Option<Option<String>>>);
 impl SidecarAhead {
     /// Read on a connection done with its own member (a failure leaves it to `read`).
     fn read_ahead(&self, remote: &mut dyn Remote, name: RemoteFile) {
-        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = lock(&self.0);
         if slot.is_none() {
             if let Ok(sidecar) = transfer::read_sidecar(remote, name) {
                 *slot = Some(sidecar);
@@ -663,7 +664,7 @@ impl SidecarAhead {
 
     /// What was read ahead, else read now.
     fn read(&self, remote: &mut dyn Remote, name: RemoteFile) -> Result<Option<String>> {
-        let ahead = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let ahead = lock(&self.0).take();
         match ahead {
             Some(sidecar) => Ok(sidecar),
             None => transfer::read_sidecar(remote, name),

@@ -15,7 +15,7 @@ use crate::run::LocalFile;
 use crate::seal::Recipients;
 use crate::secret::Secret;
 use crate::sets::{self, RestoreSet};
-use crate::staged::{LargeUpload, Staged};
+use crate::staged::{lock, LargeUpload, Staged};
 use crate::state::SealedUpload;
 use crate::transfer;
 use std::collections::HashMap;
@@ -689,12 +689,6 @@ impl WriteAhead<'_> {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Tonight's immutability test on the first connection free for it (none after a stop).
