@@ -235,6 +235,42 @@ impl Night<'_> {
         }
     }
 
+    /// Claim the destination for this node, unless `beside` the first uploads it was
+    /// already (a transient failure there is tried again here); false when it cannot be.
+    fn claim(
+        &mut self,
+        link: &mut dyn Destination,
+        policy: &RetryPolicy,
+        listing: &[RemoteEntry],
+        beside: Option<Result<claim::Claimed>>,
+    ) -> bool {
+        let node = self.shared.node.clone();
+        let outcome = match beside {
+            Some(Err(err)) if err.transient => {
+                log::warn!("{err}; claiming {} again", link.label());
+                None
+            }
+            other => other,
+        };
+        let outcome = outcome.unwrap_or_else(|| {
+            retry(policy, link, |link| {
+                claim::claim_listed(link.remote()?, &node, Some(listing))
+            })
+        });
+        match outcome {
+            Ok(claim::Claimed::Now) => log::info!(
+                "claimed {} for this node ({node}): other nodes are refused there",
+                link.label()
+            ),
+            Ok(claim::Claimed::Already) => {}
+            Err(err) => {
+                self.fail(err);
+                return false;
+            }
+        }
+        true
+    }
+
     fn copy_files(
         &mut self,
         link: &mut dyn Destination,
@@ -260,18 +296,19 @@ impl Night<'_> {
             }
         };
         let node = self.shared.node.clone();
-        match retry(policy, link, |link| {
-            claim::claim_listed(link.remote()?, &node, Some(&listing))
-        }) {
-            Ok(claim::Claimed::Now) => log::info!(
-                "claimed {} for this node ({node}): other nodes are refused there",
-                link.label()
-            ),
-            Ok(claim::Claimed::Already) => {}
+        // A destination nobody has claimed is claimed beside the first uploads (their final
+        // names wait for it); one with a marker is read before anything is sent.
+        let beside = match link.remote() {
+            Ok(remote) => claim::unclaimed(remote, &listing),
             Err(err) => {
                 self.fail(err);
                 return false;
             }
+        };
+        if beside {
+            link.claim_beside(&node);
+        } else if !self.claim(link, policy, &listing, None) {
+            return false;
         }
         // What the server holds of each file (NAME or NAME.age), and its sha256.
         let mut digests: HashMap<BackupName, (RemoteFile, String)> = HashMap::new();
@@ -285,6 +322,12 @@ impl Night<'_> {
         // Tonight's immutability test, beside the files when a connection is free for it.
         link.probe_beside(self.shared.now);
         let mut first_attempts = link.side_by_side(files, &sealed, (set, &listing));
+        if beside {
+            let claimed = link.claimed_beside();
+            if !self.claim(link, policy, &listing, claimed) {
+                return false;
+            }
+        }
         for (index, file) in files.iter().enumerate() {
             let first = first_attempts.remove(&index);
             // Once an archive is found damaged no other archive of the set is sent; one the

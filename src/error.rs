@@ -4,7 +4,7 @@
 use crate::exit_codes::ExitCode;
 use std::fmt;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Error {
     pub code: ExitCode,
     pub message: String,

@@ -3,7 +3,8 @@
 //! its sha256 is known, the set's manifest once every member's is. After the last byte only
 //! their renames are left; on a long link each small file written then would cost four round
 //! trips (open, write, sync, close). A partial staged here is renamed only when it holds
-//! exactly the bytes wanted; else the file is written the usual way.
+//! exactly the bytes wanted; else the file is written the usual way. Publishing waits for
+//! the destination's claim when that runs beside the first uploads (`claim::Gate`).
 
 use crate::error::Result;
 use crate::remote::{self, Remote};
@@ -26,6 +27,9 @@ pub struct Staged {
     /// upload has ended (then no more will come).
     digests: Mutex<(HashMap<String, String>, bool)>,
     hashed: Condvar,
+    /// Whether the destination is claimed yet: a claim running beside the first uploads
+    /// holds back every final name.
+    pub claim: crate::claim::Gate,
 }
 
 /// A mutex's guard; one a panicking thread left is taken as it is (what it guards is

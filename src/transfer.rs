@@ -753,17 +753,49 @@ pub fn upload_parallel(
     .map_err(|err| discard_damaged(&mut *remotes[0], &partial, err))?;
     let digest = hashed.digest;
 
-    let remote = &mut *remotes[0];
     let via = format!(" over {streams} streams");
     check_unchanged(local, &outgoing, hashed.bytes)?;
-    check_sent(remote, local, &outgoing, (name, &partial), sent, &via)?;
-    publish(
-        remote,
-        name,
-        &partial,
-        (&digest, source.staged),
-        seen.finals,
-    )?;
+    let (main, others) = remotes.split_at_mut(1);
+    let remote = &mut *main[0];
+    match others.first_mut() {
+        // Nothing to replace: the size check runs on a second connection beside the
+        // checksum file's rename (a round trip less on a long link). A checksum file alone
+        // under its final name describes no data file there, and goes again if the check
+        // fails.
+        Some(other) if !seen.finals && !remote.append_only() => {
+            wait_for_claim(remote, &partial, source.staged)?;
+            let (checked, checksum) = std::thread::scope(|scope| {
+                let checking = scope.spawn(|| {
+                    check_sent(&mut **other, local, &outgoing, (name, &partial), sent, &via)
+                });
+                let checksum = publish_checksum(remote, name, (&digest, source.staged), false);
+                let checked = checking
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::copy(format!("checking {name} crashed"))));
+                (checked, checksum)
+            });
+            match (checked, checksum) {
+                (Err(err), Ok(())) => {
+                    if let Err(cannot) = remote.remove(&name.sidecar_name()) {
+                        log::warn!("cannot remove {}: {cannot}", name.sidecar_name());
+                    }
+                    return Err(err);
+                }
+                (checked, checksum) => checked.and(checksum)?,
+            }
+            publish_data(remote, name, &partial, false)?;
+        }
+        _ => {
+            check_sent(remote, local, &outgoing, (name, &partial), sent, &via)?;
+            publish(
+                remote,
+                name,
+                &partial,
+                (&digest, source.staged),
+                seen.finals,
+            )?;
+        }
+    }
     Ok(Uploaded {
         digest,
         bytes: sent,
@@ -1200,9 +1232,34 @@ fn publish(
     (digest, staged): (&str, Option<&Staged>),
     replacing: bool,
 ) -> Result<()> {
+    wait_for_claim(remote, partial, staged)?;
     if remote.append_only() {
         return publish_appending(remote, name, partial, digest, replacing);
     }
+    publish_checksum(remote, name, (digest, staged), replacing)?;
+    publish_data(remote, name, partial, replacing)
+}
+
+/// Nothing is published before the destination is claimed (`claim::Gate`); when the claim
+/// failed, nothing of tonight's stays there.
+fn wait_for_claim(remote: &mut dyn Remote, partial: &str, staged: Option<&Staged>) -> Result<()> {
+    let Err(err) = staged.map_or(Ok(()), |staged| staged.claim.wait()) else {
+        return Ok(());
+    };
+    if let Err(cannot) = remote.remove(partial) {
+        log::warn!("cannot remove {partial}: {cannot}");
+    }
+    Err(err)
+}
+
+/// `publish` up to the data file's rename: the stale final file removed, the checksum file
+/// under its final name.
+fn publish_checksum(
+    remote: &mut dyn Remote,
+    name: RemoteFile,
+    (digest, staged): (&str, Option<&Staged>),
+    replacing: bool,
+) -> Result<()> {
     if replacing {
         remote.remove(&name.file_name())?;
     }
@@ -1217,10 +1274,21 @@ fn publish(
         write_synced(remote, &sidecar_partial, line.as_bytes())?;
     }
     if replacing {
-        remote.rename_replace(&sidecar_partial, &name.sidecar_name())?;
+        remote.rename_replace(&sidecar_partial, &name.sidecar_name())
+    } else {
+        remote.rename_new(&sidecar_partial, &name.sidecar_name())
+    }
+}
+
+fn publish_data(
+    remote: &mut dyn Remote,
+    name: RemoteFile,
+    partial: &str,
+    replacing: bool,
+) -> Result<()> {
+    if replacing {
         remote.rename_replace(partial, &name.file_name())
     } else {
-        remote.rename_new(&sidecar_partial, &name.sidecar_name())?;
         remote.rename_new(partial, &name.file_name())
     }
 }

@@ -325,3 +325,62 @@ fn refused_extra_connections_mean_fewer_streams_not_a_failure() {
     assert!(line.starts_with("[WARN]"), "{line}");
     assert!(line.contains("accepted 2 of 4"), "{line}");
 }
+
+/// Two nodes claim one empty destination in the same second. The listing shows no owner
+/// marker, so this node's claim runs beside its first uploads (their bytes go under partial
+/// names meanwhile); the other node's marker lands a moment before this node's exclusive
+/// create of it (an sftp-server that plants it). The night is refused (exit 3, naming the
+/// owner) and nothing of it stays there: no final name, no partial.
+#[test]
+fn a_claim_lost_beside_the_first_uploads_publishes_nothing_and_leaves_no_partial() {
+    let (_shim, sftp_server) = claim_racing_sftp_server("cvp-node-other");
+    let mut fx = Fixture::on(Sshd::start_with(&sftp_server));
+    fx.server_extra = "streams = 3\nretries = 0".into();
+    fx.write_ini();
+    fx.seed(BIG, BIG_SIZE);
+    fx.seed("cvp.eosimages.20240101020010.tgz", 4096);
+    let run = fx.run(&["--no-backup", "-v"]);
+    let output = run.all_output();
+    assert_eq!(run.code, 3, "{output}");
+    assert!(
+        output.contains("belongs to node cvp-node-other"),
+        "{output}"
+    );
+    assert!(
+        output.contains(&format!("{BIG}: uploading")),
+        "the claim ran beside the uploads: {output}"
+    );
+    let names = fx.remote_names();
+    assert_eq!(
+        names,
+        vec![".cvp-backup-copy-owner".to_string()],
+        "only the other node's marker: {output}"
+    );
+    let marker = std::fs::read_to_string(fx.dest.join(".cvp-backup-copy-owner")).expect("marker");
+    assert_eq!(marker, "node = cvp-node-other\n");
+}
+
+/// The extra connections start beside the first (their SSH handshake while it logs in) but
+/// log in only once it has: with a wrong password the server sees one failed login, not
+/// one per stream (fail2ban, account lockout), and the night fails with the connection's
+/// exit code.
+#[test]
+fn a_wrong_password_fails_once_though_the_streams_connect_beside_the_first() {
+    let (mut fx, proxy, _bytes) = big_fixture("streams = 4\nretries = 0");
+    fx.token = python_keygen(&fx.key_file, "not-the-password");
+    fx.write_ini();
+    let run = fx.run(&["--no-backup", "-v"]);
+    let output = run.all_output();
+    assert_eq!(run.code, 4, "{output}");
+    assert_eq!(
+        proxy.connections.load(Ordering::SeqCst),
+        4,
+        "the three extra connections started beside the first: {output}"
+    );
+    let log = fx.sshd.log();
+    assert_eq!(
+        log.matches("Failed password").count(),
+        1,
+        "one failed login: {log}"
+    );
+}

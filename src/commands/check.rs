@@ -587,6 +587,8 @@ fn check_server(config: &Config, server: &ServerConfig, password: &Password, rep
             password,
             record_host_key: true,
             on_round_trip: None,
+            on_handshake: None,
+            after: None,
         },
         &mut |stage, detail| {
             passed.push(stage);
@@ -686,6 +688,8 @@ fn check_streams(
         password,
         record_host_key: false,
         on_round_trip: None,
+        on_handshake: None,
+        after: None,
     };
     let outcomes = sftp::connect_several(options, wanted - 1);
     // Plus the one `check` already holds.

@@ -46,6 +46,15 @@ pub trait Destination: Send {
     ) -> HashMap<usize, Result<Copied>> {
         HashMap::new()
     }
+    /// Claim the destination (`node`'s marker, which `claim::unclaimed` showed missing) on
+    /// the connection of one of the set's first uploads, beside them: their final names wait
+    /// for it (`claim::Gate`). See `claimed_beside`.
+    fn claim_beside(&mut self, _node: &str) {}
+    /// The outcome of the claim run beside the first uploads, the request withdrawn; None
+    /// when none ran (then nothing was published, and the caller claims first).
+    fn claimed_beside(&mut self) -> Option<Result<crate::claim::Claimed>> {
+        None
+    }
     /// Small files written ahead under their partial names while the large one was still on
     /// its way (its checksum file, the set's manifest): only their renames are left.
     fn staged(&self) -> Option<&Staged> {
@@ -127,6 +136,8 @@ pub fn connect_telling(
                 password: password.as_ref(),
                 record_host_key,
                 on_round_trip,
+                on_handshake: None,
+                after: None,
             })?;
             if let crate::remote::known_hosts::Verified::Recorded { fingerprint } =
                 &connected.host_key
@@ -166,6 +177,8 @@ pub fn connect_several(
                 password: password.as_ref(),
                 record_host_key: false,
                 on_round_trip: None,
+                on_handshake: None,
+                after: None,
             };
             crate::remote::sftp::connect_several(options, count)
                 .into_iter()

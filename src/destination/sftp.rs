@@ -2,6 +2,7 @@
 //! and the first attempt at a set's files side by side.
 
 use super::{Copied, Destination, Upload};
+use crate::claim::{self, Claimed};
 use crate::config::{ServerConfig, Streams};
 use crate::error::{Error, Result};
 use crate::immutable::Verdict;
@@ -59,6 +60,10 @@ pub struct SftpDestination {
     /// The large file's checksum file and the set's manifest, written ahead on the
     /// connection of the last small file done.
     staged: Arc<Staged>,
+    /// The node to claim the destination for beside the set's first uploads, and the
+    /// outcome once that ran.
+    claim_for: Option<String>,
+    claimed: Option<Result<Claimed>>,
 }
 
 impl Drop for SftpDestination {
@@ -102,37 +107,57 @@ impl SftpDestination {
             probe: None,
             listing: None,
             staged: Arc::default(),
+            claim_for: None,
+            claimed: None,
         }
     }
 
     fn connection(&mut self) -> Result<&mut SftpRemote> {
         if self.remote.is_none() {
-            // The first time, a large file's extra connections start as soon as this one has
-            // logged in (its host key checked, a new host's recorded for them to check; its
-            // credentials accepted, so a wrong password fails once, not once per stream),
-            // while it starts SFTP.
+            // The first time, a large file's extra connections start as soon as this one's
+            // SSH handshake is done: theirs runs while this one logs in, which they wait for
+            // before they check the host key (a new host's is recorded for them to check)
+            // and log in (a wrong password fails once, not once per stream); they are ready
+            // about when this one has started SFTP and listed the destination.
             let early = Mutex::new(None);
+            let first = Arc::new(sftp::FirstLogin::default());
             let (server, password) = (self.server.clone(), self.password.clone());
             let wanted = self.parallel && self.streams.is_none();
-            let early_ref = &early;
-            let start_early = move |login: Duration| {
-                let least = sftp::round_trip_from_login(login);
+            let (early_ref, first_ref) = (&early, &first);
+            let start_early = move |handshake: Duration| {
+                let least = sftp::round_trip_from_handshake(handshake);
                 let extra = early_extras(&server, least);
                 if extra > 0 {
-                    let batch = connect_batch(server.clone(), password.clone(), extra);
-                    if let Ok(mut early) = early_ref.lock() {
-                        *early = Some((extra, batch));
-                    }
+                    let after = Some(first_ref.clone());
+                    let batch = connect_batch(server.clone(), password.clone(), extra, after);
+                    *lock(early_ref) = Some((extra, batch));
                 }
             };
+            let logged_in = |_: Duration| first.settle(true);
             let connected = sftp::connect(ConnectOptions {
                 server: &self.server,
                 password: self.password.as_deref(),
                 record_host_key: true,
-                on_round_trip: wanted.then_some(&start_early as &(dyn Fn(Duration) + Sync)),
+                on_round_trip: wanted.then_some(&logged_in as &(dyn Fn(Duration) + Sync)),
+                on_handshake: wanted.then_some(&start_early as &(dyn Fn(Duration) + Sync)),
+                after: None,
             });
+            first.settle(connected.is_ok());
             if let Some(batch) = early.into_inner().ok().flatten() {
-                self.connecting.push(batch);
+                if connected.is_ok() {
+                    self.connecting.push(batch);
+                } else {
+                    // They end at once, told the first did not log in.
+                    self.releasing.push(std::thread::spawn(move || {
+                        batch
+                            .1
+                            .join()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .flatten()
+                            .for_each(SftpRemote::abandon)
+                    }));
+                }
             }
             let connected = connected?;
             if let Verified::Recorded { fingerprint } = &connected.host_key {
@@ -183,7 +208,7 @@ impl SftpDestination {
         if count == 0 {
             return;
         }
-        let batch = connect_batch(self.server.clone(), self.password.clone(), count);
+        let batch = connect_batch(self.server.clone(), self.password.clone(), count, None);
         self.connecting.push((count, batch));
     }
 
@@ -349,6 +374,15 @@ impl Destination for SftpDestination {
         Some(&self.staged)
     }
 
+    fn claim_beside(&mut self, node: &str) {
+        self.claim_for = Some(node.to_string());
+    }
+
+    fn claimed_beside(&mut self) -> Option<Result<Claimed>> {
+        self.claim_for = None;
+        self.claimed.take()
+    }
+
     fn release_extras(&mut self, whole: bool) {
         self.release(whole)
     }
@@ -423,13 +457,21 @@ type VerifiedSoFar = Mutex<HashMap<BackupName, (RemoteFile, String)>>;
 type Batch = std::thread::JoinHandle<Vec<Result<SftpRemote>>>;
 
 /// `count` more connections made side by side in the background.
-fn connect_batch(server: Arc<ServerConfig>, password: Option<Arc<Secret>>, count: usize) -> Batch {
+/// (`after`: started beside the first, whose login they wait for.)
+fn connect_batch(
+    server: Arc<ServerConfig>,
+    password: Option<Arc<Secret>>,
+    count: usize,
+    after: Option<Arc<sftp::FirstLogin>>,
+) -> Batch {
     std::thread::spawn(move || {
         let options = ConnectOptions {
             server: &server,
             password: password.as_deref(),
             record_host_key: false,
             on_round_trip: None,
+            on_handshake: None,
+            after: after.as_deref(),
         };
         sftp::connect_several(options, count)
     })
@@ -515,12 +557,28 @@ fn side_by_side(
     uploads.sort_by_key(|(_, upload)| std::cmp::Reverse(upload.size));
     let (count, because) = link.streams.clone().unwrap_or((1, String::new()));
     let (server, probe_at, staged) = (link.server.clone(), link.probe_at, link.staged.clone());
+    let claim_for = link.claim_for.take();
     let mut remotes = match link.streams(count) {
         Ok(remotes) if remotes.len() >= uploads.len() && !uploads.is_empty() => remotes,
         _ => return outcomes,
     };
     let for_largest = remotes.len() - (uploads.len() - 1);
     let (largest, others) = remotes.split_at_mut(for_largest);
+    // The claim runs on the smallest file's connection before its upload, the others
+    // starting meanwhile; with no small file to send, on the main one first.
+    let claimed: Mutex<Option<Result<Claimed>>> = Mutex::new(None);
+    if let (Some(node), true) = (&claim_for, others.is_empty()) {
+        let outcome = claim::claim_listed(&mut *largest[0], node, Some(listing));
+        if outcome.is_err() {
+            link.claimed = Some(outcome);
+            return outcomes;
+        }
+        *lock(&claimed) = Some(outcome);
+    }
+    let claim_beside = claim_for.filter(|_| !others.is_empty());
+    if claim_beside.is_some() {
+        staged.claim.hold();
+    }
     let probe = ProbeOnce::new(probe_at, &server);
     // What the manifest written ahead lists: the members there already, then each small
     // file as it is verified.
@@ -564,12 +622,28 @@ fn side_by_side(
                 outcome
             })
         })];
-        for ((index, upload), remote) in rest.iter().copied().zip(others.iter_mut()) {
+        for (at, ((index, upload), remote)) in
+            rest.iter().copied().zip(others.iter_mut()).enumerate()
+        {
             let context = crate::logging::context();
+            let (claimed, claim_for) = (
+                &claimed,
+                claim_beside.as_deref().filter(|_| at + 1 == rest.len()),
+            );
             workers.push((
                 index,
                 scope.spawn(move || {
                     crate::logging::set_context(context);
+                    if let Some(node) = claim_for {
+                        let _settles = claim::Settles(&staged.claim);
+                        let outcome = claim::claim_listed(&mut **remote, node, Some(listing));
+                        staged.claim.settle(outcome.as_ref().map(|_| ()));
+                        let failed = outcome.as_ref().err().cloned();
+                        *lock(claimed) = Some(outcome);
+                        if let Some(err) = failed {
+                            return Err(err);
+                        }
+                    }
                     let outcome = upload_over(
                         std::slice::from_mut(remote),
                         &files[index],
@@ -599,6 +673,11 @@ fn side_by_side(
             })
             .collect()
     });
+    // Later attempts publish at once: a failed claim is made again before them.
+    staged.claim.open();
+    if let Some(claimed) = claimed.into_inner().ok().flatten() {
+        link.claimed = Some(claimed);
+    }
     if let Some(listed) = ahead.listed.into_inner().ok().flatten() {
         link.listing = Some(Beside::Done(listed));
     }

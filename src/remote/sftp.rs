@@ -57,6 +57,46 @@ pub struct ConnectOptions<'a> {
     /// "none" login (see `round_trip_from_login`). More connections can start then, with
     /// the host key checked (or recorded) and the credentials accepted.
     pub on_round_trip: Option<&'a (dyn Fn(Duration) + Sync)>,
+    /// Told, once the SSH handshake is done (before the host key is checked), how long it
+    /// took: connections started then are ready about when this one has listed the
+    /// destination (see `round_trip_from_handshake`).
+    pub on_handshake: Option<&'a (dyn Fn(Duration) + Sync)>,
+    /// For a connection started beside the first: after its handshake it waits for the
+    /// first one's login before it checks the host key and logs in itself.
+    pub after: Option<&'a FirstLogin>,
+}
+
+/// The first connection's login, which those started beside it wait for after their own
+/// handshake: by then the key of a new host is recorded for them to check, and a wrong
+/// password fails once, not once per connection.
+#[derive(Default)]
+pub struct FirstLogin {
+    logged_in: std::sync::Mutex<Option<bool>>,
+    settled: std::sync::Condvar,
+}
+
+impl FirstLogin {
+    /// Logged in, or failed; only the first call counts.
+    pub fn settle(&self, logged_in: bool) {
+        let mut state = crate::staged::lock(&self.logged_in);
+        if state.is_none() {
+            *state = Some(logged_in);
+            self.settled.notify_all();
+        }
+    }
+
+    fn wait(&self) -> bool {
+        let mut state = crate::staged::lock(&self.logged_in);
+        loop {
+            if let Some(logged_in) = *state {
+                return logged_in;
+            }
+            state = self
+                .settled
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
 }
 
 pub struct SftpRemote {
@@ -217,9 +257,16 @@ pub fn connect_observed(
     let known_types = known_hosts::known_key_types(&server.known_hosts, &server.host, server.port);
     let known_refs: Vec<&str> = known_types.iter().map(String::as_str).collect();
     prefer(&session, MethodType::HostKey, &known_refs);
+    let shaking = std::time::Instant::now();
     session
         .handshake()
         .map_err(|err| network_error(server, format!("SSH handshake failed: {err}")))?;
+    if let Some(tell) = options.on_handshake {
+        tell(shaking.elapsed());
+    }
+    if options.after.is_some_and(|first| !first.wait()) {
+        return Err(connect_error(server, "the first connection did not log in"));
+    }
     passed(
         Stage::Reached,
         format!(
@@ -337,6 +384,13 @@ fn prefer(session: &Session, method: MethodType, wanted: &[&str]) {
 /// streams are planned on a measured round trip, which starts any more.
 pub fn round_trip_from_login(login: Duration) -> Duration {
     login.saturating_sub(Duration::from_millis(10))
+}
+
+/// The least the round trip can be, from how long the SSH handshake took: its three round
+/// trips (banner, key exchange, new keys), 10 ms of key exchange work taken off at its most
+/// (as for `round_trip_from_login`).
+pub fn round_trip_from_handshake(handshake: Duration) -> Duration {
+    (handshake / 3).saturating_sub(Duration::from_millis(10))
 }
 
 /// Log in; how long the server took to offer its login methods.
@@ -1063,6 +1117,8 @@ mod tests {
             password: None,
             record_host_key: false,
             on_round_trip: None,
+            on_handshake: None,
+            after: None,
         })
         .err()
         .expect("no such host");

@@ -652,25 +652,59 @@ impl Fixture {
 }
 
 /// An `sftp-server` whose `fsync` of any file over 1 MB takes `seconds`: a slow NAS flushing
-/// a large upload. An LD_PRELOAD shim built here with gcc; the returned folder holds it (and
-/// must live as long as the sshd).
+/// a large upload. The returned folder holds the shim (and must live as long as the sshd).
 pub fn slow_fsync_sftp_server(seconds: u32) -> (tempfile::TempDir, String) {
+    preloaded_sftp_server(&format!(
+        "#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <unistd.h>\n#include <sys/stat.h>\n\
+         int fsync(int fd) {{\n  static int (*real)(int);\n\
+         if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, \"fsync\");\n\
+         struct stat st;\n  if (fstat(fd, &st) == 0 && st.st_size > 1000000) sleep({seconds});\n\
+         return real(fd);\n}}\n"
+    ))
+}
+
+/// An `sftp-server` on which another node, `other`, always wins the race for an empty
+/// destination: its owner marker is written a moment before this node's exclusive create
+/// of it, which then finds the name taken.
+pub fn claim_racing_sftp_server(other: &str) -> (tempfile::TempDir, String) {
+    let mut source = String::from(
+        "#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <fcntl.h>\n#include <stdarg.h>\n\
+         #include <string.h>\n#include <unistd.h>\n\
+         static void plant(const char *path, int flags) {\n\
+           static const char *marker = \"/.cvp-backup-copy-owner\";\n\
+           size_t n = strlen(path), m = strlen(marker);\n\
+           if (!(flags & O_CREAT) || !(flags & O_EXCL) || n < m || strcmp(path + n - m, marker))\n\
+             return;\n\
+           int (*real)(const char *, int, ...) = dlsym(RTLD_NEXT, \"open\");\n\
+           int fd = real(path, O_WRONLY | O_CREAT | O_TRUNC, 0640);\n\
+           if (fd < 0) return;\n",
+    );
+    source.push_str(&format!(
+        "  const char *text = \"node = {other}\\n\";\n  write(fd, text, strlen(text));\n  close(fd);\n}}\n"
+    ));
+    for symbol in ["open", "open64"] {
+        source.push_str(&format!(
+            "int {symbol}(const char *path, int flags, ...) {{\n\
+               static int (*real)(const char *, int, ...);\n\
+               if (!real) real = dlsym(RTLD_NEXT, \"{symbol}\");\n\
+               mode_t mode = 0;\n\
+               if (flags & O_CREAT) {{ va_list ap; va_start(ap, flags); mode = va_arg(ap, int); va_end(ap); }}\n\
+               plant(path, flags);\n\
+               return real(path, flags, mode);\n}}\n"
+        ));
+    }
+    preloaded_sftp_server(&source)
+}
+
+/// OpenSSH's `sftp-server` with `c_source` built here with gcc as an LD_PRELOAD shim; the
+/// returned folder holds it (and must live as long as the sshd), the string is the command.
+fn preloaded_sftp_server(c_source: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("shim dir");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let source = dir.path().join("slow_fsync.c");
-    std::fs::write(
-        &source,
-        format!(
-            "#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <unistd.h>\n#include <sys/stat.h>\n\
-             int fsync(int fd) {{\n  static int (*real)(int);\n\
-             if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, \"fsync\");\n\
-             struct stat st;\n  if (fstat(fd, &st) == 0 && st.st_size > 1000000) sleep({seconds});\n\
-             return real(fd);\n}}\n"
-        ),
-    )
-    .expect("shim source");
-    let library = dir.path().join("slow_fsync.so");
+    let source = dir.path().join("shim.c");
+    std::fs::write(&source, c_source).expect("shim source");
+    let library = dir.path().join("shim.so");
     run_ok(
         Command::new("gcc")
             .args(["-shared", "-fPIC", "-o"])
@@ -678,7 +712,7 @@ pub fn slow_fsync_sftp_server(seconds: u32) -> (tempfile::TempDir, String) {
             .arg(&source)
             .arg("-ldl"),
     );
-    let wrapper = dir.path().join("slow-sftp-server");
+    let wrapper = dir.path().join("shimmed-sftp-server");
     std::fs::write(
         &wrapper,
         format!(
