@@ -172,6 +172,11 @@ impl Gate {
         self.settled.notify_all();
     }
 
+    /// Whether a claim runs beside the uploads (not yet settled).
+    pub fn pending(&self) -> bool {
+        matches!(*lock(&self.state), GateState::Held)
+    }
+
     /// Before a final name: wait while the claim runs; its error when it failed.
     pub fn wait(&self) -> Result<()> {
         let mut state = lock(&self.state);
@@ -190,14 +195,16 @@ impl Gate {
     }
 }
 
-/// Settles a held gate when dropped before its claim did (the claim's thread panicked): no
-/// upload is left waiting.
+/// Settles a held gate when dropped before its claim did (the claim's thread panicked, or
+/// could not be started): no upload is left waiting.
 pub struct Settles<'a>(pub &'a Gate);
 
 impl Drop for Settles<'_> {
     fn drop(&mut self) {
-        self.0
-            .settle(Err(&Error::copy("the claim of the destination crashed")));
+        // Another attempt may claim it: what waited on this one is tried again.
+        self.0.settle(Err(&Error::transient(
+            "the claim of the destination crashed",
+        )));
     }
 }
 

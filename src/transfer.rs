@@ -373,18 +373,9 @@ pub fn upload(
     let snapshot = open_local(local)?;
     let outgoing = Outgoing::new(&snapshot, recipients)?.checking(source.check_archive);
     let expected = outgoing.len();
-    // An append-only server's partials are read-only: each attempt writes a new one.
-    let append_only = remote.append_only();
-    let partial = if append_only {
-        crate::names::fresh_partial(&name.partial_name())
-    } else {
-        name.partial_name()
-    };
-
+    let (partial, own) = partial_for(remote, name, source.staged);
     let resume_at = match seen.partial {
-        Some(size) if size > 0 && size <= expected && outgoing.sealer.is_none() && !append_only => {
-            size
-        }
+        Some(size) if size > 0 && size <= expected && outgoing.sealer.is_none() && !own => size,
         _ => 0,
     };
     if resume_at > 0 {
@@ -651,6 +642,20 @@ fn send_range(
     }
 }
 
+/// The partial name an upload writes, and whether it is this attempt's own (never resumed):
+/// on an append-only server each attempt writes a new one (its partials are read-only), and
+/// so does an upload started while the destination's claim still runs beside it (another
+/// node racing for an empty folder with the same stamps would write the same partial
+/// names, and the one that loses removes its own).
+fn partial_for(remote: &dyn Remote, name: RemoteFile, staged: Option<&Staged>) -> (String, bool) {
+    let own = remote.append_only() || staged.is_some_and(|staged| staged.claim.pending());
+    if own {
+        (crate::names::fresh_partial(&name.partial_name()), true)
+    } else {
+        (name.partial_name(), false)
+    }
+}
+
 /// Hands out `range` in order, as `send_range` asks for it.
 fn cursor(range: Range<u64>) -> impl FnMut(u64) -> Range<u64> {
     let mut at = range.start;
@@ -690,10 +695,10 @@ pub fn upload_parallel(
     let local = source.path;
     let snapshot = open_local(local)?;
     let outgoing = Outgoing::new(&snapshot, recipients)?.checking(source.check_archive);
-    let partial = name.partial_name();
+    let (partial, own) = partial_for(&*remotes[0], name, source.staged);
     // What an earlier attempt left is emptied first; else every stream creates the file as
     // it opens it, none waiting a round trip for another.
-    let fresh = seen.partial.is_none();
+    let fresh = seen.partial.is_none() || own;
     if !fresh {
         drop(remotes[0].create(&partial)?);
     }
@@ -776,10 +781,15 @@ pub fn upload_parallel(
             });
             match (checked, checksum) {
                 (Err(err), Ok(())) => {
-                    if let Err(cannot) = remote.remove(&name.sidecar_name()) {
-                        log::warn!("cannot remove {}: {cannot}", name.sidecar_name());
+                    // The second connection may have broken rather than the size be wrong.
+                    log::debug!("{err}: checking again on {}", remote.describe());
+                    let again = check_sent(remote, local, &outgoing, (name, &partial), sent, &via);
+                    if let Err(err) = again {
+                        if let Err(cannot) = remote.remove(&name.sidecar_name()) {
+                            log::warn!("cannot remove {}: {cannot}", name.sidecar_name());
+                        }
+                        return Err(err);
                     }
-                    return Err(err);
                 }
                 (checked, checksum) => checked.and(checksum)?,
             }

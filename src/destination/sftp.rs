@@ -134,6 +134,8 @@ impl SftpDestination {
                 }
             };
             let logged_in = |_: Duration| first.settle(true);
+            // Settled whatever happens, even a panic: no connection waits for ever.
+            let _settles = sftp::LoginSettles(&first);
             let connected = sftp::connect(ConnectOptions {
                 server: &self.server,
                 password: self.password.as_deref(),
@@ -605,6 +607,9 @@ fn side_by_side(
         let because = because.as_str();
         let (probe, staged, ahead) = (&probe, &*staged, &ahead);
         let (first, rest) = uploads.split_first().expect("not empty");
+        // Were a thread not to start, the uploads already started must not wait on a
+        // claim that never runs; once all have started, the claim's own thread settles it.
+        let unstarted = claim::Settles(&staged.claim);
         let mut workers = vec![(first.0, {
             let (index, upload) = *first;
             let context = crate::logging::context();
@@ -660,6 +665,7 @@ fn side_by_side(
                 }),
             ));
         }
+        std::mem::forget(unstarted);
         workers
             .into_iter()
             .map(|(index, worker)| {

@@ -386,6 +386,16 @@ pub fn round_trip_from_login(login: Duration) -> Duration {
     login.saturating_sub(Duration::from_millis(10))
 }
 
+/// Settles a `FirstLogin` as failed when dropped before it was settled (the first
+/// connection's attempt panicked): those waiting on it end.
+pub struct LoginSettles<'a>(pub &'a FirstLogin);
+
+impl Drop for LoginSettles<'_> {
+    fn drop(&mut self) {
+        self.0.settle(false);
+    }
+}
+
 /// The least the round trip can be, from how long the SSH handshake took: its three round
 /// trips (banner, key exchange, new keys), 10 ms of key exchange work taken off at its most
 /// (as for `round_trip_from_login`).
