@@ -6,9 +6,7 @@
 use crate::error::{Error, Result};
 use crate::names::OWNER_MARKER;
 use crate::remote::{Remote, RemoteEntry};
-use crate::staged::lock;
 use std::io::Write;
-use std::sync::{Condvar, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claimed {
@@ -122,90 +120,10 @@ pub fn claim_listed(
 
 /// Whether `claim_listed` creates the marker at once on what `listing` shows: none there,
 /// on a server that creates exclusively. Only then may the claim run beside the first
-/// uploads (see `Gate`): where a marker is listed it is read first, so that no byte goes
+/// uploads (see `gate::Gate`): where a marker is listed it is read first, so that no byte goes
 /// into another node's folder before the refusal.
 pub fn unclaimed(remote: &dyn Remote, listing: &[RemoteEntry]) -> bool {
     remote.creates_exclusively() && !listing.iter().any(|e| e.name == OWNER_MARKER)
-}
-
-/// Final names wait for a claim running beside the first uploads (on a long link its four
-/// round trips would otherwise come before the first byte): their bytes may go under
-/// partial names meanwhile, but nothing is published on a destination not yet claimed.
-#[derive(Default)]
-pub struct Gate {
-    state: Mutex<GateState>,
-    settled: Condvar,
-}
-
-#[derive(Default)]
-enum GateState {
-    /// No claim running: publish at once.
-    #[default]
-    Open,
-    Held,
-    Failed(Error),
-}
-
-impl Gate {
-    /// A claim is about to run beside the uploads: publishing waits for `settle`.
-    pub fn hold(&self) {
-        *lock(&self.state) = GateState::Held;
-    }
-
-    /// The claim's outcome: publishing goes on, or fails with its error. Nothing when not
-    /// held.
-    pub fn settle(&self, outcome: std::result::Result<(), &Error>) {
-        let mut state = lock(&self.state);
-        if matches!(*state, GateState::Held) {
-            *state = match outcome {
-                Ok(()) => GateState::Open,
-                Err(err) => GateState::Failed(err.clone()),
-            };
-            self.settled.notify_all();
-        }
-    }
-
-    /// The uploads that ran beside the claim are done: later ones publish at once (a failed
-    /// claim is claimed again before them).
-    pub fn open(&self) {
-        *lock(&self.state) = GateState::Open;
-        self.settled.notify_all();
-    }
-
-    /// Whether a claim runs beside the uploads (not yet settled).
-    pub fn pending(&self) -> bool {
-        matches!(*lock(&self.state), GateState::Held)
-    }
-
-    /// Before a final name: wait while the claim runs; its error when it failed.
-    pub fn wait(&self) -> Result<()> {
-        let mut state = lock(&self.state);
-        loop {
-            match &*state {
-                GateState::Open => return Ok(()),
-                GateState::Failed(err) => return Err(err.clone()),
-                GateState::Held => {
-                    state = self
-                        .settled
-                        .wait(state)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                }
-            }
-        }
-    }
-}
-
-/// Settles a held gate when dropped before its claim did (the claim's thread panicked, or
-/// could not be started): no upload is left waiting.
-pub struct Settles<'a>(pub &'a Gate);
-
-impl Drop for Settles<'_> {
-    fn drop(&mut self) {
-        // Another attempt may claim it: what waited on this one is tried again.
-        self.0.settle(Err(&Error::transient(
-            "the claim of the destination crashed",
-        )));
-    }
 }
 
 #[cfg(test)]
@@ -222,60 +140,5 @@ mod tests {
         let err = refusal("u@h:/d", "cvp2", "cvp1");
         assert_eq!(err.code, crate::exit_codes::ExitCode::Config);
         assert!(err.message.contains("node cvp2"), "{}", err.message);
-    }
-
-    #[test]
-    fn a_held_gate_keeps_publishers_waiting_until_the_claim_settles_it() {
-        let gate = Gate::default();
-        assert!(gate.wait().is_ok(), "open unless a claim runs");
-        gate.hold();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::scope(|scope| {
-            scope.spawn(|| tx.send(gate.wait().is_ok()).expect("send"));
-            assert!(
-                rx.recv_timeout(std::time::Duration::from_millis(200))
-                    .is_err(),
-                "a publisher waits while the claim runs"
-            );
-            gate.settle(Ok(()));
-            assert_eq!(rx.recv().ok(), Some(true));
-        });
-        // Settling an open gate changes nothing.
-        gate.settle(Err(&Error::copy("late")));
-        assert!(gate.wait().is_ok());
-    }
-
-    #[test]
-    fn a_lost_claim_fails_every_publisher_until_the_gate_opens_again() {
-        let gate = Gate::default();
-        gate.hold();
-        gate.settle(Err(&refusal("u@h:/d", "cvp2", "cvp1")));
-        for _ in 0..2 {
-            let err = gate.wait().expect_err("refused");
-            assert_eq!(err.code, crate::exit_codes::ExitCode::Config);
-            assert!(err.message.contains("node cvp2"), "{}", err.message);
-        }
-        gate.open();
-        assert!(gate.wait().is_ok());
-    }
-
-    #[test]
-    fn a_claim_that_panics_still_settles_its_gate() {
-        let gate = Gate::default();
-        gate.hold();
-        let crashed = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let _settles = Settles(&gate);
-                    panic!("the claim crashed");
-                })
-                .join()
-        });
-        assert!(crashed.is_err());
-        let err = gate.wait().expect_err("no claim, no publishing");
-        assert!(err.message.contains("crashed"), "{}", err.message);
-        // Once settled, the guard of a claim that went well changes nothing.
-        drop(Settles(&gate));
-        assert!(gate.wait().is_err());
     }
 }

@@ -13,6 +13,7 @@ pub mod destination;
 pub mod edit;
 pub mod error;
 pub mod exit_codes;
+pub mod gate;
 pub mod immutable;
 pub mod ini_edit;
 pub mod inventory;

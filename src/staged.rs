@@ -4,7 +4,7 @@
 //! their renames are left; on a long link each small file written then would cost four round
 //! trips (open, write, sync, close). A partial staged here is renamed only when it holds
 //! exactly the bytes wanted; else the file is written the usual way. Publishing waits for
-//! the destination's claim when that runs beside the first uploads (`claim::Gate`).
+//! the destination's claim when that runs beside the first uploads (`gate::Gate`).
 
 use crate::error::Result;
 use crate::remote::{self, Remote};
@@ -29,7 +29,7 @@ pub struct Staged {
     hashed: Condvar,
     /// Whether the destination is claimed yet: a claim running beside the first uploads
     /// holds back every final name.
-    pub claim: crate::claim::Gate,
+    pub claim: crate::gate::Gate,
 }
 
 /// A mutex's guard; one a panicking thread left is taken as it is (what it guards is

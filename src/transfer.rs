@@ -1250,7 +1250,7 @@ fn publish(
     publish_data(remote, name, partial, replacing)
 }
 
-/// Nothing is published before the destination is claimed (`claim::Gate`); when the claim
+/// Nothing is published before the destination is claimed (`gate::Gate`); when the claim
 /// failed, nothing of tonight's stays there.
 fn wait_for_claim(remote: &mut dyn Remote, partial: &str, staged: Option<&Staged>) -> Result<()> {
     let Err(err) = staged.map_or(Ok(()), |staged| staged.claim.wait()) else {

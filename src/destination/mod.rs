@@ -48,7 +48,7 @@ pub trait Destination: Send {
     }
     /// Claim the destination (`node`'s marker, which `claim::unclaimed` showed missing) on
     /// the connection of one of the set's first uploads, beside them: their final names wait
-    /// for it (`claim::Gate`). See `claimed_beside`.
+    /// for it (`gate::Gate`). See `claimed_beside`.
     fn claim_beside(&mut self, _node: &str) {}
     /// The outcome of the claim run beside the first uploads, the request withdrawn; None
     /// when none ran (then nothing was published, and the caller claims first).

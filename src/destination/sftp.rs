@@ -5,6 +5,7 @@ use super::{Copied, Destination, Upload};
 use crate::claim::{self, Claimed};
 use crate::config::{ServerConfig, Streams};
 use crate::error::{Error, Result};
+use crate::gate::{Gate, Settles};
 use crate::immutable::Verdict;
 use crate::names::Stamp;
 use crate::names::{sidecar_line, BackupName, RemoteFile};
@@ -120,7 +121,7 @@ impl SftpDestination {
             // and log in (a wrong password fails once, not once per stream); they are ready
             // about when this one has started SFTP and listed the destination.
             let early = Mutex::new(None);
-            let first = Arc::new(sftp::FirstLogin::default());
+            let first = Arc::new(Gate::held());
             let (server, password) = (self.server.clone(), self.password.clone());
             let wanted = self.parallel && self.streams.is_none();
             let (early_ref, first_ref) = (&early, &first);
@@ -133,9 +134,9 @@ impl SftpDestination {
                     *lock(early_ref) = Some((extra, batch));
                 }
             };
-            let logged_in = |_: Duration| first.settle(true);
+            let logged_in = |_: Duration| first.settle(Ok(()));
             // Settled whatever happens, even a panic: no connection waits for ever.
-            let _settles = sftp::LoginSettles(&first);
+            let _settles = Settles(&first, "the first connection's attempt crashed");
             let connected = sftp::connect(ConnectOptions {
                 server: &self.server,
                 password: self.password.as_deref(),
@@ -144,7 +145,8 @@ impl SftpDestination {
                 on_handshake: wanted.then_some(&start_early as &(dyn Fn(Duration) + Sync)),
                 after: None,
             });
-            first.settle(connected.is_ok());
+            let failed = Error::connect("the first connection did not log in");
+            first.settle(connected.as_ref().map(|_| ()).map_err(|_| &failed));
             if let Some(batch) = early.into_inner().ok().flatten() {
                 if connected.is_ok() {
                     self.connecting.push(batch);
@@ -411,6 +413,9 @@ impl Destination for SftpDestination {
     }
 }
 
+/// Why the uploads beside a claim that never settled fail (they are tried again).
+const CLAIM_CRASHED: &str = "the claim of the destination crashed";
+
 /// Extra connections to start as soon as the first has logged in, on the round trip its
 /// login suggests (a few ms under the one the listing then measures): for `streams = auto`
 /// one spare when several are wanted and the budget holds more, since a connection started
@@ -464,7 +469,7 @@ fn connect_batch(
     server: Arc<ServerConfig>,
     password: Option<Arc<Secret>>,
     count: usize,
-    after: Option<Arc<sftp::FirstLogin>>,
+    after: Option<Arc<Gate>>,
 ) -> Batch {
     std::thread::spawn(move || {
         let options = ConnectOptions {
@@ -609,7 +614,7 @@ fn side_by_side(
         let (first, rest) = uploads.split_first().expect("not empty");
         // Were a thread not to start, the uploads already started must not wait on a
         // claim that never runs; once all have started, the claim's own thread settles it.
-        let unstarted = claim::Settles(&staged.claim);
+        let unstarted = Settles(&staged.claim, CLAIM_CRASHED);
         let mut workers = vec![(first.0, {
             let (index, upload) = *first;
             let context = crate::logging::context();
@@ -640,7 +645,7 @@ fn side_by_side(
                 scope.spawn(move || {
                     crate::logging::set_context(context);
                     if let Some(node) = claim_for {
-                        let _settles = claim::Settles(&staged.claim);
+                        let _settles = Settles(&staged.claim, CLAIM_CRASHED);
                         let outcome = claim::claim_listed(&mut **remote, node, Some(listing));
                         staged.claim.settle(outcome.as_ref().map(|_| ()));
                         let failed = outcome.as_ref().err().cloned();

@@ -62,41 +62,10 @@ pub struct ConnectOptions<'a> {
     /// destination (see `round_trip_from_handshake`).
     pub on_handshake: Option<&'a (dyn Fn(Duration) + Sync)>,
     /// For a connection started beside the first: after its handshake it waits for the
-    /// first one's login before it checks the host key and logs in itself.
-    pub after: Option<&'a FirstLogin>,
-}
-
-/// The first connection's login, which those started beside it wait for after their own
-/// handshake: by then the key of a new host is recorded for them to check, and a wrong
-/// password fails once, not once per connection.
-#[derive(Default)]
-pub struct FirstLogin {
-    logged_in: std::sync::Mutex<Option<bool>>,
-    settled: std::sync::Condvar,
-}
-
-impl FirstLogin {
-    /// Logged in, or failed; only the first call counts.
-    pub fn settle(&self, logged_in: bool) {
-        let mut state = crate::staged::lock(&self.logged_in);
-        if state.is_none() {
-            *state = Some(logged_in);
-            self.settled.notify_all();
-        }
-    }
-
-    fn wait(&self) -> bool {
-        let mut state = crate::staged::lock(&self.logged_in);
-        loop {
-            if let Some(logged_in) = *state {
-                return logged_in;
-            }
-            state = self
-                .settled
-                .wait(state)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-    }
+    /// first one's login (settled by whoever makes the first) before it checks the host
+    /// key, which a new host's first connection records for it, and logs in itself, so a
+    /// wrong password fails once, not once per connection.
+    pub after: Option<&'a crate::gate::Gate>,
 }
 
 pub struct SftpRemote {
@@ -264,8 +233,8 @@ pub fn connect_observed(
     if let Some(tell) = options.on_handshake {
         tell(shaking.elapsed());
     }
-    if options.after.is_some_and(|first| !first.wait()) {
-        return Err(connect_error(server, "the first connection did not log in"));
+    if let Some(first) = options.after {
+        first.wait().map_err(|err| connect_error(server, err))?;
     }
     passed(
         Stage::Reached,
@@ -384,16 +353,6 @@ fn prefer(session: &Session, method: MethodType, wanted: &[&str]) {
 /// streams are planned on a measured round trip, which starts any more.
 pub fn round_trip_from_login(login: Duration) -> Duration {
     login.saturating_sub(Duration::from_millis(10))
-}
-
-/// Settles a `FirstLogin` as failed when dropped before it was settled (the first
-/// connection's attempt panicked): those waiting on it end.
-pub struct LoginSettles<'a>(pub &'a FirstLogin);
-
-impl Drop for LoginSettles<'_> {
-    fn drop(&mut self) {
-        self.0.settle(false);
-    }
 }
 
 /// The least the round trip can be, from how long the SSH handshake took: its three round
